@@ -1,0 +1,148 @@
+# Copyright 2026 The alibi-lm authors. Licensed under the Apache License, Version 2.0.
+"""Configuration of the ALiBi causal LM.
+
+ALiBi: Press, Smith & Lewis, "Train Short, Test Long: Attention with Linear Biases Enables
+Input Length Extrapolation", ICLR 2022. https://arxiv.org/abs/2108.12409
+
+This file travels with every checkpoint as Hub remote code: it imports only transformers.
+"""
+
+from transformers import PreTrainedConfig
+
+POSITION_ENCODINGS = ("alibi", "sinusoidal", "rotary", "t5", "none")
+HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish")
+
+
+class AlibiConfig(PreTrainedConfig):
+    r"""Architecture of an ALiBi decoder-only LM (pre-norm, LayerNorm, GELU MLP by default).
+
+    `max_position_embeddings` is the sequence length the model was *trained* at. It is metadata for
+    model cards and evaluation, never a limit: ALiBi has no position table, and the model runs and
+    generates at any length.
+
+    `position_encoding` selects how the model sees order, so that the paper's baselines run on an
+    otherwise identical model:
+
+    - `"alibi"` (default): a per-head linear bias `-m_h * (i - j)` added to the attention scores.
+    - `"sinusoidal"`: fixed sinusoidal embeddings added to the token embeddings (Vaswani et al.).
+    - `"rotary"`: rotary embeddings on queries and keys (Su et al.), base `rope_theta`.
+    - `"t5"`: a learned, bucketed relative bias per head shared by all layers (Raffel et al.).
+    - `"none"`: no position information beyond the causal mask.
+
+    The bias, norm and embedding-norm switches exist so that BLOOM and MPT checkpoints convert
+    exactly (`alibi-lm convert`).
+
+    Example:
+
+    ```python
+    >>> from alibi_lm import AlibiConfig, AlibiForCausalLM
+    >>> config = AlibiConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=8)
+    >>> model = AlibiForCausalLM(config)
+    ```
+    """
+
+    model_type = "alibi"
+    keys_to_ignore_at_inference = ["cache"]
+    base_model_tp_plan = {
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+    }
+    base_model_pp_plan = {
+        "embed_tokens": (["input_ids"], ["inputs_embeds"]),
+        "layers": (["hidden_states", "attention_mask"], ["hidden_states"]),
+        "norm": (["hidden_states"], ["hidden_states"]),
+    }
+
+    vocab_size: int = 32000
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    num_key_value_heads: int | None = None
+    intermediate_size: int | None = None
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    embedding_dropout: float = 0.0
+    tie_word_embeddings: bool = True
+    use_cache: bool = True
+    max_position_embeddings: int = 512
+    position_encoding: str = "alibi"
+    alibi_max_bias: float = 8.0
+    rope_theta: float = 10000.0
+    t5_num_buckets: int = 32
+    t5_max_distance: int = 128
+    attention_bias: bool = True
+    mlp_bias: bool = True
+    layer_norm_bias: bool = True
+    embedding_layer_norm: bool = False
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.intermediate_size is None:
+            self.intermediate_size = 4 * self.hidden_size
+        self._validate()
+        super().__post_init__(**kwargs)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def _validate(self) -> None:
+        """Raise a `ValueError` that names the first invalid field."""
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "t5_num_buckets",
+            "t5_max_distance",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"AlibiConfig.{name} must be a positive integer, got {value!r}.")
+        for name in ("layer_norm_eps", "initializer_range", "alibi_max_bias", "rope_theta"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"AlibiConfig.{name} must be a positive number, got {value!r}.")
+        for name in ("hidden_dropout", "attention_dropout", "embedding_dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"AlibiConfig.{name} must be in [0, 1), got {value!r}.")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"AlibiConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads})."
+            )
+        if self.num_attention_heads % self.num_key_value_heads != 0:
+            raise ValueError(
+                f"AlibiConfig.num_attention_heads ({self.num_attention_heads}) must be divisible by "
+                f"num_key_value_heads ({self.num_key_value_heads})."
+            )
+        if self.position_encoding not in POSITION_ENCODINGS:
+            raise ValueError(
+                f"AlibiConfig.position_encoding must be one of {POSITION_ENCODINGS}, got {self.position_encoding!r}."
+            )
+        if self.position_encoding == "rotary" and self.head_dim % 2 != 0:
+            raise ValueError(f"AlibiConfig.position_encoding='rotary' needs an even head_dim, got {self.head_dim}.")
+        if self.position_encoding == "sinusoidal" and self.hidden_size % 2 != 0:
+            raise ValueError(
+                f"AlibiConfig.position_encoding='sinusoidal' needs an even hidden_size, got {self.hidden_size}."
+            )
+        if self.hidden_act not in HIDDEN_ACTS:
+            raise ValueError(f"AlibiConfig.hidden_act must be one of {HIDDEN_ACTS}, got {self.hidden_act!r}.")
+
+
+__all__ = ["AlibiConfig"]

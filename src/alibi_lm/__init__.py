@@ -1,0 +1,26 @@
+"""alibi-lm: ALiBi (Press, Smith & Lewis, "Train Short, Test Long", ICLR 2022) as a Transformers model.
+
+Importing the package registers `AlibiConfig`, `AlibiModel` and `AlibiForCausalLM` with
+`AutoConfig`, `AutoModel` and `AutoModelForCausalLM`, so a checkpoint with
+`model_type: "alibi"` loads without `trust_remote_code`.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .modeling.configuration_alibi import AlibiConfig
+from .modeling.modeling_alibi import AlibiForCausalLM, AlibiModel, AlibiPreTrainedModel, get_alibi_slopes
+
+__version__ = "0.1.0"
+
+AutoConfig.register(AlibiConfig.model_type, AlibiConfig, exist_ok=True)
+AutoModel.register(AlibiConfig, AlibiModel, exist_ok=True)
+AutoModelForCausalLM.register(AlibiConfig, AlibiForCausalLM, exist_ok=True)
+
+__all__ = [
+    "AlibiConfig",
+    "AlibiForCausalLM",
+    "AlibiModel",
+    "AlibiPreTrainedModel",
+    "get_alibi_slopes",
+    "__version__",
+]

@@ -1,0 +1,34 @@
+"""The tiny shared tester: one tiny config and builders every test file uses."""
+
+from __future__ import annotations
+
+import torch
+
+from alibi_lm import AlibiConfig, AlibiForCausalLM
+
+TINY = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=16,
+)
+
+
+def tiny_config(**overrides) -> AlibiConfig:
+    """A 2-layer, hidden-32, vocab-99 config; keyword arguments override any field."""
+    return AlibiConfig(**{**TINY, **overrides})
+
+
+def tiny_model(seed: int = 0, attn_implementation: str = "sdpa", **overrides) -> AlibiForCausalLM:
+    """A seeded tiny model in eval mode."""
+    torch.manual_seed(seed)
+    config = tiny_config(**overrides)
+    model = AlibiForCausalLM._from_config(config, attn_implementation=attn_implementation)
+    return model.eval()
+
+
+def random_ids(batch: int, length: int, vocab_size: int = TINY["vocab_size"], seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (batch, length), generator=generator)
