@@ -10,6 +10,11 @@ This file travels with every checkpoint as Hub remote code: it imports only tran
 from transformers import PreTrainedConfig
 
 POSITION_ENCODINGS = ("alibi", "sinusoidal", "rotary", "t5", "none")
+AUTO_MAP = {
+    "AutoConfig": "configuration_alibi.AlibiConfig",
+    "AutoModel": "modeling_alibi.AlibiModel",
+    "AutoModelForCausalLM": "modeling_alibi.AlibiForCausalLM",
+}
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish")
 
 
@@ -42,6 +47,8 @@ class AlibiConfig(PreTrainedConfig):
     """
 
     model_type = "alibi"
+    # save_pretrained copies this file beside the weights, so the folder loads as Hub remote code.
+    _auto_class = "AutoConfig"
     keys_to_ignore_at_inference = ["cache"]
     base_model_tp_plan = {
         "layers.*.self_attn.q_proj": "colwise",
@@ -92,6 +99,8 @@ class AlibiConfig(PreTrainedConfig):
             self.intermediate_size = 4 * self.hidden_size
         self._validate()
         super().__post_init__(**kwargs)
+        # Name every Auto class the folder supports; transformers itself adds only the saved class.
+        self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
 
     @property
     def head_dim(self) -> int:
