@@ -1,0 +1,579 @@
+"""Perplexity at several evaluation lengths: the extrapolation test of ALiBi.
+
+Press, Smith & Lewis, "Train Short, Test Long: Attention with Linear Biases Enables Input Length
+Extrapolation", ICLR 2022 (arXiv:2108.12409), evaluate a model trained at length L on inputs of
+length L, 2L, ... in two ways (section 4 and appendix B):
+
+- **non-overlapping**: the text is cut into consecutive chunks of length L and each chunk is scored on
+  every token it predicts (L - 1 of them: a chunk's first token has no context inside the chunk);
+- **sliding window** with stride s <= L: windows of length L start every s tokens; the first window
+  scores all its predicted tokens, every later one only its last min(s, L - 1) tokens, which continue
+  exactly where the previous window stopped. Stride 1 is the paper's Table 15; stride L equals
+  non-overlapping.
+
+Perplexity is token-weighted (total NLL over all scored tokens / their number), accumulated in fp64.
+`perplexity_at_lengths` is the one implementation; the `alibi-lm eval` CLI, `ExtrapolationCallback`
+(Trainer) and the `evaluate` module in `alibi_lm/metrics/perplexity_at_lengths.py` all call it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+MODES = ("nonoverlapping", "sliding")
+# Auto batch size: about this many tokens per forward, so short lengths batch many windows and 16k runs alone.
+TOKENS_PER_BATCH = 8192
+
+
+@dataclass(frozen=True)
+class LengthResult:
+    """Perplexity of one model at one evaluation length."""
+
+    length: int
+    ppl: float
+    nll: float  # mean negative log-likelihood per scored token, in nats
+    n_tokens: int  # tokens scored
+    n_windows: int  # forward passes of `length` tokens
+
+
+@dataclass
+class PerplexityResult:
+    """Perplexity of one model at every evaluation length, with the settings that produced it."""
+
+    model_name: str
+    mode: str
+    stride: int | None
+    training_length: int | None  # config.max_position_embeddings: the length the model was trained at
+    span_tokens: int  # every length is evaluated inside the first `span_tokens` tokens of the text
+    lengths: list[LengthResult] = field(default_factory=list)
+
+    @property
+    def ppl(self) -> dict[int, float]:
+        return {r.length: r.ppl for r in self.lengths}
+
+    def __getitem__(self, length: int) -> LengthResult:
+        for r in self.lengths:
+            if r.length == length:
+                return r
+        raise KeyError(f"no result at length {length}; evaluated at {[r.length for r in self.lengths]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_table(self) -> str:
+        return format_table([self])
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        return to_json([self], path)
+
+    def to_csv(self, path: str | os.PathLike | None = None) -> str:
+        return to_csv([self], path)
+
+    def plot(self, path: str | os.PathLike) -> Path:
+        from .plotting import plot_perplexity
+
+        return plot_perplexity([self], path)
+
+
+def validate_lengths(lengths: Sequence[int], mode: str, stride: int | None) -> list[int]:
+    """Check the evaluation settings; return the lengths sorted and deduplicated."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    lengths = list(lengths)
+    if not lengths:
+        raise ValueError("lengths is empty: give at least one evaluation length")
+    for length in lengths:
+        if isinstance(length, bool) or not isinstance(length, int):
+            raise TypeError(f"lengths must be integers, got {length!r}")
+        if length < 2:
+            raise ValueError(
+                f"every evaluation length must be >= 2 (a window of 1 token predicts nothing), got {length}"
+            )
+    if mode == "nonoverlapping":
+        if stride is not None:
+            raise ValueError("stride applies only to mode='sliding'; non-overlapping chunks have stride = length")
+    else:
+        if stride is None:
+            raise ValueError(
+                "mode='sliding' needs a stride (1 is the paper's Table 15; stride = length is non-overlapping)"
+            )
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride <= 0:
+            raise ValueError(f"stride must be a positive integer, got {stride!r}")
+        too_short = [length for length in lengths if stride > length]
+        if too_short:
+            raise ValueError(
+                f"stride {stride} is longer than evaluation length(s) {too_short}; stride must be <= length"
+            )
+    return sorted(set(lengths))
+
+
+def tokenize_texts(texts: str | Sequence[str], tokenizer: Any) -> torch.Tensor:
+    """Tokenize texts into one stream of ids, each text ending with the tokenizer's EOS token (if it has one).
+
+    The paper scores one long stream (WikiText-103's test set). Documents are tokenized and joined exactly as
+    `alibi_lm.data` joins them for training (the tokenizer's own special tokens, then EOS unless the text
+    already ends with it), so a model is evaluated on the kind of stream it was trained on. Returns [N].
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    if not texts:
+        raise ValueError("texts is empty")
+    encoded = tokenizer(list(texts), return_attention_mask=False)["input_ids"]
+    eos = getattr(tokenizer, "eos_token_id", None)
+    stream: list[int] = []
+    for ids in encoded:
+        stream.extend(ids)
+        if eos is not None and (not ids or ids[-1] != eos):
+            stream.append(eos)
+    return torch.tensor(stream, dtype=torch.long)
+
+
+def _as_ids(token_ids: Any) -> torch.Tensor:
+    ids = torch.as_tensor(token_ids)
+    if ids.dim() == 2 and ids.shape[0] == 1:
+        ids = ids[0]
+    if ids.dim() != 1:
+        raise ValueError(f"token_ids must be one stream of ids (1-D, or [1, N]); got shape {tuple(ids.shape)}")
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise ValueError(f"token_ids must be integers, got dtype {ids.dtype}")
+    return ids.long()
+
+
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    import inspect
+
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _score_windows(
+    model: torch.nn.Module,
+    windows: torch.Tensor,
+    n_score: int,
+    batch_size: int,
+    device: torch.device,
+    keep_logits: bool,
+    bar: tqdm,
+) -> tuple[float, int]:
+    """Sum the NLL of the last `n_score` tokens of each window.
+
+    Args:
+        windows: LongTensor [W, L], possibly a strided view of the text (no copy until a batch is sliced).
+        n_score: tokens scored per window, 1 <= n_score <= L - 1.
+    Returns:
+        (total NLL in nats, accumulated in fp64; number of scored tokens).
+    """
+    length = windows.shape[1]
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    for begin in range(0, windows.shape[0], batch_size):
+        x = windows[begin : begin + batch_size].to(device).contiguous()  # [B, L]
+        targets = x[:, length - n_score :]  # [B, n_score]
+        if keep_logits:
+            # The last n_score + 1 positions; the very last predicts past the window and is dropped.
+            logits = model(input_ids=x, use_cache=False, logits_to_keep=n_score + 1).logits[:, :-1]
+        else:
+            logits = model(input_ids=x, use_cache=False).logits[:, length - n_score - 1 : -1]
+        # fp32 log-softmax whatever the model dtype; per-token losses summed in fp64.
+        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+        total += nll.double().sum()
+        count += targets.numel()
+        bar.update(x.shape[0])
+    return total.item(), count
+
+
+def perplexity_at_lengths(
+    model: torch.nn.Module,
+    token_ids: Sequence[int] | torch.Tensor | None = None,
+    lengths: Sequence[int] = (),
+    *,
+    texts: str | Sequence[str] | None = None,
+    tokenizer: Any = None,
+    mode: str = "nonoverlapping",
+    stride: int | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    max_tokens: int | None = None,
+    model_name: str | None = None,
+    progress: bool = True,
+) -> PerplexityResult:
+    """Token-weighted perplexity of a causal LM on one text at each evaluation length.
+
+    Every length is evaluated on the same span: the first floor(N / max(lengths)) * max(lengths) tokens of
+    the N-token text. Non-overlapping mode cuts it into chunks of L (when L divides the longest length, as
+    in the usual 1x, 2x, 4x, ... ladder, every length covers the span exactly; otherwise the last partial
+    chunk is dropped). Sliding mode fits as many windows as the span holds (at most stride - 1 trailing
+    tokens go unscored). A text with fewer than max(lengths) tokens raises ValueError: it is an error, not a
+    skip, so that a table never silently misses a row.
+
+    Args:
+        model: a causal LM returning `.logits` [B, L, V] (any `AutoModelForCausalLM`). It is put in eval
+            mode for the call and restored afterwards.
+        token_ids: the text as one stream of ids, [N] (list, tensor or array). Give this or `texts`.
+        lengths: evaluation lengths L, each >= 2.
+        texts: a string or list of strings, tokenized with `tokenizer` by `tokenize_texts`.
+        mode: "nonoverlapping" or "sliding".
+        stride: sliding mode only; 1 <= stride <= every length.
+        batch_size: windows per forward; default max(1, 8192 // L).
+        device: where to run; default the model's device. If given, the model is moved there.
+        max_tokens: use at most this many tokens of the text.
+        model_name: the name shown in tables and plots; default config.name_or_path.
+        progress: show a tqdm bar per length.
+    """
+    lengths = validate_lengths(lengths, mode, stride)
+    if (token_ids is None) == (texts is None):
+        raise ValueError("give exactly one of token_ids or texts")
+    if texts is not None:
+        if tokenizer is None:
+            raise ValueError("texts need a tokenizer")
+        token_ids = tokenize_texts(texts, tokenizer)
+    ids = _as_ids(token_ids)
+    if max_tokens is not None:
+        if max_tokens < 2:
+            raise ValueError(f"max_tokens must be >= 2, got {max_tokens}")
+        ids = ids[:max_tokens]
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    longest = lengths[-1]
+    if ids.numel() < longest:
+        raise ValueError(
+            f"the text has {ids.numel()} tokens, fewer than the longest evaluation length {longest}; "
+            f"give more text or drop the lengths above {ids.numel()}"
+        )
+    span = ids.numel() // longest * longest
+    ids = ids[:span]
+
+    if device is not None:
+        model.to(device)
+    device = next(model.parameters()).device
+    config = getattr(model, "config", None)
+    result = PerplexityResult(
+        model_name=model_name or getattr(config, "name_or_path", "") or type(model).__name__,
+        mode=mode,
+        stride=stride,
+        training_length=getattr(config, "max_position_embeddings", None),
+        span_tokens=span,
+    )
+    keep_logits = _accepts_logits_to_keep(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for length in lengths:
+                bs = batch_size or max(1, TOKENS_PER_BATCH // length)
+                if mode == "nonoverlapping":
+                    step, later_scored = length, length - 1
+                else:
+                    # A window's first token has no context inside it, so stride L scores L - 1 per window,
+                    # exactly as non-overlapping does.
+                    step, later_scored = stride, min(stride, length - 1)
+                windows = ids.unfold(0, length, step)  # [W, L] view: stride 1 costs no extra memory
+                # The first window scores all its L - 1 predicted tokens; the later ones only their tail.
+                first = 1 if later_scored < length - 1 else windows.shape[0]
+                with tqdm(total=windows.shape[0], desc=f"ppl@{length}", unit="win", disable=not progress) as bar:
+                    nll, count = _score_windows(model, windows[:first], length - 1, bs, device, keep_logits, bar)
+                    if first < windows.shape[0]:
+                        rest = _score_windows(model, windows[first:], later_scored, bs, device, keep_logits, bar)
+                        nll, count = nll + rest[0], count + rest[1]
+                mean = nll / count
+                result.lengths.append(LengthResult(length, math.exp(mean), mean, count, windows.shape[0]))
+    finally:
+        model.train(was_training)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Output: table, JSON, CSV
+
+
+def format_table(results: Sequence[PerplexityResult]) -> str:
+    """A plain-text table: one row per evaluation length, one perplexity column per model."""
+    if not results:
+        return ""
+    lengths = sorted({r.length for res in results for r in res.lengths})
+    names = [res.model_name for res in results]
+    header = ["length"] + names + ["tokens"]
+    rows = []
+    for length in lengths:
+        row = [str(length)]
+        tokens = ""
+        for res in results:
+            try:
+                item = res[length]
+            except KeyError:
+                row.append("-")
+                continue
+            mark = "*" if res.training_length == length else ""
+            row.append(f"{item.ppl:.2f}{mark}")
+            tokens = tokens or str(item.n_tokens)
+        rows.append(row + [tokens])
+    widths = [max(len(line[i]) for line in [header] + rows) for i in range(len(header))]
+
+    def fmt(line: list[str]) -> str:
+        return "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+
+    first = results[0]
+    setting = first.mode if first.mode == "nonoverlapping" else f"sliding, stride {first.stride}"
+    lines = [f"perplexity ({setting}); * = training length", fmt(header), fmt(["-" * w for w in widths])]
+    lines += [fmt(row) for row in rows]
+    return "\n".join(lines)
+
+
+def _write(text: str, path: str | os.PathLike | None) -> str:
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+    return text
+
+
+def to_json(results: Sequence[PerplexityResult], path: str | os.PathLike | None = None) -> str:
+    """Results as a JSON list (one object per model); written to `path` if given."""
+    return _write(json.dumps([res.to_dict() for res in results], indent=2) + "\n", path)
+
+
+CSV_FIELDS = ["model", "mode", "stride", "training_length", "length", "ppl", "nll", "n_tokens", "n_windows"]
+
+
+def to_csv(results: Sequence[PerplexityResult], path: str | os.PathLike | None = None) -> str:
+    """Results as CSV, one row per (model, length); written to `path` if given."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for res in results:
+        for r in res.lengths:
+            writer.writerow(
+                {
+                    "model": res.model_name,
+                    "mode": res.mode,
+                    "stride": res.stride,
+                    "training_length": res.training_length,
+                }
+                | asdict(r)
+            )
+    return _write(buffer.getvalue(), path)
+
+
+def perplexity_metric_path() -> str:
+    """Path of the `evaluate` module; load it offline with `evaluate.load(perplexity_metric_path())`."""
+    return str(Path(__file__).parent / "metrics" / "perplexity_at_lengths.py")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Trainer callback
+
+
+class ExtrapolationCallback(TrainerCallback):
+    """On every Trainer evaluation, compute perplexity at several lengths and report it as `eval_ppl@L`."""
+
+    def __init__(
+        self,
+        token_ids: Sequence[int] | torch.Tensor,
+        lengths: Sequence[int],
+        *,
+        mode: str = "nonoverlapping",
+        stride: int | None = None,
+        batch_size: int | None = None,
+        trainer: Any = None,
+        metric_prefix: str = "eval_ppl@",
+    ) -> None:
+        """Args:
+        token_ids: held-out text as one stream of ids [N], at least max(lengths) long.
+        trainer: if given, the numbers go through `trainer.log` (every reporter, the progress printer and
+            `state.log_history`); otherwise they are appended to `state.log_history` directly. Either way
+            they are added to the metrics `Trainer.evaluate` returns, so `metric_for_best_model` can use them.
+        """
+        self.lengths = validate_lengths(lengths, mode, stride)
+        self.ids = _as_ids(token_ids)
+        if self.ids.numel() < self.lengths[-1]:
+            raise ValueError(
+                f"held-out text has {self.ids.numel()} tokens, fewer than the longest length {self.lengths[-1]}"
+            )
+        self.mode, self.stride, self.batch_size = mode, stride, batch_size
+        self.trainer = trainer
+        self.metric_prefix = metric_prefix
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: torch.nn.Module | None = None,
+        metrics: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> TrainerControl:
+        result = perplexity_at_lengths(
+            model,
+            self.ids,
+            self.lengths,
+            mode=self.mode,
+            stride=self.stride,
+            batch_size=self.batch_size,
+            progress=False,
+        )
+        logs = {f"{self.metric_prefix}{r.length}": r.ppl for r in result.lengths}
+        if metrics is not None:
+            metrics.update(logs)
+        if self.trainer is not None:
+            self.trainer.log(dict(logs))
+        else:
+            state.log_history.append({**logs, "step": state.global_step})
+        return control
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI: alibi-lm eval
+
+
+def _texts_from_file(path: str) -> list[str]:
+    """Texts from a .txt file (one text) or a JSON / JSON-lines file of strings or {"text"|"extract": ...}."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"--data file not found: {path} (give a .txt/.json/.jsonl file or 'wikipedia')")
+    raw = file.read_text(encoding="utf-8")
+    if file.suffix not in (".json", ".jsonl"):
+        return [raw]
+    if file.suffix == ".jsonl":
+        items: Any = [json.loads(line) for line in raw.splitlines() if line.strip()]
+    else:
+        items = json.loads(raw)
+    if isinstance(items, dict):
+        items = list(items.values())
+    texts = []
+    for item in items:
+        if isinstance(item, dict):
+            item = item.get("text", item.get("extract"))
+        if not isinstance(item, str):  # a malformed data file: a value problem, not a caller's type error
+            raise ValueError(  # noqa: TRY004
+                f"{path}: every entry must be a string or an object with a 'text' or 'extract' string"
+            )
+        texts.append(item)
+    return texts
+
+
+def _heldout_wikipedia() -> list[str]:
+    """The offline Wikipedia test split: articles that training never sees, neither as train nor validation."""
+    from .data import load_offline_wikipedia
+
+    return load_offline_wikipedia(split="test")["text"]
+
+
+def load_model_and_tokenizer(path: str, device: str | None = None, dtype: str = "float32") -> tuple[Any, Any]:
+    """Load a folder written by `save_pretrained` (model and tokenizer) with the Auto classes."""
+    if not Path(path).is_dir():
+        raise FileNotFoundError(
+            f"model folder not found: {path} (alibi-lm eval takes folders written by save_pretrained)"
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import alibi_lm  # noqa: F401  registers model_type "alibi" with the Auto classes: no trust_remote_code
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    torch_dtype = getattr(torch, dtype) if dtype != "auto" else "auto"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    if device is not None:
+        model.to(device)
+    return model.eval(), tokenizer
+
+
+def run(args: argparse.Namespace) -> int:
+    # Fail on bad settings before loading anything; without --lengths, a stand-in length of `stride` checks the rest.
+    validate_lengths(args.lengths or [max(2, args.stride or 2)], args.mode, args.stride)
+    lengths = args.lengths
+    missing = [m for m in args.models if not Path(m).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"model folder(s) not found: {', '.join(missing)}")
+    texts = _heldout_wikipedia() if args.data == "wikipedia" else _texts_from_file(args.data)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    results = []
+    for path in args.models:
+        model, tokenizer = load_model_and_tokenizer(path, device, args.dtype)
+        if lengths is None:
+            # Default ladder: 1x, 2x, 4x, 8x, 16x the first model's training length, as in the paper's figures.
+            train_len = getattr(model.config, "max_position_embeddings", None)
+            if not train_len:
+                raise ValueError(f"{path}: config has no max_position_embeddings; pass --lengths")
+            lengths = [train_len * k for k in (1, 2, 4, 8, 16)]
+        results.append(
+            perplexity_at_lengths(
+                model,
+                texts=texts,
+                tokenizer=tokenizer,
+                lengths=lengths,
+                mode=args.mode,
+                stride=args.stride,
+                batch_size=args.batch_size,
+                max_tokens=args.max_tokens,
+                model_name=path,
+                progress=not args.no_progress,
+            )
+        )
+        del model
+    print(format_table(results))
+    if args.json:
+        to_json(results, args.json)
+    if args.csv:
+        to_csv(results, args.csv)
+    if args.plot:
+        from .plotting import plot_perplexity
+
+        plot_perplexity(results, args.plot)
+    return 0
+
+
+def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="perplexity at several evaluation lengths (the paper's extrapolation test)",
+        description=__doc__.splitlines()[0],
+    )
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="model folder(s) written by save_pretrained")
+    parser.add_argument(
+        "--data",
+        default="wikipedia",
+        help="a .txt, .json or .jsonl file, or 'wikipedia' for the offline Wikipedia test split (default)",
+    )
+    parser.add_argument(
+        "--lengths", type=int, nargs="+", help="evaluation lengths (default: 1, 2, 4, 8, 16 x the training length)"
+    )
+    parser.add_argument("--mode", choices=MODES, default="nonoverlapping")
+    parser.add_argument("--stride", type=int, help="sliding mode: tokens scored per window (1 = paper's Table 15)")
+    parser.add_argument("--batch-size", type=int, help="windows per forward (default: 8192 // length)")
+    parser.add_argument("--max-tokens", type=int, help="use at most this many tokens of the text")
+    parser.add_argument("--device", help="default: cuda if available, else cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"], default="float32")
+    parser.add_argument("--plot", metavar="FILE", help="write a PNG of perplexity against length")
+    parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    parser.add_argument("--csv", metavar="FILE", help="write the results as CSV")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.set_defaults(func=run)
+
+
+__all__ = [
+    "ExtrapolationCallback",
+    "LengthResult",
+    "PerplexityResult",
+    "format_table",
+    "load_model_and_tokenizer",
+    "perplexity_at_lengths",
+    "perplexity_metric_path",
+    "to_csv",
+    "to_json",
+    "tokenize_texts",
+    "validate_lengths",
+]
