@@ -682,6 +682,9 @@ class AlibiModel(AlibiPreTrainedModel):
 
         past = positions.past_length
         plain = positions.key_valid is None and positions.document_ids is None
+        # Uncompiled, create_block_mask evaluates mask_mod on the whole Q x K grid; compiled it does
+        # not, but compiling costs seconds per shape, so only long sequences pay for it.
+        compile_mask = query_length * key_length >= 2048 * 2048
         if plain:
             # Depends only on the shape: build once per (Q, K, past) and reuse across steps.
             cache_key = (query_length, key_length, int(past), device)
@@ -691,7 +694,9 @@ class AlibiModel(AlibiPreTrainedModel):
                 def causal(b, h, q_idx, kv_idx):
                     return kv_idx <= q_idx + past
 
-                block_mask = create_block_mask(causal, None, None, query_length, key_length, device=device)
+                block_mask = create_block_mask(
+                    causal, None, None, query_length, key_length, device=device, _compile=compile_mask
+                )
                 if len(self._block_mask_cache) > 16:
                     self._block_mask_cache.clear()
                 self._block_mask_cache[cache_key] = block_mask
@@ -708,7 +713,9 @@ class AlibiModel(AlibiPreTrainedModel):
                     keep = keep & ((docs[b, kv_idx] == query_docs[b, q_idx]) | (kv_idx == q_idx + past))
                 return keep
 
-            block_mask = create_block_mask(mask_mod, batch_size, None, query_length, key_length, device=device)
+            block_mask = create_block_mask(
+                mask_mod, batch_size, None, query_length, key_length, device=device, _compile=compile_mask
+            )
 
         q_pos, k_pos = positions.query_positions, positions.key_positions
         t5_table = None

@@ -1,0 +1,75 @@
+"""The fused paths build no L x L tensor: peak memory grows linearly in the length."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+LENGTH = 8192
+CASES = [
+    ("sdpa", 2048, True),  # control: a padded batch on sdpa needs the 4-D mask
+    ("sdpa", LENGTH, False),  # the CPU key-only fast path
+    ("flex_attention", LENGTH, False),
+    ("flex_attention", LENGTH, True),
+]
+
+PROBE = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from tests.tiny import random_ids, tiny_model
+
+    def status(field):
+        for line in open("/proc/self/status"):
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+
+    peaks = {}
+    for backend, length, padded in json.loads(sys.argv[1]):
+        model = tiny_model(attn_implementation=backend, num_attention_heads=8, hidden_size=64)
+        ids = random_ids(1, length)
+        mask = torch.ones_like(ids)
+        if padded:
+            mask[0, :1] = 0
+        with torch.no_grad():
+            model(ids, attention_mask=mask, logits_to_keep=1)  # compile and warm up at this shape
+            open("/proc/self/clear_refs", "w").write("5")  # reset the peak resident set (VmHWM)
+            base = status("VmRSS")
+            model(ids, attention_mask=mask, logits_to_keep=1)
+        peaks[f"{backend}-{length}-{padded}"] = (status("VmHWM") - base) / 2**20
+    print(json.dumps(peaks))
+    """
+)
+
+# At 8192 tokens a single L x L bool mask is 64 MiB (a [1, 8, L, L] fp32 bias 2 GiB); everything linear
+# in L here is a few MiB. The control shows the probe sees a quadratic tensor when one exists.
+LINEAR_BOUND_MIB = 24
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
+
+
+@pytest.fixture(scope="module")
+def peaks() -> dict[str, float]:
+    """Peak resident memory (MiB) that a warm forward adds, per case, measured in a fresh process."""
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(CASES)], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_probe_sees_a_quadratic_mask(peaks):
+    assert peaks["sdpa-2048-True"] > 0.5 * 8 * 2048 * 2048 * 4 / 2**20
+
+
+def test_cpu_fast_path_builds_no_mask(peaks):
+    assert peaks[f"sdpa-{LENGTH}-False"] < LINEAR_BOUND_MIB
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_flex_attention_builds_no_length_squared_tensor(peaks, padded):
+    assert peaks[f"flex_attention-{LENGTH}-{padded}"] < LINEAR_BOUND_MIB
