@@ -47,6 +47,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         str(folder), "nonoverlapping", None, training_length=16, span_tokens=4096, lengths=lengths
     )
     result.to_json(folder / hub.RESULTS_FILE)  # what `alibi-lm eval CKPT --json CKPT/extrapolation.json` writes
+    (folder / "_fsdp_stray.py").write_text("# torch source that FSDP2 saves can drag into a folder\n")
     return folder
 
 
@@ -63,6 +64,7 @@ def test_push_uploads_weights_config_and_remote_code(hub_server: HubServer, push
         files
     )
     assert hub.RESULTS_FILE not in files  # it goes into the card, not the repo
+    assert "_fsdp_stray.py" not in files  # only our two modeling files travel as code
     config = json.loads(files["config.json"])
     assert config["auto_map"] == {
         "AutoConfig": "configuration_alibi.AlibiConfig",

@@ -327,6 +327,8 @@ def push_to_hub(
         for path in sorted(folder.iterdir())
         if path.is_file()
         and path.suffix in HUB_SUFFIXES
+        # Only our two modeling files: a folder saved under FSDP2 by plain Trainer can hold torch's own sources.
+        and (path.suffix != ".py" or path.name in MODELING_FILES)
         and path.name not in TRAINER_FILES
         and path.name not in generated
         and path.name != RESULTS_FILE
