@@ -375,3 +375,21 @@ def test_missing_source_rejected(tmp_path: Path) -> None:
 def test_convert_model_dispatches_on_model_type() -> None:
     reference = mpt(heads=6)
     torch.testing.assert_close(logits(convert_model(reference), ids(1)), logits(reference, ids(1)), atol=ATOL, rtol=0)
+
+
+def test_convert_by_repo_id_through_a_local_hub(bloom_folder, tmp_path: Path, monkeypatch) -> None:
+    from huggingface_hub import HfApi
+
+    from tests.hub_server import HubServer, use_endpoint
+
+    src, reference = bloom_folder
+    with HubServer(tmp_path / "hub") as server:
+        use_endpoint(monkeypatch, server.url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+        api = HfApi(endpoint=server.url, token="hf_test_token")
+        api.create_repo("bigscience/tiny-bloom")
+        api.upload_folder(folder_path=src, repo_id="bigscience/tiny-bloom")
+        converted = convert_checkpoint("bigscience/tiny-bloom", tmp_path / "converted")
+        assert any(path.startswith("/bigscience/tiny-bloom/resolve/") for _, path in server.requests)
+    torch.testing.assert_close(logits(converted.eval(), ids()), logits(reference, ids()), atol=ATOL, rtol=0)
+    assert AutoTokenizer.from_pretrained(tmp_path / "converted")("w5 w7")["input_ids"] == [5, 7]
