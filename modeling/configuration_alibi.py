@@ -29,7 +29,8 @@ class AlibiConfig(PreTrainedConfig):
     otherwise identical model:
 
     - `"alibi"` (default): a per-head linear bias `-m_h * (i - j)` added to the attention scores.
-    - `"sinusoidal"`: fixed sinusoidal embeddings added to the token embeddings (Vaswani et al.).
+    - `"sinusoidal"`: fixed sinusoidal embeddings added to the token embeddings, which are scaled
+      by `sqrt(hidden_size)` first, as in Vaswani et al. and fairseq.
     - `"rotary"`: rotary embeddings on queries and keys (Su et al.), base `rope_theta`.
     - `"t5"`: a learned, bucketed relative bias per head shared by all layers (Raffel et al.).
     - `"none"`: no position information beyond the causal mask.

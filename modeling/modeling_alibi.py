@@ -830,6 +830,10 @@ class AlibiModel(AlibiPreTrainedModel):
         )
 
         hidden_states = inputs_embeds
+        if self.config.position_encoding == "sinusoidal":
+            # Vaswani et al. (3.4) and fairseq scale token embeddings by sqrt(d) so that the fixed
+            # sinusoid (entries in [-1, 1]) does not swamp them; LayerNorm below is scale-invariant.
+            hidden_states = hidden_states * math.sqrt(self.config.hidden_size)
         if self.config.embedding_layer_norm:
             hidden_states = self.embed_layer_norm(hidden_states)
         rotary = None
