@@ -1,0 +1,533 @@
+"""`alibi-lm demo`: train short, test long, on a laptop's CPU in a few minutes.
+
+Reproduces the central experiment of Press, Smith & Lewis, "Train Short, Test Long: Attention with Linear Biases
+Enables Input Length Extrapolation", ICLR 2022 (https://arxiv.org/abs/2108.12409), at toy scale:
+
+1. train a small causal LM at a short length L on the offline English Wikipedia summaries (train split), with the
+   project's runner (`alibi_lm.train.train`, i.e. Trainer);
+2. score the held-out test split in non-overlapping chunks of 1x, 2x, 4x, 8x and 16x L, every length on the same
+   tokens (`alibi_lm.evaluation.perplexity_at_lengths`), print the table, write it as Markdown and JSON, and plot it;
+3. generate text that runs well past L.
+
+By default only ALiBi is trained; `--compare` trains every position encoding of the paper's comparison (ALiBi,
+sinusoidal, rotary, T5 bias, none) with the same data, steps, sizes and seed and puts them in one table and plot.
+
+    alibi-lm demo [--compare] [--output-dir runs/demo] [--steps N] [--block-size L] [--seed S] [--no-generate]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase, set_seed
+
+from . import AlibiConfig, __version__
+from .data import OFFLINE_WIKIPEDIA, DataArguments, cached_bpe_tokenizer, load_raw_datasets
+from .evaluation import PerplexityResult, format_table, perplexity_at_lengths, tokenize_texts
+from .hub import RESULTS_FILE, load_model
+
+ENCODINGS = ("alibi", "sinusoidal", "rotary", "t5", "none")
+MULTIPLES = (1, 2, 4, 8, 16)
+# DemoSettings field -> its `alibi-lm demo` flag (booleans are the flags that turn the default off).
+_FLAGS = {
+    "output_dir": "--output-dir",
+    "steps": "--steps",
+    "block_size": "--block-size",
+    "batch_size": "--batch-size",
+    "learning_rate": "--learning-rate",
+    "warmup_steps": "--warmup-steps",
+    "hidden_size": "--hidden-size",
+    "num_hidden_layers": "--layers",
+    "num_attention_heads": "--heads",
+    "vocab_size": "--vocab-size",
+    "multiples": "--multiples",
+    "seed": "--seed",
+    "topic": "--topic",
+    "max_eval_tokens": "--max-eval-tokens",
+    "generate": "--no-generate",
+    "generate_tokens": "--generate-tokens",
+    "cache_dir": "--cache-dir",
+    "progress": "--no-progress",
+}
+
+
+@dataclass
+class DemoSettings:
+    """Everything that defines a demo run; every encoding gets the same data, steps, sizes and seed."""
+
+    output_dir: str = "runs/demo"
+    encodings: Sequence[str] = ("alibi",)
+    block_size: int = 64  # the training length L
+    steps: int = 600
+    batch_size: int = 32  # 32 x 64 = 2,048 tokens per step; 600 steps ~ one pass over the 1.2M training tokens
+    learning_rate: float = 3e-3  # a 1.3M-parameter model tolerates a high AdamW rate
+    warmup_steps: int | None = None  # default: 5% of the steps
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 8  # ALiBi slopes 1/2, 1/4, ..., 1/256, the paper's set for 8 heads
+    vocab_size: int = 4096  # byte-level BPE trained on the training split
+    multiples: Sequence[int] = MULTIPLES  # evaluation lengths, as multiples of L
+    seed: int = 0
+    topic: str | None = None  # train and evaluate on one Wikipedia topic only (smaller, for tests)
+    max_eval_tokens: int | None = None  # score at most this many held-out tokens (default: the whole test split)
+    generate: bool = True
+    generate_tokens: int | None = None  # default: 4 x L new tokens
+    cache_dir: str | None = None  # tokenizer and token blocks (default: the datasets cache)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.encodings, str):
+            self.encodings = (self.encodings,)
+        self.encodings = tuple(self.encodings)
+        if not self.encodings:
+            raise ValueError(f"encodings is empty: give at least one of {', '.join(ENCODINGS)}")
+        unknown = [e for e in self.encodings if e not in ENCODINGS]
+        if unknown:
+            raise ValueError(f"unknown position encoding(s) {unknown}: choose from {', '.join(ENCODINGS)}")
+        if len(set(self.encodings)) != len(self.encodings):
+            raise ValueError(f"encodings has duplicates: {list(self.encodings)}")
+        if self.block_size < 2:
+            raise ValueError(f"block_size must be at least 2 (one input and one target token), got {self.block_size}")
+        for name in ("steps", "batch_size", "vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.vocab_size < 257:
+            raise ValueError(
+                f"vocab_size must be at least 257 (256 bytes + eos) for byte-level BPE, got {self.vocab_size}"
+            )
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
+            raise ValueError(f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
+        self.multiples = tuple(sorted(set(self.multiples)))
+        if not self.multiples or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.multiples):
+            raise ValueError(f"multiples must be positive integers, got {list(self.multiples)}")
+        if self.max_eval_tokens is not None and self.max_eval_tokens < self.block_size * self.multiples[-1]:
+            raise ValueError(
+                f"max_eval_tokens={self.max_eval_tokens} is shorter than the longest evaluation length "
+                f"{self.block_size * self.multiples[-1]}"
+            )
+        if self.generate_tokens is not None and self.generate_tokens < 1:
+            raise ValueError(f"generate_tokens must be at least 1, got {self.generate_tokens}")
+        # Fail on an impossible architecture now, not after the data is loaded; the config names the field.
+        for encoding in self.encodings:
+            self.model_config(encoding)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [self.block_size * m for m in self.multiples]
+
+    @property
+    def new_tokens(self) -> int:
+        return self.generate_tokens or 4 * self.block_size
+
+    def command(self) -> str:
+        """The `alibi-lm demo` command line that reproduces these settings (defaults left out)."""
+        words = ["alibi-lm", "demo"]
+        if self.encodings == ENCODINGS:
+            words.append("--compare")
+        elif self.encodings != ("alibi",):
+            words += ["--encodings", *self.encodings]
+        defaults = DemoSettings.__dataclass_fields__
+        for name, flag in _FLAGS.items():
+            value, default = getattr(self, name), defaults[name].default
+            if name == "multiples":
+                if value != tuple(MULTIPLES):
+                    words += [flag, *map(str, value)]
+            elif isinstance(default, bool):
+                if value != default:
+                    words.append(flag)
+            elif value != default:
+                words += [flag, str(value)]
+        return shlex.join(words)
+
+    def model_config(self, encoding: str) -> AlibiConfig:
+        """The architecture for one encoding; only `position_encoding` differs between the compared models."""
+        return AlibiConfig(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            max_position_embeddings=self.block_size,
+            position_encoding=encoding,
+            # BLOOM's LayerNorm on the token embeddings, for every model. Without it the sinusoidal baseline's
+            # position signal (norm sqrt(hidden/2) ~ 8) swamps token embeddings initialised at std 0.02 (norm ~0.2),
+            # and that model stays at unigram perplexity for the whole demo budget while the others learn.
+            embedding_layer_norm=True,
+        )
+
+
+@dataclass
+class DemoResult:
+    """What a demo run leaves: perplexities per model, the generated text and the files written."""
+
+    settings: DemoSettings
+    results: list[PerplexityResult]
+    training: dict[str, dict[str, float]]  # encoding -> {"seconds", "train_loss", "steps"}
+    generation: dict[str, Any] | None
+    files: dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def ppl(self, encoding: str, multiple: int) -> float:
+        """Perplexity of `encoding`'s model at `multiple` x L."""
+        result = next(r for r in self.results if r.model_name == encoding)
+        return result[self.settings.block_size * multiple].ppl
+
+    def to_dict(self) -> dict[str, Any]:
+        settings = asdict(self.settings)
+        settings["encodings"] = list(self.settings.encodings)
+        settings["multiples"] = list(self.settings.multiples)
+        return {
+            "command": self.settings.command(),
+            "alibi_lm_version": __version__,
+            "torch_version": torch.__version__,
+            "device": _device(),
+            "settings": settings,
+            "seconds": round(self.seconds, 1),
+            "training": self.training,
+            "results": [r.to_dict() for r in self.results],
+            "generation": self.generation,
+        }
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _training_run(settings: DemoSettings, encoding: str, tokenizer_dir: Path, data_args: DataArguments) -> Any:
+    """Train one model with the project's runner; return its `TrainResult`."""
+    from .train import AlibiTrainingArguments, ModelArguments, train
+
+    config = settings.model_config(encoding)
+    model_args = ModelArguments(
+        tokenizer_name=str(tokenizer_dir),
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        position_encoding=encoding,
+        embedding_layer_norm=config.embedding_layer_norm,
+    )
+    warmup = settings.warmup_steps if settings.warmup_steps is not None else max(1, settings.steps // 20)
+    training_args = AlibiTrainingArguments(
+        output_dir=str(Path(settings.output_dir) / encoding),
+        overwrite_output_dir=True,
+        max_steps=settings.steps,
+        per_device_train_batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        warmup_steps=warmup,
+        lr_scheduler_type="cosine",
+        weight_decay=0.1,
+        logging_steps=max(1, settings.steps // 10),
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        seed=settings.seed,
+        data_seed=settings.seed,
+        disable_tqdm=not settings.progress,
+        use_cpu=not torch.accelerator.is_available(),
+    )
+    return train(model_args, data_args, training_args)
+
+
+def _generation(
+    settings: DemoSettings, model: Any, tokenizer: PreTrainedTokenizerBase, held_out: Sequence[str], encoding: str
+) -> dict[str, Any]:
+    """Continue the opening of a held-out article, sampled under a fixed seed, to several times L tokens."""
+    # A prompt of L/2 tokens, so the continuation crosses L early and then runs several times past it.
+    prompt_length = max(1, settings.block_size // 2)
+    # The first held-out article long enough, preferring plain ASCII text: a prompt cut inside a multi-byte
+    # character would print as replacement characters.
+    articles = sorted(held_out, key=lambda text: not text[:1000].isascii())
+    article_ids = next(ids for ids in tokenizer(articles)["input_ids"] if len(ids) > prompt_length)
+    prompt_ids = torch.tensor([article_ids[:prompt_length]], device=model.device)  # [1, L/2]
+    sampling = {"do_sample": True, "temperature": 0.8, "top_k": 40}
+    set_seed(settings.seed)
+    with torch.inference_mode():
+        output = model.generate(
+            input_ids=prompt_ids,
+            attention_mask=torch.ones_like(prompt_ids),
+            max_new_tokens=settings.new_tokens,
+            # eos only ends a Wikipedia summary; without this the sample could stop before it passes L.
+            min_new_tokens=settings.new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            **sampling,
+        )  # [1, L/2 + new_tokens]
+    return {
+        "model": encoding,
+        "prompt": tokenizer.decode(output[0, :prompt_length]),
+        "text": tokenizer.decode(output[0, prompt_length:]),
+        "prompt_tokens": prompt_length,
+        "total_tokens": output.shape[1],
+        "training_length": settings.block_size,
+        "sampling": {**sampling, "seed": settings.seed},
+    }
+
+
+def markdown_table(results: Sequence[PerplexityResult], training_length: int) -> str:
+    """A Markdown table: one row per evaluation length, one perplexity column per model, and the 16x/1x ratio."""
+    lengths = sorted({r.length for res in results for r in res.lengths})
+    header = "| eval length | x L | " + " | ".join(f"`{res.model_name}`" for res in results) + " |"
+    lines = [header, "|" + "---:|" * (len(results) + 2)]
+    for length in lengths:
+        cells = []
+        for res in results:
+            ppl = res.ppl.get(length)
+            cells.append("-" if ppl is None else f"**{ppl:.2f}**" if length == training_length else f"{ppl:.2f}")
+        multiple = length / training_length
+        lines.append(f"| {length} | {multiple:g} | " + " | ".join(cells) + " |")
+    longest = lengths[-1]
+    ratios = [
+        f"{res.ppl[longest] / res.ppl[training_length]:.2f}x"
+        if longest in res.ppl and training_length in res.ppl
+        else "-"
+        for res in results
+    ]
+    lines.append(f"| ppl({longest}) / ppl({training_length}) | | " + " | ".join(ratios) + " |")
+    return "\n".join(lines)
+
+
+def _device() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def _markdown(result: DemoResult, stem: str) -> str:
+    s = result.settings
+    params = next(iter(result.training.values()))["parameters"]
+    tokens_per_step = s.batch_size * s.block_size
+    first = result.results[0]
+    lines = [
+        f"# Train short, test long: {', '.join(s.encodings)}",
+        "",
+        "Made by:",
+        "",
+        "```bash",
+        s.command(),
+        "```",
+        "",
+        (
+            f"alibi-lm {__version__}, torch {torch.__version__}, {_device()}; the whole run took "
+            f"{result.seconds / 60:.1f} min."
+        ),
+        "",
+        (
+            f"Each model: {s.num_hidden_layers} layers, hidden {s.hidden_size}, {s.num_attention_heads} heads, "
+            f"{params / 1e6:.2f}M parameters (tied embedding over a {s.vocab_size}-token byte-level BPE), trained at "
+            f"L = {s.block_size} for {s.steps} steps of {s.batch_size} x {s.block_size} = {tokens_per_step:,} tokens "
+            f"({s.steps * tokens_per_step / 1e6:.2f}M tokens) on the offline English Wikipedia summaries (train split), "
+            f"AdamW lr {s.learning_rate:g} with cosine decay, seed {s.seed}. Only `position_encoding` differs between "
+            "the models."
+        ),
+        "",
+        (
+            f"Perplexity on the held-out test split ({first.span_tokens:,} tokens, the same tokens at every length), "
+            "non-overlapping chunks of each evaluation length (Press et al. 2022, section 4); bold = the training length."
+        ),
+        "",
+        markdown_table(result.results, s.block_size),
+        "",
+        "| model | training time | final training loss |",
+        "|---|---:|---:|",
+    ]
+    for encoding, info in result.training.items():
+        lines.append(f"| `{encoding}` | {info['seconds']:.0f} s | {info['train_loss']:.3f} |")
+    lines += ["", f"![perplexity against evaluation length]({stem}.png)", ""]
+    if result.generation:
+        g = result.generation
+        lines += [
+            (
+                f"Generated by `{g['model']}` (sampled, temperature {g['sampling']['temperature']}, top-k "
+                f"{g['sampling']['top_k']}, seed {g['sampling']['seed']}): a {g['prompt_tokens']}-token prompt from a "
+                f"held-out article, continued to {g['total_tokens']} tokens, {g['total_tokens'] / s.block_size:.1f}x "
+                "the training length."
+            ),
+            "",
+            "> " + (g["prompt"] + "**" + g["text"] + "**").replace("\n", "\n> "),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def run_demo(settings: DemoSettings) -> DemoResult:
+    """Train every encoding of `settings`, evaluate each at every length, generate, and write the results.
+
+    Writes to `settings.output_dir`: one model folder per encoding (with its `extrapolation.json`), the shared
+    tokenizer, and `{stem}.md`, `{stem}.json`, `{stem}.png` where stem is "demo" for one model and
+    "demo-compare" for several.
+
+    Raises:
+        ValueError: the held-out text is shorter than the longest evaluation length.
+    """
+    start = time.perf_counter()
+    out = Path(settings.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data_args = DataArguments(
+        dataset_name=OFFLINE_WIKIPEDIA,
+        dataset_config_name=settings.topic,
+        block_size=settings.block_size,
+        cache_dir=settings.cache_dir,
+    )
+    _say(f"Loading the offline Wikipedia summaries{f' (topic {settings.topic})' if settings.topic else ''} ...")
+    raw = load_raw_datasets(data_args)
+    # One tokenizer for every model, trained here, so every model is scored on exactly the same token ids.
+    tokenizer = cached_bpe_tokenizer(raw["train"], settings.vocab_size, data_args.resolved_cache_dir())
+    tokenizer_dir = out / "tokenizer"
+    tokenizer.save_pretrained(tokenizer_dir)
+    held_out = raw["test"]["text"]
+    ids = tokenize_texts(held_out, tokenizer)
+    if settings.max_eval_tokens is not None:
+        ids = ids[: settings.max_eval_tokens]
+    longest = settings.lengths[-1]
+    if ids.numel() < longest:
+        raise ValueError(
+            f"the held-out text has {ids.numel()} tokens, fewer than the longest evaluation length {longest} "
+            f"({settings.multiples[-1]} x block_size {settings.block_size}); lower block_size or the multiples"
+        )
+    _say(
+        f"Train split {len(raw['train'])} articles; held-out test split {len(held_out)} articles = {ids.numel():,} "
+        f"tokens. Training length L = {settings.block_size}; evaluation lengths {settings.lengths}."
+    )
+
+    results: list[PerplexityResult] = []
+    training: dict[str, dict[str, float]] = {}
+    models: dict[str, Any] = {}
+    for index, encoding in enumerate(settings.encodings, 1):
+        _say(
+            f"\n[{index}/{len(settings.encodings)}] Training position_encoding={encoding!r} for {settings.steps} steps"
+        )
+        began = time.perf_counter()
+        run = _training_run(settings, encoding, tokenizer_dir, data_args)
+        seconds = time.perf_counter() - began
+        training[encoding] = {
+            "seconds": round(seconds, 1),
+            "train_loss": round(float(run.metrics.get("train_loss", math.nan)), 4),
+            "steps": run.global_step,
+        }
+        model = load_model(run.output_dir).eval()
+        training[encoding]["parameters"] = sum(p.numel() for p in model.parameters())
+        _say(f"[{index}/{len(settings.encodings)}] Evaluating {encoding!r} at {settings.lengths}")
+        result = perplexity_at_lengths(model, ids, settings.lengths, model_name=encoding, progress=settings.progress)
+        # `alibi-lm push` puts this table into the model card.
+        result.to_json(Path(run.output_dir) / RESULTS_FILE)
+        results.append(result)
+        models[encoding] = model
+        _say(result.to_table())
+
+    generation = None
+    if settings.generate:
+        encoding = "alibi" if "alibi" in models else settings.encodings[0]
+        _say(f"\nGenerating {settings.new_tokens} tokens with {encoding!r} (trained at L = {settings.block_size}) ...")
+        generation = _generation(settings, models[encoding], tokenizer, held_out, encoding)
+
+    result = DemoResult(settings, results, training, generation, seconds=time.perf_counter() - start)
+    stem = "demo-compare" if len(settings.encodings) > 1 else "demo"
+    from .plotting import plot_perplexity
+
+    result.files = {
+        "json": out / f"{stem}.json",
+        "png": plot_perplexity(
+            results,
+            out / f"{stem}.png",
+            title=f"Trained at L = {settings.block_size}, evaluated at up to {longest} tokens",
+        ),
+        "markdown": out / f"{stem}.md",
+    }
+    result.files["json"].write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    result.files["markdown"].write_text(_markdown(result, stem))
+
+    _say("\n" + format_table(results))
+    if generation:
+        _say(
+            f"\n--- {generation['model']}: prompt ({generation['prompt_tokens']} tokens from a held-out article) ---\n"
+            f"{generation['prompt']}\n--- continuation, to {generation['total_tokens']} tokens = "
+            f"{generation['total_tokens'] / settings.block_size:.1f} x the training length ---\n{generation['text']}"
+        )
+    _say(f"\nWrote {', '.join(str(p) for p in result.files.values())} in {result.seconds / 60:.1f} min.")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI: alibi-lm demo
+
+
+def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `alibi-lm demo`."""
+    defaults = DemoSettings.__dataclass_fields__
+    parser = subparsers.add_parser(
+        "demo",
+        help="train short, test long: the paper's extrapolation experiment in a few CPU minutes",
+        description=__doc__.splitlines()[0],
+    )
+    parser.add_argument("--output-dir", default=defaults["output_dir"].default, help="where models and results go")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--compare", action="store_true", help=f"train every baseline: {', '.join(ENCODINGS)}")
+    which.add_argument(
+        "--encodings", nargs="+", metavar="ENC", help=f"train these position encodings ({', '.join(ENCODINGS)})"
+    )
+    parser.add_argument("--steps", type=int, default=defaults["steps"].default, help="training steps per model")
+    parser.add_argument("--block-size", type=int, default=defaults["block_size"].default, help="training length L")
+    parser.add_argument("--batch-size", type=int, default=defaults["batch_size"].default, help="blocks per step")
+    parser.add_argument("--learning-rate", type=float, default=defaults["learning_rate"].default)
+    parser.add_argument("--warmup-steps", type=int, help="linear warmup (default: 5%% of the steps)")
+    parser.add_argument("--hidden-size", type=int, default=defaults["hidden_size"].default)
+    parser.add_argument("--layers", type=int, default=defaults["num_hidden_layers"].default)
+    parser.add_argument("--heads", type=int, default=defaults["num_attention_heads"].default)
+    parser.add_argument("--vocab-size", type=int, default=defaults["vocab_size"].default, help="BPE vocabulary")
+    parser.add_argument(
+        "--multiples", type=int, nargs="+", default=list(MULTIPLES), help="evaluation lengths as multiples of L"
+    )
+    parser.add_argument("--seed", type=int, default=defaults["seed"].default)
+    parser.add_argument("--topic", help="use only the Wikipedia articles of one topic, e.g. Mathematics")
+    parser.add_argument("--max-eval-tokens", type=int, help="score at most this many held-out tokens")
+    parser.add_argument("--no-generate", action="store_true", help="skip the text generation")
+    parser.add_argument("--generate-tokens", type=int, help="new tokens to generate (default: 4 x L)")
+    parser.add_argument("--cache-dir", help="tokenizer and token-block cache (default: the datasets cache)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> DemoSettings:
+    """The `DemoSettings` of parsed `alibi-lm demo` arguments (validated: bad values raise ValueError)."""
+    return DemoSettings(
+        output_dir=args.output_dir,
+        encodings=ENCODINGS if args.compare else tuple(args.encodings or ("alibi",)),
+        block_size=args.block_size,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps,
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        vocab_size=args.vocab_size,
+        multiples=args.multiples,
+        seed=args.seed,
+        topic=args.topic,
+        max_eval_tokens=args.max_eval_tokens,
+        generate=not args.no_generate,
+        generate_tokens=args.generate_tokens,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo from parsed command-line arguments."""
+    run_demo(settings_from_args(args))
+    return 0
+
+
+__all__ = ["ENCODINGS", "MULTIPLES", "DemoResult", "DemoSettings", "markdown_table", "run_demo", "settings_from_args"]
