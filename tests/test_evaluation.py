@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerFast, Trainer, TrainingArguments
 from alibi_lm.cli import main as cli_main
 from alibi_lm.evaluation import (
     ExtrapolationCallback,
+    PerplexityResult,
     load_model_and_tokenizer,
     perplexity_at_lengths,
     perplexity_metric_path,
@@ -191,6 +192,8 @@ def test_json_and_csv_hold_the_numbers(model, ids, tmp_path):
     ]
     table = result.to_table()
     assert f"{result[16].ppl:.2f}*" in table  # the training length is starred
+    # Read back, a saved result is the same object: every field, every length.
+    assert PerplexityResult.from_dict(loaded[0]) == result
 
 
 def test_plot_is_a_valid_png(model, ids, tmp_path):

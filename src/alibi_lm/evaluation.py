@@ -74,6 +74,11 @@ class PerplexityResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PerplexityResult:
+        """The inverse of `to_dict`: read back a result saved as JSON (e.g. a model's `extrapolation.json`)."""
+        return cls(**{**data, "lengths": [LengthResult(**row) for row in data["lengths"]]})
+
     def to_table(self) -> str:
         return format_table([self])
 
