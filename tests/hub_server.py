@@ -217,7 +217,7 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             if self.command != "HEAD":
                 self.wfile.write(payload)
 
-        do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _dispatch
+        do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _dispatch  # noqa: N815 (http.server looks these names up)
 
         def log_message(self, format: str, *args: object) -> None:
             pass  # keep pytest output clean; `hub.requests` is the log
