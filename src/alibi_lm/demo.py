@@ -69,14 +69,18 @@ class DemoSettings:
     output_dir: str = "runs/demo"
     encodings: Sequence[str] = ("alibi",)
     block_size: int = 64  # the training length L
-    steps: int = 600
-    batch_size: int = 32  # 32 x 64 = 2,048 tokens per step; 600 steps ~ one pass over the 1.2M training tokens
-    learning_rate: float = 3e-3  # a 1.3M-parameter model tolerates a high AdamW rate
+    # 10,000 steps of 16 x 64 = 1,024 tokens: 10.2M tokens, ~7 passes over the 1.4M training tokens, ~5 min per
+    # model on two CPU cores. Sinusoidal's blow-up past L grows with training: 1.85x its perplexity at L at 16 L after
+    # 2,000 steps (lr 5e-3, BPE 4096), 5.66x with these defaults (recipes/results/demo-compare.md), while ALiBi's
+    # perplexity stays below its own at L.
+    steps: int = 10_000
+    batch_size: int = 16
+    learning_rate: float = 8e-3  # a 0.66M-parameter model takes a high AdamW rate
     warmup_steps: int | None = None  # default: 5% of the steps
     hidden_size: int = 128
-    num_hidden_layers: int = 4
+    num_hidden_layers: int = 2
     num_attention_heads: int = 8  # ALiBi slopes 1/2, 1/4, ..., 1/256, the paper's set for 8 heads
-    vocab_size: int = 4096  # byte-level BPE trained on the training split
+    vocab_size: int = 2048  # byte-level BPE trained on the training split (the LM head dominates a step)
     multiples: Sequence[int] = MULTIPLES  # evaluation lengths, as multiples of L
     seed: int = 0
     topic: str | None = None  # train and evaluate on one Wikipedia topic only (smaller, for tests)
@@ -174,7 +178,7 @@ class DemoResult:
 
     settings: DemoSettings
     results: list[PerplexityResult]
-    training: dict[str, dict[str, float]]  # encoding -> {"seconds", "train_loss", "steps"}
+    training: dict[str, dict[str, float]]  # encoding -> {"seconds", "final_loss", "steps", "parameters"}
     generation: dict[str, Any] | None
     files: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
@@ -329,7 +333,8 @@ def _markdown(result: DemoResult, stem: str) -> str:
             f"L = {s.block_size} for {s.steps} steps of {s.batch_size} x {s.block_size} = {tokens_per_step:,} tokens "
             f"({s.steps * tokens_per_step / 1e6:.2f}M tokens) on the offline English Wikipedia summaries (train split), "
             f"AdamW lr {s.learning_rate:g} with cosine decay, seed {s.seed}. Only `position_encoding` differs between "
-            "the models."
+            "the models. Every model has a LayerNorm on its token embeddings (BLOOM's `embedding_layer_norm`), so a "
+            "sinusoidal position signal does not swamp the token signal."
         ),
         "",
         (
@@ -339,11 +344,11 @@ def _markdown(result: DemoResult, stem: str) -> str:
         "",
         markdown_table(result.results, s.block_size),
         "",
-        "| model | training time | final training loss |",
+        "| model | training time | training loss, last tenth of the steps |",
         "|---|---:|---:|",
     ]
     for encoding, info in result.training.items():
-        lines.append(f"| `{encoding}` | {info['seconds']:.0f} s | {info['train_loss']:.3f} |")
+        lines.append(f"| `{encoding}` | {info['seconds']:.0f} s | {info['final_loss']:.3f} |")
     lines += ["", f"![perplexity against evaluation length]({stem}.png)", ""]
     if result.generation:
         g = result.generation
@@ -355,7 +360,9 @@ def _markdown(result: DemoResult, stem: str) -> str:
                 "the training length."
             ),
             "",
-            "> " + (g["prompt"] + "**" + g["text"] + "**").replace("\n", "\n> "),
+            "> *Prompt:* " + g["prompt"].strip().replace("\n", "\n> "),
+            ">",
+            "> *Continuation:* " + g["text"].strip().replace("\n", "\n> "),
             "",
         ]
     return "\n".join(lines)
@@ -413,7 +420,10 @@ def run_demo(settings: DemoSettings) -> DemoResult:
         seconds = time.perf_counter() - began
         training[encoding] = {
             "seconds": round(seconds, 1),
-            "train_loss": round(float(run.metrics.get("train_loss", math.nan)), 4),
+            # The last logged loss (over the last tenth of the steps); Trainer's `train_loss` averages the whole run.
+            "final_loss": round(
+                next((log["loss"] for log in reversed(run.log_history) if "loss" in log), math.nan), 4
+            ),
             "steps": run.global_step,
         }
         model = load_model(run.output_dir).eval()
