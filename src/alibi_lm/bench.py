@@ -173,6 +173,22 @@ PRESETS: dict[str, Preset] = {
         repeats=5,
         targets=_cpu_small_targets(),
     ),
+    # The model and batch `alibi-lm demo` trains (0.66M parameters, 16 x 64 tokens a step): where the bias is a
+    # large share of a tiny model's attention, is ALiBi still as fast as no position encoding?
+    "cpu-demo": Preset(
+        hidden_size=128,
+        num_layers=2,
+        num_heads=8,
+        vocab_size=2048,
+        dtype="float32",
+        train_shapes=((16, 64),),
+        prefill_lengths=(1024,),
+        decode_prompt=32,
+        decode_new_tokens=256,
+        backends=("eager", "sdpa"),
+        repeats=7,
+        targets=(Target("train 16x64", "speed", "no_bias", ">=", 0.95),),
+    ),
     # ~350M parameters (24 x 12 x 1024^2 + 50304 x 1024 tied), bf16, sized to finish in ~6 minutes on an H200.
     # Our eager backend is left out: it is Bloom's L x L algorithm and would only spend the time budget.
     "gpu-350m": Preset(
