@@ -63,6 +63,8 @@ from transformers import (
     PreTrainedModel,
 )
 
+from .bench_presets import PRESETS, Preset, Target, get_preset, max_length, measurement_plan
+from .bench_report import Row, add_ratios, check_targets, to_markdown
 from .modeling.configuration_alibi import AlibiConfig
 from .modeling.modeling_alibi import AlibiForCausalLM
 
@@ -80,145 +82,6 @@ LABELS = {
 }
 STATIC_DECODE_MODES = ("compile", "eager", "off")
 CLOCKS = ("wall", "cpu")
-
-
-@dataclass(frozen=True)
-class Target:
-    """One promise of the speed issue, checked on the best of our ALiBi rows of one measurement."""
-
-    measurement: str  # a measurement name, e.g. "train 1x2048", "prefill 4096", "decode"
-    metric: str  # "speed" (tokens/s) or "memory" (peak bytes)
-    reference: str | None  # "bloom", "falcon", "no_bias", or None for an absolute bound in bytes
-    op: str  # ">=" or "<="
-    threshold: float
-
-    def describe(self) -> str:
-        if self.reference is None:
-            return f"{self.measurement}: {self.metric} {self.op} {self.threshold / 2**30:g} GiB"
-        return f"{self.measurement}: {self.metric} vs {self.reference} {self.op} {self.threshold:g}x"
-
-
-@dataclass(frozen=True)
-class Preset:
-    """One benchmark size and the shapes measured at it."""
-
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    vocab_size: int
-    dtype: str  # "float32" or "bfloat16": the weights' dtype (no autocast)
-    train_shapes: tuple[tuple[int, int], ...]  # (batch, length)
-    prefill_lengths: tuple[int, ...]
-    decode_prompt: int
-    decode_new_tokens: int
-    backends: tuple[str, ...]  # our model's attention backends
-    device: str = "cpu"
-    repeats: int = 3
-    warmup: int = 1
-    targets: tuple[Target, ...] = ()
-
-
-def _cpu_small_targets() -> tuple[Target, ...]:
-    train = "train 1x2048"
-    return (
-        Target(train, "speed", "bloom", ">=", 1.8),
-        Target(train, "speed", "falcon", ">=", 1.3),
-        Target(train, "speed", "no_bias", ">=", 0.95),
-        Target("prefill 4096", "memory", "bloom", "<=", 0.25),
-    )
-
-
-def _gpu_targets() -> tuple[Target, ...]:
-    targets = []
-    for train in ("train 8x2048", "train 1x8192"):
-        targets += [
-            Target(train, "speed", "falcon", ">=", 1.15),
-            Target(train, "memory", "falcon", "<=", 1.0),
-            Target(train, "speed", "no_bias", ">=", 0.90),
-        ]
-    targets += [
-        Target("prefill 16384", "memory", None, "<=", 2 * 2**30),
-        Target("decode", "speed", "bloom", ">=", 3.0),
-    ]
-    return tuple(targets)
-
-
-PRESETS: dict[str, Preset] = {
-    # End to end in seconds on a CPU: the tests run it. No flex here, since it compiles.
-    "tiny": Preset(
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        vocab_size=128,
-        dtype="float32",
-        train_shapes=((1, 64),),
-        prefill_lengths=(128,),
-        decode_prompt=16,
-        decode_new_tokens=8,
-        backends=("eager", "sdpa"),
-        repeats=2,
-    ),
-    # The issue's CPU comparison: fp32, batch 1, a training step at 2048 and a 4096-token prefill.
-    "cpu-small": Preset(
-        hidden_size=512,
-        num_layers=4,
-        num_heads=8,
-        vocab_size=8192,
-        dtype="float32",
-        train_shapes=((1, 2048),),
-        prefill_lengths=(4096,),
-        decode_prompt=128,
-        decode_new_tokens=64,
-        backends=("eager", "sdpa", "flex_attention"),
-        repeats=5,
-        targets=_cpu_small_targets(),
-    ),
-    # The model and batch `alibi-lm demo` trains (0.66M parameters, 16 x 64 tokens a step): where the bias is a
-    # large share of a tiny model's attention, is ALiBi still as fast as no position encoding?
-    "cpu-demo": Preset(
-        hidden_size=128,
-        num_layers=2,
-        num_heads=8,
-        vocab_size=2048,
-        dtype="float32",
-        train_shapes=((16, 64),),
-        prefill_lengths=(1024,),
-        decode_prompt=32,
-        decode_new_tokens=256,
-        backends=("eager", "sdpa"),
-        repeats=7,
-        targets=(Target("train 16x64", "speed", "no_bias", ">=", 0.95),),
-    ),
-    # ~350M parameters (24 x 12 x 1024^2 + 50304 x 1024 tied), bf16, sized to finish in ~6 minutes on an H200.
-    # Our eager backend is left out: it is Bloom's L x L algorithm and would only spend the time budget.
-    "gpu-350m": Preset(
-        hidden_size=1024,
-        num_layers=24,
-        num_heads=16,
-        vocab_size=50304,
-        dtype="bfloat16",
-        train_shapes=((8, 2048), (1, 8192)),
-        prefill_lengths=(16384,),
-        decode_prompt=512,
-        decode_new_tokens=64,
-        backends=("sdpa", "flex_attention", "flash_attention_2"),
-        device="cuda",
-        targets=_gpu_targets(),
-    ),
-}
-
-
-def get_preset(name: str) -> Preset:
-    """The preset called `name`; a `ValueError` lists the known ones."""
-    if name not in PRESETS:
-        raise ValueError(f"Unknown bench preset {name!r}; choose one of {', '.join(PRESETS)}.")
-    return PRESETS[name]
-
-
-def max_length(preset: Preset) -> int:
-    """The longest sequence any measurement of `preset` runs (MPT sizes its ALiBi table by it)."""
-    lengths = [length for _, length in preset.train_shapes] + list(preset.prefill_lengths)
-    return max(lengths + [preset.decode_prompt + preset.decode_new_tokens])
 
 
 def build_model(family: str, backend: str, preset: Preset, device: torch.device) -> PreTrainedModel:
@@ -300,37 +163,6 @@ class Measured:
     recompiles: int = 0  # graphs compiled while the repetitions were timed
     error: str | None = None
     output: Any = None  # the last warm-up call's return value
-
-
-@dataclass
-class Row:
-    """One line of a results table."""
-
-    measurement: str
-    kind: str  # "train", "prefill" or "decode"
-    family: str
-    label: str
-    backend: str
-    batch: int
-    length: int  # the sequence length, or the prompt length for decoding
-    tokens: int  # tokens per call: batch x length, length, or the new tokens
-    cache: str | None = None  # decoding only: "dynamic", "static+compile" or "static"
-    times_s: list[float] = field(default_factory=list)  # wall clock
-    cpu_times_s: list[float] = field(default_factory=list)  # process CPU time
-    seconds: float | None = None  # median of the chosen clock's times
-    tokens_per_s: float | None = None
-    weight_bytes: int | None = None
-    peak_bytes: int | None = None  # weights + the call's own peak
-    recompiles: int = 0
-    error: str | None = None
-    vs_bloom: float | None = None  # tokens/s ratio
-    vs_falcon: float | None = None
-    vs_no_bias: float | None = None
-    mem_vs_bloom: float | None = None  # peak-memory ratio
-    mem_vs_falcon: float | None = None
-    mem_vs_no_bias: float | None = None
-    vs_dynamic: float | None = None  # static-cache decoding over the dynamic cache
-    same_tokens: bool | None = None
 
 
 def _sync(device: torch.device) -> None:
@@ -545,95 +377,6 @@ def _rows_from(
     return rows
 
 
-def add_ratios(rows: list[Row]) -> None:
-    """Fill the speed and memory ratios of each row against Bloom, the fastest Falcon, and our no-bias model.
-
-    The no-bias reference of a row is our `position_encoding="none"` model on the same backend (and cache).
-    """
-
-    def ok(row: Row) -> bool:
-        return row.error is None and row.tokens_per_s is not None
-
-    by_measurement: dict[str, list[Row]] = {}
-    for row in rows:
-        by_measurement.setdefault(row.measurement, []).append(row)
-    for group in by_measurement.values():
-        dynamic = [r for r in group if r.cache in (None, "dynamic")]
-        bloom = next((r for r in dynamic if r.family == "bloom" and ok(r)), None)
-        falcons = [r for r in dynamic if r.family == "falcon" and ok(r)]
-        falcon = max(falcons, key=lambda r: r.tokens_per_s, default=None)
-        for row in group:
-            if not ok(row):
-                continue
-            no_bias = next(
-                (
-                    r
-                    for r in group
-                    if r.family == "none" and r.backend == row.backend and r.cache == row.cache and ok(r)
-                ),
-                None,
-            )
-            for name, ref in (("bloom", bloom), ("falcon", falcon), ("no_bias", no_bias)):
-                if ref is None or (name == "no_bias" and row.family not in ("alibi", "none")):
-                    continue
-                setattr(row, f"vs_{name}", row.tokens_per_s / ref.tokens_per_s)
-                if row.peak_bytes and ref.peak_bytes:
-                    setattr(row, f"mem_vs_{name}", row.peak_bytes / ref.peak_bytes)
-            if row.cache and row.cache.startswith("static"):
-                twin = next(
-                    (r for r in group if r.family == row.family and r.backend == row.backend and r.cache == "dynamic"),
-                    None,
-                )
-                if twin is not None and ok(twin):
-                    row.vs_dynamic = row.tokens_per_s / twin.tokens_per_s
-
-
-def check_targets(rows: list[Row], targets: tuple[Target, ...]) -> list[dict[str, Any]]:
-    """Evaluate each target on the best of our ALiBi rows (fastest for speed, smallest for memory)."""
-    results = []
-    for target in targets:
-        candidates = [
-            r for r in rows if r.family == "alibi" and r.error is None and r.measurement == target.measurement
-        ]
-        if target.metric == "speed":
-            candidates = [r for r in candidates if r.tokens_per_s is not None]
-            best = max(candidates, key=lambda r: r.tokens_per_s, default=None)
-        elif target.metric == "memory":
-            candidates = [r for r in candidates if r.peak_bytes is not None]
-            best = min(candidates, key=lambda r: r.peak_bytes, default=None)
-        else:
-            raise ValueError(f"Target metric must be 'speed' or 'memory', got {target.metric!r}.")
-        value = None
-        if best is not None:
-            if target.reference is None:
-                value = best.tokens_per_s if target.metric == "speed" else best.peak_bytes
-            else:
-                prefix = "vs_" if target.metric == "speed" else "mem_vs_"
-                value = getattr(best, prefix + target.reference)
-        passed = (
-            None if value is None else (value >= target.threshold if target.op == ">=" else value <= target.threshold)
-        )
-        row = None if best is None else f"{best.label} [{best.backend}{'/' + best.cache if best.cache else ''}]"
-        results.append(
-            {"target": target.describe(), "row": row, "value": value, "threshold": target.threshold, "passed": passed}
-        )
-    return results
-
-
-def measurement_plan(preset: Preset) -> list[dict[str, Any]]:
-    """The measurements of a preset in order: name, kind, batch, length (prompt length for decoding), tokens."""
-    plan = [
-        {"measurement": f"train {b}x{n}", "kind": "train", "batch": b, "length": n, "tokens": b * n}
-        for b, n in preset.train_shapes
-    ]
-    plan += [
-        {"measurement": f"prefill {n}", "kind": "prefill", "batch": 1, "length": n, "tokens": n}
-        for n in preset.prefill_lengths
-    ]
-    prompt, new = preset.decode_prompt, preset.decode_new_tokens
-    return plan + [{"measurement": "decode", "kind": "decode", "batch": 1, "length": prompt, "tokens": new}]
-
-
 def run_bench(
     preset: Preset,
     device: torch.device,
@@ -739,80 +482,6 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    return "—" if value is None else f"{value:{spec}}{suffix}"
-
-
-def _mb(value: int | None) -> str:
-    return _fmt(None if value is None else value / 2**20, ",.1f")
-
-
-def to_markdown(report: dict[str, Any]) -> str:
-    """The report as markdown: one table per measurement, then the targets and the compile counts."""
-    preset, env = report["preset"], report["environment"]
-    title = (
-        f"# alibi-lm bench: hidden {preset['hidden_size']}, {preset['num_layers']} layers, "
-        f"{preset['num_heads']} heads, vocab {preset['vocab_size']}, {preset['dtype']}"
-    )
-    where = (
-        f"{env['device_name']} ({env['device']}), torch {env['torch']}, transformers {env['transformers']}, "
-        f"{env['cpu_threads']} CPU threads, {env['time_utc']}. Medians of {preset['repeats']} interleaved "
-        f"repetitions, {report['clock']} clock; ratios are tokens/s (mem: peak memory) over the reference's."
-    )
-    lines = [title, "", where]
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for row in report["rows"]:
-        groups.setdefault(row["measurement"], []).append(row)
-    for rows in groups.values():
-        kind = rows[0]["kind"]
-        if kind == "decode":
-            title = f"Decoding: batch 1, {rows[0]['length']}-token prompt, {rows[0]['tokens']} new tokens, greedy"
-            header = "| model | backend | cache | ms/token | tokens/s | ×Bloom | ×Falcon-alibi | ×no-bias | ×dynamic | same tokens |"
-        else:
-            title = (
-                f"Training step (forward + backward), {rows[0]['batch']} × {rows[0]['length']} tokens"
-                if kind == "train"
-                else f"Prefill of {rows[0]['length']} tokens (no grad, no KV cache, last-position logits)"
-            )
-            header = "| model | backend | ms | tokens/s | peak MiB | ×Bloom | ×Falcon-alibi | ×no-bias | mem/Bloom | mem/Falcon-alibi | mem/no-bias |"
-        lines += ["", f"## {title}", "", header, "|" + "---|" * (header.count("|") - 1)]
-        for r in rows:
-            if r["error"] is not None:
-                cells = [r["label"], r["backend"]] + ([r["cache"]] if kind == "decode" else []) + [r["error"]]
-                lines.append("| " + " | ".join(cells) + " |")
-                continue
-            speed = [_fmt(r[k], ".2f", "×") for k in ("vs_bloom", "vs_falcon", "vs_no_bias")]
-            recompiled = f" ({r['recompiles']} recompiles!)" if r["recompiles"] else ""
-            if kind == "decode":
-                same = "—" if r["same_tokens"] is None else ("yes" if r["same_tokens"] else "NO")
-                cells = [r["label"], r["backend"], r["cache"], _fmt(1e3 * r["seconds"] / r["tokens"], ".2f")]
-                cells += [
-                    _fmt(r["tokens_per_s"], ",.1f") + recompiled,
-                    *speed,
-                    _fmt(r["vs_dynamic"], ".2f", "×"),
-                    same,
-                ]
-            else:
-                memory = [_fmt(r[k], ".2f") for k in ("mem_vs_bloom", "mem_vs_falcon", "mem_vs_no_bias")]
-                cells = [r["label"], r["backend"], _fmt(1e3 * r["seconds"], ",.1f")]
-                cells += [_fmt(r["tokens_per_s"], ",.0f") + recompiled, _mb(r["peak_bytes"]), *speed, *memory]
-            lines.append("| " + " | ".join(cells) + " |")
-    if report["targets"]:
-        lines += ["", "## Targets", "", "| target | our row | value | pass |", "|---|---|---|---|"]
-        for t in report["targets"]:
-            absolute = "GiB" in t["target"]
-            value = _fmt(None if t["value"] is None else t["value"] / (2**30 if absolute else 1), ".2f")
-            passed = "—" if t["passed"] is None else ("yes" if t["passed"] else "**no**")
-            lines.append(f"| {t['target']} | {t['row'] or '—'} | {value} | {passed} |")
-    c = report["compile"]
-    compiles = (
-        f"torch.compile: {c['graphs_compiled']} graphs compiled in all, {c['graphs_compiled_while_timing']} while "
-        f"timing (recompiles), {c['recompile_limit_hits']} recompile-limit hits."
-    )
-    lines += ["", compiles]
-    return "\n".join(lines) + "\n"
-
-
 def _resolve_device(name: str | None, preset: Preset) -> torch.device:
     device = torch.device(name or preset.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -902,3 +571,25 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default=None, help="folder for bench_<preset>.json and .md")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
+
+
+# Re-exported: the presets and the report are part of `alibi_lm.bench`'s interface.
+__all__ = [
+    "FAMILIES",
+    "LABELS",
+    "PRESETS",
+    "Preset",
+    "Row",
+    "Target",
+    "add_ratios",
+    "build_model",
+    "check_targets",
+    "generate_tokens",
+    "get_preset",
+    "max_length",
+    "measurement_plan",
+    "peak_memory",
+    "run_bench",
+    "run_interleaved",
+    "to_markdown",
+]
