@@ -165,7 +165,9 @@ def test_every_target_names_a_measurement_of_its_preset(name):
 
 
 def test_unknown_preset_is_a_clear_error():
-    with pytest.raises(ValueError, match="Unknown bench preset 'huge'; choose one of tiny, cpu-small, cpu-demo, gpu-350m"):
+    with pytest.raises(
+        ValueError, match="Unknown bench preset 'huge'; choose one of tiny, cpu-small, cpu-demo, gpu-350m"
+    ):
         bench.get_preset("huge")
     with pytest.raises(ValueError, match="Unknown bench preset 'huge'"):
         main(["bench", "--preset", "huge"])

@@ -254,7 +254,8 @@ def _generation(
     # The first held-out article long enough, preferring plain ASCII text: a prompt cut inside a multi-byte
     # character would print as replacement characters.
     articles = sorted(held_out, key=lambda text: not text[:1000].isascii())
-    article_ids = next(ids for ids in tokenizer(articles)["input_ids"] if len(ids) > prompt_length)
+    # Tokenized one at a time, stopping at the first that is long enough (usually the first).
+    article_ids = next(ids for text in articles if len(ids := tokenizer(text)["input_ids"]) > prompt_length)
     prompt_ids = torch.tensor([article_ids[:prompt_length]], device=model.device)  # [1, L/2]
     sampling = {"do_sample": True, "temperature": 0.8, "top_k": 40}
     set_seed(settings.seed)
