@@ -4,10 +4,34 @@
 ALiBi: Press, Smith & Lewis, "Train Short, Test Long: Attention with Linear Biases Enables
 Input Length Extrapolation", ICLR 2022. https://arxiv.org/abs/2108.12409
 
-This file travels with every checkpoint as Hub remote code: it imports only transformers.
+This file travels with every checkpoint as Hub remote code: it imports only transformers. It is
+written for transformers 5.24 (dataclass-style `PreTrainedConfig`, the `cache` forward argument)
+and refuses older versions with a message that names the one it needs.
 """
 
-from transformers import PreTrainedConfig
+import math
+import re
+
+import transformers
+
+MIN_TRANSFORMERS_VERSION = "5.24.0"
+
+
+def check_transformers_version(found: str = transformers.__version__) -> None:
+    """Raise an `ImportError` naming `MIN_TRANSFORMERS_VERSION` when `found` is older."""
+    need = tuple(int(part) for part in MIN_TRANSFORMERS_VERSION.split(".")[:2])
+    have = tuple(int(part) for part in re.findall(r"\d+", found)[:2])
+    if have < need:
+        raise ImportError(
+            f"This ALiBi model's code needs transformers>={MIN_TRANSFORMERS_VERSION}, but transformers {found} is "
+            f"installed. Upgrade it with: pip install -U 'transformers>={MIN_TRANSFORMERS_VERSION}'"
+        )
+
+
+# Before the imports below: on an older transformers they fail with a bare ImportError.
+check_transformers_version()
+
+from transformers import PreTrainedConfig  # noqa: E402
 
 POSITION_ENCODINGS = ("alibi", "sinusoidal", "rotary", "t5", "none")
 AUTO_MAP = {
@@ -125,11 +149,16 @@ class AlibiConfig(PreTrainedConfig):
                 raise ValueError(f"AlibiConfig.{name} must be a positive integer, got {value!r}.")
         for name in ("layer_norm_eps", "initializer_range", "alibi_max_bias", "rope_theta"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"AlibiConfig.{name} must be a positive number, got {value!r}.")
+            if (
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ValueError(f"AlibiConfig.{name} must be a positive, finite number, got {value!r}.")
         for name in ("hidden_dropout", "attention_dropout", "embedding_dropout"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
                 raise ValueError(f"AlibiConfig.{name} must be in [0, 1), got {value!r}.")
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
