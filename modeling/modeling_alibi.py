@@ -5,23 +5,32 @@ ALiBi: Press, Smith & Lewis, "Train Short, Test Long: Attention with Linear Bias
 Length Extrapolation", ICLR 2022. https://arxiv.org/abs/2108.12409
 
 Each head h adds `-m_h * (i - j)` to the score of query position i on key position j. The bias
-lives in the attention mask: `AlibiModel` builds one mask per forward pass (from the padding mask,
-the cache offset, the slopes and optional document ids) and every layer shares it. What that mask
-is depends on the attention backend:
+lives in the attention mask: `AlibiModel` builds one mask per forward pass and every layer shares
+it. Two rules define it, each written once in `AttentionLayout`: which key slots a query may see
+(causal, not padding, same packed document) and how far apart two tokens are. What the mask is
+depends on the attention backend:
 
 - eager / sdpa: a 4-D float tensor `[B, H, Q, K]`, computed in fp32 from the relative distance.
   On the CPU, in fp32 with no padding, sdpa gets the key-only form `m_h * pos_k` plus
   `is_causal=True` instead, which runs at the speed of plain causal attention.
 - flex_attention: a `score_mod` with the slopes plus a `BlockMask`; no L x L tensor exists.
-- flash_attention_2: the slopes, passed as `alibi_slopes` to the flash-attn kernel.
+- flash_attention_2: the slopes, passed as `alibi_slopes` to the flash-attn kernel, and the
+  varlen kernel for padding and packed documents.
+
+Packed documents come as `document_ids`, or as transformers' padding-free format (restarting
+`position_ids` or `cu_seq_lens_q/k`, from `DataCollatorWithFlattening`). ALiBi is
+translation-invariant, so a packed document needs no position reset.
 
 The module layout follows transformers' `models/llama/modeling_llama.py` (v5.24). This file
 travels with checkpoints as Hub remote code, so it imports only torch, transformers and
-`configuration_alibi`.
+`configuration_alibi` (imported first: it checks the transformers version).
 """
 
-from __future__ import annotations
+# isort: off
+from .configuration_alibi import AlibiConfig
 
+# isort: on
+import functools
 import importlib
 import math
 from collections.abc import Callable
@@ -30,22 +39,32 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
+from transformers.masking_utils import find_packed_sequence_indices
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
-from transformers.utils import logging
-
-from .configuration_alibi import AlibiConfig
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
+from transformers.models.llama.modeling_llama import (  # the same math: softmax(QK^T * scale + mask) V, RoPE, GQA
+    apply_rotary_pos_emb,
+    eager_attention_forward,
+    repeat_kv,
+)
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple, logging
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.output_capturing import capture_outputs
 
 logger = logging.get_logger(__name__)
 
-# --------------------------------------------------------------------------------------------
-# 1. Small helpers: slopes, positions, masks
-# --------------------------------------------------------------------------------------------
+# `bias(head, distance)`: the fp32 score bias for heads and distances `pos_q - pos_k`, broadcasting
+# over tensors or on the scalars flex_attention's `score_mod` gets.
+ScoreBias = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# --- 1. Small helpers: slopes, buckets, packing, the attention layout and its masks --------
 
 
 def get_alibi_slopes(num_heads: int, max_bias: float = 8.0) -> torch.Tensor:
@@ -84,157 +103,9 @@ def t5_relative_position_bucket(distance: torch.Tensor, num_buckets: int, max_di
     return torch.where(is_small, distance, large)
 
 
-def sinusoidal_embedding(positions: torch.Tensor, dim: int) -> torch.Tensor:
-    """Fixed sinusoidal embeddings (Vaswani et al. 2017) for `positions` `[B, Q]` -> `[B, Q, dim]`, fp32."""
-    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim))
-    angles = positions.float()[..., None] * inv_freq  # [B, Q, dim/2]
-    return torch.cat([angles.sin(), angles.cos()], dim=-1)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE (Su et al. 2021) on `x` `[B, H, Q, D]` with `cos`/`sin` `[B, Q, D]`."""
-    return x * cos[:, None] + rotate_half(x) * sin[:, None]
-
-
-@dataclass
-class AttentionPositions:
-    """Where each query and key sits, derived once per forward from the padding mask and the cache.
-
-    Attributes:
-        query_positions: `[B, Q]` long, the position of each query token (left padding skipped).
-        key_positions: `[B, K]` long, the position of each key slot.
-        key_valid: `[B, K]` bool or None, False for padding slots (None: no padding).
-        past_length: number of tokens already in the cache (an int, or a 0-d tensor for static caches).
-        document_ids: `[B, K]` long or None, the document of each key slot for packed sequences.
-    """
-
-    query_positions: torch.Tensor
-    key_positions: torch.Tensor
-    key_valid: torch.Tensor | None
-    past_length: int | torch.Tensor
-    document_ids: torch.Tensor | None = None
-
-    @property
-    def query_document_ids(self) -> torch.Tensor | None:
-        if self.document_ids is None:
-            return None
-        q_len = self.query_positions.shape[1]
-        return self.document_ids[:, self.document_ids.shape[1] - q_len :]
-
-
-def build_positions(
-    attention_mask: torch.Tensor | None,
-    batch_size: int,
-    query_length: int,
-    key_length: int,
-    past_length: int | torch.Tensor,
-    device: torch.device,
-    document_ids: torch.Tensor | None = None,
-) -> AttentionPositions:
-    """Positions of queries and keys from a 2-D padding mask `[B, past + Q]` (1 = token, 0 = padding).
-
-    Positions count real tokens only (cumulative sum), so a left-padded row gets the same positions,
-    and therefore the same ALiBi bias, as the row without its padding. `key_length` may exceed
-    `past + Q` for a static cache; the extra slots are empty and masked by causality.
-    """
-    slots = torch.arange(key_length, device=device)
-    query_slots = torch.arange(query_length, device=device) + past_length
-    no_padding = attention_mask is None or (not torch.compiler.is_compiling() and bool(attention_mask.all()))
-    if no_padding:
-        key_positions = slots[None].expand(batch_size, -1)
-        query_positions = query_slots[None].expand(batch_size, -1)
-        key_valid = None
-    else:
-        mask = attention_mask.to(device=device, dtype=torch.long)
-        if mask.shape[1] < key_length:  # static cache: slots past the mask are empty
-            mask = F.pad(mask, (0, key_length - mask.shape[1]), value=0)
-        mask = mask[:, :key_length]
-        key_positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        query_positions = key_positions.gather(1, query_slots[None].expand(batch_size, -1))
-        key_valid = mask.bool()
-    if document_ids is not None and document_ids.shape[1] < key_length:
-        document_ids = F.pad(document_ids, (0, key_length - document_ids.shape[1]), value=-1)
-    return AttentionPositions(query_positions, key_positions, key_valid, past_length, document_ids)
-
-
-def build_allowed(positions: AttentionPositions, query_length: int, key_length: int) -> torch.Tensor:
-    """Boolean `[B, 1, Q, K]`: causal in slot order, no padding keys, same document.
-
-    Every query may always see its own slot, so a padding row is never fully masked and its
-    softmax stays finite (its output is ignored anyway).
-    """
-    device = positions.key_positions.device
-    query_slots = torch.arange(query_length, device=device) + positions.past_length
-    key_slots = torch.arange(key_length, device=device)
-    allowed = key_slots[None, :] <= query_slots[:, None]  # [Q, K]
-    allowed = allowed[None, None]  # [1, 1, Q, K]
-    if positions.key_valid is not None:
-        allowed = allowed & positions.key_valid[:, None, None, :]
-    if positions.document_ids is not None:
-        doc_k = positions.document_ids[:, :key_length]
-        doc_q = doc_k.gather(1, query_slots[None].expand(doc_k.shape[0], -1).clamp(max=key_length - 1))
-        allowed = allowed & (doc_q[:, None, :, None] == doc_k[:, None, None, :])
-    diagonal = key_slots[None, :] == query_slots[:, None]
-    return allowed | diagonal[None, None]
-
-
-def build_alibi_mask(
-    slopes: torch.Tensor | None,
-    positions: AttentionPositions,
-    query_length: int,
-    key_length: int,
-    dtype: torch.dtype,
-    relative_bias: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """The additive attention mask `[B, H, Q, K]` (or `[B, 1, Q, K]` with no bias) in `dtype`.
-
-    Allowed pairs hold `-m_h * (pos_q - pos_k)`; masked pairs hold the dtype's minimum. The bias is
-    computed in fp32 from the relative distance and only then cast: adding `m * pos_k` in bf16
-    loses whole units at long lengths.
-
-    Args:
-        slopes: `[H]` fp32 ALiBi slopes, or None for no linear bias.
-        positions: from `build_positions`.
-        query_length, key_length: Q and K.
-        dtype: the attention compute dtype.
-        relative_bias: optional callable mapping the distance `[B, Q, K]` to a bias `[B, H, Q, K]`
-            (the T5 baseline's learned buckets).
-    """
-    allowed = build_allowed(positions, query_length, key_length)
-    distance = positions.query_positions[:, :, None] - positions.key_positions[:, None, :]  # [B, Q, K]
-    bias = torch.zeros((), device=distance.device, dtype=torch.float32)
-    if slopes is not None:
-        bias = -slopes.to(distance.device, torch.float32)[None, :, None, None] * distance[:, None].float()
-    if relative_bias is not None:
-        bias = bias + relative_bias(distance)
-    return (
-        torch.where(allowed, bias, torch.finfo(torch.float32).min)
-        .to(dtype)
-        .masked_fill(~allowed, torch.finfo(dtype).min)
-    )
-
-
-_flush_denormal_enabled = False
-
-
-def _flush_denormals_for_cpu_training() -> None:
-    """Turn on flush-to-zero for denormal floats, once, when ALiBi trains on the CPU.
-
-    Far-away keys get attention probabilities of 1e-38 and below. The CPU SDPA backward
-    recomputes them as denormals, which x86 handles ~100x slower: a training step at L=2048
-    took 1.7x as long as without a bias. Flushing them to zero changes no result that matters
-    (they are below fp32's normal range) and brings the step back to the no-bias speed.
-    """
-    global _flush_denormal_enabled
-    if not _flush_denormal_enabled:
-        _flush_denormal_enabled = True
-        if torch.set_flush_denormal(True):
-            logger.info("alibi-lm: enabled torch.set_flush_denormal(True) for CPU training speed.")
+def inverse_frequencies(dim: int, base: float, device: torch.device) -> torch.Tensor:
+    """`[dim / 2]` fp32 frequencies `base**(-2i / dim)` of sinusoidal and rotary embeddings."""
+    return 1.0 / (base ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
 
 
 @dataclass
@@ -243,7 +114,8 @@ class KeyOnlyAlibiBias:
 
     Softmax is invariant to a per-row constant, so `m * pos_k` gives the same attention as
     `-m * (pos_q - pos_k)`. Centring on `c = (K - 1) / 2` halves the fp32 rounding of large
-    biases. Exact only in fp32, with no padding, no documents, no dropout and Q == K.
+    biases. Exact only in fp32, with no padding, no documents, no dropout and Q == K, and only on
+    SDPA's fused CPU kernel: the math kernel refuses a mask together with `is_causal`.
     """
 
     bias: torch.Tensor
@@ -251,23 +123,327 @@ class KeyOnlyAlibiBias:
 
 @dataclass
 class FlexAlibiMask:
-    """The flex_attention mask: a `BlockMask` plus what the `score_mod` needs (no L x L tensor)."""
+    """The flex_attention mask: a `BlockMask` plus the `score_mod` that adds the bias (no L x L tensor)."""
 
-    block_mask: object
-    score_mod: Callable
+    block_mask: BlockMask
+    score_mod: Callable | None
 
 
 @dataclass
 class FlashAlibiMask:
-    """The flash_attention_2 mask: fp32 slopes and the 2-D padding mask (or None)."""
+    """The flash_attention_2 mask: fp32 slopes (None without ALiBi) and, with padding or documents,
+    the slots flash-attn's varlen kernel keeps and the cumulative lengths of its sequences."""
 
-    slopes: torch.Tensor
-    padding_mask: torch.Tensor | None
+    slopes: torch.Tensor | None
+    query_valid: torch.Tensor | None = None  # [B, Q] bool; None: dense causal, the plain kernel
+    key_valid: torch.Tensor | None = None  # [B, K] bool
+    cu_seqlens_q: torch.Tensor | None = None  # [n + 1] int32
+    cu_seqlens_k: torch.Tensor | None = None  # [n + 1] int32
+    max_seqlen_q: int = 0
+    max_seqlen_k: int = 0
 
 
-# --------------------------------------------------------------------------------------------
-# 2. Norm and MLP
-# --------------------------------------------------------------------------------------------
+def packed_document_ids(
+    position_ids: torch.Tensor | None, cu_seq_lens: torch.Tensor | None, batch_size: int, length: int
+) -> torch.Tensor | None:
+    """Document ids `[B, L]` of a padding-free packed batch, or None when nothing is packed.
+
+    Args:
+        position_ids: `[B or 1, L]`; a position that does not follow its left neighbour starts a
+            new document (transformers' `find_packed_sequence_indices`).
+        cu_seq_lens: `[n + 1]` flash-attn varlen boundaries over the flattened batch; they win
+            over `position_ids` when both are given.
+    """
+    if cu_seq_lens is not None:
+        if not torch.compiler.is_compiling() and int(cu_seq_lens[-1]) != batch_size * length:
+            raise ValueError(
+                f"cu_seq_lens_k must end at the number of tokens ({batch_size} x {length} = "
+                f"{batch_size * length}), got {int(cu_seq_lens[-1])}."
+            )
+        flat = torch.arange(batch_size * length, device=cu_seq_lens.device)
+        return torch.searchsorted(cu_seq_lens[1:].to(flat.dtype), flat, right=True).view(batch_size, length)
+    if position_ids is None:
+        return None
+    return find_packed_sequence_indices(position_ids.expand(batch_size, -1))
+
+
+@dataclass
+class AttentionLayout:
+    """Where each query and key slot sits, derived once per forward from padding, documents and the cache.
+
+    Attributes:
+        batch_size, query_length, key_length: B, Q and K (K includes a static cache's empty slots).
+        past_length: tokens already in the cache (an int, or a 0-d tensor for static caches).
+        device: where the index tensors live.
+        key_positions: `[B, K]` long, each slot's position within its document, counting real
+            tokens only; None when every slot is a token of one document (position = slot).
+        key_valid: `[B, K]` bool, False for padding and empty slots; None when there are none.
+        document_ids: `[B, K]` long, the packed document of each slot; None for one per row.
+        custom_visible: `[B, 1, Q, K]` bool from a prepared 4-D attention mask; it replaces the rule.
+    """
+
+    batch_size: int
+    query_length: int
+    key_length: int
+    past_length: int | torch.Tensor
+    device: torch.device
+    key_positions: torch.Tensor | None = None
+    key_valid: torch.Tensor | None = None
+    document_ids: torch.Tensor | None = None
+    custom_visible: torch.Tensor | None = None
+
+    @property
+    def is_plain(self) -> bool:
+        """Causal attention over one unpadded document per row: the mask depends only on the shape."""
+        return self.key_positions is None
+
+    @property
+    def query_positions(self) -> torch.Tensor:
+        """`[B, Q]` (or `[1, Q]` when plain) position of each query."""
+        query_slots = torch.arange(self.query_length, device=self.device) + self.past_length
+        if self.key_positions is None:
+            return query_slots[None]
+        return self.key_positions[:, query_slots]
+
+    def visible(self, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        """May query `q_idx` see key slot `kv_idx`? The one visibility rule, as a flex `mask_mod`.
+
+        Causal in slot order, never a padding slot, only inside the query's document. A query always
+        sees its own slot, so no row is empty and a padding row's softmax stays finite. Works on the
+        scalars flex_attention passes and on broadcast index tensors for the dense mask alike.
+        """
+        if self.custom_visible is not None:
+            return self.custom_visible[b, 0, q_idx, kv_idx]
+        q_slot = q_idx + self.past_length
+        keep = kv_idx <= q_slot
+        if self.key_valid is not None:
+            keep = keep & self.key_valid[b, kv_idx]
+        if self.document_ids is not None:
+            keep = keep & (self.document_ids[b, kv_idx] == self.document_ids[b, q_slot])
+        return keep | (kv_idx == q_slot)
+
+    def distance(self, b: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        """`pos_q - pos_k` (long), on scalars or broadcast index tensors like `visible`."""
+        q_slot = q_idx + self.past_length
+        if self.key_positions is None:
+            return q_slot - kv_idx
+        return self.key_positions[b, q_slot] - self.key_positions[b, kv_idx]
+
+
+def build_layout(
+    attention_mask: torch.Tensor | None,
+    document_ids: torch.Tensor | None,
+    batch_size: int,
+    query_length: int,
+    key_length: int,
+    past_length: int | torch.Tensor,
+    device: torch.device,
+) -> AttentionLayout:
+    """The `AttentionLayout` of a forward pass.
+
+    Args:
+        attention_mask: `[B, <= K]` 0/1 padding mask over cached + new tokens, or None.
+        document_ids: `[B, <= K]` packed-document ids over cached + new tokens, or None.
+
+    Positions count real tokens inside each document (a cumulative sum), so a left-padded row, or a
+    document packed after others, gets the positions, and so the ALiBi bias, it would have alone.
+    Slots past the given masks (a static cache's empty tail) are padding of document -1.
+    """
+    valid = None
+    if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
+        valid = attention_mask.to(device=device, dtype=torch.bool)
+        valid = F.pad(valid, (0, key_length - valid.shape[1]), value=False)
+    if document_ids is not None:
+        document_ids = F.pad(document_ids.to(device), (0, key_length - document_ids.shape[1]), value=-1)
+    if valid is None and document_ids is None:
+        return AttentionLayout(batch_size, query_length, key_length, past_length, device)
+
+    real = valid.long() if valid is not None else torch.ones(batch_size, key_length, dtype=torch.long, device=device)
+    count = real.cumsum(-1)  # [B, K] real tokens up to and including each slot
+    if document_ids is not None:
+        # Restart the count at each document: subtract the tokens before the latest document start.
+        starts = F.pad(document_ids[:, 1:] != document_ids[:, :-1], (1, 0), value=True)
+        count = count - torch.where(starts, count - real, 0).cummax(-1).values
+    positions = (count - 1).clamp(min=0)
+    return AttentionLayout(batch_size, query_length, key_length, past_length, device, positions, valid, document_ids)
+
+
+def custom_mask_layout(
+    mask: torch.Tensor,
+    position_ids: torch.Tensor | None,
+    query_length: int,
+    key_length: int,
+    past_length: int | torch.Tensor,
+    device: torch.device,
+) -> AttentionLayout:
+    """The layout of a prepared 4-D mask `[B, 1, Q, K]` (True or 0.0 where visible), as transformers' models take one.
+
+    Positions come from `position_ids` `[B or 1, K]` (say, branches after a shared prefix at equal
+    positions), or from the slot order.
+    """
+    visible = (mask if mask.dtype == torch.bool else mask == 0).to(device)
+    batch_size = visible.shape[0]
+    positions = position_ids if position_ids is not None else torch.arange(key_length, device=device)[None]
+    positions = positions.to(device).expand(batch_size, key_length)
+    return AttentionLayout(
+        batch_size, query_length, key_length, past_length, device, positions, custom_visible=visible
+    )
+
+
+def build_dense_mask(
+    layout: AttentionLayout, bias: ScoreBias | None, num_heads: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """The additive attention mask `[B or 1, H or 1, Q, K]` in `dtype`.
+
+    Visible pairs hold the bias (`-m_h * (pos_q - pos_k)` for ALiBi); hidden pairs hold the dtype's
+    minimum. The bias is computed in fp32 from the relative distance and only then cast: adding
+    `m * pos_k` in bf16 loses whole units at long lengths.
+    """
+    # Index grids that broadcast to [B, H, Q, K], as transformers' masking_utils expands a mask_mod.
+    batch, device = (1 if layout.is_plain else layout.batch_size), layout.device
+    b = torch.arange(batch, device=device)[:, None, None, None]
+    h = torch.arange(num_heads, device=device)[None, :, None, None]
+    q_idx = torch.arange(layout.query_length, device=device)[None, None, :, None]
+    kv_idx = torch.arange(layout.key_length, device=device)[None, None, None, :]
+    visible = layout.visible(b, h, q_idx, kv_idx)
+    if bias is None:
+        return torch.where(visible, 0.0, torch.finfo(dtype).min).to(dtype)
+    return torch.where(visible, bias(h, layout.distance(b, q_idx, kv_idx)).to(dtype), torch.finfo(dtype).min)
+
+
+def flash_varlen_boundaries(layout: AttentionLayout, slopes: torch.Tensor | None = None) -> FlashAlibiMask:
+    """Token indices and cumulative lengths for flash-attn's varlen kernel: one sequence per document and row.
+
+    Keys are the real slots (`key_valid`, and at most the last query's slot); queries are the last Q
+    slots of each row that hold tokens. A document with no query this step gets a 0-length query.
+    """
+    slots = torch.arange(layout.key_length, device=layout.device)
+    key_valid = (slots <= layout.past_length + layout.query_length - 1)[None].expand(layout.batch_size, -1)
+    if layout.key_valid is not None:
+        key_valid = key_valid & layout.key_valid
+    documents = (
+        layout.document_ids if layout.document_ids is not None else torch.zeros_like(key_valid, dtype=torch.long)
+    )
+    # One id per (row, document), increasing along the flattened batch, so sequences are contiguous.
+    rows = torch.arange(layout.batch_size, device=layout.device)[:, None]
+    sequence = (rows * (documents.max() + 2) + documents + 1)[key_valid]
+    query_valid = key_valid & (slots >= layout.past_length)
+    boundaries = F.pad(sequence[1:] != sequence[:-1], (1, 0), value=True)
+    sequence_index = boundaries.cumsum(0) - 1  # [tokens] which sequence each real key slot belongs to
+    num_sequences = int(sequence_index[-1]) + 1
+    seqlens_k = torch.bincount(sequence_index, minlength=num_sequences)
+    seqlens_q = torch.bincount(sequence_index[query_valid[key_valid]], minlength=num_sequences)
+    return FlashAlibiMask(
+        slopes,
+        query_valid=query_valid[:, int(layout.past_length) : int(layout.past_length) + layout.query_length],
+        key_valid=key_valid,
+        cu_seqlens_q=F.pad(seqlens_q.cumsum(0, dtype=torch.int32), (1, 0)),
+        cu_seqlens_k=F.pad(seqlens_k.cumsum(0, dtype=torch.int32), (1, 0)),
+        max_seqlen_q=int(seqlens_q.max()),
+        max_seqlen_k=int(seqlens_k.max()),
+    )
+
+
+# What `AlibiModel` hands every layer as `attention_mask`, by backend (None: plain causal attention).
+AlibiMask = torch.Tensor | KeyOnlyAlibiBias | FlexAlibiMask | FlashAlibiMask | None
+
+# --- 2. Position encodings, norm and MLP ---------------------------------------------------
+
+
+class NoPositionEncoding(nn.Module):
+    """No position information beyond the causal mask; the base every position encoding extends."""
+
+    def __init__(self, config: AlibiConfig):
+        super().__init__()
+
+    def embed(self, hidden_states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Token embeddings `[B, Q, hidden]` -> the decoder's input, at `positions` `[B or 1, Q]`."""
+        return hidden_states
+
+    def rotary(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`(cos, sin)` `[B or 1, Q, head_dim]` to rotate queries and keys with, or None."""
+        return None
+
+    def score_bias(self, key_length: int, device: torch.device) -> ScoreBias | None:
+        """The per-head score bias as a function of distance, or None."""
+        return None
+
+    def slopes(self, device: torch.device) -> torch.Tensor | None:
+        """`[H]` fp32 slopes when the bias is linear in distance (flash-attn's `alibi_slopes`), else None."""
+        return None
+
+
+class AlibiPositionalBias(NoPositionEncoding):
+    """ALiBi: head h adds `-m_h * distance` to its attention scores; no parameters."""
+
+    def __init__(self, config: AlibiConfig):
+        super().__init__(config)
+        self.num_heads, self.max_bias = config.num_attention_heads, config.alibi_max_bias
+        self.register_buffer("alibi_slopes", get_alibi_slopes(self.num_heads, self.max_bias), persistent=False)
+
+    def slopes(self, device: torch.device) -> torch.Tensor:
+        slopes = self.alibi_slopes
+        # `model.to(torch.bfloat16)` casts buffers too, and meta-device loading leaves none: the slopes stay fp32.
+        if slopes.dtype != torch.float32 or slopes.device.type == "meta":
+            slopes = get_alibi_slopes(self.num_heads, self.max_bias)
+        return slopes.to(device)
+
+    def score_bias(self, key_length: int, device: torch.device) -> ScoreBias:
+        slopes = self.slopes(device)
+        return lambda head, distance: -slopes[head] * distance
+
+
+class T5RelativePositionalBias(NoPositionEncoding):
+    """T5's learned bias per head and log-bucketed distance, shared by all layers (Raffel et al.)."""
+
+    def __init__(self, config: AlibiConfig):
+        super().__init__(config)
+        self.num_buckets, self.max_distance = config.t5_num_buckets, config.t5_max_distance
+        self.relative_attention_bias = nn.Embedding(config.t5_num_buckets, config.num_attention_heads)
+
+    def score_bias(self, key_length: int, device: torch.device) -> ScoreBias:
+        # One bias per head and distance: O(H * K) memory, not O(Q * K).
+        buckets = t5_relative_position_bucket(
+            torch.arange(key_length, device=device), self.num_buckets, self.max_distance
+        )
+        table = self.relative_attention_bias(buckets).float().t()  # [H, K]
+        return lambda head, distance: table[head, distance.clamp(0, key_length - 1)]
+
+
+class SinusoidalPositionalEmbedding(NoPositionEncoding):
+    """Fixed sinusoids added to token embeddings scaled by `sqrt(hidden_size)` (Vaswani et al., fairseq)."""
+
+    def __init__(self, config: AlibiConfig):
+        super().__init__(config)
+        self.hidden_size = config.hidden_size
+
+    def embed(self, hidden_states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        angles = positions.float()[..., None] * inverse_frequencies(self.hidden_size, 10000.0, positions.device)
+        sinusoid = torch.cat([angles.sin(), angles.cos()], dim=-1)
+        # The scale keeps the sinusoid (entries in [-1, 1]) from swamping the embeddings.
+        return hidden_states * math.sqrt(self.hidden_size) + sinusoid.to(hidden_states.dtype)
+
+
+class RotaryEmbedding(NoPositionEncoding):
+    """Rotary position embedding of queries and keys, base `rope_theta` (Su et al.; Llama's shape)."""
+
+    def __init__(self, config: AlibiConfig):
+        super().__init__(config)
+        self.head_dim, self.theta = config.head_dim, config.rope_theta
+
+    def rotary(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[..., None] * inverse_frequencies(self.head_dim, self.theta, positions.device)
+        angles = torch.cat([freqs, freqs], dim=-1)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+POSITION_ENCODINGS: dict[str, type[NoPositionEncoding]] = {
+    "alibi": AlibiPositionalBias,
+    "sinusoidal": SinusoidalPositionalEmbedding,
+    "rotary": RotaryEmbedding,
+    "t5": T5RelativePositionalBias,
+    "none": NoPositionEncoding,
+}
 
 
 class AlibiMLP(nn.Module):
@@ -283,40 +459,7 @@ class AlibiMLP(nn.Module):
         return self.down_proj(self.act_fn(self.up_proj(hidden_states)))
 
 
-# --------------------------------------------------------------------------------------------
-# 3. Attention functions
-# --------------------------------------------------------------------------------------------
-
-
-def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """`[B, H_kv, L, D]` -> `[B, H_kv * n_rep, L, D]` (grouped-query attention)."""
-    batch, num_key_value_heads, length, head_dim = hidden_states.shape
-    if n_rep == 1:
-        return hidden_states
-    hidden_states = hidden_states[:, :, None, :, :].expand(batch, num_key_value_heads, n_rep, length, head_dim)
-    return hidden_states.reshape(batch, num_key_value_heads * n_rep, length, head_dim)
-
-
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(QK^T * scaling + mask) V, the reference every other backend is tested against."""
-    key_states = repeat_kv(key, module.num_key_value_groups)
-    value_states = repeat_kv(value, module.num_key_value_groups)
-    attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        attn_weights = attn_weights + attention_mask
-    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
-    attn_output = torch.matmul(attn_weights, value_states)
-    return attn_output.transpose(1, 2).contiguous(), attn_weights
+# --- 3. Attention functions ----------------------------------------------------------------
 
 
 def sdpa_attention_forward(
@@ -329,39 +472,28 @@ def sdpa_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """`F.scaled_dot_product_attention` with the 4-D ALiBi mask, or the key-only bias plus `is_causal`."""
+    """`F.scaled_dot_product_attention` with the 4-D mask, the key-only bias plus `is_causal`, or `is_causal` alone."""
     key = repeat_kv(key, module.num_key_value_groups)
     value = repeat_kv(value, module.num_key_value_groups)
     if isinstance(attention_mask, KeyOnlyAlibiBias):
-        attn_output = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask.bias, dropout_p=dropout, scale=scaling, is_causal=True
-        )
-    elif attention_mask is None:
-        # No bias and no padding (position_encoding "none", "rotary" or "sinusoidal" with Q == K).
-        attn_output = F.scaled_dot_product_attention(
-            query, key, value, dropout_p=dropout, scale=scaling, is_causal=query.shape[2] > 1
-        )
+        mask, is_causal = attention_mask.bias, True
     else:
-        # Always a 4-D mask: a 3-D one sends SDPA to the slow math kernel.
-        attn_output = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling
-        )
+        # None only when every query sees every key before it: Q == K (causal) or one query (decoding).
+        mask, is_causal = attention_mask, attention_mask is None and query.shape[2] > 1
+    attn_output = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling, is_causal=is_causal
+    )
     return attn_output.transpose(1, 2).contiguous(), None
 
 
-_compiled_flex_attention: Callable | None = None
-
-
-def _flex_attention() -> Callable:
+@functools.cache
+def compiled_flex_attention() -> Callable:
     """One compiled flex_attention for the process: a new compile per call site would recompile per shape."""
-    global _compiled_flex_attention
-    if _compiled_flex_attention is None:
-        from torch.nn.attention.flex_attention import flex_attention
+    from torch.nn.attention.flex_attention import flex_attention
 
-        # Static shapes: each new (Q, K) compiles once. Automatic dynamic shapes hit an inductor C++
-        # codegen error on the CPU (torch 2.13), and training and evaluation use few fixed shapes.
-        _compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
-    return _compiled_flex_attention
+    # Static shapes: each new (Q, K) compiles once. Automatic dynamic shapes hit an inductor C++
+    # codegen error on the CPU (torch 2.13), and training and evaluation use few fixed shapes.
+    return torch.compile(flex_attention, dynamic=False)
 
 
 def flex_attention_forward(
@@ -374,7 +506,7 @@ def flex_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """flex_attention with the ALiBi `score_mod` and a `BlockMask`; single-token decoding uses sdpa."""
+    """flex_attention with the bias `score_mod` and a `BlockMask`; single-token decoding uses sdpa."""
     if not isinstance(attention_mask, FlexAlibiMask):
         # Decoding steps get a [B, H, 1, K] tensor mask: tiny, and no recompile per cache length.
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
@@ -384,7 +516,7 @@ def flex_attention_forward(
         )
     key = repeat_kv(key, module.num_key_value_groups)
     value = repeat_kv(value, module.num_key_value_groups)
-    attn_output = _flex_attention()(
+    attn_output = compiled_flex_attention()(
         query, key, value, score_mod=attention_mask.score_mod, block_mask=attention_mask.block_mask, scale=scaling
     )
     return attn_output.transpose(1, 2).contiguous(), None
@@ -400,33 +532,26 @@ def flash_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """flash-attn 2 with `alibi_slopes` (fp32); padded batches go through the varlen kernel."""
+    """flash-attn 2 with `alibi_slopes` (fp32); padding and packed documents go through the varlen kernel."""
     # Imported by name: a literal `import flash_attn` would make transformers' remote-code loader
     # require the package even for users who never pick this backend.
     flash_attn = importlib.import_module("flash_attn")
-    flash_attn_func, flash_attn_varlen_func = flash_attn.flash_attn_func, flash_attn.flash_attn_varlen_func
-
     # flash-attn wants [B, L, H, D] and does GQA itself.
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))
-    slopes = attention_mask.slopes.to(q.device, torch.float32)
-    padding = attention_mask.padding_mask
-    if padding is None or bool(padding.all()):
-        out = flash_attn_func(q, k, v, dropout_p=dropout, softmax_scale=scaling, causal=True, alibi_slopes=slopes)
+    mask = attention_mask
+    if mask.query_valid is None:
+        out = flash_attn.flash_attn_func(
+            q, k, v, dropout_p=dropout, softmax_scale=scaling, causal=True, alibi_slopes=mask.slopes
+        )
         return out, None
-    batch, q_len = q.shape[:2]
-    k_len = k.shape[1]
-    padding = padding[:, -k_len:].bool()
-    q_valid = padding[:, -q_len:]
-    seqlens_k = padding.sum(-1, dtype=torch.int32)
-    seqlens_q = q_valid.sum(-1, dtype=torch.int32)
-    cu_k = F.pad(seqlens_k.cumsum(0, dtype=torch.int32), (1, 0))
-    cu_q = F.pad(seqlens_q.cumsum(0, dtype=torch.int32), (1, 0))
-    out_unpadded = flash_attn_varlen_func(
-        q[q_valid], k[padding], v[padding], cu_q, cu_k, int(seqlens_q.max()), int(seqlens_k.max()),
-        dropout_p=dropout, softmax_scale=scaling, causal=True, alibi_slopes=slopes,
+    # Bottom-right causal alignment inside each sequence: a document's queries are its last tokens.
+    out_unpadded = flash_attn.flash_attn_varlen_func(
+        q[mask.query_valid], k[mask.key_valid], v[mask.key_valid],
+        mask.cu_seqlens_q, mask.cu_seqlens_k, mask.max_seqlen_q, mask.max_seqlen_k,
+        dropout_p=dropout, softmax_scale=scaling, causal=True, alibi_slopes=mask.slopes,
     )  # fmt: skip
-    out = q.new_zeros(batch, q_len, *out_unpadded.shape[1:])
-    out[q_valid] = out_unpadded
+    out = q.new_zeros(*q.shape[:2], *out_unpadded.shape[1:])
+    out[mask.query_valid] = out_unpadded
     return out, None
 
 
@@ -440,9 +565,7 @@ ALIBI_ATTENTION_FUNCTIONS: dict[str, Callable] = {
 }
 
 
-# --------------------------------------------------------------------------------------------
-# 4. Attention module
-# --------------------------------------------------------------------------------------------
+# --- 4. Attention module -------------------------------------------------------------------
 
 
 class AlibiAttention(nn.Module):
@@ -468,10 +591,10 @@ class AlibiAttention(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attention_mask: object | None = None,
-        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attention_mask: AlibiMask = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: Cache | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
@@ -479,14 +602,12 @@ class AlibiAttention(nn.Module):
         query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        if rotary is not None:
-            cos, sin = rotary
-            query_states = apply_rotary(query_states, cos, sin)
-            key_states = apply_rotary(key_states, cos, sin)
+        if position_embeddings is not None:
+            query_states, key_states = apply_rotary_pos_emb(query_states, key_states, *position_embeddings)
         if cache is not None:
             key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
 
-        implementation = self.config._attn_implementation or "sdpa"
+        implementation = self.config._attn_implementation
         attention_interface = ALIBI_ATTENTION_FUNCTIONS.get(implementation) or ALL_ATTENTION_FUNCTIONS.get_interface(
             implementation, eager_attention_forward
         )
@@ -504,9 +625,7 @@ class AlibiAttention(nn.Module):
         return self.o_proj(attn_output), attn_weights
 
 
-# --------------------------------------------------------------------------------------------
-# 5. Decoder layer
-# --------------------------------------------------------------------------------------------
+# --- 5. Decoder layer ----------------------------------------------------------------------
 
 
 class AlibiDecoderLayer(GradientCheckpointingLayer):
@@ -524,22 +643,23 @@ class AlibiDecoderLayer(GradientCheckpointingLayer):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attention_mask: object | None = None,
-        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attention_mask: AlibiMask = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: Cache | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         attn_output, _ = self.self_attn(
-            self.input_layernorm(hidden_states), attention_mask=attention_mask, rotary=rotary, cache=cache, **kwargs
+            self.input_layernorm(hidden_states),
+            attention_mask=attention_mask,
+            position_embeddings=position_embeddings,
+            cache=cache,
+            **kwargs,
         )
         hidden_states = hidden_states + self.dropout(attn_output)
-        hidden_states = hidden_states + self.dropout(self.mlp(self.post_attention_layernorm(hidden_states)))
-        return hidden_states
+        return hidden_states + self.dropout(self.mlp(self.post_attention_layernorm(hidden_states)))
 
 
-# --------------------------------------------------------------------------------------------
-# 6. Models
-# --------------------------------------------------------------------------------------------
+# --- 6. Models -----------------------------------------------------------------------------
 
 
 class AlibiPreTrainedModel(PreTrainedModel):
@@ -554,13 +674,14 @@ class AlibiPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_flash_attn = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False
+    # Static-cache decoding compiles with fullgraph=True: no data-dependent branch runs while compiling.
+    _can_compile_fullgraph = True
+    _can_record_outputs = {"hidden_states": AlibiDecoderLayer, "attentions": AlibiAttention}
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, AlibiModel):
-            config = module.config
-            init.copy_(module.alibi_slopes, get_alibi_slopes(config.num_attention_heads, config.alibi_max_bias))
+        if isinstance(module, AlibiPositionalBias):
+            init.copy_(module.alibi_slopes, get_alibi_slopes(module.num_heads, module.max_bias))
 
 
 class AlibiModel(AlibiPreTrainedModel):
@@ -576,200 +697,121 @@ class AlibiModel(AlibiPreTrainedModel):
             self.embed_layer_norm = nn.LayerNorm(
                 config.hidden_size, eps=config.layer_norm_eps, bias=config.layer_norm_bias
             )
-        if config.position_encoding == "t5":
-            self.relative_attention_bias = nn.Embedding(config.t5_num_buckets, config.num_attention_heads)
+        self.position_encoding = POSITION_ENCODINGS[config.position_encoding](config)
         self.embed_dropout = nn.Dropout(config.embedding_dropout)
         self.layers = nn.ModuleList(AlibiDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, bias=config.layer_norm_bias)
-        self.register_buffer(
-            "alibi_slopes", get_alibi_slopes(config.num_attention_heads, config.alibi_max_bias), persistent=False
-        )
         self.gradient_checkpointing = False
-        self._block_mask_cache: dict[tuple, object] = {}
+        self._block_mask_cache: dict[tuple, BlockMask] = {}
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed_tokens = value
-
-    def slopes(self, device: torch.device) -> torch.Tensor | None:
-        """The fp32 slopes on `device`, or None when the model does not use ALiBi."""
-        if self.config.position_encoding != "alibi":
-            return None
-        slopes = self.alibi_slopes
-        # `model.to(torch.bfloat16)` casts buffers too; the slopes must stay fp32.
-        if slopes.dtype != torch.float32 or slopes.device.type == "meta":
-            slopes = get_alibi_slopes(self.config.num_attention_heads, self.config.alibi_max_bias)
-        return slopes.to(device)
-
-    def _t5_bias(self, distance: torch.Tensor) -> torch.Tensor:
-        """Learned bucketed bias `[B, H, Q, K]` (fp32) for `distance = pos_q - pos_k` `[B, Q, K]`."""
-        buckets = t5_relative_position_bucket(distance, self.config.t5_num_buckets, self.config.t5_max_distance)
-        return self.relative_attention_bias(buckets).float().permute(0, 3, 1, 2)
-
-    def _validate_inputs(
+    def validate_inputs(
         self,
-        input_ids: torch.Tensor | None,
-        inputs_embeds: torch.Tensor | None,
+        inputs: torch.Tensor,
         attention_mask: torch.Tensor | None,
         document_ids: torch.Tensor | None,
-        past_length: int | torch.Tensor,
-        key_length: int,
+        cache: Cache | None,
     ) -> None:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        if torch.compiler.is_compiling():
-            return
-        if input_ids is not None:
-            if input_ids.dim() != 2:
-                raise ValueError(f"input_ids must be 2-D [batch, length], got shape {tuple(input_ids.shape)}.")
-            if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
+        """Raise a `ValueError` that names the bad argument (skipped while compiling: it reads values)."""
+        name = "input_ids" if inputs.dtype in (torch.int32, torch.int64) else "inputs_embeds"
+        rank = 2 if name == "input_ids" else 3
+        if inputs.dim() != rank:
+            layout = "[batch, length]" if rank == 2 else "[batch, length, hidden]"
+            raise ValueError(f"{name} must be {rank}-D {layout}, got shape {tuple(inputs.shape)}.")
+        batch, length = inputs.shape[:2]
+        if batch == 0 or length == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(inputs.shape)}): pass at least one token per row.")
+        if name == "input_ids" and (int(inputs.min()) < 0 or int(inputs.max()) >= self.config.vocab_size):
+            raise ValueError(
+                f"input_ids must lie in [0, vocab_size={self.config.vocab_size}), got values in "
+                f"[{int(inputs.min())}, {int(inputs.max())}]. Is the tokenizer's vocabulary larger than the model's?"
+            )
+        past_length = int(cache.get_seq_length()) if cache is not None else 0
+        total = past_length + length
+        # Also accepted: a mask of the new tokens only, or of the whole static cache (create_masks_for_generate).
+        accepted = {(batch, total), (batch, length), (batch, cache.get_mask_sizes(length, 0)[0] if cache else length)}
+        if attention_mask is not None and attention_mask.dim() == 4:  # prepared: 0 (or True) marks a visible pair
+            if tuple(attention_mask.shape) != (batch, 1, length, total):
                 raise ValueError(
-                    f"input_ids must lie in [0, vocab_size={self.config.vocab_size}), got values in "
-                    f"[{int(input_ids.min())}, {int(input_ids.max())}]. Is the tokenizer's vocabulary larger "
-                    "than the model's?"
+                    f"A 4-D attention_mask must have shape {(batch, 1, length, total)} (batch, 1, new tokens, "
+                    f"cached + new tokens), got {tuple(attention_mask.shape)}."
                 )
-        batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
-        if attention_mask is not None:
-            expected = (batch, int(past_length) + length)
-            # Also accepted: the new tokens only, or the whole static cache (see create_masks_for_generate).
-            accepted = (expected, (batch, length), (batch, key_length))
-            if attention_mask.dim() != 2 or tuple(attention_mask.shape) not in accepted:
-                raise ValueError(
-                    f"attention_mask must be 2-D with shape {expected} (batch, cached + new tokens), "
-                    f"got {tuple(attention_mask.shape)}."
-                )
-        if document_ids is not None and (document_ids.dim() != 2 or document_ids.shape[0] != batch):
-            raise ValueError(f"document_ids must be 2-D [batch, length], got shape {tuple(document_ids.shape)}.")
-
-    def build_attention_mask(
-        self,
-        attention_mask: torch.Tensor | None,
-        query_length: int,
-        key_length: int,
-        past_length: int | torch.Tensor,
-        batch_size: int,
-        dtype: torch.dtype,
-        device: torch.device,
-        document_ids: torch.Tensor | None = None,
-    ) -> tuple[object, AttentionPositions]:
-        """The one mask every layer shares, in the form the attention backend wants."""
-        positions = build_positions(
-            attention_mask, batch_size, query_length, key_length, past_length, device, document_ids
-        )
-        slopes = self.slopes(device)
-        if slopes is not None and device.type == "cpu" and torch.is_grad_enabled():
-            _flush_denormals_for_cpu_training()
-        implementation = self.config._attn_implementation or "sdpa"
-        no_padding = positions.key_valid is None and positions.document_ids is None
-        if implementation == "flash_attention_2":
-            if document_ids is not None:
-                raise ValueError("document_ids are not supported with flash_attention_2; use sdpa or flex_attention.")
-            if self.config.position_encoding not in ("alibi", "none", "rotary", "sinusoidal"):
-                raise ValueError("position_encoding='t5' needs a bias tensor; use sdpa, eager or flex_attention.")
-            if slopes is None:
-                slopes = torch.zeros(self.config.num_attention_heads, device=device)
-            return FlashAlibiMask(slopes, attention_mask), positions
-        if implementation == "flex_attention" and query_length > 1:
-            return self._flex_mask(positions, query_length, key_length, slopes, batch_size, device), positions
-        dropout = self.config.attention_dropout if self.training else 0.0
-        if (
-            implementation == "sdpa"
-            and device.type == "cpu"
-            and dtype == torch.float32
-            and dropout == 0.0
-            and no_padding
-            and query_length == key_length
-            and self.config.position_encoding != "t5"
+            attention_mask = None
+        for arg, value, shapes in (
+            ("attention_mask", attention_mask, accepted),
+            ("document_ids", document_ids, {(batch, total)}),
         ):
-            if slopes is None:
-                return None, positions  # plain causal: sdpa's is_causal path
-            keys = torch.arange(key_length, device=device, dtype=torch.float32) - (key_length - 1) / 2
-            return KeyOnlyAlibiBias(slopes[None, :, None, None] * keys[None, None, None, :]), positions
-        relative_bias = self._t5_bias if self.config.position_encoding == "t5" else None
-        mask = build_alibi_mask(slopes, positions, query_length, key_length, dtype, relative_bias)
-        return mask, positions
+            if value is not None and (value.dim() != 2 or tuple(value.shape) not in shapes):
+                raise ValueError(
+                    f"{arg} must be 2-D with shape {(batch, total)} (batch, cached + new tokens), got {tuple(value.shape)}."
+                )
+        if attention_mask is not None and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            values = attention_mask.unique().tolist()[:8]
+            raise ValueError(f"attention_mask must hold only 0 (padding) and 1 (token), got values {values}.")
 
-    def _flex_mask(
-        self,
-        positions: AttentionPositions,
-        query_length: int,
-        key_length: int,
-        slopes: torch.Tensor | None,
-        batch_size: int,
-        device: torch.device,
-    ) -> FlexAlibiMask:
-        from torch.nn.attention.flex_attention import create_block_mask
+    def build_attention_mask(self, layout: AttentionLayout, dtype: torch.dtype) -> AlibiMask:
+        """The one mask every layer shares, in the form the attention backend wants."""
+        implementation = self.config._attn_implementation
+        device = layout.device
+        bias = self.position_encoding.score_bias(layout.key_length, device)
+        slopes = self.position_encoding.slopes(device)
+        if implementation == "flash_attention_2":
+            if (bias is not None and slopes is None) or layout.custom_visible is not None:
+                what = "a 4-D attention_mask" if layout.custom_visible is not None else self.config.position_encoding
+                raise ValueError(f"flash_attention_2 cannot take {what}; use sdpa, eager or flex_attention.")
+            return FlashAlibiMask(slopes) if layout.is_plain else flash_varlen_boundaries(layout, slopes)
+        if implementation == "flex_attention" and layout.query_length > 1:
+            return self.flex_mask(layout, bias)
+        # Both sdpa-style kernels (flex decodes through sdpa) know `is_causal`; eager needs a tensor.
+        if implementation in ("sdpa", "flex_attention") and layout.is_plain and not torch.compiler.is_compiling():
+            every_key = layout.query_length == layout.key_length or (
+                layout.query_length == 1 and layout.past_length + 1 == layout.key_length
+            )
+            if bias is None and every_key:
+                return None  # plain causal attention: sdpa's is_causal, or nothing to mask at all
+            if (
+                implementation == "sdpa"
+                and slopes is not None
+                and bias is not None
+                and layout.query_length == layout.key_length
+                and device.type == "cpu"
+                and dtype == torch.float32
+                and not (self.training and self.config.attention_dropout > 0)
+                and torch.backends.cuda.flash_sdp_enabled()  # the flag SDPA's fused CPU kernel obeys
+            ):
+                keys = (
+                    torch.arange(layout.key_length, device=device, dtype=torch.float32) - (layout.key_length - 1) / 2
+                )
+                return KeyOnlyAlibiBias(slopes[None, :, None, None] * keys[None, None, None, :])
+        return build_dense_mask(layout, bias, self.config.num_attention_heads, dtype)
 
-        past = positions.past_length
-        plain = positions.key_valid is None and positions.document_ids is None
+    def flex_mask(self, layout: AttentionLayout, bias: ScoreBias | None) -> FlexAlibiMask:
+        """A `BlockMask` from `layout.visible` (cached per shape when plain) and a `score_mod` adding the bias."""
         # Uncompiled, create_block_mask evaluates mask_mod on the whole Q x K grid; compiled it does
         # not, but compiling costs seconds per shape, so only long sequences pay for it.
-        compile_mask = query_length * key_length >= 2048 * 2048
-        if plain:
-            # Depends only on the shape: build once per (Q, K, past) and reuse across steps.
-            cache_key = (query_length, key_length, int(past), device)
-            block_mask = self._block_mask_cache.get(cache_key)
-            if block_mask is None:
+        shape = (layout.query_length, layout.key_length)
+        compile_mask = shape[0] * shape[1] >= 2048 * 2048
+        cache_key = (*shape, int(layout.past_length), layout.device)
+        block_mask = self._block_mask_cache.get(cache_key) if layout.is_plain else None
+        if block_mask is None:
 
-                def causal(b, h, q_idx, kv_idx):
-                    return kv_idx <= q_idx + past
+            def mask_mod(b, h, q_idx, kv_idx):  # create_block_mask takes functions, not bound methods
+                return layout.visible(b, h, q_idx, kv_idx)
 
-                block_mask = create_block_mask(
-                    causal, None, None, query_length, key_length, device=device, _compile=compile_mask
-                )
+            batch = None if layout.is_plain else layout.batch_size
+            block_mask = create_block_mask(mask_mod, batch, None, *shape, device=layout.device, _compile=compile_mask)
+            if layout.is_plain:
                 if len(self._block_mask_cache) > 16:
                     self._block_mask_cache.clear()
                 self._block_mask_cache[cache_key] = block_mask
-        else:
-            allowed_valid = positions.key_valid
-            docs = positions.document_ids
-            query_docs = positions.query_document_ids
 
-            def mask_mod(b, h, q_idx, kv_idx):
-                keep = (kv_idx <= q_idx + past) | (kv_idx == q_idx + past)
-                if allowed_valid is not None:
-                    keep = keep & (allowed_valid[b, kv_idx] | (kv_idx == q_idx + past))
-                if docs is not None:
-                    keep = keep & ((docs[b, kv_idx] == query_docs[b, q_idx]) | (kv_idx == q_idx + past))
-                return keep
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + bias(h, layout.distance(b, q_idx, kv_idx))
 
-            block_mask = create_block_mask(
-                mask_mod, batch_size, None, query_length, key_length, device=device, _compile=compile_mask
-            )
+        return FlexAlibiMask(block_mask, score_mod if bias is not None else None)
 
-        q_pos, k_pos = positions.query_positions, positions.key_positions
-        t5_table = None
-        if self.config.position_encoding == "t5":
-            # One bias per head and distance: O(H * K) memory, not O(Q * K).
-            distances = torch.arange(key_length + query_length, device=device)
-            buckets = t5_relative_position_bucket(distances, self.config.t5_num_buckets, self.config.t5_max_distance)
-            t5_table = self.relative_attention_bias(buckets).float().t().contiguous()  # [H, D]
-
-        if plain:
-
-            def score_mod(score, b, h, q_idx, kv_idx):
-                distance = q_idx + past - kv_idx
-                if slopes is not None:
-                    score = score - slopes[h] * distance
-                if t5_table is not None:
-                    score = score + t5_table[h, distance.clamp(min=0)]
-                return score
-
-        else:
-
-            def score_mod(score, b, h, q_idx, kv_idx):
-                distance = q_pos[b, q_idx] - k_pos[b, kv_idx]
-                if slopes is not None:
-                    score = score - slopes[h] * distance
-                if t5_table is not None:
-                    score = score + t5_table[h, distance.clamp(min=0)]
-                return score
-
-        return FlexAlibiMask(block_mask, score_mod)
-
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -779,81 +821,67 @@ class AlibiModel(AlibiPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         document_ids: torch.LongTensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
         """Run the decoder.
 
         Args:
             input_ids: `[B, Q]` token ids.
-            attention_mask: `[B, past + Q]`, 1 for tokens and 0 for (left) padding. Positions, and so
-                the ALiBi bias, come from its cumulative sum.
-            position_ids: accepted for API compatibility and ignored: positions come from the mask.
+            attention_mask: `[B, past + Q]` (or `[B, Q]`), 1 for tokens and 0 for (left) padding.
+                Positions, and so the ALiBi bias, come from its cumulative sum.
+            position_ids: `[B or 1, Q]`. Only their restarts are read: with no attention_mask and an
+                empty cache, a position that does not follow its neighbour starts a new packed document
+                (transformers' padding-free format). The bias itself needs no positions.
             cache: a transformers `Cache`; created (dynamic) when `use_cache` and none is given.
             inputs_embeds: `[B, Q, hidden]` instead of `input_ids`.
-            document_ids: `[B, Q]` (or `[B, past + Q]`) ids of packed documents; attention stays
-                inside each document. ALiBi is translation-invariant, so positions need no reset.
+            use_cache: return the cache (default: `config.use_cache`, outside training).
+            document_ids: `[B, Q]` (or `[B, past + Q]`) ids of packed documents; attention stays inside
+                each document. ALiBi is translation-invariant, so positions need no reset.
+            kwargs: `cu_seq_lens_k` (flash-attn varlen boundaries) mark packed documents like
+                `position_ids` do; the rest reach the attention function.
         """
-        kwargs.pop("past_key_values", None)
-        kwargs.pop("cache_position", None)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        inputs = input_ids if input_ids is not None else inputs_embeds
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
+        compiling = torch.compiler.is_compiling()
+        if not compiling:  # the checks read values, which would break a compiled graph
+            self.validate_inputs(inputs, attention_mask, document_ids, cache)
+        batch_size, query_length = inputs.shape[:2]
         past_length = cache.get_seq_length() if cache is not None else 0
-        query_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         key_length = cache.get_mask_sizes(query_length, 0)[0] if cache is not None else query_length
-        self._validate_inputs(input_ids, inputs_embeds, attention_mask, document_ids, past_length, key_length)
-
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        batch_size = inputs_embeds.shape[0]
-        device = inputs_embeds.device
-        if (
-            attention_mask is not None
-            and attention_mask.shape[1] == query_length
-            and not torch.compiler.is_compiling()
-        ):
-            if int(past_length) > 0:  # a mask for the new tokens only: the cached ones are real tokens
-                attention_mask = F.pad(attention_mask, (int(past_length), 0), value=1)
-        if document_ids is not None and document_ids.shape[1] == query_length and not torch.compiler.is_compiling():
-            if int(past_length) > 0:
-                raise ValueError("document_ids with a cache must cover the cached tokens too: [B, past + Q].")
 
-        mask, positions = self.build_attention_mask(
-            attention_mask,
-            query_length,
-            key_length,
-            past_length,
-            batch_size,
-            inputs_embeds.dtype,
-            device,
-            document_ids,
-        )
+        device = inputs_embeds.device
+        if attention_mask is not None and attention_mask.dim() == 4:
+            layout = custom_mask_layout(attention_mask, position_ids, query_length, key_length, past_length, device)
+        else:
+            if not compiling and past_length == 0 and attention_mask is None and document_ids is None:
+                # transformers' padding-free packing (DataCollatorWithFlattening, TRL packing=True).
+                cu_seq_lens = kwargs.get("cu_seq_lens_k")
+                document_ids = packed_document_ids(position_ids, cu_seq_lens, batch_size, query_length)
+            if not compiling and past_length > 0 and attention_mask is not None:
+                missing = max(0, past_length + query_length - attention_mask.shape[1])
+                attention_mask = F.pad(attention_mask, (missing, 0), value=1)  # a mask of the new tokens only
+            layout = build_layout(
+                attention_mask, document_ids, batch_size, query_length, key_length, past_length, device
+            )
+        mask = self.build_attention_mask(layout, inputs_embeds.dtype)
 
         hidden_states = inputs_embeds
-        if self.config.position_encoding == "sinusoidal":
-            # Vaswani et al. (3.4) and fairseq scale token embeddings by sqrt(d) so that the fixed
-            # sinusoid (entries in [-1, 1]) does not swamp them; LayerNorm below is scale-invariant.
-            hidden_states = hidden_states * math.sqrt(self.config.hidden_size)
         if self.config.embedding_layer_norm:
             hidden_states = self.embed_layer_norm(hidden_states)
-        rotary = None
-        if self.config.position_encoding == "sinusoidal":
-            pe = sinusoidal_embedding(positions.query_positions, self.config.hidden_size)
-            hidden_states = hidden_states + pe.to(hidden_states.dtype)
-        elif self.config.position_encoding == "rotary":
-            inv_freq = 1.0 / (
-                self.config.rope_theta
-                ** (
-                    torch.arange(0, self.config.head_dim, 2, device=device, dtype=torch.float32) / self.config.head_dim
-                )
-            )
-            angles = positions.query_positions.float()[..., None] * inv_freq  # [B, Q, D/2]
-            angles = torch.cat([angles, angles], dim=-1)
-            rotary = (angles.cos().to(hidden_states.dtype), angles.sin().to(hidden_states.dtype))
+        positions = layout.query_positions
+        hidden_states = self.position_encoding.embed(hidden_states, positions)
+        position_embeddings = self.position_encoding.rotary(positions, hidden_states.dtype)
         hidden_states = self.embed_dropout(hidden_states)
-
         for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_mask=mask, rotary=rotary, cache=cache, **kwargs)
+            hidden_states = layer(
+                hidden_states, attention_mask=mask, position_embeddings=position_embeddings, cache=cache, **kwargs
+            )
         hidden_states = self.norm(hidden_states)
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None)
 
@@ -873,18 +901,8 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
-
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -896,11 +914,10 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         document_ids: torch.LongTensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast:
         """Logits `[B, Q, vocab]` (only the last `logits_to_keep` when > 0) and, with `labels`, the shifted LM loss."""
-        cache = cache if cache is not None else kwargs.pop("past_key_values", None)
-        outputs = self.model(
+        outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -910,16 +927,18 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
             document_ids=document_ids,
             **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
-        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
-            hidden_states = hidden_states[:, -logits_to_keep:]
-        elif isinstance(logits_to_keep, torch.Tensor):
-            hidden_states = hidden_states[:, logits_to_keep]
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
         logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
     def create_masks_for_generate(
         self,
@@ -927,7 +946,7 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor | None,
         cache: Cache | None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor | None:
         """Keep the 2-D padding mask for static caches, padded to the cache size.
 
@@ -944,15 +963,6 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
                 batch_size, int(past) + query_length, dtype=torch.long, device=inputs_embeds.device
             )
         return F.pad(attention_mask, (0, key_length - attention_mask.shape[1]), value=0)
-
-    def _get_stopping_criteria(self, *args, **kwargs):
-        # transformers warns once generation passes config.max_position_embeddings. For ALiBi that
-        # is the training length, not a limit, so the warning would only mislead.
-        criteria = super()._get_stopping_criteria(*args, **kwargs)
-        for criterion in criteria:
-            if hasattr(criterion, "max_position_embeddings"):
-                criterion.max_position_embeddings = None
-        return criteria
 
 
 __all__ = ["AlibiForCausalLM", "AlibiModel", "AlibiPreTrainedModel", "get_alibi_slopes"]

@@ -530,9 +530,6 @@ def run(args: argparse.Namespace) -> int:
     try:  # restored afterwards: `main([...])` may run inside a longer process, such as the tests
         torch.set_num_threads(args.threads or threads)
         transformers.logging.set_verbosity_error()  # generate's per-call notices would bury the table
-        # Our model flushes denormals as soon as it trains on the CPU (they make the SDPA backward ~1.7x
-        # slower); set it before anything runs so every model, Bloom and Falcon included, gets the same.
-        torch.set_flush_denormal(True)
         report = run_bench(preset, device, families, args.static_decode, not args.no_progress, args.clock, write)
     finally:
         torch.set_num_threads(threads)
