@@ -356,9 +356,10 @@ class NoPositionEncoding(nn.Module):
     def __init__(self, config: AlibiConfig):
         super().__init__()
 
-    def embed(self, hidden_states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Token embeddings `[B, Q, hidden]` -> the decoder's input, at `positions` `[B or 1, Q]`."""
-        return hidden_states
+    def embed(self, hidden_states: torch.Tensor, positions: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        """Token embeddings `[B, Q, hidden]` -> the decoder's input, at `positions` `[B or 1, Q]`; `norm` is the
+        embedding LayerNorm (BLOOM's `embedding_layer_norm`) or the identity."""
+        return norm(hidden_states)
 
     def rotary(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
         """`(cos, sin)` `[B or 1, Q, head_dim]` to rotate queries and keys with, or None."""
@@ -417,11 +418,12 @@ class SinusoidalPositionalEmbedding(NoPositionEncoding):
         super().__init__(config)
         self.hidden_size = config.hidden_size
 
-    def embed(self, hidden_states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def embed(self, hidden_states: torch.Tensor, positions: torch.Tensor, norm: nn.Module) -> torch.Tensor:
         angles = positions.float()[..., None] * inverse_frequencies(self.hidden_size, 10000.0, positions.device)
         sinusoid = torch.cat([angles.sin(), angles.cos()], dim=-1)
-        # The scale keeps the sinusoid (entries in [-1, 1]) from swamping the embeddings.
-        return hidden_states * math.sqrt(self.hidden_size) + sinusoid.to(hidden_states.dtype)
+        # The scale keeps the sinusoid (entries in [-1, 1]) from swamping the embeddings; it comes before the
+        # norm (which undoes it) and the sinusoid after, as the paper's fairseq baseline with BLOOM's norm.
+        return norm(hidden_states * math.sqrt(self.hidden_size)) + sinusoid.to(hidden_states.dtype)
 
 
 class RotaryEmbedding(NoPositionEncoding):
@@ -693,10 +695,11 @@ class AlibiModel(AlibiPreTrainedModel):
     def __init__(self, config: AlibiConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        if config.embedding_layer_norm:
-            self.embed_layer_norm = nn.LayerNorm(
-                config.hidden_size, eps=config.layer_norm_eps, bias=config.layer_norm_bias
-            )
+        self.embed_layer_norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, bias=config.layer_norm_bias)
+            if config.embedding_layer_norm
+            else nn.Identity()
+        )
         self.position_encoding = POSITION_ENCODINGS[config.position_encoding](config)
         self.embed_dropout = nn.Dropout(config.embedding_dropout)
         self.layers = nn.ModuleList(AlibiDecoderLayer(config, i) for i in range(config.num_hidden_layers))
@@ -871,11 +874,8 @@ class AlibiModel(AlibiPreTrainedModel):
             )
         mask = self.build_attention_mask(layout, inputs_embeds.dtype)
 
-        hidden_states = inputs_embeds
-        if self.config.embedding_layer_norm:
-            hidden_states = self.embed_layer_norm(hidden_states)
         positions = layout.query_positions
-        hidden_states = self.position_encoding.embed(hidden_states, positions)
+        hidden_states = self.position_encoding.embed(inputs_embeds, positions, self.embed_layer_norm)
         position_embeddings = self.position_encoding.rotary(positions, hidden_states.dtype)
         hidden_states = self.embed_dropout(hidden_states)
         for layer in self.layers:

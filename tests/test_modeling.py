@@ -439,3 +439,16 @@ def test_cpu_training_leaves_denormals_alone():
     ids = random_ids(1, 16)
     model(ids, labels=ids).loss.backward()
     assert (torch.tensor([1e-40]) * 1.0).item() != 0.0
+
+
+def test_sinusoidal_adds_the_sinusoid_after_the_embedding_norm():
+    # The demo's baselines use BLOOM's embedding LayerNorm: the sinusoid must not be normalised away.
+    model = tiny_model(position_encoding="sinusoidal", embedding_layer_norm=True)
+    captured = {}
+    model.model.layers[0].register_forward_pre_hook(lambda mod, args: captured.update(x=args[0]))
+    ids = random_ids(1, 6)
+    logits(model, ids)
+    embeds = model.model.embed_tokens(ids) * math.sqrt(32)
+    angles = torch.arange(6.0)[:, None] / 10000.0 ** (torch.arange(0, 32, 2) / 32)
+    expected = model.model.embed_layer_norm(embeds) + torch.cat([angles.sin(), angles.cos()], -1)
+    torch.testing.assert_close(captured["x"], expected, atol=1e-5, rtol=0)

@@ -21,7 +21,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, T
 from alibi_lm import AlibiForCausalLM, cli
 from alibi_lm.data import DataArguments, build_lm_datasets, wikipedia_texts
 from alibi_lm.hub import AUTO_MAP, MODELING_FILES
-from alibi_lm.train import AlibiTrainer, check_checkpoint, parse_recipe, save_final_model, train
+from alibi_lm.train import (
+    AlibiTrainer,
+    check_checkpoint,
+    denormals_flushed,
+    flush_denormals,
+    parse_recipe,
+    save_final_model,
+    train,
+)
+from alibi_lm.train import main as train_main
 from tests.tiny import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -364,3 +373,33 @@ def test_two_processes_see_different_data_and_end_with_identical_weights(workdir
     assert sorted(step) == list(range(1, 9))
     assert (step[7] + step[8]) / 2 < (step[1] + step[2]) / 2 - 0.1
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Process-wide float state
+
+
+def test_flush_denormals_is_scoped_and_restored_after_an_error():
+    assert not denormals_flushed()
+    with flush_denormals():
+        assert denormals_flushed() and (torch.tensor([1e-40]) * 1.0).item() == 0.0
+    assert not denormals_flushed()
+    with pytest.raises(RuntimeError, match="boom"), flush_denormals():
+        raise RuntimeError("boom")
+    assert not denormals_flushed()
+    with flush_denormals(enabled=False):
+        assert not denormals_flushed()
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_flush_denormal_is_opt_in_and_ends_with_training(workdir, flag):
+    seen: list[bool] = []
+
+    class RecordFlush(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.append(denormals_flushed())
+
+    recipe = tiny_recipe(workdir, f"flush-{flag}")
+    assert train_main([str(recipe), "--max_steps", "2", "--flush_denormal", str(flag).lower()], [RecordFlush()]) == 0
+    assert seen == [flag, flag]
+    assert not denormals_flushed()

@@ -1,0 +1,39 @@
+"""transformers' own shared model tests (the machinery Llama passes) against AlibiModel / AlibiForCausalLM.
+
+`tests/transformers_shared/assemble.py` builds a harness from transformers' test files (the 5.24.0 sdist from
+PyPI and a transformers git mirror, in a cache directory, never in this repository) and runs
+`tests/transformers_shared/test_modeling_alibi.py` there in a subprocess. Slow: about the length of a
+transformers model test file on the CPU.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ASSEMBLE = Path(__file__).parent / "transformers_shared" / "assemble.py"
+
+
+def _load_assemble():
+    spec = importlib.util.spec_from_file_location("alibi_lm_transformers_shared_assemble", ASSEMBLE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_transformers_shared_model_tests():
+    assemble = _load_assemble()
+    try:
+        assemble.assemble()
+    except assemble.HarnessUnavailableError as error:
+        pytest.skip(f"transformers' shared test harness cannot be assembled: {error}")
+
+    code, output = assemble.run()
+    counts = assemble.parse_summary(output)
+    print(f"transformers shared tests on AlibiModel/AlibiForCausalLM: {counts}")
+    report = "\n".join(line for line in output.splitlines() if line.startswith(("FAILED ", "SUBFAILED", "ERROR ")))
+    assert counts.get("failed", 0) == 0 and counts.get("errors", 0) == 0, f"{counts}\n{report}"
+    assert counts.get("passed", 0) > 0 and code == 0, f"pytest exit {code}, {counts}\n{output[-5000:]}"

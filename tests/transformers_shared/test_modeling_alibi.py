@@ -1,0 +1,71 @@
+# Copyright 2026 The alibi-lm authors. Licensed under the Apache License, Version 2.0.
+"""transformers' shared model tests for the ALiBi causal LM, in the shape of its Llama test.
+
+This module does not run from this repository: `assemble.py` copies it into a harness built from
+transformers' own test files, as `tests/models/alibi/test_modeling_alibi.py`, where the relative import
+below resolves to transformers' `tests/causal_lm_tester.py` (see `tests/transformers_shared/conftest.py`).
+Run it with `python tests/transformers_shared/assemble.py --run`.
+
+It differs from `tests/models/llama/test_modeling_llama.py` in one respect, because our classes live
+outside transformers: some shared tests pick what to do by looking a class's *name* up in transformers'
+auto-mapping tables (`MODEL_MAPPING_NAMES`, `MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`). A built-in causal LM is
+in those tables; `AutoModel.register` does not add to them. Without an entry, `test_training*` neither skip
+the base model nor give the LM head `labels` (so they fail on `loss` being None), and
+`test_inputs_embeds_matches_input_ids` and `test_causal_lm_loss_honors_shift_labels` silently check
+nothing. `AlibiModelTest.setUp` therefore adds our two names to those tables for the duration of each test,
+which is exactly the treatment Llama gets; no test is skipped or weakened by this module.
+"""
+
+import unittest
+from unittest import mock
+
+from transformers import is_torch_available
+from transformers.models.auto import modeling_auto
+from transformers.testing_utils import require_torch
+
+from ...causal_lm_tester import CausalLMModelTest, CausalLMModelTester
+
+if is_torch_available():
+    from alibi_lm import AlibiConfig, AlibiForCausalLM, AlibiModel
+
+
+class AlibiModelTester(CausalLMModelTester):
+    if is_torch_available():
+        base_model_class = AlibiModel
+        # Inference by name looks in transformers' namespace, where our classes are not.
+        config_class = AlibiConfig
+        causal_lm_class = AlibiForCausalLM
+
+    def __init__(self, parent, **kwargs):
+        # A tiny config; the rest (batch 13, seq 7, pad/bos/eos 0/1/2, ...) is the shared tester default.
+        kwargs.setdefault("vocab_size", 99)
+        kwargs.setdefault("hidden_size", 32)
+        kwargs.setdefault("num_hidden_layers", 2)
+        kwargs.setdefault("num_attention_heads", 4)
+        kwargs.setdefault("num_key_value_heads", 4)
+        kwargs.setdefault("intermediate_size", 37)
+        super().__init__(parent, **kwargs)
+
+
+@require_torch
+class AlibiModelTest(CausalLMModelTest, unittest.TestCase):
+    model_tester_class = AlibiModelTester
+    all_model_classes = (AlibiModel, AlibiForCausalLM) if is_torch_available() else ()
+    pipeline_model_mapping = (
+        {"feature-extraction": AlibiModel, "text-generation": AlibiForCausalLM} if is_torch_available() else {}
+    )
+
+    # As in Llama's test: `test_cpu_offload` needs 0.8 instead of 0.9.
+    model_split_percents = (0.5, 0.7, 0.8)
+
+    # used in `test_torch_compile_for_training`
+    _torch_compile_train_cls = AlibiForCausalLM if is_torch_available() else None
+
+    def setUp(self):
+        super().setUp()
+        model_type = AlibiConfig.model_type
+        for table, model_class in (
+            (modeling_auto.MODEL_MAPPING_NAMES, AlibiModel),
+            (modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, AlibiForCausalLM),
+        ):
+            self.enterContext(mock.patch.dict(table, {model_type: model_class.__name__}))
