@@ -831,15 +831,16 @@ class AlibiModel(AlibiPreTrainedModel):
         Args:
             input_ids: `[B, Q]` token ids.
             attention_mask: `[B, past + Q]` (or `[B, Q]`), 1 for tokens and 0 for (left) padding.
-                Positions, and so the ALiBi bias, come from its cumulative sum.
+                Positions, and so the ALiBi bias, come from its cumulative sum. A prepared 4-D mask
+                `[B, 1, Q, past + Q]` (0 or True where visible) takes its positions from `position_ids`.
             position_ids: `[B or 1, Q]`. Only their restarts are read: with no attention_mask and an
                 empty cache, a position that does not follow its neighbour starts a new packed document
                 (transformers' padding-free format). The bias itself needs no positions.
             cache: a transformers `Cache`; created (dynamic) when `use_cache` and none is given.
             inputs_embeds: `[B, Q, hidden]` instead of `input_ids`.
             use_cache: return the cache (default: `config.use_cache`, outside training).
-            document_ids: `[B, Q]` (or `[B, past + Q]`) ids of packed documents; attention stays inside
-                each document. ALiBi is translation-invariant, so positions need no reset.
+            document_ids: `[B, past + Q]` ids of packed documents; attention stays inside each
+                document. ALiBi is translation-invariant, so positions need no reset.
             kwargs: `cu_seq_lens_k` (flash-attn varlen boundaries) mark packed documents like
                 `position_ids` do; the rest reach the attention function.
         """

@@ -400,3 +400,17 @@ def test_dynamic_cache_prefix_of_the_wrong_length_is_named():
     model(random_ids(1, 5), cache=cache, use_cache=True)
     with pytest.raises(ValueError, match=r"attention_mask must be 2-D with shape \(1, 7\)"):
         model(random_ids(1, 2), cache=cache, attention_mask=torch.ones(1, 6, dtype=torch.long))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_flash_attention_2_packs_documents_through_the_varlen_kernel():
+    pytest.importorskip("flash_attn")
+    batch, documents = packed_batch(lengths=(37, 64, 27))
+    flash = tiny_model(attn_implementation="flash_attention_2").cuda().to(torch.bfloat16)
+    packed = logits(flash, input_ids=batch["input_ids"].cuda(), position_ids=batch["position_ids"].cuda())
+    start = 0
+    for doc in documents:
+        alone = logits(flash, input_ids=doc[None].cuda())[0]
+        torch.testing.assert_close(packed[0, start : start + len(doc)], alone, atol=2e-2, rtol=0)
+        start += len(doc)
