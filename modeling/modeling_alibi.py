@@ -4,26 +4,19 @@
 ALiBi: Press, Smith & Lewis, "Train Short, Test Long: Attention with Linear Biases Enables Input
 Length Extrapolation", ICLR 2022. https://arxiv.org/abs/2108.12409
 
-Each head h adds `-m_h * (i - j)` to the score of query position i on key position j. The bias
-lives in the attention mask: `AlibiModel` builds one mask per forward pass and every layer shares
-it. Two rules define it, each written once in `AttentionLayout`: which key slots a query may see
-(causal, not padding, same packed document) and how far apart two tokens are. What the mask is
-depends on the attention backend:
+Head h adds `-m_h * (i - j)` to the score of query position i on key position j. The bias lives in
+the attention mask, built once per forward and shared by every layer from two rules, each written
+once in `AttentionLayout`: which key slots a query may see (causal, not padding, same packed
+document) and how far apart two tokens are. Its form depends on the backend: eager / sdpa get a
+4-D `[B, H, Q, K]` tensor computed in fp32 from the relative distance (on the CPU in fp32 without
+padding, sdpa gets the key-only bias `m_h * pos_k` plus `is_causal=True`); flex_attention a
+`score_mod` and a `BlockMask`; flash_attention_2 the slopes as `alibi_slopes`, and its varlen
+kernel for padding and packed documents. Packed documents come as `document_ids`, or in
+transformers' padding-free format (restarting `position_ids`, or `cu_seq_lens_q/k`).
 
-- eager / sdpa: a 4-D float tensor `[B, H, Q, K]`, computed in fp32 from the relative distance.
-  On the CPU, in fp32 with no padding, sdpa gets the key-only form `m_h * pos_k` plus
-  `is_causal=True` instead, which runs at the speed of plain causal attention.
-- flex_attention: a `score_mod` with the slopes plus a `BlockMask`; no L x L tensor exists.
-- flash_attention_2: the slopes, passed as `alibi_slopes` to the flash-attn kernel, and the
-  varlen kernel for padding and packed documents.
-
-Packed documents come as `document_ids`, or as transformers' padding-free format (restarting
-`position_ids` or `cu_seq_lens_q/k`, from `DataCollatorWithFlattening`). ALiBi is
-translation-invariant, so a packed document needs no position reset.
-
-The module layout follows transformers' `models/llama/modeling_llama.py` (v5.24). This file
-travels with checkpoints as Hub remote code, so it imports only torch, transformers and
-`configuration_alibi` (imported first: it checks the transformers version).
+The layout follows transformers' `models/llama/modeling_llama.py` (v5.24). This file travels with
+checkpoints as Hub remote code, so it imports only torch, transformers and `configuration_alibi`
+(imported first: it checks the transformers version).
 """
 
 # isort: off
@@ -276,11 +269,8 @@ def custom_mask_layout(
     past_length: int | torch.Tensor,
     device: torch.device,
 ) -> AttentionLayout:
-    """The layout of a prepared 4-D mask `[B, 1, Q, K]` (True or 0.0 where visible), as transformers' models take one.
-
-    Positions come from `position_ids` `[B or 1, K]` (say, branches after a shared prefix at equal
-    positions), or from the slot order.
-    """
+    """The layout of a prepared 4-D mask `[B, 1, Q, K]` (True or 0.0 where visible), as transformers' models take
+    one; positions come from `position_ids` `[B or 1, K]` (branches after a shared prefix), or the slot order."""
     visible = (mask if mask.dtype == torch.bool else mask == 0).to(device)
     batch_size = visible.shape[0]
     positions = position_ids if position_ids is not None else torch.arange(key_length, device=device)[None]
@@ -763,7 +753,8 @@ class AlibiModel(AlibiPreTrainedModel):
                 what = "a 4-D attention_mask" if layout.custom_visible is not None else self.config.position_encoding
                 raise ValueError(f"flash_attention_2 cannot take {what}; use sdpa, eager or flex_attention.")
             return FlashAlibiMask(slopes) if layout.is_plain else flash_varlen_boundaries(layout, slopes)
-        if implementation == "flex_attention" and layout.query_length > 1:
+        # A prepared 4-D mask is dense already: flex would save nothing, so it takes the sdpa path with it.
+        if implementation == "flex_attention" and layout.query_length > 1 and layout.custom_visible is None:
             return self.flex_mask(layout, bias)
         # Both sdpa-style kernels (flex decodes through sdpa) know `is_causal`; eager needs a tensor.
         if implementation in ("sdpa", "flex_attention") and layout.is_plain and not torch.compiler.is_compiling():
@@ -954,16 +945,13 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
         transformers would turn it into a 4-D causal mask without the bias; the model builds the
         ALiBi mask itself, and a fixed-size 2-D mask keeps compiled decoding free of recompiles.
         """
-        batch_size, query_length = inputs_embeds.shape[:2]
         if cache is None:
             return attention_mask
-        key_length = cache.get_mask_sizes(query_length, 0)[0]
+        batch_size, query_length = inputs_embeds.shape[:2]
         if attention_mask is None:
-            past = cache.get_seq_length()
-            attention_mask = torch.ones(
-                batch_size, int(past) + query_length, dtype=torch.long, device=inputs_embeds.device
-            )
-        return F.pad(attention_mask, (0, key_length - attention_mask.shape[1]), value=0)
+            shape = (batch_size, int(cache.get_seq_length()) + query_length)
+            attention_mask = torch.ones(shape, dtype=torch.long, device=inputs_embeds.device)
+        return F.pad(attention_mask, (0, cache.get_mask_sizes(query_length, 0)[0] - attention_mask.shape[1]), value=0)
 
 
 __all__ = ["AlibiForCausalLM", "AlibiModel", "AlibiPreTrainedModel", "get_alibi_slopes"]

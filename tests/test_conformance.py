@@ -178,6 +178,25 @@ def test_trl_sft_packing_trains_with_per_document_losses_of_unpacked(tmp_path: P
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses) and result.global_step == 3
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_prepared_4d_mask_shares_a_prefix_between_branches(backend):
+    # Three continuations of one prefix in one row, each seeing the prefix and itself (transformers' custom 4-D mask).
+    model = tiny_model(attn_implementation=backend)
+    prefix, ends = random_ids(1, 5)[0], torch.tensor([7, 8, 9])
+    rows = torch.stack([torch.cat([prefix, end[None]]) for end in ends])
+    shared = torch.cat([prefix, ends])[None]
+    visible = torch.ones(8, 8).tril().bool()
+    visible[5:, 5:] = torch.eye(3, dtype=torch.bool)
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5, 5, 5]])
+    out = logits(model, input_ids=shared, attention_mask=visible[None, None], position_ids=positions)
+    torch.testing.assert_close(out[0, 5:], logits(model, input_ids=rows)[:, -1], atol=1e-5, rtol=0)
+
+
+def test_prepared_4d_mask_of_the_wrong_shape_raises():
+    with pytest.raises(ValueError, match=r"A 4-D attention_mask must have shape \(1, 1, 4, 4\)"):
+        tiny_model()(random_ids(1, 4), attention_mask=torch.ones(1, 1, 4, 5, dtype=torch.bool))
+
+
 # --- recorded outputs -------------------------------------------------------------------------
 
 

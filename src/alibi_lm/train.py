@@ -447,7 +447,7 @@ def flush_denormals(enabled: bool = True) -> Iterator[None]:
     """Flush denormal floats to zero inside the block, then restore what was set before, even on an error.
 
     ALiBi's far keys get attention probabilities below fp32's normal range. On some x86 CPUs the SDPA backward
-    recomputes them as denormals, which are slow there (a training step took 1.7x the no-bias time on one Intel
+    recomputes them as denormals, which are slow there (a training step took 1.7x the no-bias time on the 2026-11-26
     machine; on the AMD EPYC machine of 2026-11-28 it made no difference). It is process-wide state, so it is opt-in
     (`--flush_denormal true`) and scoped to training, never set by the model.
     """
