@@ -47,11 +47,9 @@ from transformers.models.llama.modeling_llama import (  # the same math: softmax
     repeat_kv,
 )
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, can_return_tuple, logging
+from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import capture_outputs
-
-logger = logging.get_logger(__name__)
 
 # `bias(head, distance)`: the fp32 score bias for heads and distances `pos_q - pos_k`, broadcasting
 # over tensors or on the scalars flex_attention's `score_mod` gets.
