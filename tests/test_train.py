@@ -19,8 +19,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, TrainingArguments
 
 from alibi_lm import AlibiForCausalLM, cli
+from alibi_lm.checkpoints import FINAL_STAGED, StartPlan, prepare_output_dir
 from alibi_lm.data import DataArguments, build_lm_datasets, wikipedia_texts
 from alibi_lm.hub import AUTO_MAP, MODELING_FILES
+from alibi_lm.integrity import verify_checksums
 from alibi_lm.train import (
     AlibiTrainer,
     check_checkpoint,
@@ -166,7 +168,10 @@ def test_every_checkpoint_is_a_hub_folder_and_logs_throughput_and_perplexity(uni
         assert config["max_position_embeddings"] == 32 and config["use_cache"] is True
     assert not (uninterrupted / ".tmp-final-model").exists()
     history = json.loads((uninterrupted / "trainer_state.json").read_text())["log_history"]
-    assert all(e["tokens_per_second"] > 0 for e in history if "loss" in e)
+    # Trainer's own count (include_num_input_tokens_seen, on by default here): every input token of every step.
+    logged = [e for e in history if "loss" in e]
+    assert all(e["train_tokens_per_second"] > 0 for e in logged)
+    assert [e["num_input_tokens_seen"] for e in logged] == [4 * 32 * e["step"] for e in logged]
     evals = [e for e in history if "eval_loss" in e]
     assert len(evals) == 3  # steps 3 and 6, and the final evaluation
     for entry in evals:
@@ -203,7 +208,7 @@ def test_resume_after_a_kill_matches_the_uninterrupted_run(workdir, uninterrupte
 
 def test_existing_checkpoints_are_not_overwritten_without_resume(workdir, uninterrupted):
     args = parse_recipe(tiny_recipe(workdir, "full"))
-    with pytest.raises(ValueError, match="already holds a trained model or checkpoints"):
+    with pytest.raises(ValueError, match="already holds a run's work"):
         train(*args)
 
 
@@ -224,32 +229,42 @@ def test_truncated_or_incomplete_checkpoint_gives_a_clear_error(workdir, uninter
         train(*parse_recipe(recipe))
 
 
-def test_interrupted_final_save_leaves_no_loadable_model(workdir, uninterrupted, monkeypatch):
+def test_interrupted_final_save_is_finished_by_the_next_start(workdir, uninterrupted, monkeypatch):
     out = workdir / "interrupted-save"
     shutil.copytree(uninterrupted, out, ignore=shutil.ignore_patterns("checkpoint-*"))
+    (out / "model.safetensors").unlink()  # the old final model's weights: about to be replaced anyway
 
     class FakeTrainer:  # what save_final_model uses of a Trainer, on one process
         args = type("Args", (), {"should_save": True})()
         accelerator = type("Acc", (), {"wait_for_everyone": staticmethod(lambda: None)})()
 
         @staticmethod
-        def save_model(folder, _internal_call=False):
-            shutil.copytree(uninterrupted, folder, ignore=shutil.ignore_patterns("checkpoint-*"))
+        def save_model(folder):
+            shutil.copytree(uninterrupted, folder, ignore=shutil.ignore_patterns("checkpoint-*", "SHA256SUMS"))
 
     calls = []
+    real_replace = os.replace
 
     def dying_replace(src, dst):
         calls.append(dst)
-        if len(calls) == 3:
+        if len(calls) == 4:  # staging -> staged, then two files moved in: killed on the third
             raise KeyboardInterrupt("killed while moving files")
-        os.rename(src, dst)
+        real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", dying_replace)
     with pytest.raises(KeyboardInterrupt):
         save_final_model(FakeTrainer(), out)
-    assert not (out / "config.json").exists()
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not (out / "config.json").exists()  # mid-move, the folder does not look like a model
     with pytest.raises((OSError, ValueError)):
         AutoModelForCausalLM.from_pretrained(out)
+    assert (out / FINAL_STAGED / "config.json").is_file()
+
+    # The next start that goes on (resuming, say) finishes the move before anything else.
+    prepare_output_dir(StartPlan(out, resume=None, overwrite=False))
+    assert not (out / FINAL_STAGED).exists()
+    assert verify_checksums(out, required=True) == [out / "model.safetensors"]
+    assert type(AutoModelForCausalLM.from_pretrained(out)) is AlibiForCausalLM
 
 
 def test_saves_carry_the_package_modeling_files_even_when_the_class_was_rebuilt(tmp_path):
@@ -258,7 +273,7 @@ def test_saves_carry_the_package_modeling_files_even_when_the_class_was_rebuilt(
     model = tiny_model()
     model.__class__ = type("FSDPAlibiForCausalLM", (AlibiForCausalLM,), {"__module__": __name__})
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    AlibiTrainer(model=model, args=args, tokens_per_step=1).save_model(str(tmp_path / "saved"))
+    AlibiTrainer(model=model, args=args).save_model(str(tmp_path / "saved"))
 
     assert {p.name for p in (tmp_path / "saved").glob("*.py")} == set(MODELING_FILES)
     config = json.loads((tmp_path / "saved" / "config.json").read_text())

@@ -10,25 +10,29 @@ A recipe is one YAML file whose keys are fields of `ModelArguments`, `DataArgume
 `AlibiTrainingArguments` (transformers' `TrainingArguments` plus `overwrite_output_dir`); `--key value` overrides
 any of them. `ModelArguments` carries every architecture field of `AlibiConfig`, so a from-scratch recipe is flat.
 
-Checkpoints are Hub folders (safetensors, config with auto_map, modeling files, tokenizer). A checkpoint counts as
-complete once Trainer has written `trainer_state.json`, its last file; incomplete ones are renamed
-`incomplete-checkpoint-N` at the next start and never resumed from. The final model is written to a hidden staging
-folder and moved into `output_dir` with `config.json` last, so a killed save never looks like a loadable model.
+Checkpoints are Hub folders (safetensors, config with auto_map, modeling files, tokenizer) plus Trainer's state and
+`SHA256SUMS` (alibi_lm.integrity). Nothing that holds work is lost to a killed run or a careless re-run:
+
+- every checkpoint is written into `output_dir/.tmp-checkpoints/checkpoint-N` and renamed into place when whole;
+- the final model is written into `output_dir/.tmp-final-model`, renamed to `.final-model-staged` when whole, then
+  moved into `output_dir` file by file, `config.json` last; a start that finds a staged model finishes the move;
+- a start decides first (resume, refuse, or start over) and only then cleans up; it refuses, deleting nothing, when
+  `output_dir` holds weights or checkpoints and neither resume nor `--overwrite_output_dir` was asked for;
+- `--overwrite_output_dir` removes the old run's checkpoints and final model, and says so;
+- resume takes the newest checkpoint whose `trainer_state.json` parses, whose safetensors headers are whole and whose
+  weights match `SHA256SUMS`; any newer one is named and skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
-import json
+import enum
 import logging
-import math
 import os
-import re
-import shutil
 import sys
-import time
-import zipfile
+import types
+import typing
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, make_dataclass
@@ -47,22 +51,32 @@ from transformers import (
     PreTrainedTokenizerBase,
     Trainer,
     TrainerCallback,
+    TrainerState,
     TrainingArguments,
     default_data_collator,
     set_seed,
 )
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from . import AlibiConfig, AlibiForCausalLM, AlibiPreTrainedModel
+from .checkpoints import (
+    CHECKPOINT_STAGING,
+    TRAINER_STATE,
+    check_checkpoint,
+    finish_checkpoint,
+    last_checkpoint,
+    plan_start,
+    prepare_output_dir,
+    save_final_model,
+    write_remote_code,
+)
 from .data import DataArguments, build_lm_datasets, cached_bpe_tokenizer, load_raw_datasets
-from .hub import AUTO_MAP, MODELING_FILES, find_weights, load_model, prepare_for_hub
-from .modeling import modeling_alibi
+from .evaluation import perplexity
+from .hub import find_weights, load_model, prepare_for_hub, push_to_hub
+from .integrity import verify_checksums
 
 logger = logging.getLogger(__name__)
 
-TRAINER_STATE = "trainer_state.json"  # Trainer writes it last in a checkpoint: its presence marks a complete one
-FINAL_STAGING = ".tmp-final-model"
-_CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 # Token ids come from the tokenizer, never from a recipe.
 _TOKEN_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id")
 
@@ -140,6 +154,12 @@ class AlibiTrainingArguments(TrainingArguments):
     ddp_find_unused_parameters: bool | None = field(
         default=False, metadata={"help": "Let DDP look for parameters that get no gradient."}
     )
+    # Trainer then logs num_input_tokens_seen and train_tokens_per_second (every rank's input tokens, over the wall
+    # time of the session) with each training log.
+    include_num_input_tokens_seen: str | bool = field(
+        default=True,
+        metadata={"help": "Count input tokens and log tokens per second ('all' = true, 'non_padding', 'no')."},
+    )
     flush_denormal: bool = field(
         default=False,
         metadata={"help": "Flush denormal floats to zero while training (CPUs where they are slow); restored after."},
@@ -164,6 +184,95 @@ def _unknown_keys_error(unknown: Sequence[str], where: str) -> ValueError:
     return ValueError(f"Unknown key(s) in {where}: {', '.join(hints)}.\nValid keys:\n{listing}")
 
 
+def _type_name(annotation: Any) -> str:
+    if annotation is type(None):
+        return "null"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return " | ".join(repr(member.value) for member in annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(repr(value) for value in typing.get_args(annotation))
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_type_name(arg) for arg in typing.get_args(annotation)))
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether a YAML value fits a dataclass field's type (as HfArgumentParser would read it from the command line)."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return any(value == member.value or value == member for member in annotation)
+    if origin in (list, tuple) or annotation in (list, tuple):
+        (item,) = typing.get_args(annotation)[:1] or (Any,)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    return True  # a type this check does not know: the dataclass validates it
+
+
+def _check_recipe_types(values: dict[str, Any], path: Path) -> None:
+    """Raise a ValueError naming the key, its value and the expected type for the first recipe value of a wrong type.
+
+    YAML gives typed values (`2.7`, `[1, 2]`), which HfArgumentParser passes to the dataclasses unchecked; an int
+    field given 2.7 would otherwise fail deep in TrainingArguments with a bare TypeError, or not at all.
+    """
+    for cls in ARGUMENT_CLASSES:
+        hints = typing.get_type_hints(cls)
+        for item in fields(cls):
+            if item.name in values and not _matches(values[item.name], hints[item.name]):
+                value = values[item.name]
+                hint = ""
+                if isinstance(value, bool) and _matches("no", hints[item.name]):
+                    hint = "; YAML reads unquoted no/yes/off/on as booleans, so quote the word (e.g. 'no')"
+                raise ValueError(
+                    f"recipe {path}: {item.name} must be {_type_name(hints[item.name])}, got {value!r} "
+                    f"({type(value).__name__}){hint}"
+                )
+
+
+def read_recipe(recipe: str | os.PathLike) -> dict[str, Any]:
+    """The key: value mapping of a YAML recipe.
+
+    Raises:
+        FileNotFoundError: the recipe does not exist.
+        ValueError: it is not UTF-8, not valid YAML (the message gives the line and column), or not a mapping.
+    """
+    path = Path(recipe)
+    if not path.is_file():
+        raise FileNotFoundError(f"Recipe {str(path)!r} does not exist.")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"Recipe {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})."
+        ) from None
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ValueError(f"Recipe {path} is not valid YAML:{where}: {problem}.") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"Recipe {path} must be a mapping of key: value, got {type(values).__name__}.")
+    return values
+
+
 def parse_recipe(
     recipe: str | os.PathLike, overrides: Sequence[str] = ()
 ) -> tuple[Any, DataArguments, AlibiTrainingArguments]:
@@ -171,30 +280,25 @@ def parse_recipe(
 
     Raises:
         FileNotFoundError: the recipe does not exist.
-        ValueError: the recipe is not a mapping, or a key (in the file or the overrides) is unknown; the
-            message lists the valid keys.
+        ValueError: the recipe is not UTF-8, not YAML or not a mapping; a key (in the file or the overrides) is
+            unknown (the message lists the valid keys); or a value has the wrong type (the message names the key).
     """
     path = Path(recipe)
-    if not path.is_file():
-        raise FileNotFoundError(f"Recipe {str(path)!r} does not exist.")
-    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"Recipe {path} must be a mapping of key: value, got {type(values).__name__}.")
+    values = read_recipe(path)
     known = {key for keys in _valid_keys().values() for key in keys}
     unknown = sorted(set(values) - known)
     if unknown:
         raise _unknown_keys_error(unknown, f"recipe {path}")
+    _check_recipe_types(values, path)
 
     parser = HfArgumentParser(ARGUMENT_CLASSES)
     if not torch.accelerator.is_available():
         # Trainer sets up torch.distributed on a CPU-only machine only with use_cpu; without it every process
         # launched by `accelerate launch` would train alone.
         parser.set_defaults(use_cpu=True)
-    # The recipe becomes the parser's defaults, so command-line overrides win and are typed by argparse.
+    # The recipe becomes the parser's defaults, so command-line overrides win and are typed by argparse. (No field
+    # of these dataclasses is required, so a recipe key never has to stand in for a required flag.)
     parser.set_defaults(**values)
-    for action in parser._actions:
-        if action.dest in values:
-            action.required = False
     model_args, data_args, training_args, remaining = parser.parse_args_into_dataclasses(
         args=list(overrides), return_remaining_strings=True, look_for_args_file=False
     )
@@ -202,152 +306,6 @@ def parse_recipe(
         keys = [arg.lstrip("-").split("=")[0] for arg in remaining if arg.startswith("--")] or remaining
         raise _unknown_keys_error(keys, "the command-line overrides")
     return model_args, data_args, training_args
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def check_checkpoint(folder: str | os.PathLike, require_optimizer: bool = True) -> Path:
-    """Raise a clear error unless `folder` is a complete Trainer checkpoint; return it as a Path.
-
-    Complete means: `trainer_state.json` (written last), `config.json`, readable safetensors weights and, unless
-    the run saved only the model, a readable `optimizer.pt` and `scheduler.pt`.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"Checkpoint folder {folder} does not exist.")
-    missing = [name for name in (TRAINER_STATE, "config.json") if not (folder / name).is_file()]
-    if missing:
-        raise ValueError(
-            f"Checkpoint folder {folder} is incomplete (missing {', '.join(missing)}): the run was probably "
-            "stopped while saving it. Resume from an earlier checkpoint."
-        )
-    find_weights(folder)  # names a missing or truncated safetensors file
-    if require_optimizer:
-        # optimizer.pt, or under FSDP optimizer.bin (full state dict) or optimizer_0/ (sharded).
-        optimizer = [folder / name for name in ("optimizer.pt", "optimizer.bin") if (folder / name).is_file()]
-        if not optimizer and not any(p.is_dir() for p in folder.glob("optimizer_*")):
-            raise ValueError(f"Checkpoint folder {folder} has no optimizer state (optimizer.pt).")
-        for file in [*optimizer, folder / "scheduler.pt"]:
-            # torch.save writes a zip archive; a truncated one has no central directory.
-            if not file.is_file() or not zipfile.is_zipfile(file):
-                raise ValueError(f"Checkpoint folder {folder} has a missing or truncated {file.name}.")
-    return folder
-
-
-def _checkpoints(output_dir: Path) -> list[Path]:
-    if not output_dir.is_dir():
-        return []
-    found = [p for p in output_dir.iterdir() if p.is_dir() and _CHECKPOINT_RE.match(p.name)]
-    return sorted(found, key=lambda p: int(_CHECKPOINT_RE.match(p.name).group(1)))
-
-
-def quarantine_incomplete_checkpoints(output_dir: Path) -> list[Path]:
-    """Rename every `checkpoint-N` without `trainer_state.json` to `incomplete-checkpoint-N`; return the new paths.
-
-    Trainer's own `get_last_checkpoint` and checkpoint rotation only look at `checkpoint-N`, so a half-written
-    folder renamed this way can never be resumed from or mixed with a fresh save at the same step.
-    """
-    moved = []
-    for folder in _checkpoints(output_dir):
-        if not (folder / TRAINER_STATE).is_file():
-            target = folder.with_name(f"incomplete-{folder.name}")
-            shutil.rmtree(target, ignore_errors=True)
-            folder.rename(target)
-            logger.warning("%s was not completely written; renamed to %s.", folder, target.name)
-            moved.append(target)
-    return moved
-
-
-def last_checkpoint(output_dir: str | os.PathLike, require_optimizer: bool = True) -> Path | None:
-    """The newest complete checkpoint in `output_dir`, or None; incomplete or corrupt ones are skipped."""
-    for folder in reversed(_checkpoints(Path(output_dir))):
-        try:
-            return check_checkpoint(folder, require_optimizer)
-        except (ValueError, FileNotFoundError) as err:
-            logger.warning("Skipping %s: %s", folder, err)
-    return None
-
-
-def _resolve_resume(training_args: TrainingArguments) -> Path | None:
-    """The checkpoint to resume from (validated), or None; refuses to train over earlier work unasked."""
-    resume = training_args.resume_from_checkpoint
-    if isinstance(resume, str) and resume.strip().lower() in ("", "false", "no", "none"):
-        resume = None
-    require_optimizer = not training_args.save_only_model
-    output_dir = Path(training_args.output_dir)
-    if resume is True or (isinstance(resume, str) and resume.strip().lower() in ("true", "yes", "last", "latest")):
-        found = last_checkpoint(output_dir, require_optimizer)
-        if found is not None:
-            return found
-        logger.warning("resume_from_checkpoint: no complete checkpoint in %s; starting from scratch.", output_dir)
-    elif resume is not None:
-        return check_checkpoint(resume, require_optimizer)
-    if not getattr(training_args, "overwrite_output_dir", False):
-        existing = [p.name for p in _checkpoints(output_dir)] + [
-            name for name in ("config.json",) if (output_dir / name).is_file()
-        ]
-        if existing:
-            raise ValueError(
-                f"output_dir {output_dir} already holds a trained model or checkpoints ({', '.join(existing)}) "
-                "that this run would overwrite. Pass --resume_from_checkpoint true to continue from its last "
-                "complete checkpoint, --overwrite_output_dir true to start over, or choose another output_dir."
-            )
-    return None
-
-
-def write_remote_code(folder: str | os.PathLike) -> None:
-    """Give a saved ALiBi folder this package's modeling files, the full auto_map and the real class name.
-
-    `save_pretrained` copies the source file of the model's class. Under FSDP2 that class is one torch builds at
-    run time (`FSDPAlibiForCausalLM`, defined in torch.distributed.fsdp), so the folder would get torch's FSDP
-    sources, an auto_map pointing at them and that class name in `architectures`.
-    """
-    folder = Path(folder)
-    for stray in folder.glob("*.py"):
-        if stray.name not in MODELING_FILES:
-            stray.unlink()
-    package = Path(modeling_alibi.__file__).parent
-    for name in MODELING_FILES:
-        shutil.copyfile(package / name, folder / name)
-    config_path = folder / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["auto_map"] = dict(AUTO_MAP)
-    config["architectures"] = [AlibiForCausalLM.__name__]
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def save_final_model(trainer: Trainer, output_dir: str | os.PathLike) -> Path:
-    """`trainer.save_model(output_dir)`, written so that a killed save never leaves a loadable-looking folder.
-
-    The model is saved into `output_dir/.tmp-final-model` (by every rank: FSDP gathers the weights), then the main
-    process removes the old `config.json` and weights, moves the new files in, and `config.json` last.
-    """
-    output_dir = Path(output_dir)
-    staging = output_dir / FINAL_STAGING
-    if trainer.args.should_save:
-        shutil.rmtree(staging, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    # _internal_call: save only; with push_to_hub, train() pushes the published folder afterwards.
-    trainer.save_model(str(staging), _internal_call=True)
-    trainer.accelerator.wait_for_everyone()
-    if trainer.args.should_save:
-        (output_dir / "config.json").unlink(missing_ok=True)
-        for stale in output_dir.glob("model*.safetensors*"):
-            stale.unlink()
-        for item in sorted(staging.iterdir()):
-            if item.name == "config.json":
-                continue
-            target = output_dir / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(item, target)
-        os.replace(staging / "config.json", output_dir / "config.json")
-        staging.rmdir()
-    trainer.accelerator.wait_for_everyone()
-    return output_dir
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -361,6 +319,7 @@ def _check_model_folder(name_or_path: str) -> None:
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"model_name_or_path {folder} has no config.json; is it a saved model folder?")
         find_weights(folder)
+        verify_checksums(folder)
     elif name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         # Not a Hub id ("name" or "org/name"): a local folder that is not there.
         raise FileNotFoundError(f"model_name_or_path {name_or_path!r} does not exist.")
@@ -423,6 +382,10 @@ def build_config(model_args: Any, tokenizer: PreTrainedTokenizerBase) -> PreTrai
     return config
 
 
+def _global_step(checkpoint: Path) -> int:
+    return TrainerState.load_from_json(str(checkpoint / TRAINER_STATE)).global_step
+
+
 def build_model(model_args: Any, config: PreTrainedConfig) -> PreTrainedModel:
     """Load the checkpoint to fine-tune, or initialise a new model from `config` (seeded by the caller)."""
     if model_args.model_name_or_path:
@@ -460,37 +423,15 @@ def flush_denormals(enabled: bool = True) -> Iterator[None]:
         torch.set_flush_denormal(previous)
 
 
-class ThroughputCallback(TrainerCallback):
-    """Time spent in optimizer steps since the last log, for tokens per second."""
-
-    def __init__(self, tokens_per_step: int) -> None:
-        self.tokens_per_step = tokens_per_step
-        self._seconds = 0.0
-        self._steps = 0
-        self._start: float | None = None
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self._start is not None:
-            self._seconds += time.perf_counter() - self._start
-            self._steps += 1
-            self._start = None
-
-    def pop(self) -> dict[str, float]:
-        """{"tokens_per_second": ...} over the steps since the last call (all ranks together), then reset."""
-        if self._steps == 0 or self._seconds <= 0:
-            return {}
-        rate = self._steps * self.tokens_per_step / self._seconds
-        self._seconds, self._steps = 0.0, 0
-        return {"tokens_per_second": round(rate, 1)}
-
-
 class AlibiTrainer(Trainer):
-    """Trainer that adds `tokens_per_second` to training logs and `eval_perplexity` to evaluation logs."""
+    """Trainer whose checkpoints appear whole or not at all, and which adds `eval_perplexity` to evaluation logs.
 
-    def __init__(self, *args: Any, tokens_per_step: int, **kwargs: Any) -> None:
+    Each checkpoint is written into `output_dir/.tmp-checkpoints/checkpoint-N`, sealed (remote code, `SHA256SUMS`)
+    and renamed to `output_dir/checkpoint-N` (`alibi_lm.checkpoints.finish_checkpoint`), so a kill at any point of a
+    save leaves the earlier checkpoints as they were and no `checkpoint-N` that is not whole.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         model = kwargs.get("model", args[0] if args else None)
         use_cache = getattr(getattr(model, "config", None), "use_cache", None)
         super().__init__(*args, **kwargs)
@@ -498,22 +439,51 @@ class AlibiTrainer(Trainer):
             # Trainer copies args.use_cache (False) into the config, which every checkpoint would then carry into
             # inference; the model already skips the cache while training.
             self.model.config.use_cache = use_cache
-        self.throughput = ThroughputCallback(tokens_per_step)
-        self.add_callback(self.throughput)
+        self._checkpoint_staging: str | None = None
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        # Every checkpoint and the final save go through here (on every rank), before trainer_state.json.
-        super()._save(output_dir, state_dict=state_dict)
-        if self.args.should_save and isinstance(self.accelerator.unwrap_model(self.model), AlibiForCausalLM):
+    def _is_alibi(self) -> bool:
+        return isinstance(self.accelerator.unwrap_model(self.model), AlibiForCausalLM)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # Every checkpoint and final save goes through here, on every rank.
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if self.args.should_save and self._is_alibi():
             write_remote_code(output_dir or self.args.output_dir)
+
+    # transformers has no public hook for where a checkpoint is written: `_save_checkpoint` writes every part of it
+    # (weights, optimizer, scheduler, RNG, trainer_state.json) into `_get_output_dir(trial)/checkpoint-N`. These two
+    # overrides point that at a staging folder for the length of the save and rename the result into place.
+    def _get_output_dir(self, trial: Any) -> str:
+        return self._checkpoint_staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        run_dir = Path(super()._get_output_dir(trial))
+        staging = run_dir / CHECKPOINT_STAGING
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        self._checkpoint_staging = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._checkpoint_staging = None
+        self.accelerator.wait_for_everyone()  # every rank has written its part (FSDP shards, RNG states)
+        if self.args.should_save:
+            target = finish_checkpoint(staging / name, run_dir / name, staging, alibi=self._is_alibi())
+            best = self.state.best_model_checkpoint
+            if best is not None and Path(best).parent == staging:
+                self.state.best_model_checkpoint = str(run_dir / Path(best).name)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+            )
+            logger.info("Saved %s", target)
+        self.accelerator.wait_for_everyone()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Added here rather than in a callback's on_log: Trainer copies `logs` into state.log_history and the
         # reporters before callbacks run, so only this hook reaches all of them (and evaluate()'s return value).
         if "eval_loss" in logs:
-            logs["eval_perplexity"] = math.exp(logs["eval_loss"]) if logs["eval_loss"] < 700 else math.inf
-        if "loss" in logs:
-            logs.update(self.throughput.pop())
+            logs["eval_perplexity"] = perplexity(logs["eval_loss"])
         super().log(logs, start_time)
 
 
@@ -540,13 +510,20 @@ def train(
         callbacks: extra Trainer callbacks, e.g. `alibi_lm.evaluation.ExtrapolationCallback`.
     """
     output_dir = Path(training_args.output_dir)
-    with training_args.main_process_first(local=False, desc="checking output_dir"):
-        if training_args.process_index == 0:
-            quarantine_incomplete_checkpoints(output_dir)
-            shutil.rmtree(output_dir / FINAL_STAGING, ignore_errors=True)
-        resume = _resolve_resume(training_args)
+    # Decide first (every process reads the same folder), change the folder only after: a run that refuses to
+    # start leaves everything as it found it.
+    plan = plan_start(
+        output_dir,
+        training_args.resume_from_checkpoint,
+        overwrite=getattr(training_args, "overwrite_output_dir", False),
+        require_optimizer=not training_args.save_only_model,
+    )
     if model_args.model_name_or_path:
-        _check_model_folder(model_args.model_name_or_path)  # a missing or truncated model fails before any work
+        _check_model_folder(model_args.model_name_or_path)  # a missing or damaged model fails before any work
+    with training_args.main_process_first(local=False, desc="preparing output_dir"):
+        if training_args.process_index == 0:
+            prepare_output_dir(plan)
+    resume = plan.resume
     set_seed(training_args.seed)
 
     # The main process downloads, trains the tokenizer and fills the caches; the others then read them.
@@ -563,17 +540,26 @@ def train(
             config.max_position_embeddings = block_size
         blocks = build_lm_datasets(data_args, tokenizer, block_size, raw=raw)
 
-    model = build_model(model_args, config)
+    # A checkpoint at max_steps is a finished run whose final save was cut short. Trainer would train one step past
+    # max_steps from it (transformers 5.24 checks the step count only after a step), so it is saved as it is.
+    finished = resume is not None and 0 < training_args.max_steps <= _global_step(resume)
+    if finished:
+        logger.info(
+            "%s is at max_steps=%d: nothing left to train; saving it as the final model.",
+            resume,
+            training_args.max_steps,
+        )
+        model = load_model(resume, attn_implementation=model_args.attn_implementation)
+    else:
+        model = build_model(model_args, config)
     if isinstance(model, AlibiPreTrainedModel):
         prepare_for_hub(model)  # every checkpoint gets the modeling files and a full auto_map
     # Perplexity needs the loss only; see AlibiTrainingArguments.
     training_args.prediction_loss_only = True
-    tokens_per_step = (
-        training_args.per_device_train_batch_size
-        * training_args.gradient_accumulation_steps
-        * training_args.world_size
-        * block_size
-    )
+    # Trainer's own push uploads the whole output_dir (training_args.bin, results, any stray file) at every save;
+    # the final model goes up once, at the end, through `alibi_lm.hub.push_to_hub` and its allow-list.
+    push = training_args.push_to_hub
+    training_args.push_to_hub = False
     trainer = AlibiTrainer(
         model=model,
         args=training_args,
@@ -582,19 +568,27 @@ def train(
         processing_class=tokenizer,
         data_collator=default_data_collator,
         callbacks=list(callbacks),
-        tokens_per_step=tokens_per_step,
     )
-    with flush_denormals(getattr(training_args, "flush_denormal", False)):
-        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if finished:
+        trainer.state = TrainerState.load_from_json(str(resume / TRAINER_STATE))
+        metrics: dict[str, float] = {}
+    else:
+        with flush_denormals(getattr(training_args, "flush_denormal", False)):
+            metrics = dict(trainer.train(resume_from_checkpoint=str(resume) if resume else None).metrics)
     save_final_model(trainer, output_dir)
-    if training_args.push_to_hub:
-        trainer.push_to_hub()
+    if push and training_args.should_save:
+        push_to_hub(
+            output_dir,
+            training_args.hub_model_id or output_dir.name,
+            token=training_args.hub_token,
+            private=training_args.hub_private_repo,
+        )
 
-    metrics = dict(output.metrics)
     if "train_samples_per_second" in metrics:
         metrics["train_tokens_per_second"] = metrics["train_samples_per_second"] * block_size
-    trainer.log_metrics("train", metrics)
-    trainer.save_metrics("train", metrics)
+    if metrics:
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
     if training_args.do_eval and "validation" in blocks:
         eval_metrics = trainer.evaluate()
         trainer.log_metrics("eval", eval_metrics)
@@ -649,9 +643,13 @@ def main(argv: Sequence[str] | None = None, callbacks: Sequence[TrainerCallback]
     """Entry point of `python -m alibi_lm.train` (and `accelerate launch -m alibi_lm.train`)."""
     parser = argparse.ArgumentParser(prog="python -m alibi_lm.train", description=__doc__.splitlines()[0])
     _add_arguments(parser)
+    parser.add_argument("--debug", action="store_true", help="print the full traceback of an error")
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     args.callbacks = callbacks
-    return run(args)
+    # Imported here: cli imports this module's siblings lazily, and this is the only thing train needs from it.
+    from .cli import run_reporting_errors
+
+    return run_reporting_errors("train", lambda: run(args), debug=args.debug)
 
 
 __all__ = [
@@ -659,7 +657,6 @@ __all__ = [
     "AlibiTrainingArguments",
     "DataArguments",
     "ModelArguments",
-    "ThroughputCallback",
     "TrainResult",
     "check_checkpoint",
     "denormals_flushed",
