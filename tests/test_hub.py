@@ -5,18 +5,29 @@ ALiBi: Press, Smith & Lewis, "Train Short, Test Long", ICLR 2022. https://arxiv.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import os
+import re
+import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from transformers import AutoModelForCausalLM, LlamaConfig
+from huggingface_hub.utils import get_session
+from safetensors import safe_open
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM, hub
 from alibi_lm.cli import main as cli_main
@@ -26,6 +37,7 @@ from tests.tiny import random_ids, tiny_model
 
 TOKEN = "hf_test_token"  # the local server ignores it; passing one keeps a developer's real token at home
 EXTRAPOLATION = {16: 31.5, 32: 30.75, 64: 30.25}
+FAKE_SECRET = "hf_FAKEsecretTOKENplantedINnotes0123456789"  # planted in a folder's notes; must never reach the Hub
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +72,15 @@ def pushed(hub_server: HubServer, checkpoint: Path) -> str:
 
 def test_push_uploads_weights_config_and_remote_code(hub_server: HubServer, pushed: str) -> None:
     files = hub_server.repo_files(pushed)
-    assert {"model.safetensors", "config.json", "configuration_alibi.py", "modeling_alibi.py", "README.md"} <= set(
-        files
-    )
-    assert hub.RESULTS_FILE not in files  # it goes into the card, not the repo
-    assert "_fsdp_stray.py" not in files  # only our two modeling files travel as code
+    # Not the extrapolation.json (it goes into the card) nor _fsdp_stray.py (only our two modeling files are code).
+    assert set(files) == {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "configuration_alibi.py",
+        "modeling_alibi.py",
+        "README.md",
+    }
     config = json.loads(files["config.json"])
     assert config["auto_map"] == {
         "AutoConfig": "configuration_alibi.AlibiConfig",
@@ -219,3 +235,258 @@ def test_bad_results_file_is_rejected(tmp_path: Path, content: str, message: str
 def test_missing_checkpoint_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         hub.push_to_hub(tmp_path / "nope", "user/nope", endpoint="http://127.0.0.1:9")
+
+
+# --- push hygiene: the allow-list, dry run, config against weights, timeouts ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sharded model with a tokenizer, in a folder that also holds what a training run leaves next to it."""
+    folder = tmp_path_factory.mktemp("planted")
+    tiny_model(seed=3).save_pretrained(folder, max_shard_size="20KB")
+    backend = Tokenizer(models.WordLevel({"[UNK]": 0, "the": 1}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tokenizer.save_pretrained(folder)
+    (folder / "notes.txt").write_text(f"push with HF_TOKEN={FAKE_SECRET}\n")
+    (folder / "wandb-credentials.json").write_text(json.dumps({"api_key": FAKE_SECRET}))
+    lengths = [
+        LengthResult(length=k, ppl=v, nll=math.log(v), n_tokens=4096, n_windows=4) for k, v in EXTRAPOLATION.items()
+    ]
+    result = PerplexityResult(
+        str(folder), "nonoverlapping", None, training_length=16, span_tokens=4096, lengths=lengths
+    )
+    result.to_json(folder / hub.RESULTS_FILE)  # model_name is the absolute path of the folder
+    result.to_json(folder / "eval-2024-05-01.json")
+    torch.save({"learning_rate": 3e-4, "hub_token": FAKE_SECRET}, folder / "training_args.bin")
+    torch.save({"state": {}}, folder / "optimizer.pt")
+    tiny_model(seed=4).save_pretrained(folder / "checkpoint-5")
+    first_shard = sorted(folder.glob("model-*.safetensors"))[0]
+    shutil.copy(first_shard, folder / "model-00001-of-00009.safetensors")  # left over from an earlier save
+    digests = [
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in sorted(folder.glob("*.safetensors"))
+    ]
+    (folder / "SHA256SUMS").write_text("".join(digests))
+    (folder / "_fsdp_stray.py").write_text("# torch source that FSDP2 saves can drag into a folder\n")
+    return folder
+
+
+PLANTED = [
+    "notes.txt",
+    "wandb-credentials.json",
+    hub.RESULTS_FILE,
+    "eval-2024-05-01.json",
+    "training_args.bin",
+    "optimizer.pt",
+    "checkpoint-5/",
+    "model-00001-of-00009.safetensors",
+    "SHA256SUMS",
+    "_fsdp_stray.py",
+]
+
+
+def _model_repo_files(folder: Path) -> set[str]:
+    """What a repo of the planted folder must hold: its shards by the index, configs, tokenizer, code, card."""
+    shards = set(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"].values())
+    assert len(shards) > 1
+    tokenizer = {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
+    return (
+        shards
+        | tokenizer
+        | {"model.safetensors.index.json", "config.json", "generation_config.json"}
+        | {
+            "configuration_alibi.py",
+            "modeling_alibi.py",
+            "README.md",
+        }
+    )
+
+
+def test_push_uploads_exactly_the_allow_list_and_names_the_rest(
+    hub_server: HubServer, planted: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="alibi_lm.hub"):
+        hub.push_to_hub(planted, "user/planted", token=TOKEN, endpoint=hub_server.url)
+    files = hub_server.repo_files("user/planted")
+    assert set(files) == _model_repo_files(planted)
+    assert not any(FAKE_SECRET.encode() in data for data in files.values())
+    [message] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("not uploaded: ")]
+    assert sorted(message.removeprefix("not uploaded: ").split(", ")) == sorted(PLANTED)
+
+
+def test_include_results_uploads_them_without_local_paths(
+    hub_server: HubServer, planted: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    hub.push_to_hub(planted, "user/planted-results", token=TOKEN, endpoint=hub_server.url, include_results=True)
+    files = hub_server.repo_files("user/planted-results")
+    assert set(files) == _model_repo_files(planted) | {hub.RESULTS_FILE}
+    local = str(tmp_path_factory.getbasetemp()).encode()  # every test folder is under it
+    assert [name for name, data in files.items() if local in data] == []
+    results = json.loads(files[hub.RESULTS_FILE])
+    assert results == {
+        "model_name": planted.name,
+        "mode": "nonoverlapping",
+        "stride": None,
+        "training_length": 16,
+        "lengths": [{"length": k, "ppl": v, "nll": math.log(v), "n_tokens": 4096} for k, v in EXTRAPOLATION.items()],
+    }
+    card = ModelCard(files["README.md"].decode())
+    assert "| 64 | 30.25 |" in card.text  # the card cites what was uploaded
+
+
+def test_dry_run_lists_the_files_and_sends_nothing(
+    hub_server: HubServer, planted: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = len(hub_server.requests)
+    argv = ["push", str(planted), "user/dry-run", "--endpoint", hub_server.url, "--token", TOKEN]
+    assert cli_main([*argv, "--dry-run", "--include-results"]) == 0
+    assert len(hub_server.requests) == before
+    assert "user/dry-run" not in hub_server.commits
+    listed = re.findall(r"^  (\S+) +(\d+(?:\.\d)? (?:B|KiB|MiB|GiB))$", capsys.readouterr().out, flags=re.MULTILINE)
+    assert {name for name, _ in listed} == _model_repo_files(planted) | {hub.RESULTS_FILE}
+    config_size = dict(listed)["config.json"]
+    assert config_size.endswith(" KiB") or config_size.endswith(" B")
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> Path:
+    tiny_model().save_pretrained(tmp_path)
+    return tmp_path
+
+
+def _edit_config(folder: Path, **changes: object) -> None:
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_config_matching_weights_passes_with_tied_head_stored_once(saved: Path) -> None:
+    with safe_open(str(saved / "model.safetensors"), framework="pt") as f:
+        assert "lm_head.weight" not in f.keys()  # noqa: SIM118 - safe_open is not a Mapping
+    hub.check_config_matches_weights(saved)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"vocab_size": 120},
+            r"model\.embed_tokens\.weight has shape \[99, 32\] in model\.safetensors but config\.json "
+            r"\(vocab_size=120, hidden_size=32\) expects \[120, 32\]",
+        ),
+        ({"num_hidden_layers": 3}, r"config\.json implies tensors the weights do not hold: model\.layers\.2\."),
+        (
+            {"num_hidden_layers": 1},
+            r"the weights hold tensors the model of config\.json does not have: model\.layers\.1\.",
+        ),
+        ({"tie_word_embeddings": False}, r"the weights do not hold: lm_head\.weight$"),
+    ],
+)
+def test_config_not_matching_weights_names_the_tensor(saved: Path, changes: dict, message: str) -> None:
+    _edit_config(saved, **changes)
+    with pytest.raises(ValueError, match=message):
+        hub.check_config_matches_weights(saved)
+
+
+def test_push_refuses_config_not_matching_weights_before_any_request(hub_server: HubServer, saved: Path) -> None:
+    _edit_config(saved, vocab_size=120)
+    before = len(hub_server.requests)
+    with pytest.raises(ValueError, match=r"model\.embed_tokens\.weight has shape \[99, 32\]"):
+        hub.push_to_hub(saved, "user/mismatch", token=TOKEN, endpoint=hub_server.url)
+    assert len(hub_server.requests) == before
+
+
+@pytest.fixture
+def silent_server() -> Iterator[tuple[str, list[socket.socket]]]:
+    """A server that accepts TCP connections and never answers: a Hub behind a hung proxy. Yields (url, connections)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    connections: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                connections.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}", connections
+    stop.set()
+    thread.join(timeout=5)
+    for conn in [*connections, listener]:
+        conn.close()
+
+
+def test_push_to_silent_hub_times_out_with_clear_error(
+    silent_server: tuple[str, list[socket.socket]], checkpoint: Path
+) -> None:
+    url, connections = silent_server
+    timeout_before = get_session().timeout
+    errors: list[BaseException] = []
+
+    def push() -> None:
+        try:
+            hub.push_to_hub(checkpoint, "user/silent", token=TOKEN, endpoint=url, timeout=1, retries=1)
+        except BaseException as err:  # noqa: BLE001 - handed to the test thread
+            errors.append(err)
+
+    # In a thread, so that a push without a timeout fails this test instead of hanging the run; the fixture's
+    # teardown closes the connections, which ends such a push.
+    start = time.monotonic()
+    thread = threading.Thread(target=push, daemon=True)
+    thread.start()
+    thread.join(timeout=15)
+    assert not thread.is_alive(), "push still waits for a server that never answers"
+    assert time.monotonic() - start >= 2  # each of the two tries waited its 1 s
+    [error] = errors
+    assert isinstance(error, hub.PushTimeoutError) and isinstance(error, TimeoutError)
+    assert str(error) == f"push to {url} timed out after 1 s (2 tries); check the network or raise --timeout"
+    assert len(connections) == 2  # one per try
+    assert get_session().timeout == timeout_before  # huggingface_hub's client is as it was
+
+
+def test_push_to_closed_port_fails_with_connection_error(checkpoint: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"  # closed on leaving the block: connections are refused
+    with pytest.raises(hub.PushConnectionError, match=rf"^push to {re.escape(url)} failed: ConnectError: .*\(1 try\)"):
+        hub.push_to_hub(checkpoint, "user/closed", token=TOKEN, endpoint=url, retries=0)
+
+
+def test_training_with_push_to_hub_uploads_the_allow_list_once_at_the_end(
+    hub_server: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Trainer's own push would upload the whole output_dir (training_args.bin, results, any stray file) at every
+    # save; the runner pushes the final model once, through the allow-list.
+    from alibi_lm.data import wikipedia_texts
+    from alibi_lm.train import parse_recipe, train
+
+    use_endpoint(monkeypatch, hub_server.url)
+    (tmp_path / "train.txt").write_text("\n".join(wikipedia_texts("train")[:100]))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text(FAKE_SECRET)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"train_file: {tmp_path / 'train.txt'}\noutput_dir: {out}\ncache_dir: {tmp_path / 'cache'}\n"
+        "vocab_size: 300\nhidden_size: 16\nnum_hidden_layers: 1\nnum_attention_heads: 2\nblock_size: 16\n"
+        "max_steps: 2\nsave_steps: 1\nreport_to: none\npush_to_hub: true\nhub_model_id: user/trained\n"
+        f"hub_token: {TOKEN}\n"
+    )
+    commits_before = sum(1 for r in hub_server.requests if "/commit/" in r[1])
+    train(*parse_recipe(recipe))
+    assert sum(1 for r in hub_server.requests if "/commit/" in r[1]) == commits_before + 1
+    files = hub_server.repo_files("user/trained")
+    assert set(files) == {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        *hub.MODELING_FILES,
+        "README.md",
+    }
+    assert not any(FAKE_SECRET.encode() in data for data in files.values())

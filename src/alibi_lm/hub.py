@@ -8,32 +8,69 @@ AutoConfig, AutoModel and AutoModelForCausalLM, so `from_pretrained("user/repo",
 nothing but transformers installed. Its README.md is a model card with the training length and, where the evaluation
 harness left one, the extrapolation table.
 
-    alibi-lm push MODEL_DIR REPO_ID [--results extrapolation.json] [--license apache-2.0] [--dataset NAME ...]
+A training folder collects more than the model: notes, credentials, `training_args.bin`, optimizer state,
+`checkpoint-*/` folders, evaluation output with local paths, the local `SHA256SUMS` manifest. `push` uploads only what
+the repo needs, the allow-list `HUB_FILES` (weights, configs, tokenizer, remote code, card), and names in a warning
+every file it leaves behind. The results the card cites go up only on request (`--include-results`), rewritten
+without local paths (`sanitize_results`). Before any request the folder is checked: weights readable, an ALiBi
+config, and every tensor the config implies present in the weights with its shape (`check_config_matches_weights`).
+The files to upload are printed with their sizes; `--dry-run` prints them and sends nothing. Each request has a
+timeout (`--timeout`, 60 s); one that times out or cannot connect is sent again (`--retries`, 2) before the push
+fails with a `PushTimeoutError` or `PushConnectionError` naming the endpoint.
+
+    alibi-lm push MODEL_DIR REPO_ID [--results extrapolation.json] [--include-results] [--dry-run]
+        [--timeout 60] [--retries 2] [--license apache-2.0] [--dataset NAME ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
+import logging
 import math
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
 
+import httpx2
+import torch
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard, ModelCardData
+from huggingface_hub.utils import get_session
 from safetensors import SafetensorError, safe_open
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from . import modeling
+from .integrity import verify_checksums
+from .modeling.configuration_alibi import AUTO_MAP  # the one declaration: AlibiConfig writes it into config.json
 
 MODELING_FILES = ("configuration_alibi.py", "modeling_alibi.py")
-AUTO_MAP = {
-    "AutoConfig": "configuration_alibi.AlibiConfig",
-    "AutoModel": "modeling_alibi.AlibiModel",
-    "AutoModelForCausalLM": "modeling_alibi.AlibiForCausalLM",
-}
-# Files a checkpoint folder may hold that belong on the Hub: weights, configs, tokenizer, chat template, remote code.
-HUB_SUFFIXES = (".safetensors", ".json", ".py", ".txt", ".model", ".tiktoken", ".jinja")
+# All that `push` takes from a checkpoint folder (fnmatch patterns on the path inside it): the weights (only those
+# `find_weights` loads, so a shard left over from an earlier save stays behind), what `save_pretrained` of the model
+# and of a transformers 5.24 tokenizer writes (slow tokenizers' vocabulary files included), the remote code, and the
+# card (generated, like config.json). An allow-list: a folder also holds notes, credentials, pickles and local paths.
+HUB_FILES = (
+    "model.safetensors",
+    "model-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].safetensors",
+    "model.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    "additional_chat_templates/*.jinja",
+    *MODELING_FILES,
+    "README.md",
+)
 # Trainer state that lives next to the weights in a checkpoint folder but is not part of the model.
 TRAINER_FILES = frozenset({"trainer_state.json", "training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth"})
 # Where `alibi-lm eval CKPT --json CKPT/extrapolation.json` puts its results; `push` picks them up from there.
@@ -56,21 +93,31 @@ CITATION = """@inproceedings{press2022train,
   year      = {2022},
   url       = {https://arxiv.org/abs/2108.12409}
 }"""
+# Errors after which the same request may well succeed: no answer in time, a refused, reset or dropped connection.
+TRANSIENT_ERRORS = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class PushTimeoutError(TimeoutError):
+    """The Hub did not answer a push request within the timeout, and sending it again did not help."""
+
+
+class PushConnectionError(ConnectionError):
+    """A push could not reach the Hub, or lost the connection, on every try."""
 
 
 def prepare_for_hub(model: PreTrainedModel) -> PreTrainedModel:
-    """Make `save_pretrained` / `push_to_hub` write the remote code and a full `auto_map`.
+    """Make `save_pretrained` / `push_to_hub` write the remote code next to the weights.
 
-    `register_for_auto_class` copies the modeling files into the saved folder but maps only AutoConfig and the
-    model's own class; AutoModel is added here so that `AutoModel.from_pretrained(repo, trust_remote_code=True)`
-    also works. Registration is per class (transformers' API), so afterwards every ALiBi model this process saves
-    carries the code. Returns the model, for chaining.
+    transformers' `register_for_auto_class` makes `save_pretrained` copy the modeling files and map AutoConfig and
+    the model's class in `auto_map`; AlibiConfig already carries the full `auto_map` (AutoModel too). Registration
+    is per class (transformers' API), so afterwards every ALiBi model this process saves carries the code. Returns
+    the model, for chaining.
     """
     model.config.register_for_auto_class()
     model.register_for_auto_class("AutoModelForCausalLM")
-    auto_map = dict(getattr(model.config, "auto_map", None) or {})
-    auto_map["AutoModel"] = AUTO_MAP["AutoModel"]
-    model.config.auto_map = auto_map
     return model
 
 
@@ -119,12 +166,14 @@ def load_model(name_or_path: str | Path, **kwargs: Any) -> PreTrainedModel:
     """`AutoModelForCausalLM.from_pretrained` that names the bad file when a checkpoint is truncated or corrupt.
 
     Raw `from_pretrained` raises `SafetensorError: Error while deserializing header: ...` without saying which
-    file; a local folder's safetensors files are checked first, and an error from a downloaded file is re-raised
-    with the repo name. `import alibi_lm` (this package) has registered the Auto classes, so no remote code runs.
+    file, and loads a file with a flipped bit inside a tensor without complaint. A local folder's safetensors
+    headers are checked first, and its weights against `SHA256SUMS` when it has one (`alibi_lm.integrity`); an
+    error from a downloaded file is re-raised with the repo name. `import alibi_lm` (this package) has registered the Auto classes, so no remote code runs.
     """
     if Path(name_or_path).is_dir():
         for file in sorted(Path(name_or_path).glob("*.safetensors")):
             check_safetensors(file)
+        verify_checksums(name_or_path)  # a flipped bit inside a tensor is named here, not generated from
     try:
         return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except SafetensorError as err:
@@ -145,16 +194,9 @@ def read_extrapolation(path: str | Path, model_name: str | None = None) -> dict[
     if not path.is_file():
         raise FileNotFoundError(f"results file {path} does not exist")
     data = json.loads(path.read_text())
-    if isinstance(data, Mapping) and "lengths" in data:
-        data = [data]
-    if isinstance(data, list) and data and all(isinstance(r, Mapping) and "lengths" in r for r in data):
-        if len(data) > 1:
-            matches = [r for r in data if model_name is not None and Path(str(r.get("model_name"))).name == model_name]
-            if len(matches) != 1:
-                names = [r.get("model_name") for r in data]
-                raise ValueError(f"{path} holds results for {len(data)} models {names}; write one model's results")
-            data = matches
-        data = data[0]["lengths"]
+    record = _eval_record(data, path, model_name)
+    if record is not None:
+        data = record["lengths"]
     try:
         if isinstance(data, Mapping):
             table = {int(length): float(ppl) for length, ppl in data.items()}
@@ -168,6 +210,49 @@ def read_extrapolation(path: str | Path, model_name: str | None = None) -> dict[
     if not table or any(length <= 0 or not math.isfinite(ppl) for length, ppl in table.items()):
         raise ValueError(f"{path} must map positive lengths to finite perplexities, got {table}")
     return dict(sorted(table.items()))
+
+
+def _eval_record(data: Any, path: Path, model_name: str | None) -> Mapping[str, Any] | None:
+    """One model's record from `alibi-lm eval --json` output (`model_name` picks it among several), else None."""
+    if isinstance(data, Mapping) and "lengths" in data:
+        data = [data]
+    if not (isinstance(data, list) and data and all(isinstance(r, Mapping) and "lengths" in r for r in data)):
+        return None
+    if len(data) > 1:
+        matches = [r for r in data if model_name is not None and Path(str(r.get("model_name"))).name == model_name]
+        if len(matches) != 1:
+            names = [r.get("model_name") for r in data]
+            raise ValueError(f"{path} holds results for {len(data)} models {names}; write one model's results")
+        data = matches
+    return data[0]
+
+
+def sanitize_results(path: str | Path, model_name: str | None = None) -> dict[str, Any]:
+    """The extrapolation results of `path` as they may be published: the numbers the card cites, no local paths.
+
+    `alibi-lm eval --json` records the model as given on its command line, often an absolute path naming a home
+    folder, so `model_name` keeps only its last component; of the settings, only those that say how the numbers
+    were measured stay (mode, stride, training length). Reads what `read_extrapolation` reads, and reads back with it.
+
+    Raises:
+        FileNotFoundError, ValueError: as `read_extrapolation`.
+    """
+    table = read_extrapolation(path, model_name)
+    record = _eval_record(json.loads(Path(path).read_text()), Path(path), model_name) or {}
+    rows = {int(r["length"]): r for r in record.get("lengths", []) if isinstance(r, Mapping) and "length" in r}
+    sanitized: dict[str, Any] = {}
+    if record.get("model_name") is not None:
+        # Windows separators too: the file may come from another machine.
+        sanitized["model_name"] = PurePosixPath(str(record["model_name"]).replace("\\", "/").rstrip("/")).name
+    for key, cast in (("mode", str), ("stride", int), ("training_length", int)):
+        if key in record:
+            sanitized[key] = None if record[key] is None else cast(record[key])
+    sanitized["lengths"] = []
+    for length, ppl in table.items():
+        row = rows.get(length, {})
+        extra = {key: cast(row[key]) for key, cast in (("nll", float), ("n_tokens", int)) if row.get(key) is not None}
+        sanitized["lengths"].append({"length": length, "ppl": ppl, **extra})
+    return sanitized
 
 
 def count_parameters(weights: Sequence[Path]) -> int:
@@ -264,30 +349,126 @@ def build_model_card(
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
-def push_to_hub(
+def check_config_matches_weights(folder: str | Path) -> None:
+    """Raise a ValueError unless the weights hold every tensor the folder's config.json implies, with its shape.
+
+    A config edited after saving (another vocabulary size, one layer more) makes a repo that loads wrong: transformers
+    initialises a missing tensor at random with only a warning, and refuses a shape mismatch with an error that does
+    not name the config. The model is built from config.json on the meta device (no memory, no initialisation) and
+    each tensor of its state dict, persistent buffers included, is compared with the safetensors headers. Tensors tied
+    to each other (lm_head to embed_tokens) are one tensor, stored once under any of its names.
+
+    Raises:
+        FileNotFoundError: no config.json, or no weights (`find_weights`).
+        ValueError: a tensor's shape differs from what config.json implies (the first one is named with the config
+            fields its shape is made of), or tensors are missing from the weights or are not in the model.
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json in {folder}")
+    stored: dict[str, tuple[list[int], str]] = {}  # tensor name -> (shape, file name)
+    for file in find_weights(folder):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open is not a Mapping
+                stored[name] = (list(f.get_slice(name).get_shape()), file.name)
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    # keep_vars returns the tensors themselves, so names of one shared tensor (tied weights) group by identity.
+    tied: dict[int, list[str]] = {}
+    expected: dict[str, list[int]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        tied.setdefault(id(tensor), []).append(name)
+        expected[name] = list(tensor.shape)
+    differ = [name for name, shape in expected.items() if name in stored and stored[name][0] != shape]
+    missing = [names[0] for names in tied.values() if not any(name in stored for name in names)]
+    unexpected = [name for name in stored if name not in expected]
+    problems = []
+    if differ:
+        name = differ[0]
+        shape, file = stored[name]
+        fields = _shape_fields(config, expected[name])
+        more = f" ({len(differ) - 1} more tensors differ: {_first(differ[1:])})" if len(differ) > 1 else ""
+        problems.append(f"{name} has shape {shape} in {file} but config.json{fields} expects {expected[name]}{more}")
+    if missing:
+        problems.append(f"config.json implies tensors the weights do not hold: {_first(missing)}")
+    if unexpected:
+        problems.append(f"the weights hold tensors the model of config.json does not have: {_first(unexpected)}")
+    if problems:
+        raise ValueError(f"{folder}: config.json does not match the weights: {'; '.join(problems)}")
+
+
+def _shape_fields(config: PretrainedConfig, shape: Sequence[int]) -> str:
+    """The config fields whose values make up `shape`, as " (vocab_size=2000, hidden_size=64)"; "" if none do."""
+    names = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
+    fields = []
+    for dim in shape:
+        for name in names:
+            field = f"{name}={dim}"
+            if getattr(config, name, None) == dim and field not in fields:
+                fields.append(field)
+    return f" ({', '.join(fields)})" if fields else ""
+
+
+def _first(names: Sequence[str], limit: int = 3) -> str:
+    """The first `limit` names, and how many more."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+@dataclass
+class UploadPlan:
+    """What a push sends: each file's content (a path in the folder, or bytes) by its path in the repo."""
+
+    files: dict[str, Path | bytes]
+    skipped: list[str]  # what the folder holds that stays behind; "name/" for a folder
+
+    def sizes(self) -> dict[str, int]:
+        return {
+            name: len(data) if isinstance(data, bytes) else data.stat().st_size for name, data in self.files.items()
+        }
+
+    def describe(self) -> str:
+        """The totals, then one indented line per file: path in the repo and size."""
+        sizes = self.sizes()
+        width = max(len(name) for name in sizes)
+        lines = [f"{len(sizes)} files, {_format_size(sum(sizes.values()))}"]
+        lines += [f"  {name:<{width}}  {_format_size(size):>10}" for name, size in sizes.items()]
+        return "\n".join(lines)
+
+
+def _format_size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def plan_push(
     folder: str | Path,
     repo_id: str,
     *,
     results: str | Path | None = None,
+    include_results: bool = False,
     license: str = "apache-2.0",
     datasets: Sequence[str] = (),
     base_model: str | None = None,
-    private: bool | None = None,
-    token: str | None = None,
-    endpoint: str | None = None,
-    commit_message: str = "Upload ALiBi model",
-) -> CommitInfo:
-    """Upload a checkpoint folder as a Hub repo that loads with nothing but transformers.
+) -> UploadPlan:
+    """Check a checkpoint folder and list what pushing it sends; reads the folder only.
 
-    The folder is checked (weights present and readable, an ALiBi config) before any request is sent. The pushed
-    `config.json` gets the full `auto_map`, the modeling files come from the folder or, if it has none, from this
-    package, and README.md is a fresh model card (`build_model_card`).
+    The folder's files that match `HUB_FILES` go up, with config.json given the full `auto_map`, README.md a fresh
+    model card (`build_model_card`), and the modeling files taken from this package where the folder has none.
+    With `include_results`, the results the card cites go up too, as `RESULTS_FILE` rewritten by `sanitize_results`.
 
     Args:
         folder: a `save_pretrained` folder, tokenizer files included if any.
-        repo_id: "user/name"; created if it does not exist.
+        repo_id: "user/name", for the card.
         results: an extrapolation JSON for the card (`read_extrapolation`); defaults to `folder/extrapolation.json`.
-        endpoint: the Hub URL; defaults to huggingface_hub's (which honours `HF_ENDPOINT`).
+        include_results: also upload the results, without local paths.
+
+    Raises:
+        FileNotFoundError: no weights, no config.json, or `include_results` without a results file.
+        ValueError: corrupt weights, a config that is not ALiBi or does not match the weights, a bad results file.
     """
     folder = Path(folder)
     weights = find_weights(folder)
@@ -300,8 +481,12 @@ def push_to_hub(
             f"{config_path} has model_type {config.get('model_type')!r}, not 'alibi'; "
             "convert Bloom or MPT checkpoints first with `alibi-lm convert`"
         )
+    check_config_matches_weights(folder)
+    verify_checksums(folder)  # weights whose bytes changed since the save never leave the machine
     if results is None and (folder / RESULTS_FILE).is_file():
         results = folder / RESULTS_FILE
+    if include_results and results is None:
+        raise FileNotFoundError(f"include_results: no {RESULTS_FILE} in {folder} and no results file given")
     extrapolation = read_extrapolation(results, model_name=folder.name) if results is not None else None
 
     config["auto_map"] = {**(config.get("auto_map") or {}), **AUTO_MAP}
@@ -316,27 +501,163 @@ def push_to_hub(
     )
     # The folder's own modeling files are the code its weights were saved with; otherwise ship the installed code.
     package_code = Path(modeling.__file__).parent
-    generated = {
+    generated: dict[str, Path | bytes] = {
         "config.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
         "README.md": str(card).encode(),
-        **{name: (package_code / name).read_bytes() for name in MODELING_FILES if not (folder / name).is_file()},
+        **{name: package_code / name for name in MODELING_FILES if not (folder / name).is_file()},
     }
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in generated.items()]
-    operations += [
-        CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path))
-        for path in sorted(folder.iterdir())
-        if path.is_file()
-        and path.suffix in HUB_SUFFIXES
-        # Only our two modeling files: a folder saved under FSDP2 by plain Trainer can hold torch's own sources.
-        and (path.suffix != ".py" or path.name in MODELING_FILES)
-        and path.name not in TRAINER_FILES
-        and path.name not in generated
-        and path.name != RESULTS_FILE
-    ]
+    if include_results:
+        generated[RESULTS_FILE] = (json.dumps(sanitize_results(results, folder.name), indent=2) + "\n").encode()
 
+    loaded = {path.name for path in weights} | {"model.safetensors.index.json"}  # find_weights read the index if any
+    files: dict[str, Path | bytes] = dict(generated)
+    skipped = []
+    for path in sorted(folder.iterdir()):
+        if path.is_dir():
+            # Only an allow-listed folder (additional_chat_templates/) is entered; checkpoint-*/ stays whole.
+            if not any(pattern.startswith(f"{path.name}/") for pattern in HUB_FILES):
+                skipped.append(f"{path.name}/")
+                continue
+            entries = sorted(p.relative_to(folder).as_posix() for p in path.rglob("*") if p.is_file())
+        else:
+            entries = [path.name]
+        for name in entries:
+            if name in generated:
+                continue  # replaced by what push writes
+            is_weights = name.endswith(".safetensors") or name == "model.safetensors.index.json"
+            allowed = any(fnmatch.fnmatchcase(name, pattern) for pattern in HUB_FILES)
+            if allowed and (name in loaded or not is_weights):
+                files[name] = folder / name
+            else:
+                skipped.append(name)
+    return UploadPlan(dict(sorted(files.items())), skipped)
+
+
+@contextmanager
+def hub_timeout(seconds: float) -> Iterator[None]:
+    """Give huggingface_hub's shared HTTP client a timeout of `seconds` for the block, then restore its own.
+
+    huggingface_hub 2.4 builds its client with `timeout=None`, so a Hub that accepts a connection and never answers
+    hangs a push for ever. The shared client (`get_session`) is changed in place rather than replaced through
+    `set_client_factory`, because a factory the caller set (a proxy, certificates) cannot be read back to be restored.
+    huggingface_hub closes and rebuilds that client after a connection error inside its own retries; the rebuilt one
+    has the factory's timeout until the next try enters this block again.
+    """
+    session = get_session()
+    previous = session.timeout
+    session.timeout = httpx2.Timeout(seconds)
+    try:
+        yield
+    finally:
+        session.timeout = previous
+
+
+def call_with_retries(call: Callable[[], T], endpoint: str, *, timeout: float, retries: int) -> T:
+    """`call()` under `hub_timeout(timeout)`, sent again after a timeout or a connection error, `retries` times at most.
+
+    huggingface_hub retries some requests itself (preupload, up to 5 times with its own backoff); the tries counted
+    here are calls of `call`.
+
+    Raises:
+        PushTimeoutError: the last try timed out.
+        PushConnectionError: the last try could not connect or lost the connection.
+    """
+    tries = retries + 1
+    for attempt in range(tries):
+        try:
+            with hub_timeout(timeout):
+                return call()
+        except TRANSIENT_ERRORS as err:
+            error = err
+            if attempt < retries:
+                wait = min(2.0**attempt, 8.0)  # a blip passes in seconds; longer waits only delay the error
+                logger.warning(
+                    "%s from %s; try %d of %d in %.0f s", type(err).__name__, endpoint, attempt + 2, tries, wait
+                )
+                time.sleep(wait)
+    times = f"{tries} {'try' if tries == 1 else 'tries'}"
+    if isinstance(error, httpx2.TimeoutException):
+        raise PushTimeoutError(
+            f"push to {endpoint} timed out after {timeout:g} s ({times}); check the network or raise --timeout"
+        ) from error
+    raise PushConnectionError(
+        f"push to {endpoint} failed: {type(error).__name__}: {error} ({times}); check the network and --endpoint"
+    ) from error
+
+
+def push_to_hub(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    results: str | Path | None = None,
+    include_results: bool = False,
+    license: str = "apache-2.0",
+    datasets: Sequence[str] = (),
+    base_model: str | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+    commit_message: str = "Upload ALiBi model",
+    dry_run: bool = False,
+    timeout: float = 60.0,
+    retries: int = 2,
+) -> CommitInfo | None:
+    """Upload a checkpoint folder as a Hub repo that loads with nothing but transformers.
+
+    The folder is checked and the upload planned (`plan_push`) before any request is sent. The files to upload are
+    printed, path in the repo and size; the folder's other files are named in a warning ("not uploaded: ...").
+
+    Args:
+        folder: a `save_pretrained` folder, tokenizer files included if any.
+        repo_id: "user/name"; created if it does not exist.
+        results: an extrapolation JSON for the card (`read_extrapolation`); defaults to `folder/extrapolation.json`.
+        include_results: also upload the results, as `RESULTS_FILE` without local paths (`sanitize_results`).
+        endpoint: the Hub URL; defaults to huggingface_hub's (which honours `HF_ENDPOINT`).
+        dry_run: print what would be uploaded and return None, sending no request.
+        timeout: seconds each request may wait for the Hub (to connect, or between bytes of the answer).
+        retries: how many times a request that timed out or could not connect is sent again.
+
+    Returns:
+        The commit, or None for a dry run.
+
+    Raises:
+        FileNotFoundError, ValueError: the folder fails a check (`plan_push`), or timeout or retries is out of
+            range; nothing was sent.
+        PushTimeoutError, PushConnectionError: the Hub did not answer or could not be reached, after the retries.
+    """
+    if timeout <= 0 or retries < 0:
+        raise ValueError(f"timeout must be > 0 and retries >= 0, got timeout={timeout}, retries={retries}")
+    plan = plan_push(
+        folder,
+        repo_id,
+        results=results,
+        include_results=include_results,
+        license=license,
+        datasets=datasets,
+        base_model=base_model,
+    )
     api = HfApi(endpoint=endpoint, token=token)
-    repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
-    return api.create_commit(repo_url.repo_id, operations, commit_message=commit_message)
+    print(f"{'dry run: would upload' if dry_run else 'uploading'} to {repo_id} at {api.endpoint}: {plan.describe()}")
+    if plan.skipped:
+        logger.warning("not uploaded: %s", ", ".join(plan.skipped))
+    if dry_run:
+        return None
+    operations = [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=data if isinstance(data, bytes) else str(data))
+        for name, data in plan.files.items()
+    ]
+    repo_url = call_with_retries(
+        lambda: api.create_repo(repo_id, private=private, exist_ok=True),
+        api.endpoint,
+        timeout=timeout,
+        retries=retries,
+    )
+    return call_with_retries(
+        lambda: api.create_commit(repo_url.repo_id, operations, commit_message=commit_message),
+        api.endpoint,
+        timeout=timeout,
+        retries=retries,
+    )
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
@@ -351,6 +672,11 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help=f"extrapolation JSON for the card (default: MODEL_DIR/{RESULTS_FILE})",
     )
+    parser.add_argument(
+        "--include-results",
+        action="store_true",
+        help=f"also upload the results as {RESULTS_FILE}, without local paths",
+    )
     parser.add_argument("--license", default="apache-2.0", help="license id for the card metadata")
     parser.add_argument(
         "--dataset", dest="datasets", action="append", default=[], help="training dataset (repeatable)"
@@ -360,6 +686,11 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--token", default=None, help="Hub token (default: the one from `hf auth login` or HF_TOKEN)")
     parser.add_argument("--endpoint", default=None, help="Hub URL (default: HF_ENDPOINT or https://huggingface.co)")
     parser.add_argument("--message", default="Upload ALiBi model", help="commit message")
+    parser.add_argument("--dry-run", action="store_true", help="print the files that would be uploaded; send nothing")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds each request may wait (default: 60)")
+    parser.add_argument(
+        "--retries", type=int, default=2, help="times a request that timed out or failed to connect is sent again"
+    )
     parser.set_defaults(func=run)
 
 
@@ -368,6 +699,7 @@ def run(args: argparse.Namespace) -> int:
         args.model_dir,
         args.repo_id,
         results=args.results,
+        include_results=args.include_results,
         license=args.license,
         datasets=args.datasets,
         base_model=args.base_model,
@@ -375,6 +707,10 @@ def run(args: argparse.Namespace) -> int:
         token=args.token,
         endpoint=args.endpoint,
         commit_message=args.message,
+        dry_run=args.dry_run,
+        timeout=args.timeout,
+        retries=args.retries,
     )
-    print(f"pushed {args.model_dir} to {args.repo_id}: {info.commit_url}")
+    if info is not None:
+        print(f"pushed {args.model_dir} to {args.repo_id}: {info.commit_url}")
     return 0
