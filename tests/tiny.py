@@ -32,3 +32,19 @@ def tiny_model(seed: int = 0, attn_implementation: str = "sdpa", **overrides) ->
 def random_ids(batch: int, length: int, vocab_size: int = TINY["vocab_size"], seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab_size, (batch, length), generator=generator)
+
+
+def cli_error(argv: list[str], capsys) -> str:
+    """Run `alibi-lm ARGV`, expect it to fail the way the CLI reports errors, and return its stderr message.
+
+    Asserts exit status 1 and one line on stderr starting `alibi-lm COMMAND: error:`, without a traceback.
+    """
+    from alibi_lm.cli import main
+
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert lines and lines[-1].startswith(f"alibi-lm {argv[0]}: error: "), err
+    return lines[-1]

@@ -3,13 +3,19 @@
 Each subcommand lives in the module that does the work and exposes
 `add_subparser(subparsers)`, which registers its arguments and sets `func`.
 Modules are imported lazily so that `alibi-lm --help` stays fast.
+
+An error ends the command with one line on stderr, `alibi-lm COMMAND: error: MESSAGE`, and exit status 1; the
+traceback is printed only with `alibi-lm --debug COMMAND ...` or `ALIBI_LM_DEBUG=1`.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
+from collections.abc import Callable
 
 # subcommand -> module that implements it
 SUBCOMMANDS: dict[str, str] = {
@@ -20,11 +26,26 @@ SUBCOMMANDS: dict[str, str] = {
     "push": "alibi_lm.hub",
     "convert": "alibi_lm.convert",
     "generate": "alibi_lm.generate",
+    "verify": "alibi_lm.integrity",
 }
+DEBUG_ENV = "ALIBI_LM_DEBUG"
+# Errors whose message says it all; any other type is named in front of its message.
+_PLAIN_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    PermissionError,
+    TimeoutError,
+    ConnectionError,
+)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alibi-lm", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--debug", action="store_true", help=f"print the full traceback of an error (or set {DEBUG_ENV}=1)"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     wanted = None
     if argv:
@@ -44,12 +65,31 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def debug_enabled(flag: bool = False) -> bool:
+    return flag or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def run_reporting_errors(command: str, func: Callable[[], int | None], debug: bool = False) -> int:
+    """Run `func`; on an error print `alibi-lm COMMAND: error: MESSAGE` (the traceback only when debugging), return 1."""
+    try:
+        return int(func() or 0)
+    except KeyboardInterrupt:
+        print(f"alibi-lm {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the CLI's one place that turns any error into a message
+        if debug_enabled(debug):
+            traceback.print_exc()
+        message = str(err) if isinstance(err, _PLAIN_ERRORS) and str(err) else f"{type(err).__name__}: {err}"
+        hint = "" if debug_enabled(debug) else f" (traceback: alibi-lm --debug {command} ... or {DEBUG_ENV}=1)"
+        print(f"alibi-lm {command}: error: {message}{hint}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    result = args.func(args)
-    return int(result or 0)
+    return run_reporting_errors(args.command, lambda: args.func(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ turn documents into blocks of exactly L tokens.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import importlib.util
 import json
@@ -28,6 +29,7 @@ from typing import Any
 
 import datasets
 from datasets import Dataset, DatasetDict
+from datasets.exceptions import DatasetGenerationError
 from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -192,6 +194,38 @@ def _builder_for(path: str) -> str:
     return _BUILDERS[suffix]
 
 
+def check_data_file(path: str | os.PathLike, split: str = "train") -> None:
+    """Raise an error naming `path` if it is missing, empty, or (for text formats) not UTF-8.
+
+    datasets reports these as a `DatasetGenerationError` without the file name, or as an empty split.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"The {split} data file {str(path)!r} does not exist.")
+    if file.stat().st_size == 0:
+        raise ValueError(f"The {split} data file {path} is empty.")
+    if _BUILDERS.get(file.suffix.lower()) == "parquet":
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"The {split} data file {path} is not UTF-8 text: byte {chunk[err.start]:#04x} at offset "
+                    f"{offset + err.start} cannot be decoded. Convert it, e.g. `iconv -f latin1 -t utf-8`."
+                ) from None
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise ValueError(f"The {split} data file {path} is not UTF-8 text: it ends inside a character.") from None
+    if file.stat().st_size < 1 << 16 and not file.read_bytes().strip():
+        raise ValueError(f"The {split} data file {path} holds only whitespace.")
+
+
 def load_raw_datasets(data_args: DataArguments) -> DatasetDict:
     """Load the text as a `DatasetDict` with "train" and "validation" (and "test" when the source has one).
 
@@ -210,8 +244,7 @@ def load_raw_datasets(data_args: DataArguments) -> DatasetDict:
         files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
         data_files = {split: path for split, path in files.items() if path is not None}
         for split, path in data_files.items():
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"The {split} data file {path!r} does not exist.")
+            check_data_file(path, split)
         builders = {_builder_for(path) for path in data_files.values()}
         if len(builders) > 1:
             raise ValueError(f"All data files must have the same format, got {sorted(builders)}.")
@@ -219,7 +252,15 @@ def load_raw_datasets(data_args: DataArguments) -> DatasetDict:
         load_kwargs: dict[str, Any] = {"path": builder, "data_files": data_files}
         if builder == "text":
             load_kwargs["sample_by"] = data_args.text_sample_by
-        raw = datasets.load_dataset(**load_kwargs, cache_dir=data_args.cache_dir)
+        try:
+            raw = datasets.load_dataset(**load_kwargs, cache_dir=data_args.cache_dir)
+        except DatasetGenerationError as err:
+            # datasets names neither the file nor, often, the cause; the cause is the exception it wraps.
+            cause = err.__cause__ or err.__context__ or err
+            listing = ", ".join(f"{split}_file {path}" for split, path in data_files.items())
+            raise ValueError(
+                f"Could not read {listing} as {builder}: {type(cause).__name__}: {cause}".rstrip(": ")
+            ) from err
     else:
         raise ValueError(
             f"No training text: set `dataset_name` (a Hub dataset or '{OFFLINE_WIKIPEDIA}') or `train_file`."
@@ -287,6 +328,9 @@ def cached_bpe_tokenizer(
     dataset: Dataset, vocab_size: int, cache_dir: str | os.PathLike, text_column: str = "text", overwrite: bool = False
 ) -> PreTrainedTokenizerFast:
     """`train_bpe_tokenizer`, cached under `cache_dir` by the fingerprint of the data and the vocabulary size."""
+    # datasets has no public accessor for a dataset's fingerprint (the key of its own cache; datasets 5.2).
+    # `datasets.fingerprint.generate_fingerprint` re-hashes the whole table and the cache files' mtimes, so it is
+    # slow and changes when a cache file is rewritten; `_fingerprint` is what `Dataset.map` itself chains.
     key = Hasher.hash([_CACHE_VERSION, dataset._fingerprint, text_column, vocab_size])
     folder = Path(cache_dir) / f"tokenizer-bpe{vocab_size}-{key}"
     if (folder / "tokenizer.json").is_file() and not overwrite:

@@ -24,6 +24,7 @@ import io
 import json
 import math
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -92,6 +93,11 @@ class PerplexityResult:
         from .plotting import plot_perplexity
 
         return plot_perplexity([self], path)
+
+
+def perplexity(mean_nll: float) -> float:
+    """exp(mean NLL), inf past float range (a diverged model) rather than an OverflowError."""
+    return math.exp(mean_nll) if mean_nll < math.log(sys.float_info.max) else math.inf
 
 
 def validate_lengths(lengths: Sequence[int], mode: str, stride: int | None) -> list[int]:
@@ -297,7 +303,7 @@ def perplexity_at_lengths(
                         rest = _score_windows(model, windows[first:], later_scored, bs, device, keep_logits, bar)
                         nll, count = nll + rest[0], count + rest[1]
                 mean = nll / count
-                result.lengths.append(LengthResult(length, math.exp(mean), mean, count, windows.shape[0]))
+                result.lengths.append(LengthResult(length, perplexity(mean), mean, count, windows.shape[0]))
     finally:
         model.train(was_training)
     return result
@@ -484,13 +490,13 @@ def load_model_and_tokenizer(path: str, device: str | None = None, dtype: str = 
         raise FileNotFoundError(
             f"model folder not found: {path} (alibi-lm eval takes folders written by save_pretrained)"
         )
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    import alibi_lm  # noqa: F401  registers model_type "alibi" with the Auto classes: no trust_remote_code
+    from .hub import load_model  # names a truncated file or one whose bytes changed since it was saved
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     torch_dtype = getattr(torch, dtype) if dtype != "auto" else "auto"
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    model = load_model(path, dtype=torch_dtype)
     if device is not None:
         model.to(device)
     return model.eval(), tokenizer
