@@ -8,13 +8,15 @@ trains both at L = 32 and asserts the qualitative result at 4x L (about 2 minute
 from __future__ import annotations
 
 import json
+import re
 import shlex
+from dataclasses import replace
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from alibi_lm import demo
 from alibi_lm.cli import build_parser
-from alibi_lm.cli import main as cli_main
 from alibi_lm.data import OFFLINE_WIKIPEDIA, DataArguments, load_raw_datasets
 from alibi_lm.demo import ENCODINGS, DemoSettings, run_demo, settings_from_args
 from alibi_lm.evaluation import perplexity_at_lengths, tokenize_texts
@@ -40,6 +42,17 @@ SMALL_ARGS = [
 ]  # fmt: skip
 
 
+def parse(argv: list[str]) -> DemoSettings:
+    """The settings of `alibi-lm demo ARGV`."""
+    return settings_from_args(build_parser(["demo"]).parse_args(["demo", *argv]))
+
+
+def run_command(argv: list[str]) -> int:
+    """`alibi-lm demo ARGV` as `alibi_lm.cli.main` runs it, less the error reporting: an error raises."""
+    args = build_parser(["demo"]).parse_args(["demo", *argv])
+    return args.func(args)
+
+
 def test_same_seed_gives_the_same_command_line_back():
     # The command written at the top of the results reproduces the settings exactly.
     args = build_parser(["demo"]).parse_args(["demo", *SMALL_ARGS, "--output-dir", "runs/x"])
@@ -50,12 +63,60 @@ def test_same_seed_gives_the_same_command_line_back():
 
 def test_compare_trains_every_baseline_and_default_is_alibi_alone():
     parser = build_parser(["demo"])
-    assert settings_from_args(parser.parse_args(["demo", "--compare"])).encodings == ENCODINGS
+    assert settings_from_args(parser.parse_args(["demo", "--compare"])).encodings == list(ENCODINGS)
     default = settings_from_args(parser.parse_args(["demo"]))
-    assert default.encodings == ("alibi",)
+    assert default.encodings == ["alibi"]
     assert default.lengths == [default.block_size * m for m in (1, 2, 4, 8, 16)]
     assert default.command() == "alibi-lm demo"
     assert settings_from_args(parser.parse_args(["demo", "--compare"])).command() == "alibi-lm demo --compare"
+
+
+def test_every_flag_of_the_command_line_sets_its_field():
+    # The flags the README, recipes and earlier results use, each parsed to the DemoSettings field it names.
+    argv = [
+        "--output-dir", "runs/x", "--overwrite", "--encodings", "alibi", "t5", "--steps", "7", "--block-size", "16",
+        "--batch-size", "3", "--learning-rate", "0.001", "--warmup-steps", "2", "--hidden-size", "48",
+        "--layers", "3", "--heads", "6", "--vocab-size", "300", "--multiples", "4", "1", "2", "--seed", "5",
+        "--topic", "Mathematics", "--max-eval-tokens", "640", "--no-generate", "--generate-tokens", "9",
+        "--cache-dir", "cache", "--no-progress",
+    ]  # fmt: skip
+    assert parse(argv) == DemoSettings(
+        output_dir="runs/x",
+        overwrite=True,
+        encodings=["alibi", "t5"],
+        steps=7,
+        block_size=16,
+        batch_size=3,
+        learning_rate=0.001,
+        warmup_steps=2,
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        vocab_size=300,
+        multiples=[1, 2, 4],
+        seed=5,
+        topic="Mathematics",
+        max_eval_tokens=640,
+        generate=False,
+        generate_tokens=9,
+        cache_dir="cache",
+        progress=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        DemoSettings(),
+        DemoSettings(compare=True, steps=3, overwrite=True),
+        DemoSettings(encodings=["t5", "alibi"], generate=False, progress=False, topic="Mathematics", warmup_steps=0),
+        DemoSettings(num_hidden_layers=4, num_attention_heads=2, multiples=[1, 3], learning_rate=1e-5),
+    ],
+)
+def test_command_parses_back_to_the_same_settings_less_overwrite(settings):
+    # --overwrite is left out: the command in the results must not replace a folder when someone runs it again.
+    assert parse(shlex.split(settings.command())[2:]) == replace(settings, overwrite=False)
+    assert "--overwrite" not in settings.command()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -142,7 +203,7 @@ def test_the_sample_runs_past_four_times_the_training_length(small_demo):
 @pytest.mark.parametrize("block_size", [1, 0, -4])
 def test_block_size_below_two_is_an_error(block_size, tmp_path):
     with pytest.raises(ValueError, match="block_size must be at least 2"):
-        cli_main(["demo", "--block-size", str(block_size), "--output-dir", str(tmp_path / "out")])
+        run_command(["--block-size", str(block_size), "--output-dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
 
@@ -150,14 +211,14 @@ def test_unknown_encoding_is_an_error(tmp_path):
     with pytest.raises(
         ValueError, match=r"unknown position encoding\(s\) \['alibii'\]: choose from alibi, sinusoidal"
     ):
-        cli_main(["demo", "--encodings", "alibi", "alibii", "--output-dir", str(tmp_path / "out")])
+        run_command(["--encodings", "alibi", "alibii", "--output-dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
 
-def test_compare_and_encodings_together_is_an_error(capsys):
-    with pytest.raises(SystemExit):
-        cli_main(["demo", "--compare", "--encodings", "alibi"])
-    assert "not allowed with argument" in capsys.readouterr().err
+def test_compare_and_encodings_together_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="give --compare or --encodings, not both"):
+        run_command(["--compare", "--encodings", "alibi", "--output-dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
@@ -176,3 +237,52 @@ def test_compare_and_encodings_together_is_an_error(capsys):
 def test_bad_settings_are_errors(overrides, message):
     with pytest.raises(ValueError, match=message):
         DemoSettings(**overrides)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# An output folder that holds something is replaced only with --overwrite (a tiny run: ~10 s)
+
+TINY_ARGS = [
+    "--topic", "Mathematics",
+    "--steps", "2",
+    "--block-size", "8",
+    "--hidden-size", "16",
+    "--layers", "1",
+    "--heads", "2",
+    "--vocab-size", "300",
+    "--batch-size", "2",
+    "--multiples", "1", "2",
+    "--max-eval-tokens", "64",
+    "--no-generate",
+    "--no-progress",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """The output folder of a tiny demo run, made empty beforehand: an empty folder needs no --overwrite."""
+    root = tmp_path_factory.mktemp("overwrite")
+    out = root / "out"
+    out.mkdir()
+    run_command([*TINY_ARGS, "--output-dir", str(out), "--cache-dir", str(root / "cache")])
+    return out
+
+
+def _listing(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_a_non_empty_output_dir_is_refused_before_any_work(finished_run, monkeypatch):
+    before = _listing(finished_run), (finished_run / "demo.json").read_bytes()
+    monkeypatch.setattr(demo, "load_raw_datasets", lambda *a, **k: pytest.fail("loaded the data before refusing"))
+    message = f"output_dir {finished_run} is not empty (alibi/, demo.json, demo.md, and 2 more): pass --overwrite"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run_command([*TINY_ARGS, "--output-dir", str(finished_run)])
+    assert (_listing(finished_run), (finished_run / "demo.json").read_bytes()) == before
+
+
+def test_overwrite_runs_again_in_a_non_empty_output_dir(finished_run):
+    (finished_run / "demo.json").write_text("{}")
+    result = run_demo(parse([*TINY_ARGS, "--output-dir", str(finished_run), "--overwrite"]))
+    assert result.files["json"] == finished_run / "demo.json"
+    assert json.loads(result.files["json"].read_text())["training"]["alibi"]["steps"] == 2

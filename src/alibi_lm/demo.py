@@ -12,7 +12,8 @@ Enables Input Length Extrapolation", ICLR 2022 (https://arxiv.org/abs/2108.12409
 By default only ALiBi is trained; `--compare` trains every position encoding of the paper's comparison (ALiBi,
 sinusoidal, rotary, T5 bias, none) with the same data, steps, sizes and seed and puts them in one table and plot.
 
-    alibi-lm demo [--compare] [--output-dir runs/demo] [--steps N] [--block-size L] [--seed S] [--no-generate]
+    alibi-lm demo [--compare] [--output-dir runs/demo] [--overwrite] [--steps N] [--block-size L] [--seed S]
+                  [--no-generate]
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ import platform
 import shlex
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase, set_seed
+from transformers import HfArgumentParser, PreTrainedTokenizerBase, set_seed
+from transformers.hf_argparser import HfArg
 
 from . import AlibiConfig, __version__
 from .data import OFFLINE_WIKIPEDIA, DataArguments, cached_bpe_tokenizer, load_raw_datasets
@@ -39,61 +41,76 @@ from .hub import RESULTS_FILE, load_model
 
 ENCODINGS = ("alibi", "sinusoidal", "rotary", "t5", "none")
 MULTIPLES = (1, 2, 4, 8, 16)
-# DemoSettings field -> its `alibi-lm demo` flag (booleans are the flags that turn the default off).
-_FLAGS = {
-    "output_dir": "--output-dir",
-    "steps": "--steps",
-    "block_size": "--block-size",
-    "batch_size": "--batch-size",
-    "learning_rate": "--learning-rate",
-    "warmup_steps": "--warmup-steps",
-    "hidden_size": "--hidden-size",
-    "num_hidden_layers": "--layers",
-    "num_attention_heads": "--heads",
-    "vocab_size": "--vocab-size",
-    "multiples": "--multiples",
-    "seed": "--seed",
-    "topic": "--topic",
-    "max_eval_tokens": "--max-eval-tokens",
-    "generate": "--no-generate",
-    "generate_tokens": "--generate-tokens",
-    "cache_dir": "--cache-dir",
-    "progress": "--no-progress",
-}
 
 
 @dataclass
 class DemoSettings:
-    """Everything that defines a demo run; every encoding gets the same data, steps, sizes and seed."""
+    """Everything that defines a demo run; every encoding gets the same data, steps, sizes and seed.
 
-    output_dir: str = "runs/demo"
-    encodings: Sequence[str] = ("alibi",)
-    block_size: int = 64  # the training length L
+    Each field is an `alibi-lm demo` flag, made by `HfArgumentParser`: `--field-name` or an alias, and `--no-field-name`
+    for a boolean that defaults to True.
+    """
+
+    output_dir: str = HfArg(default="runs/demo", help="where the models, tokenizer and results go")
+    overwrite: bool = HfArg(
+        default=False, help="write over a non-empty --output-dir (without it the demo refuses one)"
+    )
+    compare: bool = HfArg(
+        default=False,
+        help=f"train every encoding of the paper's comparison, {', '.join(ENCODINGS)} (not with --encodings)",
+    )
+    # None: ALiBi alone, or every encoding with --compare. Never None after __post_init__.
+    encodings: list[str] | None = HfArg(
+        default=None,
+        help=f"train these position encodings, of {', '.join(ENCODINGS)}; if unset, alibi alone",
+        metadata={"metavar": "ENC"},
+    )
+    block_size: int = HfArg(default=64, help="the training length L, in tokens")
     # 10,000 steps of 16 x 64 = 1,024 tokens: 10.2M tokens, ~7 passes over the 1.4M training tokens, ~5 min per
     # model on two CPU cores. Sinusoidal's blow-up past L grows with training: 1.85x its perplexity at L at 16 L after
     # 2,000 steps (lr 5e-3, BPE 4096), 5.66x with these defaults (recipes/results/demo-compare.md), while ALiBi's
     # perplexity stays below its own at L.
-    steps: int = 10_000
-    batch_size: int = 16
-    learning_rate: float = 8e-3  # a 0.66M-parameter model takes a high AdamW rate
-    warmup_steps: int | None = None  # default: 5% of the steps
-    hidden_size: int = 128
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 8  # ALiBi slopes 1/2, 1/4, ..., 1/256, the paper's set for 8 heads
-    vocab_size: int = 2048  # byte-level BPE trained on the training split (the LM head dominates a step)
-    multiples: Sequence[int] = MULTIPLES  # evaluation lengths, as multiples of L
-    seed: int = 0
-    topic: str | None = None  # train and evaluate on one Wikipedia topic only (smaller, for tests)
-    max_eval_tokens: int | None = None  # score at most this many held-out tokens (default: the whole test split)
-    generate: bool = True
-    generate_tokens: int | None = None  # default: 4 x L new tokens
-    cache_dir: str | None = None  # tokenizer and token blocks (default: the datasets cache)
-    progress: bool = True
+    steps: int = HfArg(default=10_000, help="training steps per model")
+    batch_size: int = HfArg(default=16, help="blocks of L tokens per step")
+    # A 0.66M-parameter model takes a high AdamW rate.
+    learning_rate: float = HfArg(default=8e-3, help="peak AdamW learning rate")
+    warmup_steps: int | None = HfArg(default=None, help="linear warmup steps; if unset, 5%% of the steps")
+    hidden_size: int = HfArg(default=128, help="model width")
+    num_hidden_layers: int = HfArg(default=2, help="decoder layers", aliases=["--layers"])
+    # ALiBi slopes 1/2, 1/4, ..., 1/256, the paper's set for 8 heads.
+    num_attention_heads: int = HfArg(default=8, help="attention heads", aliases=["--heads"])
+    # Byte-level BPE trained on the training split (the LM head dominates a step).
+    vocab_size: int = HfArg(default=2048, help="BPE vocabulary size, at least 257")
+    multiples: list[int] = HfArg(
+        default_factory=lambda: list(MULTIPLES),
+        help="evaluation lengths, as multiples of L",
+        metadata={"metavar": "M"},
+    )
+    seed: int = HfArg(default=0, help="seed for initialisation, data order and sampling")
+    topic: str | None = HfArg(
+        default=None, help="use only the Wikipedia articles of one topic, e.g. Mathematics; if unset, all"
+    )
+    max_eval_tokens: int | None = HfArg(
+        default=None, help="score at most this many held-out tokens; if unset, the whole test split"
+    )
+    generate: bool = HfArg(default=True, help="generate text past L with the trained model (--no-generate skips it)")
+    generate_tokens: int | None = HfArg(default=None, help="new tokens to generate; if unset, 4 x L")
+    cache_dir: str | None = HfArg(default=None, help="tokenizer and token-block cache; if unset, the datasets cache")
+    progress: bool = HfArg(default=True, help="show progress bars (--no-progress hides them)")
 
     def __post_init__(self) -> None:
         if isinstance(self.encodings, str):
-            self.encodings = (self.encodings,)
-        self.encodings = tuple(self.encodings)
+            self.encodings = [self.encodings]
+        if self.compare:
+            if self.encodings is not None and tuple(self.encodings) != ENCODINGS:
+                raise ValueError(
+                    f"--compare trains every encoding ({', '.join(ENCODINGS)}): give --compare or --encodings, not "
+                    f"both (got --encodings {' '.join(self.encodings)})"
+                )
+            self.encodings = list(ENCODINGS)
+        self.encodings = ["alibi"] if self.encodings is None else list(self.encodings)
+        # One spelling per run, so settings compare equal however they were given.
+        self.compare = tuple(self.encodings) == ENCODINGS
         if not self.encodings:
             raise ValueError(f"encodings is empty: give at least one of {', '.join(ENCODINGS)}")
         unknown = [e for e in self.encodings if e not in ENCODINGS]
@@ -114,7 +131,7 @@ class DemoSettings:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
             raise ValueError(f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
-        self.multiples = tuple(sorted(set(self.multiples)))
+        self.multiples = sorted(set(self.multiples))
         if not self.multiples or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.multiples):
             raise ValueError(f"multiples must be positive integers, got {list(self.multiples)}")
         if self.max_eval_tokens is not None and self.max_eval_tokens < self.block_size * self.multiples[-1]:
@@ -137,22 +154,22 @@ class DemoSettings:
         return self.generate_tokens or 4 * self.block_size
 
     def command(self) -> str:
-        """The `alibi-lm demo` command line that reproduces these settings (defaults left out)."""
+        """The `alibi-lm demo` command line that reproduces these settings (defaults and --overwrite left out).
+
+        --overwrite is left out so that the command written into the results never replaces a folder by itself.
+        """
         words = ["alibi-lm", "demo"]
-        if self.encodings == ENCODINGS:
-            words.append("--compare")
-        elif self.encodings != ("alibi",):
-            words += ["--encodings", *self.encodings]
-        defaults = DemoSettings.__dataclass_fields__
-        for name, flag in _FLAGS.items():
-            value, default = getattr(self, name), defaults[name].default
-            if name == "multiples":
-                if value != tuple(MULTIPLES):
-                    words += [flag, *map(str, value)]
-            elif isinstance(default, bool):
-                if value != default:
-                    words.append(flag)
-            elif value != default:
+        defaults = DemoSettings()
+        for setting in fields(self):
+            name, value = setting.name, getattr(self, setting.name)
+            if value == getattr(defaults, name) or name == "overwrite" or (name == "encodings" and self.compare):
+                continue
+            flag = setting.metadata.get("aliases", [f"--{name.replace('_', '-')}"])[0]
+            if isinstance(value, bool):
+                words.append(flag if value else f"--no-{name.replace('_', '-')}")
+            elif isinstance(value, list):
+                words += [flag, *map(str, value)]
+            else:
                 words += [flag, str(value)]
         return shlex.join(words)
 
@@ -189,15 +206,12 @@ class DemoResult:
         return result[self.settings.block_size * multiple].ppl
 
     def to_dict(self) -> dict[str, Any]:
-        settings = asdict(self.settings)
-        settings["encodings"] = list(self.settings.encodings)
-        settings["multiples"] = list(self.settings.multiples)
         return {
             "command": self.settings.command(),
             "alibi_lm_version": __version__,
             "torch_version": torch.__version__,
             "device": _device(),
-            "settings": settings,
+            "settings": asdict(self.settings),
             "seconds": round(self.seconds, 1),
             "training": self.training,
             "results": [r.to_dict() for r in self.results],
@@ -226,7 +240,7 @@ def _training_run(settings: DemoSettings, encoding: str, tokenizer_dir: Path, da
     warmup = settings.warmup_steps if settings.warmup_steps is not None else max(1, settings.steps // 20)
     training_args = AlibiTrainingArguments(
         output_dir=str(Path(settings.output_dir) / encoding),
-        overwrite_output_dir=True,
+        overwrite_output_dir=settings.overwrite,
         max_steps=settings.steps,
         per_device_train_batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
@@ -241,6 +255,9 @@ def _training_run(settings: DemoSettings, encoding: str, tokenizer_dir: Path, da
         data_seed=settings.seed,
         disable_tqdm=not settings.progress,
         use_cpu=not torch.accelerator.is_available(),
+        # Trainer's token count gathers and syncs every step: ~2.5 ms, 10% of a step of these tiny models on two CPU
+        # cores (measured 2026-11-28). The demo reports its own timings.
+        include_num_input_tokens_seen=False,
     )
     return train(model_args, data_args, training_args)
 
@@ -369,6 +386,21 @@ def _markdown(result: DemoResult, stem: str) -> str:
     return "\n".join(lines)
 
 
+def _check_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, to write into a folder that holds something, unless told to overwrite."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output_dir {out} is a file, not a folder: choose another --output-dir")
+    if overwrite or not out.exists():
+        return
+    entries = sorted(f"{p.name}/" if p.is_dir() else p.name for p in out.iterdir())
+    if entries:
+        shown = ", ".join(entries[:3]) + (f", and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise ValueError(
+            f"output_dir {out} is not empty ({shown}): pass --overwrite to write this run over it or choose "
+            "another --output-dir"
+        )
+
+
 def run_demo(settings: DemoSettings) -> DemoResult:
     """Train every encoding of `settings`, evaluate each at every length, generate, and write the results.
 
@@ -377,10 +409,12 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     "demo-compare" for several.
 
     Raises:
-        ValueError: the held-out text is shorter than the longest evaluation length.
+        ValueError: `settings.output_dir` is not empty and `settings.overwrite` is False, or the held-out text is
+            shorter than the longest evaluation length.
     """
     start = time.perf_counter()
     out = Path(settings.output_dir)
+    _check_output_dir(out, settings.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     data_args = DataArguments(
         dataset_name=OFFLINE_WIKIPEDIA,
@@ -475,64 +509,21 @@ def run_demo(settings: DemoSettings) -> DemoResult:
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
-    """Register `alibi-lm demo`."""
-    defaults = DemoSettings.__dataclass_fields__
+    """Register `alibi-lm demo`, its flags made from the `DemoSettings` fields."""
     parser = subparsers.add_parser(
         "demo",
+        # The subcommand parser is a plain ArgumentParser; `parents` copies the dataclass's arguments into it.
+        parents=[HfArgumentParser(DemoSettings, add_help=False)],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="train short, test long: the paper's extrapolation experiment in a few CPU minutes",
         description=__doc__.splitlines()[0],
     )
-    parser.add_argument("--output-dir", default=defaults["output_dir"].default, help="where models and results go")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--compare", action="store_true", help=f"train every baseline: {', '.join(ENCODINGS)}")
-    which.add_argument(
-        "--encodings", nargs="+", metavar="ENC", help=f"train these position encodings ({', '.join(ENCODINGS)})"
-    )
-    parser.add_argument("--steps", type=int, default=defaults["steps"].default, help="training steps per model")
-    parser.add_argument("--block-size", type=int, default=defaults["block_size"].default, help="training length L")
-    parser.add_argument("--batch-size", type=int, default=defaults["batch_size"].default, help="blocks per step")
-    parser.add_argument("--learning-rate", type=float, default=defaults["learning_rate"].default)
-    parser.add_argument("--warmup-steps", type=int, help="linear warmup (default: 5%% of the steps)")
-    parser.add_argument("--hidden-size", type=int, default=defaults["hidden_size"].default)
-    parser.add_argument("--layers", type=int, default=defaults["num_hidden_layers"].default)
-    parser.add_argument("--heads", type=int, default=defaults["num_attention_heads"].default)
-    parser.add_argument("--vocab-size", type=int, default=defaults["vocab_size"].default, help="BPE vocabulary")
-    parser.add_argument(
-        "--multiples", type=int, nargs="+", default=list(MULTIPLES), help="evaluation lengths as multiples of L"
-    )
-    parser.add_argument("--seed", type=int, default=defaults["seed"].default)
-    parser.add_argument("--topic", help="use only the Wikipedia articles of one topic, e.g. Mathematics")
-    parser.add_argument("--max-eval-tokens", type=int, help="score at most this many held-out tokens")
-    parser.add_argument("--no-generate", action="store_true", help="skip the text generation")
-    parser.add_argument("--generate-tokens", type=int, help="new tokens to generate (default: 4 x L)")
-    parser.add_argument("--cache-dir", help="tokenizer and token-block cache (default: the datasets cache)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.set_defaults(func=run)
 
 
 def settings_from_args(args: argparse.Namespace) -> DemoSettings:
     """The `DemoSettings` of parsed `alibi-lm demo` arguments (validated: bad values raise ValueError)."""
-    return DemoSettings(
-        output_dir=args.output_dir,
-        encodings=ENCODINGS if args.compare else tuple(args.encodings or ("alibi",)),
-        block_size=args.block_size,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        warmup_steps=args.warmup_steps,
-        hidden_size=args.hidden_size,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        vocab_size=args.vocab_size,
-        multiples=args.multiples,
-        seed=args.seed,
-        topic=args.topic,
-        max_eval_tokens=args.max_eval_tokens,
-        generate=not args.no_generate,
-        generate_tokens=args.generate_tokens,
-        cache_dir=args.cache_dir,
-        progress=not args.no_progress,
-    )
+    return DemoSettings(**{setting.name: getattr(args, setting.name) for setting in fields(DemoSettings)})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,6 +12,9 @@ ALiBi has no position table, so `--max-new-tokens` may take the sequence past th
 from __future__ import annotations
 
 import argparse
+import math
+import numbers
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,6 +22,42 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.streamers import BaseStreamer
 
 from .hub import load_model
+
+# A bound, not a budget: a slip such as 1e20 must be refused, not left generating for ever.
+MAX_NEW_TOKENS = 1_000_000
+# argument -> (its type, the test its value must pass, the allowed values as the error message says them).
+# The Python API and the command line check the same table.
+BOUNDS: dict[str, tuple[type, Callable[[float], bool], str]] = {
+    "max_new_tokens": (int, lambda v: 1 <= v <= MAX_NEW_TOKENS, f"an integer in [1, {MAX_NEW_TOKENS}]"),
+    "temperature": (float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    "top_k": (int, lambda v: v >= 0, "an integer >= 0 (0 turns top-k off)"),
+    "top_p": (float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "repetition_penalty": (float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0 (1.0 = no penalty)"),
+}
+
+
+def check_bounds(**values: object) -> None:
+    """Raise ValueError naming the first argument in `values` that is outside its `BOUNDS`."""
+    for name, value in values.items():
+        kind, ok, allowed = BOUNDS[name]
+        number = numbers.Integral if kind is int else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, number) or not ok(value):
+            raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _bounded(name: str) -> Callable[[str], int | float]:
+    """An argparse `type` for `name`: argparse prints the message after the flag, `argument --flag: ...`."""
+    kind, _, allowed = BOUNDS[name]
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+            check_bounds(**{name: value})
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+        return value
+
+    return parse
 
 
 def generate(
@@ -38,13 +77,19 @@ def generate(
     """Continue `prompt`, greedily unless `do_sample`, and return the new text (prompt excluded).
 
     Tokens go to `streamer` as they are produced, so a `TextStreamer` prints them as they come.
+
+    Raises:
+        ValueError: `prompt` is empty, or an argument is outside its `BOUNDS` (checked whether or not sampling).
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    check_bounds(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+    )
     if not prompt:
         raise ValueError("prompt must not be empty")
-    if do_sample and temperature <= 0:
-        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
     if seed is not None:
         set_seed(seed)
     inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
@@ -72,14 +117,25 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("model", help="checkpoint folder or Hub repo id")
     parser.add_argument("--prompt", required=True, help="text to continue")
     parser.add_argument(
-        "--max-new-tokens", type=int, default=50, help="tokens to generate (may exceed training length)"
+        "--max-new-tokens",
+        type=_bounded("max_new_tokens"),
+        default=50,
+        help=f"tokens to generate, at most {MAX_NEW_TOKENS} (may exceed the training length)",
     )
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder or repo id (default: MODEL)")
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature when sampling")
-    parser.add_argument("--top-k", type=int, default=50, help="keep the k most likely tokens when sampling")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass when sampling")
-    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL-style penalty, 1.0 = none")
+    parser.add_argument(
+        "--temperature", type=_bounded("temperature"), default=1.0, help="softmax temperature when sampling, > 0"
+    )
+    parser.add_argument(
+        "--top-k", type=_bounded("top_k"), default=50, help="keep the k most likely tokens when sampling, 0 = all"
+    )
+    parser.add_argument(
+        "--top-p", type=_bounded("top_p"), default=1.0, help="nucleus sampling mass when sampling, in (0, 1]"
+    )
+    parser.add_argument(
+        "--repetition-penalty", type=_bounded("repetition_penalty"), default=1.0, help="CTRL-style penalty, 1.0 = none"
+    )
     parser.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     parser.add_argument(
