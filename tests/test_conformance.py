@@ -300,9 +300,9 @@ def test_static_cache_generation_compiles_and_equals_dynamic():
     options = dict(attention_mask=mask, max_new_tokens=24, do_sample=False, pad_token_id=0)
     dynamic = model.generate(ids, **options)
     compile_config = CompileConfig(fullgraph=True, dynamic=False)
-    compile_config._compile_all_devices = (
-        True  # transformers compiles only on accelerators unless told (its tests do this)
-    )
+    # transformers compiles only on accelerators unless told, and the only way to tell it is this private flag (no
+    # public switch in 5.24; its own generation tests set it the same way).
+    compile_config._compile_all_devices = True
     torch.compiler.reset()
     static = model.generate(ids, cache_implementation="static", compile_config=compile_config, **options)
     assert hasattr(model, "_compiled_call")  # generate took the compiled path

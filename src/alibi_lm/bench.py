@@ -319,6 +319,8 @@ def generate_tokens(
         if compiled:
             on_cpu = input_ids.device.type == "cpu"
             config = CompileConfig(mode="default" if on_cpu else "reduce-overhead")
+            # No public switch exists (transformers 5.24 `_valid_auto_compile_criteria` reads only this private
+            # flag besides the device type); transformers' own generation tests set it the same way.
             config._compile_all_devices = True
             kwargs["compile_config"] = config
         else:

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 from transformers.initialization import no_init_weights
-from transformers.utils import cached_file
+from transformers.utils import has_file
 
 from .hub import prepare_for_hub
 from .modeling.configuration_alibi import AlibiConfig
@@ -375,15 +375,8 @@ def _check_source(src: str) -> None:
 
 
 def _has_tokenizer(src: str) -> bool:
-    return any(
-        cached_file(
-            src,
-            name,
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-        )
-        for name in TOKENIZER_FILES
-    )
+    # transformers' public check: a local folder's listing, or the Hub cache and a HEAD request (False offline).
+    return any(has_file(src, name) for name in TOKENIZER_FILES)
 
 
 def convert_checkpoint(
