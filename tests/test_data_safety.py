@@ -231,10 +231,18 @@ def test_resume_skips_a_damaged_newest_checkpoint_and_names_it(base, damage, cap
     check_checkpoint(folder / "checkpoint-4")  # saved again, whole
 
 
-def test_a_flipped_bit_is_named_by_every_loader_and_by_verify(base, capsys):
-    folder, _ = copy_of(base, "bit-flip")
-    flip_a_bit_in_tensor_data(folder / "model.safetensors")
-    pattern = r"model\.safetensors: sha256 [0-9a-f]{64} does not match [0-9a-f]{64} recorded in SHA256SUMS"
+@pytest.mark.parametrize("damage", ["flipped bit", "truncated"])
+def test_damaged_weights_are_named_by_every_loader_and_by_verify(base, capsys, damage):
+    folder, _ = copy_of(base, f"damaged-weights-{damage.split()[0]}")
+    weights = folder / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        pattern = r"model\.safetensors \(\d+ bytes\) is not a valid safetensors file, probably truncated"
+        error: type[Exception] = ValueError
+    else:
+        flip_a_bit_in_tensor_data(weights)
+        pattern = r"model\.safetensors: sha256 [0-9a-f]{64} does not match [0-9a-f]{64} recorded in SHA256SUMS"
+        error = IntegrityError
     for argv in (
         ["verify", str(folder)],
         ["generate", str(folder), "--prompt", "The"],
@@ -242,7 +250,7 @@ def test_a_flipped_bit_is_named_by_every_loader_and_by_verify(base, capsys):
         ["push", str(folder), "user/bit-flip", "--dry-run"],  # refused before the list is even shown
     ):
         assert re.search(pattern, cli_error(argv, capsys)), argv
-    with pytest.raises(IntegrityError, match=pattern):
+    with pytest.raises(error, match=pattern):
         load_model(folder)
     assert cli_main(["verify", str(base)]) == 0
     assert "sha256 matches SHA256SUMS" in capsys.readouterr().out
