@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -19,7 +18,6 @@ from transformers import (
     LlamaConfig,
     MptConfig,
     MptForCausalLM,
-    PreTrainedTokenizerFast,
 )
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
@@ -32,18 +30,10 @@ from alibi_lm.convert import (
     convert_mpt,
     mpt_to_alibi_config,
 )
+from tests.tiny import perturb, word_tokenizer
 
 VOCAB, HIDDEN, MAX_SEQ_LEN = 99, 48, 16  # hidden 48 divides by 4, 6, 8 and 12 heads
 ATOL = 1e-4
-
-
-def _perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Randomise every parameter, biases and LayerNorms included, so a wrong mapping cannot hide behind init zeros."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.1)
-    return model.eval()
 
 
 def bloom(heads: int = 12, seed: int = 0, **config) -> BloomForCausalLM:
@@ -51,7 +41,7 @@ def bloom(heads: int = 12, seed: int = 0, **config) -> BloomForCausalLM:
     config = BloomConfig(
         vocab_size=VOCAB, hidden_size=HIDDEN, n_layer=2, n_head=heads, initializer_range=0.2, **config
     )
-    return _perturb(BloomForCausalLM(config), seed)
+    return perturb(BloomForCausalLM(config), seed)
 
 
 def mpt(heads: int = 12, seed: int = 0, **config) -> MptForCausalLM:
@@ -65,7 +55,7 @@ def mpt(heads: int = 12, seed: int = 0, **config) -> MptForCausalLM:
         initializer_range=0.2,
         **config,
     )
-    return _perturb(MptForCausalLM(config), seed)
+    return perturb(MptForCausalLM(config), seed)
 
 
 SOURCES = {"bloom": (bloom, convert_bloom), "mpt": (mpt, convert_mpt)}
@@ -274,19 +264,12 @@ def test_missing_and_unknown_weights_rejected() -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {"[UNK]": 0, **{f"w{i}": i for i in range(1, VOCAB)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
-
-
 @pytest.fixture(scope="module")
 def bloom_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BloomForCausalLM]:
     folder = tmp_path_factory.mktemp("source") / "bloom"
     reference = bloom(heads=12)
     reference.save_pretrained(folder)
-    _tokenizer().save_pretrained(folder)
+    word_tokenizer(VOCAB).save_pretrained(folder)
     return folder, reference
 
 

@@ -34,6 +34,26 @@ def random_ids(batch: int, length: int, vocab_size: int = TINY["vocab_size"], se
     return torch.randint(0, vocab_size, (batch, length), generator=generator)
 
 
+def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Randomise every parameter, biases and LayerNorms included, so a wrong mapping cannot hide behind init zeros."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    return model.eval()
+
+
+def word_tokenizer(vocab_size: int):
+    """A word-level tokenizer over "w1" ... "w{vocab_size - 1}" (id 0 is "[UNK]"), for folders that need one."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, **{f"w{i}": i for i in range(1, vocab_size)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+
+
 def cli_error(argv: list[str], capsys) -> str:
     """Run `alibi-lm ARGV`, expect it to fail the way the CLI reports errors, and return its stderr message.
 

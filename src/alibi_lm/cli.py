@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
     "bench": "alibi_lm.bench",
     "push": "alibi_lm.hub",
     "convert": "alibi_lm.convert",
+    "export": "alibi_lm.export",
     "generate": "alibi_lm.generate",
     "verify": "alibi_lm.integrity",
 }

@@ -27,7 +27,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -379,26 +379,22 @@ def _has_tokenizer(src: str) -> bool:
     return any(has_file(src, name) for name in TOKENIZER_FILES)
 
 
-def convert_checkpoint(
-    src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False, dtype: str = "auto"
-) -> AlibiForCausalLM:
-    """Convert the BLOOM or MPT checkpoint at `src` (folder or Hub repo id) to an alibi-lm Hub folder at `dst`.
-
-    The config is checked before any weight is read. Everything is written to a temporary folder beside `dst`
-    and renamed at the end, so an error never leaves a half-written `dst`. The tokenizer is copied if `src` has one.
-    Returns the converted model.
-    """
-    src, dst = str(src), Path(dst).expanduser()
+def check_destination(dst: Path, overwrite: bool) -> None:
+    """Raise FileExistsError if `dst` exists and `overwrite` is False."""
     if dst.exists() and not overwrite:
         raise FileExistsError(f"Destination {dst} already exists; pass overwrite=True (--overwrite) to replace it.")
-    _check_source(src)
-    source_config = AutoConfig.from_pretrained(src)
-    check_convertible(source_config)
-    source_model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
-    model = convert_model(source_model)
-    del source_model
-    tokenizer = AutoTokenizer.from_pretrained(src) if _has_tokenizer(src) else None
 
+
+def write_folder(dst: Path, write: Callable[[Path], None], overwrite: bool = False) -> None:
+    """Call `write(folder)` on a temporary folder beside `dst`, then rename it to `dst`.
+
+    An error (or a kill) never leaves a half-written `dst`: with `overwrite`, `dst` is always either the whole old
+    folder or the whole new one.
+
+    Raises:
+        FileExistsError: `dst` exists and `overwrite` is False.
+    """
+    check_destination(dst, overwrite)
     dst.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
     try:
@@ -406,10 +402,7 @@ def convert_checkpoint(
         umask = os.umask(0)
         os.umask(umask)
         staging.chmod(0o777 & ~umask)
-        # Hub format: safetensors, config.json with an auto_map naming all three Auto classes, modeling files.
-        prepare_for_hub(model).save_pretrained(staging)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
+        write(staging)
         if dst.exists():
             # Two renames, so dst is always either the whole old folder or the whole new one.
             retired = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
@@ -426,6 +419,34 @@ def convert_checkpoint(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def convert_checkpoint(
+    src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False, dtype: str = "auto"
+) -> AlibiForCausalLM:
+    """Convert the BLOOM or MPT checkpoint at `src` (folder or Hub repo id) to an alibi-lm Hub folder at `dst`.
+
+    The config is checked before any weight is read. Everything is written to a temporary folder beside `dst`
+    and renamed at the end, so an error never leaves a half-written `dst`. The tokenizer is copied if `src` has one.
+    Returns the converted model.
+    """
+    src, dst = str(src), Path(dst).expanduser()
+    check_destination(dst, overwrite)
+    _check_source(src)
+    source_config = AutoConfig.from_pretrained(src)
+    check_convertible(source_config)
+    source_model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
+    model = convert_model(source_model)
+    del source_model
+    tokenizer = AutoTokenizer.from_pretrained(src) if _has_tokenizer(src) else None
+
+    def write(folder: Path) -> None:
+        # Hub format: safetensors, config.json with an auto_map naming all three Auto classes, modeling files.
+        prepare_for_hub(model).save_pretrained(folder)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+
+    write_folder(dst, write, overwrite=overwrite)
     return model
 
 
