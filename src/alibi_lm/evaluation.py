@@ -153,6 +153,28 @@ def tokenize_texts(texts: str | Sequence[str], tokenizer: Any) -> torch.Tensor:
     return torch.tensor(stream, dtype=torch.long)
 
 
+def document_log_likelihood(model: torch.nn.Module, tokenizer: Any, text: str) -> tuple[float, int]:
+    """Log-likelihood of one document in a single forward pass, whatever its length: (sum of log p in nats, tokens).
+
+    The document is scored after one prefix token (the tokenizer's bos, else its eos), so every one of its tokens
+    is predicted; this is what lm-evaluation-harness's `loglikelihood_rolling` computes when its `max_length` holds
+    the whole document. ALiBi needs no window: the model sees the whole document as context, however far past its
+    training length. Log-softmax in fp32, sum in fp64.
+    """
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if prefix is None:
+        raise ValueError("the tokenizer has neither a bos nor an eos token to start the document with")
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    if not ids:
+        raise ValueError("the document has no tokens")
+    device = next(model.parameters()).device
+    inputs = torch.tensor([[prefix, *ids]], device=device)  # [1, 1 + N]
+    with torch.inference_mode():
+        logits = model(input_ids=inputs[:, :-1], use_cache=False).logits.float()  # [1, N, V]
+    log_probs = logits.log_softmax(-1).gather(-1, inputs[:, 1:, None])  # [1, N, 1]
+    return log_probs.double().sum().item(), len(ids)
+
+
 def _as_ids(token_ids: Any) -> torch.Tensor:
     ids = torch.as_tensor(token_ids)
     if ids.dim() == 2 and ids.shape[0] == 1:
@@ -582,6 +604,7 @@ __all__ = [
     "format_table",
     "load_model_and_tokenizer",
     "perplexity_at_lengths",
+    "document_log_likelihood",
     "perplexity_metric_path",
     "to_csv",
     "to_json",

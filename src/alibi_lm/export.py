@@ -1,6 +1,7 @@
 """Export an alibi-lm checkpoint as MPT or BLOOM, the ALiBi architectures serving engines run natively.
 
     alibi-lm export DIR OUT --to mpt|bloom [--max-length N] [--overwrite]
+    alibi-lm export DIR OUT.gguf --to gguf                # llama.cpp: the MPT architecture in one GGUF file
 
 vLLM, TGI, llama.cpp and `transformers serve` do not run remote code, but all of them serve MPT and BLOOM, the two
 released ALiBi families. `alibi-lm convert` maps those onto `AlibiForCausalLM`; this is the inverse. The exported
@@ -19,7 +20,10 @@ Each target reproduces a subset of `AlibiConfig`:
 | `intermediate_size` | 4 x hidden | 4 x hidden |
 | `tie_word_embeddings` | yes (vLLM's MPT ties the head) | yes (BLOOM always ties) |
 
-A config outside the subset is refused with every field that does not fit. MPT's transformers implementation builds
+A config outside the subset is refused with every field that does not fit. `--to gguf` writes the MPT export as one
+GGUF file the way llama.cpp's own converter (`convert_hf_to_gguf.py`, `MPTModel`) does: architecture `mpt`, tensor
+names from the `gguf` package's own `TensorNameMap`, `max_alibi_bias` 8, and the byte-level BPE vocabulary as a
+`gpt2` tokenizer with pre-tokenizer `gpt-2`. MPT's transformers implementation builds
 its ALiBi table up to `max_seq_len`, and serving engines read that field as the context limit, so the export writes
 `--max-length` there (default 16 x the training length: ALiBi runs at any length, and this is the range the demo
 measures).
@@ -28,7 +32,9 @@ measures).
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +47,8 @@ from .hub import load_model
 from .modeling.configuration_alibi import AlibiConfig
 from .modeling.modeling_alibi import AlibiForCausalLM
 
-TARGETS = ("mpt", "bloom")
+TARGETS = ("mpt", "bloom", "gguf")
+SUBSET_OF = {"mpt": "mpt", "bloom": "bloom", "gguf": "mpt"}  # GGUF carries the MPT architecture
 ENGINE_MAX_BIAS = 8.0  # transformers' MptModel and BloomModel both fix ALiBi's largest slope exponent at 8
 TANH_GELUS = ("gelu_pytorch_tanh", "gelu_new")
 DEFAULT_LENGTH_MULTIPLE = 16
@@ -51,6 +58,7 @@ def export_problems(config: AlibiConfig, target: str) -> list[str]:
     """Every field of `config` that `target` cannot reproduce, as 'field=value (target needs ...)'; empty if none."""
     if target not in TARGETS:
         raise ValueError(f"Unknown export target {target!r}; choose one of {', '.join(TARGETS)}.")
+    target = SUBSET_OF[target]
     mpt = target == "mpt"
     problems = []
 
@@ -92,7 +100,7 @@ def check_exportable(config: AlibiConfig, target: str) -> None:
         raise ValueError(
             f"This model cannot be exported as {target.upper()}; {len(problems)} field(s) do not fit: "
             + "; ".join(problems)
-            + f". Train with a config inside the {target.upper()} subset (see `alibi-lm export --help`)."
+            + f". Train with a config inside the {SUBSET_OF[target].upper()} subset (see `alibi-lm export --help`)."
         )
 
 
@@ -208,15 +216,103 @@ def export_model(model: AlibiForCausalLM, target: str, max_length: int | None = 
         target_config, mapped, cls = mpt_config(config, length), _mpt_weights(weights, config), MptForCausalLM
     elif target == "bloom":
         target_config, mapped, cls = bloom_config(config), _bloom_weights(weights, config), BloomForCausalLM
+    elif target == "gguf":
+        raise ValueError("A GGUF file is not a transformers model: write it with write_gguf (or --to gguf).")
     else:
-        check_exportable(config, target)  # raises for an unknown target
-        raise AssertionError
+        raise ValueError(f"Unknown export target {target!r}; choose one of {', '.join(TARGETS)}.")
     with no_init_weights():
         exported = cls(target_config)
     exported.load_state_dict(mapped, strict=True)
     exported.tie_weights()
     exported.generation_config = model.generation_config
     return exported.to(model.dtype).eval()
+
+
+def _gpt2_vocab(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int], list[str]]:
+    """(tokens, token types, merges) of a byte-level BPE tokenizer, as llama.cpp's `gpt2` vocabulary holds them.
+
+    Ids the tokenizer does not use, up to the model's `vocab_size`, become `[PAD<id>]` tokens of type UNUSED, as
+    llama.cpp's converter writes them.
+
+    Raises:
+        ValueError: the tokenizer is not a byte-level BPE (GPT-2 style) tokenizer.
+    """
+    import gguf
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = json.loads(backend.to_str()) if backend is not None else {}
+    pre = spec.get("pre_tokenizer") or {}
+    byte_level = pre.get("type") == "ByteLevel" or any(
+        step.get("type") == "ByteLevel" for step in pre.get("pretokenizers", [])
+    )
+    if spec.get("model", {}).get("type") != "BPE" or not byte_level:
+        raise ValueError(
+            "GGUF export writes llama.cpp's 'gpt2' vocabulary, which needs a byte-level BPE tokenizer (the kind "
+            f"alibi-lm trains); this one is {spec.get('model', {}).get('type', type(tokenizer).__name__)}."
+        )
+    special = set(tokenizer.all_special_ids)
+    tokens, types = [], []
+    for token_id in range(vocab_size):
+        token = tokenizer.convert_ids_to_tokens(token_id) if token_id < len(tokenizer) else None
+        if token is None:
+            tokens.append(f"[PAD{token_id}]")
+            types.append(gguf.TokenType.UNUSED)
+        else:
+            tokens.append(token)
+            types.append(gguf.TokenType.CONTROL if token_id in special else gguf.TokenType.NORMAL)
+    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in spec["model"].get("merges", [])]
+    return tokens, types, merges
+
+
+def write_gguf(model: AlibiForCausalLM, tokenizer: Any, path: str | Path, max_length: int | None = None) -> Path:
+    """Write `model` (inside the MPT subset) and its byte-level BPE tokenizer as one llama.cpp GGUF file, fp32.
+
+    The metadata and tensor names follow llama.cpp's `convert_hf_to_gguf.py` (`MPTModel`); the file is written beside
+    `path` and renamed when whole. Returns `path`.
+    """
+    import gguf
+
+    mpt = export_model(model, "mpt", max_length)
+    config = mpt.config
+    tokens, types, merges = _gpt2_vocab(tokenizer, config.vocab_size)
+    arch = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.MPT]
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    writer = gguf.GGUFWriter(str(partial), arch)
+    writer.add_context_length(config.max_seq_len)
+    writer.add_embedding_length(config.d_model)
+    writer.add_block_count(config.n_layers)
+    writer.add_feed_forward_length(4 * config.d_model)
+    writer.add_head_count(config.n_heads)
+    writer.add_layer_norm_eps(config.layer_norm_epsilon)
+    writer.add_max_alibi_bias(ENGINE_MAX_BIAS)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    for name in ("bos", "eos", "pad"):
+        token_id = getattr(tokenizer, f"{name}_token_id", None)
+        if token_id is not None:
+            getattr(writer, f"add_{name}_token_id")(token_id)
+    writer.add_add_bos_token(False)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MPT, config.n_layers)
+    for name, tensor in mpt.state_dict().items():
+        if name == "lm_head.weight":
+            continue  # tied: llama.cpp's MPT uses token_embd as the output when there is no output.weight
+        gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise AssertionError(f"gguf has no MPT name for {name}")
+        writer.add_tensor(gguf_name, tensor.detach().float().contiguous().numpy())
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    os.replace(partial, path)
+    return path
 
 
 def export_checkpoint(
@@ -242,8 +338,14 @@ def export_checkpoint(
     model = load_model(src)  # names truncated or corrupt weights
     if not isinstance(model, AlibiForCausalLM):
         raise ValueError(f"{src} holds a {type(model).__name__}, not an AlibiForCausalLM.")
-    exported = export_model(model, target, max_length)
     tokenizer = AutoTokenizer.from_pretrained(src) if any((src / name).is_file() for name in TOKENIZER_FILES) else None
+    if target == "gguf":
+        if tokenizer is None:
+            raise FileNotFoundError(f"{src} has no tokenizer; a GGUF file carries its vocabulary.")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        write_gguf(model, tokenizer, dst, max_length)
+        return export_model(model, "mpt", max_length)
+    exported = export_model(model, target, max_length)
 
     def write(folder: Path) -> None:
         exported.save_pretrained(folder)
@@ -284,8 +386,11 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     model = export_checkpoint(args.src, args.dst, args.target, max_length=args.max_length, overwrite=args.overwrite)
     config = model.config
-    limit = f", max_seq_len {config.max_seq_len}" if args.target == "mpt" else ""
-    print(f"Exported {args.src} -> {args.dst} as {type(model).__name__}{limit}; load it with transformers alone.")
+    limit = f", max_seq_len {config.max_seq_len}" if args.target in ("mpt", "gguf") else ""
+    if args.target == "gguf":
+        print(f"Exported {args.src} -> {args.dst}: GGUF, llama.cpp architecture mpt{limit}.")
+    else:
+        print(f"Exported {args.src} -> {args.dst} as {type(model).__name__}{limit}; load it with transformers alone.")
     return 0
 
 
@@ -297,4 +402,5 @@ __all__ = [
     "export_model",
     "export_problems",
     "mpt_config",
+    "write_gguf",
 ]
