@@ -118,17 +118,28 @@ def test_cli_writes_gguf_and_refuses_a_tokenizer_llama_cpp_cannot_read(model_and
     assert not (tmp_path / "w.gguf").exists()
 
 
-def test_llama_cpp_generates_our_greedy_tokens(model_and_tokenizer, tmp_path):
+def test_llama_cpp_computes_our_logits_and_greedy_tokens(model_and_tokenizer, tmp_path):
+    # llama-cpp-python compiles llama.cpp on install (no binary wheel on PyPI; ~25 min on 2 cores), so it is not in
+    # the dev extra: install it to run this test (pip install llama-cpp-python).
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it builds llama.cpp)")
     model, tokenizer = model_and_tokenizer
     path = write_gguf(model, tokenizer, tmp_path / "model.gguf")
-    prompt = tokenizer("The history of")["input_ids"]
+    text = next(t for t in wikipedia_texts("test") if len(tokenizer(t)["input_ids"]) > 3 * L)
+    prompt = tokenizer(text)["input_ids"][: 2 * L]  # the prompt alone runs past the training length
     with torch.no_grad():
+        logits = model(torch.tensor([prompt])).logits[0].numpy()  # [2L, V]
         ours = model.generate(torch.tensor([prompt]), max_new_tokens=3 * L, do_sample=False, pad_token_id=0)
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=16 * L, logits_all=False, verbose=False, n_threads=1)
-    theirs = []
-    for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
-        theirs.append(token)
-        if len(theirs) == 3 * L:
-            break
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=16 * L, logits_all=True, verbose=False, n_threads=1)
+    try:
+        llm.eval(prompt)
+        theirs_logits = llm.scores[: len(prompt)]
+        # ggml's GELU is a tanh/table approximation of the exact one: close, not bit-equal.
+        assert abs(theirs_logits - logits).max() < 1e-2 * abs(logits).max()
+        theirs = []
+        for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+            theirs.append(token)
+            if len(theirs) == 3 * L:
+                break
+    finally:
+        llm.close()
     assert theirs == ours[0, len(prompt) :].tolist()
