@@ -76,9 +76,9 @@ def run_artifacts(output_dir: str | os.PathLike) -> list[str]:
     for entry in sorted(output_dir.iterdir()):
         name = entry.name
         if entry.is_dir():
-            if _CHECKPOINT_RE.match(name) or name.startswith(("incomplete-", CHECKPOINT_STAGING, FINAL_STAGING)):
-                found.append(name + "/")
-            elif name == FINAL_STAGED:
+            if _CHECKPOINT_RE.match(name) or name.startswith(
+                ("incomplete-", CHECKPOINT_STAGING, FINAL_STAGING, FINAL_STAGED)
+            ):
                 found.append(name + "/")
         elif name.endswith(WEIGHT_SUFFIXES) or name in FINAL_MODEL_FILES or name == TRAINER_STATE:
             found.append(name)

@@ -270,13 +270,15 @@ def write_gguf(model: AlibiForCausalLM, tokenizer: Any, path: str | Path, max_le
     The metadata and tensor names follow llama.cpp's `convert_hf_to_gguf.py` (`MPTModel`); the file is written beside
     `path` and renamed when whole. Returns `path`.
     """
+    return _write_mpt_gguf(export_model(model, "mpt", max_length), tokenizer, Path(path))
+
+
+def _write_mpt_gguf(mpt: MptForCausalLM, tokenizer: Any, path: Path) -> Path:
     import gguf
 
-    mpt = export_model(model, "mpt", max_length)
     config = mpt.config
     tokens, types, merges = _gpt2_vocab(tokenizer, config.vocab_size)
     arch = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.MPT]
-    path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
     writer = gguf.GGUFWriter(str(partial), arch)
     writer.add_context_length(config.max_seq_len)
@@ -343,8 +345,9 @@ def export_checkpoint(
         if tokenizer is None:
             raise FileNotFoundError(f"{src} has no tokenizer; a GGUF file carries its vocabulary.")
         dst.parent.mkdir(parents=True, exist_ok=True)
-        write_gguf(model, tokenizer, dst, max_length)
-        return export_model(model, "mpt", max_length)
+        mpt = export_model(model, "mpt", max_length)
+        _write_mpt_gguf(mpt, tokenizer, dst)
+        return mpt
     exported = export_model(model, target, max_length)
 
     def write(folder: Path) -> None:
