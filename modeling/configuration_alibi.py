@@ -59,8 +59,11 @@ class AlibiConfig(PreTrainedConfig):
     - `"t5"`: a learned, bucketed relative bias per head shared by all layers (Raffel et al.).
     - `"none"`: no position information beyond the causal mask.
 
-    The bias, norm and embedding-norm switches exist so that BLOOM and MPT checkpoints convert
-    exactly (`alibi-lm convert`).
+    By default the model has no biases (attention, MLP, LayerNorm) and no embedding LayerNorm: that is
+    MPT's architecture, so every default model exports to MPT and GGUF (`alibi-lm export`) and is served
+    by vLLM, TGI and llama.cpp, and it measured no worse than with biases (recipes/results/bias-free.md).
+    The bias and norm switches exist so that BLOOM and older MPT-style checkpoints convert exactly
+    (`alibi-lm convert`).
 
     Example:
 
@@ -109,9 +112,9 @@ class AlibiConfig(PreTrainedConfig):
     rope_theta: float = 10000.0
     t5_num_buckets: int = 32
     t5_max_distance: int = 128
-    attention_bias: bool = True
-    mlp_bias: bool = True
-    layer_norm_bias: bool = True
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    layer_norm_bias: bool = False
     embedding_layer_norm: bool = False
     pad_token_id: int | None = None
     bos_token_id: int | None = None

@@ -217,8 +217,8 @@ def test_fused_backends_record_no_attention_weights():
 
 
 def test_attention_rows_decay_with_the_paper_slopes():
-    # Zero query weights leave only the bias in the scores: row i is softmax(-m_h * (i - j)).
-    model = tiny_model(attn_implementation="eager", num_hidden_layers=1)
+    # Zero query weights and bias leave only ALiBi's bias in the scores: row i is softmax(-m_h * (i - j)).
+    model = tiny_model(attn_implementation="eager", num_hidden_layers=1, attention_bias=True)
     with torch.no_grad():
         model.model.layers[0].self_attn.q_proj.weight.zero_()
         model.model.layers[0].self_attn.q_proj.bias.zero_()

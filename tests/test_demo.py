@@ -11,6 +11,7 @@ import json
 import re
 import shlex
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -194,6 +195,23 @@ def test_the_sample_runs_past_four_times_the_training_length(small_demo):
     assert len(generation["text"].split()) > L  # words, not padding or an early stop
     markdown = small_demo.files["markdown"].read_text()
     assert "> *Continuation:* " + generation["text"].strip().split("\n")[0] in markdown
+
+
+def test_the_demo_model_exports_to_mpt_and_transformers_serve_answers_with_its_tokens(small_demo, tmp_path):
+    # The demo trains AlibiConfig's default architecture, which is MPT's: no flag makes it exportable.
+    pytest.importorskip("fastapi", reason="transformers serve needs transformers[serving] (in the dev extra)")
+    from alibi_lm.cli import main
+    from tests.serving import check_server, transformers_serve
+
+    trained = Path(small_demo.settings.output_dir) / "alibi"
+    exported = tmp_path / "alibi-mpt"
+    assert main(["export", str(trained), str(exported), "--to", "mpt"]) == 0
+    assert json.loads((exported / "config.json").read_text())["architectures"] == ["MptForCausalLM"]
+    prompt = small_demo.generation["prompt"]
+    with transformers_serve(exported, tmp_path / "serve.log") as endpoint:
+        served = check_server(endpoint, exported, trained, prompt, 4 * L)
+    assert served.returncode == 0, served.stdout + served.stderr[-2000:]
+    assert "identical" in served.stdout
 
 
 # ---------------------------------------------------------------------------------------------------------

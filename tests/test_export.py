@@ -21,9 +21,16 @@ from tests.tiny import cli_error, perturb, random_ids, word_tokenizer
 VOCAB, L = 99, 16  # L: the training length the configs record
 ATOL = 1e-4
 SUBSETS = {
-    "mpt": dict(attention_bias=False, mlp_bias=False, layer_norm_bias=False, hidden_act="gelu"),
-    "bloom": dict(hidden_act="gelu_pytorch_tanh", embedding_layer_norm=True),
+    "mpt": dict(),  # the default AlibiConfig is MPT's architecture
+    "bloom": dict(
+        hidden_act="gelu_pytorch_tanh",
+        embedding_layer_norm=True,
+        attention_bias=True,
+        mlp_bias=True,
+        layer_norm_bias=True,
+    ),
 }
+BIASES = dict(attention_bias=True, mlp_bias=True, layer_norm_bias=True)
 EXPORTED = {"mpt": MptForCausalLM, "bloom": BloomForCausalLM}
 
 
@@ -118,22 +125,28 @@ def test_refusal_lists_every_field_that_does_not_fit():
         "alibi_max_bias",
         "num_key_value_heads",
         "hidden_act",
+        "attention_bias",
+        "mlp_bias",
+        "layer_norm_bias",
         "embedding_layer_norm",
         "intermediate_size",
         "tie_word_embeddings",
     ]
-    # The default config has biases, which MPT has not; BLOOM wants the tanh GELU and the embedding LayerNorm.
-    assert [p.split("=")[0] for p in export_problems(AlibiConfig(), "mpt")] == [
+    # The default config is MPT's architecture (exportable as it is); BLOOM wants the tanh GELU, biases everywhere and
+    # the embedding LayerNorm.
+    assert export_problems(AlibiConfig(), "mpt") == []
+    assert [p.split("=")[0] for p in export_problems(AlibiConfig(), "bloom")] == [
+        "hidden_act",
         "attention_bias",
         "mlp_bias",
         "layer_norm_bias",
+        "embedding_layer_norm",
     ]
-    assert [p.split("=")[0] for p in export_problems(AlibiConfig(), "bloom")] == ["hidden_act", "embedding_layer_norm"]
-    default = AlibiForCausalLM(
-        AlibiConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    with_biases = AlibiForCausalLM(
+        AlibiConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, **BIASES)
     )
     with pytest.raises(ValueError, match=r"cannot be exported as MPT; 3 field\(s\) do not fit: attention_bias=True"):
-        export_model(default, "mpt")
+        export_model(with_biases, "mpt")
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +183,8 @@ def test_cli_writes_a_folder_transformers_loads_without_remote_code(saved, tmp_p
 
 
 def test_cli_refuses_outside_the_subset_and_writes_nothing(tmp_path, capsys):
-    folder = tmp_path / "default"
-    config = AlibiConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    folder = tmp_path / "with-biases"
+    config = AlibiConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, **BIASES)
     AlibiForCausalLM(config).save_pretrained(folder)
     message = cli_error(["export", str(folder), str(tmp_path / "out"), "--to", "mpt"], capsys)
     assert "attention_bias=True" in message and "mlp_bias=True" in message and "layer_norm_bias=True" in message

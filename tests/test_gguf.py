@@ -24,7 +24,7 @@ L = 16
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer():
-    """A model inside the MPT subset, every weight randomised, with a byte-level BPE tokenizer of 300 tokens."""
+    """A default-architecture model (the MPT subset), every weight randomised, with a 300-token byte-level BPE."""
     tokenizer = train_bpe_tokenizer(Dataset.from_dict({"text": wikipedia_texts("train")[:200]}), vocab_size=300)
     torch.manual_seed(0)
     config = AlibiConfig(
@@ -33,10 +33,6 @@ def model_and_tokenizer():
         num_hidden_layers=2,
         num_attention_heads=4,
         max_position_embeddings=L,
-        attention_bias=False,
-        mlp_bias=False,
-        layer_norm_bias=False,
-        hidden_act="gelu",
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )

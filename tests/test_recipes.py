@@ -14,6 +14,7 @@ from transformers import TrainingArguments, get_scheduler
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
 from alibi_lm.data import DataArguments
+from alibi_lm.export import export_problems
 from alibi_lm.train import ModelArguments, parse_recipe, train
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -70,8 +71,9 @@ def test_paper_recipe_builds_the_253m_parameter_model_and_the_fairseq_schedule()
     config = model.config
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (16, 1024, 8)
     assert config.intermediate_size == 4096 and config.position_encoding == "alibi"
-    # 16 blocks x 12,596,224 + 50,257 x 1,024 tied embedding + 2,048 final norm
-    assert sum(p.numel() for p in model.parameters()) == 253_004_800
+    # 16 bias-free blocks x 12,584,960 + 50,257 x 1,024 tied embedding + 1,024 final norm: MPT's architecture
+    assert sum(p.numel() for p in model.parameters()) == 252_823_552
+    assert export_problems(config, "mpt") == []
     # 18 x 512 = 9,216 tokens per GPU per step (fairseq --max-tokens 9216), x 8 GPUs = 73,728
     assert training_args.per_device_train_batch_size * data_args.block_size * 8 == 73_728
     assert training_args.max_grad_norm == 0.1 and training_args.optim == "sgd"

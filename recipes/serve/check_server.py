@@ -31,15 +31,14 @@ def served_completion(endpoint: str, model: str, prompt: str, max_tokens: int, t
 
 
 def reference_completion(reference: str, prompt: str, max_tokens: int) -> tuple[str, int]:
-    """Our model's greedy continuation (text, number of prompt tokens)."""
+    """Our model's greedy continuation (text, number of prompt tokens), ending at EOS like a server's."""
     model = load_model(reference).eval()
     tokenizer = AutoTokenizer.from_pretrained(reference)
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
-        out = model.generate(
-            ids, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False, pad_token_id=pad
-        )
+        # Up to max_tokens, stopping at the end-of-text token as servers do.
+        out = model.generate(ids, max_new_tokens=max_tokens, do_sample=False, pad_token_id=pad)
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True), ids.shape[1]
 
 

@@ -182,10 +182,6 @@ class DemoSettings:
             num_attention_heads=self.num_attention_heads,
             max_position_embeddings=self.block_size,
             position_encoding=encoding,
-            # BLOOM's LayerNorm on the token embeddings, for every model. Without it the sinusoidal baseline's
-            # position signal (norm sqrt(hidden/2) ~ 8) swamps token embeddings initialised at std 0.02 (norm ~0.2),
-            # and that model stays at unigram perplexity for the whole demo budget while the others learn.
-            embedding_layer_norm=True,
         )
 
 
@@ -351,8 +347,8 @@ def _markdown(result: DemoResult, stem: str) -> str:
             f"L = {s.block_size} for {s.steps} steps of {s.batch_size} x {s.block_size} = {tokens_per_step:,} tokens "
             f"({s.steps * tokens_per_step / 1e6:.2f}M tokens) on the offline English Wikipedia summaries (train split), "
             f"AdamW lr {s.learning_rate:g} with cosine decay, seed {s.seed}. Only `position_encoding` differs between "
-            "the models. Every model has a LayerNorm on its token embeddings (BLOOM's `embedding_layer_norm`), so a "
-            "sinusoidal position signal does not swamp the token signal."
+            "the models, and each is `AlibiConfig`'s default architecture (MPT's: no biases, no embedding LayerNorm), "
+            "so the ALiBi model exports to MPT and GGUF as it is (`alibi-lm export`)."
         ),
         "",
         (
