@@ -59,6 +59,12 @@ class AlibiConfig(PreTrainedConfig):
     - `"t5"`: a learned, bucketed relative bias per head shared by all layers (Raffel et al.).
     - `"none"`: no position information beyond the causal mask.
 
+    `alibi_window_cutoff` (T, default None: dense) makes ALiBi windowed: head h ignores every key
+    whose bias `-m_h * d` is below `-T`, i.e. it attends only to the `floor(T / m_h)` tokens before a
+    query, and the kernels skip the rest (flex per-head block sparsity, a blocked CPU/sdpa path).
+    Those keys weigh at most `exp(-T)` times the nearest one's, scores being equal; T = 20 changed
+    logits by ~1e-5 on a trained model. `alibi-lm window` measures what a cutoff drops on your data.
+
     By default the model has no biases (attention, MLP, LayerNorm) and no embedding LayerNorm: that is
     MPT's architecture, so every default model exports to MPT and GGUF (`alibi-lm export`) and is served
     by vLLM, TGI and llama.cpp, and it measured no worse than with biases (recipes/results/bias-free.md).
@@ -109,6 +115,7 @@ class AlibiConfig(PreTrainedConfig):
     max_position_embeddings: int = 512
     position_encoding: str = "alibi"
     alibi_max_bias: float = 8.0
+    alibi_window_cutoff: float | None = None
     rope_theta: float = 10000.0
     t5_num_buckets: int = 32
     t5_max_distance: int = 128
@@ -129,6 +136,22 @@ class AlibiConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         # Name every Auto class the folder supports; transformers itself adds only the saved class.
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+
+    @property
+    def _attn_implementation(self) -> str | None:
+        return self._attn_implementation_internal
+
+    @_attn_implementation.setter
+    def _attn_implementation(self, value: str | dict | None) -> None:
+        PreTrainedConfig._attn_implementation.fset(self, value)
+        # An attention implementation set from outside (`from_pretrained(attn_implementation=...)`, `_from_config`)
+        # is obeyed: the model's fused default applies only where none was chosen (see AlibiPreTrainedModel).
+        self._alibi_default_attention = False
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        output.pop("_alibi_default_attention", None)  # runtime state, not architecture
+        return output
 
     @property
     def head_dim(self) -> int:
@@ -183,6 +206,20 @@ class AlibiConfig(PreTrainedConfig):
             raise ValueError(
                 f"AlibiConfig.position_encoding='sinusoidal' needs an even hidden_size, got {self.hidden_size}."
             )
+        cutoff = self.alibi_window_cutoff
+        if cutoff is not None:
+            if (
+                isinstance(cutoff, bool)
+                or not isinstance(cutoff, (int, float))
+                or not math.isfinite(cutoff)
+                or cutoff <= 0
+            ):
+                raise ValueError(f"AlibiConfig.alibi_window_cutoff must be None or a positive number, got {cutoff!r}.")
+            if self.position_encoding != "alibi":
+                raise ValueError(
+                    "AlibiConfig.alibi_window_cutoff windows ALiBi's bias; it needs position_encoding='alibi', "
+                    f"got {self.position_encoding!r}."
+                )
         if self.hidden_act not in HIDDEN_ACTS:
             raise ValueError(f"AlibiConfig.hidden_act must be one of {HIDDEN_ACTS}, got {self.hidden_act!r}.")
 

@@ -25,6 +25,7 @@ from .configuration_alibi import AlibiConfig
 # isort: on
 import functools
 import importlib
+import importlib.util
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,6 +80,11 @@ def get_alibi_slopes(num_heads: int, max_bias: float = 8.0) -> torch.Tensor:
     return torch.tensor(slopes, dtype=torch.float32)
 
 
+def alibi_windows(slopes: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """`[H]` long: the largest distance `d` whose bias `-m_h * d` is still at least `-cutoff`, per head."""
+    return torch.floor(cutoff / slopes.double()).long()
+
+
 def t5_relative_position_bucket(distance: torch.Tensor, num_buckets: int, max_distance: int) -> torch.Tensor:
     """T5's causal bucketing of `distance = pos_q - pos_k >= 0` (Raffel et al. 2020, unidirectional)."""
     distance = distance.clamp(min=0)
@@ -113,11 +119,29 @@ class KeyOnlyAlibiBias:
 
 
 @dataclass
+class WindowedAlibi:
+    """The blocked sdpa path's "mask" for windowed ALiBi: each head's slope and window, nothing L x L.
+
+    Head h sees the `windows[h]` tokens before each query and itself. `windowed_alibi_attention`
+    cuts the queries into blocks and gives each block only the keys its window reaches, so a
+    head's cost is linear in L. Plain causal layouts (no padding, no documents) with Q == K only.
+    """
+
+    slopes: list[float]
+    windows: list[int]
+
+
+@dataclass
 class FlexAlibiMask:
-    """The flex_attention mask: a `BlockMask` plus the `score_mod` that adds the bias (no L x L tensor)."""
+    """The flex_attention mask: a `BlockMask` plus the `score_mod` that adds the bias (no L x L tensor).
+
+    `length`: the real sequence length when the mask was built for a longer, bucketed one (`flex_bucket`); the
+    attention function pads queries, keys and values to the mask's length and cuts the output back.
+    """
 
     block_mask: BlockMask
     score_mod: Callable | None
+    length: int | None = None
 
 
 @dataclass
@@ -126,6 +150,7 @@ class FlashAlibiMask:
     the slots flash-attn's varlen kernel keeps and the cumulative lengths of its sequences."""
 
     slopes: torch.Tensor | None
+    window: int = -1  # flash-attn's left window for every head (the widest ALiBi window); -1: unlimited
     query_valid: torch.Tensor | None = None  # [B, Q] bool; None: dense causal, the plain kernel
     key_valid: torch.Tensor | None = None  # [B, K] bool
     cu_seqlens_q: torch.Tensor | None = None  # [n + 1] int32
@@ -213,12 +238,45 @@ class AttentionLayout:
             keep = keep & (self.document_ids[b, kv_idx] == self.document_ids[b, q_slot])
         return keep | (kv_idx == q_slot)
 
+    def visible_within(
+        self, windows: torch.Tensor | None, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor
+    ) -> torch.Tensor:
+        """`visible`, and no farther than head h's window `windows[h]` (windowed ALiBi; None: no window)."""
+        keep = self.visible(b, h, q_idx, kv_idx)
+        if windows is None:
+            return keep
+        return keep & ((self.distance(b, q_idx, kv_idx) <= windows[h]) | (kv_idx == q_idx + self.past_length))
+
     def distance(self, b: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
         """`pos_q - pos_k` (long), on scalars or broadcast index tensors like `visible`."""
         q_slot = q_idx + self.past_length
         if self.key_positions is None:
             return q_slot - kv_idx
         return self.key_positions[b, q_slot] - self.key_positions[b, kv_idx]
+
+
+def flex_bucket(length: int) -> int:
+    """The length a flex_attention prefill runs at: the next power of two, at least 128 (flex's block).
+
+    flex_attention compiles once per shape (dynamic shapes hit an inductor C++ codegen error on the CPU in torch
+    2.13), and dynamo stops compiling a function after 8 shapes and silently runs the unfused path: a model that
+    prefills prompts of many lengths would end there. Bucketed, lengths up to 16,384 take at most 8 graphs.
+    """
+    return max(128, 1 << (length - 1).bit_length())
+
+
+def padded_layout(layout: AttentionLayout, length: int) -> AttentionLayout:
+    """`layout` (no cache, Q == K) grown to `length` slots. Real queries never see the new slots (they come after
+    every real token); the new queries see garbage, and their outputs are cut off."""
+    extra = length - layout.key_length
+
+    def grow(tensor: torch.Tensor | None, value: int | bool) -> torch.Tensor | None:
+        return None if tensor is None else F.pad(tensor, (0, extra), value=value)
+
+    return AttentionLayout(
+        layout.batch_size, length, length, 0, layout.device,
+        grow(layout.key_positions, 0), grow(layout.key_valid, False), grow(layout.document_ids, -1),
+    )  # fmt: skip
 
 
 def build_layout(
@@ -279,13 +337,18 @@ def custom_mask_layout(
 
 
 def build_dense_mask(
-    layout: AttentionLayout, bias: ScoreBias | None, num_heads: int, dtype: torch.dtype
+    layout: AttentionLayout,
+    bias: ScoreBias | None,
+    num_heads: int,
+    dtype: torch.dtype,
+    windows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The additive attention mask `[B or 1, H or 1, Q, K]` in `dtype`.
 
     Visible pairs hold the bias (`-m_h * (pos_q - pos_k)` for ALiBi); hidden pairs hold the dtype's
-    minimum. The bias is computed in fp32 from the relative distance and only then cast: adding
-    `m * pos_k` in bf16 loses whole units at long lengths.
+    minimum, as do keys beyond a head's `windows[h]` (windowed ALiBi). The bias is computed in fp32
+    from the relative distance and only then cast: adding `m * pos_k` in bf16 loses whole units at
+    long lengths.
     """
     # Index grids that broadcast to [B, H, Q, K], as transformers' masking_utils expands a mask_mod.
     batch, device = (1 if layout.is_plain else layout.batch_size), layout.device
@@ -293,13 +356,15 @@ def build_dense_mask(
     h = torch.arange(num_heads, device=device)[None, :, None, None]
     q_idx = torch.arange(layout.query_length, device=device)[None, None, :, None]
     kv_idx = torch.arange(layout.key_length, device=device)[None, None, None, :]
-    visible = layout.visible(b, h, q_idx, kv_idx)
+    visible = layout.visible_within(windows, b, h, q_idx, kv_idx)
     if bias is None:
         return torch.where(visible, 0.0, torch.finfo(dtype).min).to(dtype)
     return torch.where(visible, bias(h, layout.distance(b, q_idx, kv_idx)).to(dtype), torch.finfo(dtype).min)
 
 
-def flash_varlen_boundaries(layout: AttentionLayout, slopes: torch.Tensor | None = None) -> FlashAlibiMask:
+def flash_varlen_boundaries(
+    layout: AttentionLayout, slopes: torch.Tensor | None = None, window: int = -1
+) -> FlashAlibiMask:
     """Token indices and cumulative lengths for flash-attn's varlen kernel: one sequence per document and row.
 
     Keys are the real slots (`key_valid`, and at most the last query's slot); queries are the last Q
@@ -323,6 +388,7 @@ def flash_varlen_boundaries(layout: AttentionLayout, slopes: torch.Tensor | None
     seqlens_q = torch.bincount(sequence_index[query_valid[key_valid]], minlength=num_sequences)
     return FlashAlibiMask(
         slopes,
+        window,
         query_valid=query_valid[:, int(layout.past_length) : int(layout.past_length) + layout.query_length],
         key_valid=key_valid,
         cu_seqlens_q=F.pad(seqlens_q.cumsum(0, dtype=torch.int32), (1, 0)),
@@ -333,7 +399,7 @@ def flash_varlen_boundaries(layout: AttentionLayout, slopes: torch.Tensor | None
 
 
 # What `AlibiModel` hands every layer as `attention_mask`, by backend (None: plain causal attention).
-AlibiMask = torch.Tensor | KeyOnlyAlibiBias | FlexAlibiMask | FlashAlibiMask | None
+AlibiMask = torch.Tensor | KeyOnlyAlibiBias | WindowedAlibi | FlexAlibiMask | FlashAlibiMask | None
 
 # --- 2. Position encodings, norm and MLP ---------------------------------------------------
 
@@ -361,6 +427,10 @@ class NoPositionEncoding(nn.Module):
         """`[H]` fp32 slopes when the bias is linear in distance (flash-attn's `alibi_slopes`), else None."""
         return None
 
+    def windows(self, device: torch.device) -> torch.Tensor | None:
+        """`[H]` long: how far back each head looks (windowed ALiBi), or None for no limit."""
+        return None
+
 
 class AlibiPositionalBias(NoPositionEncoding):
     """ALiBi: head h adds `-m_h * distance` to its attention scores; no parameters."""
@@ -368,6 +438,7 @@ class AlibiPositionalBias(NoPositionEncoding):
     def __init__(self, config: AlibiConfig):
         super().__init__(config)
         self.num_heads, self.max_bias = config.num_attention_heads, config.alibi_max_bias
+        self.config = config  # alibi_window_cutoff is read at each forward, so it can be switched on a loaded model
         self.register_buffer("alibi_slopes", get_alibi_slopes(self.num_heads, self.max_bias), persistent=False)
 
     def slopes(self, device: torch.device) -> torch.Tensor:
@@ -380,6 +451,12 @@ class AlibiPositionalBias(NoPositionEncoding):
     def score_bias(self, key_length: int, device: torch.device) -> ScoreBias:
         slopes = self.slopes(device)
         return lambda head, distance: -slopes[head] * distance
+
+    def windows(self, device: torch.device) -> torch.Tensor | None:
+        cutoff = self.config.alibi_window_cutoff
+        if cutoff is None:
+            return None
+        return alibi_windows(get_alibi_slopes(self.num_heads, self.max_bias), cutoff).to(device)
 
 
 class T5RelativePositionalBias(NoPositionEncoding):
@@ -452,19 +529,78 @@ class AlibiMLP(nn.Module):
 # --- 3. Attention functions ----------------------------------------------------------------
 
 
+def windowed_block_size(window: int) -> int:
+    """Queries per block for a head that sees `window` tokens back: a quarter of the window, within [128, 1024]."""
+    return min(1024, max(128, window // 4))
+
+
+def windowed_alibi_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: WindowedAlibi, scaling: float, dropout: float
+) -> torch.Tensor:
+    """Causal windowed-ALiBi attention `[B, H, L, D]` in blocks, each seeing only the keys its window reaches.
+
+    For head h with window w and block size n, query block i (positions `[i n, (i + 1) n)`) attends to key
+    positions `[i n - w, (i + 1) n)`: w + n scores per query instead of the causal triangle's L / 2. The
+    bias-and-window pattern `[n, w + n]` is the same for every block, so it is built once per head. Blocks
+    whose span starts at or after position 0 go through one sdpa call (blocks as its head dimension, keys cut
+    out with `unfold`); the first `ceil(w / n)` blocks, whose span would start before 0, take one call each
+    with the pattern's last columns. Nothing is L x L: memory is O(L (w + n) / n) per head.
+    """
+    batch, heads, length, dim = query.shape
+    out = torch.empty_like(query)
+    for h in range(heads):
+        window = min(mask.windows[h], length - 1)
+        block = windowed_block_size(window)
+        span = window + block  # the keys one block of queries can reach
+        # pattern[i, j]: query i of a block on key j of its span, at distance d = i + window - j; visible iff
+        # 0 <= d <= window.
+        # (fp32 holds these integer distances exactly; the pattern is the one tensor quadratic in the window.)
+        arange = functools.partial(torch.arange, device=query.device, dtype=torch.float32)
+        d = arange(block)[:, None] + window - arange(span)
+        pattern = torch.where((d >= 0) & (d <= window), -mask.slopes[h] * d, float("-inf")).to(query.dtype)
+        del d
+        q, k, v = query[:, h], key[:, h], value[:, h]  # [B, L, D]
+        lead = min(-(-window // block), -(-length // block))  # blocks whose span starts before position 0
+        for i in range(lead):
+            start, stop = i * block, min(length, (i + 1) * block)
+            out[:, h, start:stop] = F.scaled_dot_product_attention(
+                q[:, start:stop], k[:, :stop], v[:, :stop],
+                attn_mask=pattern[: stop - start, window - start : window - start + stop],
+                dropout_p=dropout, scale=scaling,
+            )  # fmt: skip
+        first = lead * block
+        if first >= length:
+            continue
+        blocks = -(-(length - first) // block)
+        tail = blocks * block - (length - first)  # zero rows that fill the last block (hidden by causality)
+        # Keys and values from `first - window` on, cut into overlapping spans: [B, blocks, span, D].
+        k = F.pad(k[:, first - window :], (0, 0, 0, tail)).unfold(1, span, block).transpose(-1, -2)
+        v = F.pad(v[:, first - window :], (0, 0, 0, tail)).unfold(1, span, block).transpose(-1, -2)
+        q = F.pad(q[:, first:], (0, 0, 0, tail)).view(batch, blocks, block, dim)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=pattern, dropout_p=dropout, scale=scaling)
+        out[:, h, first:] = attended.reshape(batch, blocks * block, dim)[:, : length - first]
+    return out
+
+
 def sdpa_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    attention_mask: torch.Tensor | KeyOnlyAlibiBias | None,
+    attention_mask: torch.Tensor | KeyOnlyAlibiBias | WindowedAlibi | FlexAlibiMask | None,
     scaling: float,
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """`F.scaled_dot_product_attention` with the 4-D mask, the key-only bias plus `is_causal`, or `is_causal` alone."""
+    """`F.scaled_dot_product_attention` with the 4-D mask, the key-only bias plus `is_causal`, or `is_causal` alone;
+    windowed ALiBi in blocks; a flex mask (the fused default, `AlibiModel.fused_by_default`) goes to flex_attention."""
+    if isinstance(attention_mask, FlexAlibiMask):
+        return flex_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
     key = repeat_kv(key, module.num_key_value_groups)
     value = repeat_kv(value, module.num_key_value_groups)
+    if isinstance(attention_mask, WindowedAlibi):
+        attn_output = windowed_alibi_attention(query, key, value, attention_mask, scaling, dropout)
+        return attn_output.transpose(1, 2).contiguous(), None
     if isinstance(attention_mask, KeyOnlyAlibiBias):
         mask, is_causal = attention_mask.bias, True
     else:
@@ -477,12 +613,22 @@ def sdpa_attention_forward(
 
 
 @functools.cache
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def flex_compiles(device: torch.device) -> bool:
+    """Whether torch.compile can build flex_attention on `device`: inductor's CPU backend, or Triton on a GPU."""
+    return device.type == "cpu" or _has_triton()
+
+
+@functools.cache
 def compiled_flex_attention() -> Callable:
     """One compiled flex_attention for the process: a new compile per call site would recompile per shape."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    # Static shapes: each new (Q, K) compiles once. Automatic dynamic shapes hit an inductor C++
-    # codegen error on the CPU (torch 2.13), and training and evaluation use few fixed shapes.
+    # Static shapes, and few of them: multi-token forwards run at bucketed lengths (`flex_bucket`). Dynamic shapes
+    # hit an inductor C++ codegen error on the CPU (torch 2.13: `cur_qSplitSize1 was not declared`, GQA with padding).
     return torch.compile(flex_attention, dynamic=False)
 
 
@@ -506,9 +652,15 @@ def flex_attention_forward(
         )
     key = repeat_kv(key, module.num_key_value_groups)
     value = repeat_kv(value, module.num_key_value_groups)
+    length = attention_mask.length
+    if length is not None:  # the mask is for a bucketed length: pad to it, then cut the output back
+        pad = (0, 0, 0, attention_mask.block_mask.shape[-2] - length)
+        query, key, value = F.pad(query, pad), F.pad(key, pad), F.pad(value, pad)
     attn_output = compiled_flex_attention()(
         query, key, value, score_mod=attention_mask.score_mod, block_mask=attention_mask.block_mask, scale=scaling
     )
+    if length is not None:
+        attn_output = attn_output[:, :, :length]
     return attn_output.transpose(1, 2).contiguous(), None
 
 
@@ -531,14 +683,16 @@ def flash_attention_forward(
     mask = attention_mask
     if mask.query_valid is None:
         out = flash_attn.flash_attn_func(
-            q, k, v, dropout_p=dropout, softmax_scale=scaling, causal=True, alibi_slopes=mask.slopes
-        )
+            q, k, v, dropout_p=dropout, softmax_scale=scaling, causal=True, alibi_slopes=mask.slopes,
+            window_size=(mask.window, 0),
+        )  # fmt: skip
         return out, None
     # Bottom-right causal alignment inside each sequence: a document's queries are its last tokens.
     out_unpadded = flash_attn.flash_attn_varlen_func(
         q[mask.query_valid], k[mask.key_valid], v[mask.key_valid],
         mask.cu_seqlens_q, mask.cu_seqlens_k, mask.max_seqlen_q, mask.max_seqlen_k,
         dropout_p=dropout, softmax_scale=scaling, causal=True, alibi_slopes=mask.slopes,
+        window_size=(mask.window, 0),
     )  # fmt: skip
     out = q.new_zeros(*q.shape[:2], *out_unpadded.shape[1:])
     out[mask.query_valid] = out_unpadded
@@ -668,6 +822,27 @@ class AlibiPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True
     _can_record_outputs = {"hidden_states": AlibiDecoderLayer, "attentions": AlibiAttention}
 
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        """transformers' choice (sdpa when none is requested), remembering whether it was only the default.
+
+        With no `attn_implementation` given, sdpa would build a `[B, H, L, L]` ALiBi mask for every prefill and
+        training step; on the devices in `AlibiModel.fused_default_devices` the model then runs flex_attention
+        instead (see `AlibiModel.build_attention_mask`). A requested implementation is always obeyed.
+        """
+        implementation = super().get_correct_attn_implementation(requested_attention, is_init_check)
+        if requested_attention is None:
+            self.config._alibi_default_attention = implementation == "sdpa"
+        elif not is_init_check:  # set_attn_implementation(...): the user's choice
+            self.config._alibi_default_attention = False
+        # At init with a value: either the user's (the config setter cleared the flag) or the one the outer model
+        # resolved a moment ago for this inner one (the flag stands).
+        return implementation
+
+    def set_attn_implementation(self, attn_implementation: str | dict, **kwargs) -> None:
+        """transformers' method; the named implementation is then always obeyed, even sdpa when sdpa was the default."""
+        super().set_attn_implementation(attn_implementation, **kwargs)
+        self.config._alibi_default_attention = False
+
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, AlibiPositionalBias):
@@ -679,6 +854,9 @@ class AlibiModel(AlibiPreTrainedModel):
 
     # save_pretrained copies this file and configuration_alibi.py beside the weights (Hub remote code).
     _auto_class = "AutoModel"
+    # Devices where, with no attn_implementation given, multi-token forwards run flex_attention instead of sdpa
+    # with an L x L mask. The CPU keeps sdpa: its key-only fast path needs no mask, and flex compiles slowly there.
+    fused_default_devices: tuple[str, ...] = ("cuda",)
 
     def __init__(self, config: AlibiConfig):
         super().__init__(config)
@@ -746,14 +924,21 @@ class AlibiModel(AlibiPreTrainedModel):
         device = layout.device
         bias = self.position_encoding.score_bias(layout.key_length, device)
         slopes = self.position_encoding.slopes(device)
+        windows = self.position_encoding.windows(device)
         if implementation == "flash_attention_2":
             if (bias is not None and slopes is None) or layout.custom_visible is not None:
                 what = "a 4-D attention_mask" if layout.custom_visible is not None else self.config.position_encoding
                 raise ValueError(f"flash_attention_2 cannot take {what}; use sdpa, eager or flex_attention.")
-            return FlashAlibiMask(slopes) if layout.is_plain else flash_varlen_boundaries(layout, slopes)
+            # flash-attn has one window for all heads: the widest, so no head loses a key it would see.
+            window = int(windows.max()) if windows is not None else -1
+            return (
+                FlashAlibiMask(slopes, window) if layout.is_plain else flash_varlen_boundaries(layout, slopes, window)
+            )
         # A prepared 4-D mask is dense already: flex would save nothing, so it takes the sdpa path with it.
         if implementation == "flex_attention" and layout.query_length > 1 and layout.custom_visible is None:
-            return self.flex_mask(layout, bias)
+            return self.flex_mask(layout, bias, windows)
+        if self.fused_by_default(layout, bias):
+            return self.flex_mask(layout, bias, windows)  # sdpa_attention_forward hands it to flex_attention
         # Both sdpa-style kernels (flex decodes through sdpa) know `is_causal`; eager needs a tensor.
         if implementation in ("sdpa", "flex_attention") and layout.is_plain and not torch.compiler.is_compiling():
             every_key = layout.query_length == layout.key_length or (
@@ -761,8 +946,11 @@ class AlibiModel(AlibiPreTrainedModel):
             )
             if bias is None and every_key:
                 return None  # plain causal attention: sdpa's is_causal, or nothing to mask at all
+            if implementation == "sdpa" and windows is not None and layout.query_length == layout.key_length:
+                return WindowedAlibi(slopes.tolist(), windows.tolist())
             if (
                 implementation == "sdpa"
+                and windows is None
                 and slopes is not None
                 and bias is not None
                 and layout.query_length == layout.key_length
@@ -775,23 +963,56 @@ class AlibiModel(AlibiPreTrainedModel):
                     torch.arange(layout.key_length, device=device, dtype=torch.float32) - (layout.key_length - 1) / 2
                 )
                 return KeyOnlyAlibiBias(slopes[None, :, None, None] * keys[None, None, None, :])
-        return build_dense_mask(layout, bias, self.config.num_attention_heads, dtype)
+        return build_dense_mask(layout, bias, self.config.num_attention_heads, dtype, windows)
 
-    def flex_mask(self, layout: AttentionLayout, bias: ScoreBias | None) -> FlexAlibiMask:
-        """A `BlockMask` from `layout.visible` (cached per shape when plain) and a `score_mod` adding the bias."""
+    def fused_by_default(self, layout: AttentionLayout, bias: ScoreBias | None) -> bool:
+        """Whether this forward runs flex_attention although the backend is sdpa.
+
+        Only where sdpa is transformers' default rather than the user's choice, on a device of
+        `fused_default_devices` where flex compiles, for a bias sdpa would need an L x L mask for (every
+        multi-token forward: prefill, training, scoring); never with a prepared 4-D mask or attention dropout
+        (flex has none). One-token decoding steps keep sdpa with the small `[B, H, 1, K]` mask.
+        """
+        return (
+            self.config._attn_implementation == "sdpa"
+            and getattr(self.config, "_alibi_default_attention", False)
+            and layout.device.type in self.fused_default_devices
+            and layout.query_length > 1
+            and layout.custom_visible is None
+            and bias is not None
+            and not (self.training and self.config.attention_dropout > 0)
+            and flex_compiles(layout.device)
+        )
+
+    def flex_mask(
+        self, layout: AttentionLayout, bias: ScoreBias | None, windows: torch.Tensor | None = None
+    ) -> FlexAlibiMask:
+        """A `BlockMask` from `layout.visible` (cached per shape when plain) and a `score_mod` adding the bias.
+
+        With windowed ALiBi the `BlockMask` is per head: each head's blocks past its window are skipped.
+        """
+        length = None
+        bucketed = flex_bucket(layout.query_length)
+        if (
+            layout.query_length == layout.key_length
+            and bucketed != layout.query_length
+            and not torch.compiler.is_compiling()
+        ):
+            length, layout = layout.query_length, padded_layout(layout, bucketed)
         # Uncompiled, create_block_mask evaluates mask_mod on the whole Q x K grid; compiled it does
         # not, but compiling costs seconds per shape, so only long sequences pay for it.
         shape = (layout.query_length, layout.key_length)
         compile_mask = shape[0] * shape[1] >= 2048 * 2048
-        cache_key = (*shape, int(layout.past_length), layout.device)
+        cache_key = (*shape, int(layout.past_length), layout.device, self.config.alibi_window_cutoff)
         block_mask = self._block_mask_cache.get(cache_key) if layout.is_plain else None
         if block_mask is None:
 
             def mask_mod(b, h, q_idx, kv_idx):  # create_block_mask takes functions, not bound methods
-                return layout.visible(b, h, q_idx, kv_idx)
+                return layout.visible_within(windows, b, h, q_idx, kv_idx)
 
             batch = None if layout.is_plain else layout.batch_size
-            block_mask = create_block_mask(mask_mod, batch, None, *shape, device=layout.device, _compile=compile_mask)
+            heads = None if windows is None else self.config.num_attention_heads
+            block_mask = create_block_mask(mask_mod, batch, heads, *shape, device=layout.device, _compile=compile_mask)
             if layout.is_plain:
                 if len(self._block_mask_cache) > 16:
                     self._block_mask_cache.clear()
@@ -800,7 +1021,7 @@ class AlibiModel(AlibiPreTrainedModel):
         def score_mod(score, b, h, q_idx, kv_idx):
             return score + bias(h, layout.distance(b, q_idx, kv_idx))
 
-        return FlexAlibiMask(block_mask, score_mod if bias is not None else None)
+        return FlexAlibiMask(block_mask, score_mod if bias is not None else None, length)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @capture_outputs

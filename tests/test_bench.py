@@ -166,7 +166,7 @@ def test_every_target_names_a_measurement_of_its_preset(name):
 
 def test_unknown_preset_is_a_clear_error(capsys):
     with pytest.raises(
-        ValueError, match="Unknown bench preset 'huge'; choose one of tiny, cpu-small, cpu-demo, gpu-350m"
+        ValueError, match="Unknown bench preset 'huge'; choose one of tiny, cpu-small, cpu-demo, cpu-long, gpu-350m"
     ):
         bench.get_preset("huge")
     assert "Unknown bench preset 'huge'" in cli_error(["bench", "--preset", "huge"], capsys)

@@ -132,6 +132,10 @@ def test_refusal_lists_every_field_that_does_not_fit():
         "intermediate_size",
         "tie_word_embeddings",
     ]
+    # Windowed ALiBi drops far keys; MPT and BLOOM see all of them.
+    assert [p.split("=")[0] for p in export_problems(AlibiConfig(alibi_window_cutoff=20), "mpt")] == [
+        "alibi_window_cutoff"
+    ]
     # The default config is MPT's architecture (exportable as it is); BLOOM wants the tanh GELU, biases everywhere and
     # the embedding LayerNorm.
     assert export_problems(AlibiConfig(), "mpt") == []

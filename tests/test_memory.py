@@ -15,13 +15,17 @@ CASES = [
     ("sdpa", LENGTH, False),  # the CPU key-only fast path
     ("flex_attention", LENGTH, False),
     ("flex_attention", LENGTH, True),
+    ("default-on-a-gpu-path", LENGTH, False),  # no attn_implementation, the CPU standing in for CUDA: flex
+    ("sdpa-windowed", LENGTH, False),  # windowed ALiBi (cutoff 8: windows 32 ... 2,048), the blocked path
 ]
 
 PROBE = textwrap.dedent(
     """
     import json, sys
     import torch
-    from tests.tiny import random_ids, tiny_model
+    from alibi_lm import AlibiForCausalLM
+    from alibi_lm.modeling.modeling_alibi import AlibiModel
+    from tests.tiny import random_ids, tiny_config, tiny_model
 
     def status(field):
         for line in open("/proc/self/status"):
@@ -30,7 +34,14 @@ PROBE = textwrap.dedent(
 
     peaks = {}
     for backend, length, padded in json.loads(sys.argv[1]):
-        model = tiny_model(attn_implementation=backend, num_attention_heads=8, hidden_size=64)
+        size = dict(num_attention_heads=8, hidden_size=64)
+        if backend == "default-on-a-gpu-path":
+            AlibiModel.fused_default_devices = ("cuda", "cpu")
+            model = AlibiForCausalLM(tiny_config(**size)).eval()
+        elif backend == "sdpa-windowed":
+            model = tiny_model(attn_implementation="sdpa", alibi_window_cutoff=8.0, **size)
+        else:
+            model = tiny_model(attn_implementation=backend, **size)
         ids = random_ids(1, length)
         mask = torch.ones_like(ids)
         if padded:
@@ -76,3 +87,13 @@ def test_cpu_fast_path_builds_no_mask(peaks):
 @pytest.mark.parametrize("padded", [False, True])
 def test_flex_attention_builds_no_length_squared_tensor(peaks, padded):
     assert peaks[f"flex_attention-{LENGTH}-{padded}"] < LINEAR_BOUND_MIB
+
+
+def test_the_default_backend_on_a_gpu_path_builds_no_length_squared_tensor(peaks):
+    assert peaks[f"default-on-a-gpu-path-{LENGTH}-False"] < LINEAR_BOUND_MIB
+
+
+def test_windowed_alibi_builds_no_length_squared_tensor(peaks):
+    # Per head O(L (w + n) / n) plus one n x (w + n) bias pattern: 512 x 2,560 for the widest head here (window
+    # 2,048); a window of 5,120 (cutoff 20 with 8 heads) would make that pattern 24 MiB, independent of L.
+    assert peaks[f"sdpa-windowed-{LENGTH}-False"] < LINEAR_BOUND_MIB

@@ -72,9 +72,13 @@ OUR_BACKENDS = ("eager", "sdpa", "flex_attention", "flash_attention_2")
 # What transformers 5.24 lets each baseline build: Bloom and MPT raise for sdpa and flex_attention, Falcon
 # raises for flex_attention, and Falcon's flash_attention_2 raises "`alibi` is not supported".
 BASELINE_BACKENDS = {"bloom": ("eager",), "mpt": ("eager",), "falcon": ("eager", "sdpa")}
-FAMILIES = ("alibi", "none", *BASELINE_BACKENDS)
+OURS = ("alibi", "windowed", "none")
+FAMILIES = (*OURS, *BASELINE_BACKENDS)
+# What a preset runs unless it names its own families: windowed ALiBi only pays off at long lengths (cpu-long).
+DEFAULT_FAMILIES = tuple(f for f in FAMILIES if f != "windowed")
 LABELS = {
     "alibi": "alibi-lm",
+    "windowed": "alibi-lm, windowed",
     "none": "alibi-lm, no bias",
     "bloom": "Bloom",
     "mpt": "MPT",
@@ -87,7 +91,7 @@ CLOCKS = ("wall", "cpu")
 def build_model(family: str, backend: str, preset: Preset, device: torch.device) -> PreTrainedModel:
     """One model of `family` at the preset's size, seeded, on `device` in the preset's dtype."""
     h, layers, heads, vocab = preset.hidden_size, preset.num_layers, preset.num_heads, preset.vocab_size
-    if family in ("alibi", "none"):
+    if family in OURS:
         train_length = max((length for _, length in preset.train_shapes), default=512)
         config = AlibiConfig(
             vocab_size=vocab,
@@ -96,7 +100,8 @@ def build_model(family: str, backend: str, preset: Preset, device: torch.device)
             num_attention_heads=heads,
             intermediate_size=4 * h,
             max_position_embeddings=train_length,
-            position_encoding="alibi" if family == "alibi" else "none",
+            position_encoding="none" if family == "none" else "alibi",
+            alibi_window_cutoff=preset.window_cutoff if family == "windowed" else None,
         )
         cls: type[PreTrainedModel] = AlibiForCausalLM
     elif family == "bloom":
@@ -382,7 +387,7 @@ def _rows_from(
 def run_bench(
     preset: Preset,
     device: torch.device,
-    families: tuple[str, ...] = FAMILIES,
+    families: tuple[str, ...] = DEFAULT_FAMILIES,
     static_decode: str = "compile",
     show_progress: bool = True,
     clock: str = "wall",
@@ -427,7 +432,7 @@ def run_bench(
 
     def chosen(kind: str) -> dict[str, Subject]:
         ours = _our_backends(kind, device, preset.backends)
-        return {k: s for k, s in subjects.items() if s.family not in ("alibi", "none") or s.backend in ours}
+        return {k: s for k, s in subjects.items() if s.family not in OURS or s.backend in ours}
 
     plan = measurement_plan(preset)
     total = sum(len(chosen(step["kind"])) * (1 + preset.repeats) for step in plan)
@@ -508,7 +513,7 @@ def run(args: argparse.Namespace) -> int:
     preset = get_preset(args.preset)
     device = _resolve_device(args.device, preset)
     backends = _parse_list(args.backends, OUR_BACKENDS, "backend")
-    families = _parse_list(args.models, FAMILIES, "model") or FAMILIES
+    families = _parse_list(args.models, FAMILIES, "model") or preset.families or DEFAULT_FAMILIES
     if backends:
         preset = replace(preset, backends=backends)
     if args.repeats is not None:

@@ -16,14 +16,16 @@ class Target:
 
     measurement: str  # a measurement name, e.g. "train 1x2048", "prefill 4096", "decode"
     metric: str  # "speed" (tokens/s) or "memory" (peak bytes)
-    reference: str | None  # "bloom", "falcon", "no_bias", or None for an absolute bound in bytes
+    reference: str | None  # "bloom", "falcon", "no_bias", "dense", or None for an absolute bound in bytes
     op: str  # ">=" or "<="
     threshold: float
+    family: str = "alibi"  # whose rows: "alibi" (dense) or "windowed"
 
     def describe(self) -> str:
+        who = "" if self.family == "alibi" else f"{self.family} "
         if self.reference is None:
-            return f"{self.measurement}: {self.metric} {self.op} {self.threshold / 2**30:g} GiB"
-        return f"{self.measurement}: {self.metric} vs {self.reference} {self.op} {self.threshold:g}x"
+            return f"{self.measurement}: {who}{self.metric} {self.op} {self.threshold / 2**30:g} GiB"
+        return f"{self.measurement}: {who}{self.metric} vs {self.reference} {self.op} {self.threshold:g}x"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class Preset:
     repeats: int = 3
     warmup: int = 1
     targets: tuple[Target, ...] = ()
+    families: tuple[str, ...] | None = None  # the models run by default (None: all but windowed ALiBi)
+    window_cutoff: float = 20.0  # the windowed model's alibi_window_cutoff
 
 
 def _cpu_small_targets() -> tuple[Target, ...]:
@@ -116,6 +120,29 @@ PRESETS: dict[str, Preset] = {
         backends=("eager", "sdpa"),
         repeats=7,
         targets=(Target("train 16x64", "speed", "no_bias", ">=", 0.95),),
+    ),
+    # The demo's model at long prompts: windowed ALiBi (cutoff 20: windows 40 ... 5,120 tokens for slopes 1/2 ...
+    # 1/256) against dense ALiBi and dense causal attention with no bias. Bloom, MPT and Falcon would build a
+    # 137 GB L x L tensor at 65,536 tokens, so they are left out.
+    "cpu-long": Preset(
+        hidden_size=128,
+        num_layers=2,
+        num_heads=8,
+        vocab_size=2048,
+        dtype="float32",
+        train_shapes=((1, 4096),),
+        prefill_lengths=(4096, 16384, 65536),
+        decode_prompt=4096,
+        decode_new_tokens=64,
+        backends=("sdpa",),
+        repeats=2,
+        warmup=0,  # nothing compiles; a 65,536-token forward of a dense model takes over a minute
+        families=("alibi", "windowed", "none"),
+        targets=(
+            Target("prefill 16384", "speed", "no_bias", ">=", 1.5, family="windowed"),
+            Target("prefill 65536", "speed", "no_bias", ">=", 1.5, family="windowed"),
+            Target("train 1x4096", "speed", "no_bias", ">=", 0.95, family="windowed"),
+        ),
     ),
     # ~350M parameters (24 x 12 x 1024^2 + 50304 x 1024 tied), bf16, sized to finish in ~6 minutes on an H200.
     # Our eager backend is left out: it is Bloom's L x L algorithm and would only spend the time budget.

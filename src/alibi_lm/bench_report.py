@@ -34,9 +34,11 @@ class Row:
     vs_bloom: float | None = None  # tokens/s ratio
     vs_falcon: float | None = None
     vs_no_bias: float | None = None
+    vs_dense: float | None = None  # windowed ALiBi over dense ALiBi on the same backend
     mem_vs_bloom: float | None = None  # peak-memory ratio
     mem_vs_falcon: float | None = None
     mem_vs_no_bias: float | None = None
+    mem_vs_dense: float | None = None
     vs_dynamic: float | None = None  # static-cache decoding over the dynamic cache
     same_tokens: bool | None = None
 
@@ -44,7 +46,8 @@ class Row:
 def add_ratios(rows: list[Row]) -> None:
     """Fill the speed and memory ratios of each row against Bloom, the fastest Falcon, and our no-bias model.
 
-    The no-bias reference of a row is our `position_encoding="none"` model on the same backend (and cache).
+    The no-bias reference of a row is our `position_encoding="none"` model on the same backend (and cache); the
+    dense reference of a windowed-ALiBi row is our dense ALiBi model on the same backend.
     """
 
     def ok(row: Row) -> bool:
@@ -61,16 +64,20 @@ def add_ratios(rows: list[Row]) -> None:
         for row in group:
             if not ok(row):
                 continue
-            no_bias = next(
-                (
-                    r
-                    for r in group
-                    if r.family == "none" and r.backend == row.backend and r.cache == row.cache and ok(r)
-                ),
-                None,
-            )
-            for name, ref in (("bloom", bloom), ("falcon", falcon), ("no_bias", no_bias)):
-                if ref is None or (name == "no_bias" and row.family not in ("alibi", "none")):
+
+            def twin(family: str, row: Row = row, group: list[Row] = group) -> Row | None:
+                return next(
+                    (
+                        r
+                        for r in group
+                        if r.family == family and r.backend == row.backend and r.cache == row.cache and ok(r)
+                    ),
+                    None,
+                )
+
+            dense = twin("alibi") if row.family == "windowed" else None
+            for name, ref in (("bloom", bloom), ("falcon", falcon), ("no_bias", twin("none")), ("dense", dense)):
+                if ref is None or (name == "no_bias" and row.family not in ("alibi", "windowed", "none")):
                     continue
                 setattr(row, f"vs_{name}", row.tokens_per_s / ref.tokens_per_s)
                 if row.peak_bytes and ref.peak_bytes:
@@ -85,11 +92,11 @@ def add_ratios(rows: list[Row]) -> None:
 
 
 def check_targets(rows: list[Row], targets: tuple[Target, ...]) -> list[dict[str, Any]]:
-    """Evaluate each target on the best of our ALiBi rows (fastest for speed, smallest for memory)."""
+    """Evaluate each target on the best of its family's rows (fastest for speed, smallest for memory)."""
     results = []
     for target in targets:
         candidates = [
-            r for r in rows if r.family == "alibi" and r.error is None and r.measurement == target.measurement
+            r for r in rows if r.family == target.family and r.error is None and r.measurement == target.measurement
         ]
         if target.metric == "speed":
             candidates = [r for r in candidates if r.tokens_per_s is not None]
@@ -144,21 +151,21 @@ def to_markdown(report: dict[str, Any]) -> str:
         kind = rows[0]["kind"]
         if kind == "decode":
             title = f"Decoding: batch 1, {rows[0]['length']}-token prompt, {rows[0]['tokens']} new tokens, greedy"
-            header = "| model | backend | cache | ms/token | tokens/s | ×Bloom | ×Falcon-alibi | ×no-bias | ×dynamic | same tokens |"
+            header = "| model | backend | cache | ms/token | tokens/s | ×Bloom | ×Falcon-alibi | ×no-bias | ×dense | ×dynamic | same tokens |"
         else:
             title = (
                 f"Training step (forward + backward), {rows[0]['batch']} × {rows[0]['length']} tokens"
                 if kind == "train"
                 else f"Prefill of {rows[0]['length']} tokens (no grad, no KV cache, last-position logits)"
             )
-            header = "| model | backend | ms | tokens/s | peak MiB | ×Bloom | ×Falcon-alibi | ×no-bias | mem/Bloom | mem/Falcon-alibi | mem/no-bias |"
+            header = "| model | backend | ms | tokens/s | peak MiB | ×Bloom | ×Falcon-alibi | ×no-bias | ×dense | mem/Bloom | mem/Falcon-alibi | mem/no-bias |"
         lines += ["", f"## {title}", "", header, "|" + "---|" * (header.count("|") - 1)]
         for r in rows:
             if r["error"] is not None:
                 cells = [r["label"], r["backend"]] + ([r["cache"]] if kind == "decode" else []) + [r["error"]]
                 lines.append("| " + " | ".join(cells) + " |")
                 continue
-            speed = [_fmt(r[k], ".2f", "×") for k in ("vs_bloom", "vs_falcon", "vs_no_bias")]
+            speed = [_fmt(r.get(k), ".2f", "×") for k in ("vs_bloom", "vs_falcon", "vs_no_bias", "vs_dense")]
             recompiled = f" ({r['recompiles']} recompiles!)" if r["recompiles"] else ""
             if kind == "decode":
                 same = "—" if r["same_tokens"] is None else ("yes" if r["same_tokens"] else "NO")

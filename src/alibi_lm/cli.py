@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, str] = {
     "export": "alibi_lm.export",
     "generate": "alibi_lm.generate",
     "verify": "alibi_lm.integrity",
+    "window": "alibi_lm.window",
 }
 DEBUG_ENV = "ALIBI_LM_DEBUG"
 # Errors whose message says it all; any other type is named in front of its message.

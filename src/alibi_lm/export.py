@@ -13,6 +13,7 @@ Each target reproduces a subset of `AlibiConfig`:
 | field | MPT | BLOOM |
 |---|---|---|
 | `position_encoding` | `alibi`, `alibi_max_bias` 8 | `alibi`, `alibi_max_bias` 8 |
+| `alibi_window_cutoff` | None (dense) | None (dense) |
 | attention | multi-head (`num_key_value_heads` = `num_attention_heads`) | multi-head |
 | `hidden_act` | `gelu` (exact) | `gelu_pytorch_tanh` / `gelu_new` (tanh) |
 | biases (attention, MLP, LayerNorm) | none | all |
@@ -68,6 +69,7 @@ def export_problems(config: AlibiConfig, target: str) -> list[str]:
 
     need(config.position_encoding == "alibi", "position_encoding", "'alibi'")
     need(math.isclose(config.alibi_max_bias, ENGINE_MAX_BIAS), "alibi_max_bias", "8.0, which its ALiBi fixes")
+    need(config.alibi_window_cutoff is None, "alibi_window_cutoff", "None: its ALiBi sees every key")
     need(
         config.num_key_value_heads == config.num_attention_heads,
         "num_key_value_heads",

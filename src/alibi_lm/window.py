@@ -1,0 +1,247 @@
+"""Windowed ALiBi: what a bias cutoff drops, measured against dense ALiBi on held-out text.
+
+    alibi-lm window MODEL [--cutoffs 12 20 40] [--multiples 1 16 64] [--data wikipedia] [--json FILE] [--markdown FILE]
+
+With `alibi_window_cutoff = T` head h ignores keys more than `floor(T / m_h)` tokens back, whose bias is below
+`-T`; the kernels then skip them (see `AlibiConfig`). Whether T is safe depends on the model's scores, so this
+command measures, for each cutoff, on the same held-out tokens:
+
+- the largest attention mass the window drops: dense eager attention probabilities summed past each head's window,
+  the maximum over layers, heads and queries, at 16 x the training length;
+- the largest logit difference from dense ALiBi at each multiple of the training length;
+- the perplexity at 16 x L, dense and windowed, and their relative difference;
+- whether cached greedy generation to 8 x L gives the same tokens.
+
+The windowed forward is the one users get (the blocked sdpa path on a plain sequence); dense is the model with
+the cutoff switched off. Use the largest T that keeps the figures inside your tolerance, then
+`AutoModelForCausalLM.from_pretrained(DIR, alibi_window_cutoff=T)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .evaluation import _heldout_wikipedia, _texts_from_file, load_model_and_tokenizer, tokenize_texts
+from .modeling.modeling_alibi import alibi_windows, get_alibi_slopes
+
+DEFAULT_CUTOFFS = (12.0, 20.0, 40.0)
+DEFAULT_MULTIPLES = (1, 16, 64)
+
+
+@dataclass
+class CutoffReport:
+    """What one cutoff T changes against dense ALiBi."""
+
+    cutoff: float
+    windows: list[int]  # per head, in tokens
+    max_dropped_mass: float  # largest attention mass past a window (dense eager attention, up to 4 chunks)
+    max_logit_diff: dict[int, float]  # evaluation length -> largest |logit difference|
+    ppl_dense: float
+    ppl_windowed: float
+    greedy_identical: bool
+    greedy_first_difference: int | None = None  # index of the first differing generated token
+
+    @property
+    def ppl_relative_diff(self) -> float:
+        return (self.ppl_windowed - self.ppl_dense) / self.ppl_dense
+
+
+@dataclass
+class WindowReport:
+    model: str
+    training_length: int
+    slopes: list[float]
+    eval_tokens: int
+    ppl_length: int
+    generate_tokens: int
+    cutoffs: list[CutoffReport] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for row, cutoff in zip(data["cutoffs"], self.cutoffs):
+            row["ppl_relative_diff"] = cutoff.ppl_relative_diff
+        return data
+
+    def to_markdown(self) -> str:
+        lengths = sorted(self.cutoffs[0].max_logit_diff) if self.cutoffs else []
+        head = ["cutoff T", "windows (tokens, per head)", "max dropped mass"]
+        head += [f"max logit diff @ {n}" for n in lengths]
+        head += [f"ppl @ {self.ppl_length} dense", "windowed", "relative", f"greedy to {self.generate_tokens}"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+        for c in self.cutoffs:
+            greedy = "identical" if c.greedy_identical else f"differs at token {c.greedy_first_difference}"
+            row = [f"{c.cutoff:g}", ", ".join(map(str, c.windows)), f"{c.max_dropped_mass:.1e}"]
+            row += [f"{c.max_logit_diff[n]:.1e}" for n in lengths]
+            row += [f"{c.ppl_dense:.4f}", f"{c.ppl_windowed:.4f}", f"{c.ppl_relative_diff:+.4%}", greedy]
+            lines.append("| " + " | ".join(row) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def _windowed(model: torch.nn.Module, cutoff: float | None) -> None:
+    model.config.alibi_window_cutoff = cutoff  # read at every forward
+
+
+def dropped_attention_mass(model: torch.nn.Module, chunk: torch.Tensor, windows: torch.Tensor) -> float:
+    """Largest softmax mass past each head's window over layers, heads and queries of dense `[1, n]` attention."""
+    implementation = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            attentions = model(chunk, output_attentions=True).attentions  # layers x [1, H, n, n]
+    finally:
+        model.set_attn_implementation(implementation)
+    n = chunk.shape[1]
+    distance = torch.arange(n)[:, None] - torch.arange(n)[None, :]  # [n, n]
+    beyond = distance[None] > windows.cpu()[:, None, None]  # [H, n, n]
+    return max(float((attention[0].float().cpu() * beyond).sum(-1).max()) for attention in attentions)
+
+
+def _nll(model: torch.nn.Module, chunks: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    """Logits of `chunks` [C, n] (one forward per chunk) and their summed next-token NLL and token count."""
+    logits, total, count = [], 0.0, 0
+    with torch.no_grad():
+        for chunk in chunks:
+            out = model(chunk[None]).logits.float()
+            logits.append(out)
+            total += float(torch.nn.functional.cross_entropy(out[0, :-1], chunk[1:], reduction="sum"))
+            count += chunk.numel() - 1
+    return torch.cat(logits), total, count
+
+
+def _greedy(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    with torch.no_grad():
+        return model.generate(
+            prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0
+        )[0, prompt.shape[1] :]
+
+
+def measure_cutoffs(
+    model: torch.nn.Module,
+    token_ids: torch.Tensor,
+    cutoffs: Sequence[float] = DEFAULT_CUTOFFS,
+    multiples: Sequence[int] = DEFAULT_MULTIPLES,
+    ppl_multiple: int = 16,
+    generate_multiple: int = 8,
+    max_eval_tokens: int = 16_384,
+    model_name: str = "model",
+    progress: bool = True,
+) -> WindowReport:
+    """Measure each cutoff against dense ALiBi on `token_ids` [N] (see the module docstring)."""
+    config = model.config
+    if getattr(config, "position_encoding", None) != "alibi":
+        raise ValueError(f"{model_name}: windowed ALiBi needs an ALiBi model, got position_encoding="
+                         f"{getattr(config, 'position_encoding', None)!r}.")  # fmt: skip
+    if not cutoffs or any(not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0) for t in cutoffs):
+        raise ValueError(f"cutoffs must be positive numbers, got {cutoffs}.")
+    training_length = config.max_position_embeddings
+    lengths = sorted({training_length * m for m in [*multiples, ppl_multiple]})
+    if token_ids.numel() < max(lengths):
+        raise ValueError(
+            f"the text has {token_ids.numel()} tokens, fewer than the longest evaluation length {max(lengths)}."
+        )
+    model.eval()
+    slopes = get_alibi_slopes(config.num_attention_heads, config.alibi_max_bias)
+    ppl_length = training_length * ppl_multiple
+
+    def chunks_of(n: int) -> torch.Tensor:
+        count = max(1, min(token_ids.numel(), max_eval_tokens) // n)
+        return token_ids[: count * n].view(count, n)
+
+    _windowed(model, None)
+    dense = {}
+    for n in tqdm(lengths, desc="dense ALiBi", disable=not progress):
+        dense[n] = _nll(model, chunks_of(n))
+    prompt = token_ids[None, : max(1, training_length // 2)]
+    new_tokens = generate_multiple * training_length - prompt.shape[1]
+    dense_tokens = _greedy(model, prompt, new_tokens)
+
+    report = WindowReport(
+        model_name, training_length, slopes.tolist(), min(token_ids.numel(), max_eval_tokens), ppl_length,
+        generate_multiple * training_length,
+    )  # fmt: skip
+    try:
+        for cutoff in tqdm(cutoffs, desc="cutoffs", disable=not progress):
+            windows = alibi_windows(slopes, cutoff)
+            mass = max(dropped_attention_mass(model, chunk[None], windows) for chunk in chunks_of(ppl_length)[:4])
+            _windowed(model, cutoff)
+            diffs, ppl_windowed = {}, math.nan
+            for n in lengths:
+                logits, total, count = _nll(model, chunks_of(n))
+                if n in (training_length * m for m in multiples):
+                    diffs[n] = float((logits - dense[n][0]).abs().max())
+                if n == ppl_length:
+                    ppl_windowed = math.exp(total / count)
+            tokens = _greedy(model, prompt, new_tokens)
+            differs = (tokens != dense_tokens).nonzero()
+            _windowed(model, None)
+            _, dense_total, dense_count = dense[ppl_length]
+            report.cutoffs.append(
+                CutoffReport(
+                    cutoff=float(cutoff),
+                    windows=windows.tolist(),
+                    max_dropped_mass=mass,
+                    max_logit_diff=diffs,
+                    ppl_dense=math.exp(dense_total / dense_count),
+                    ppl_windowed=ppl_windowed,
+                    greedy_identical=differs.numel() == 0,
+                    greedy_first_difference=int(differs[0]) if differs.numel() else None,
+                )
+            )
+    finally:
+        _windowed(model, None)
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    if not Path(args.model).is_dir():
+        raise FileNotFoundError(f"model folder not found: {args.model}")
+    model, tokenizer = load_model_and_tokenizer(args.model, args.device)
+    texts = _heldout_wikipedia() if args.data == "wikipedia" else _texts_from_file(args.data)
+    report = measure_cutoffs(
+        model,
+        tokenize_texts(texts, tokenizer),
+        cutoffs=args.cutoffs,
+        multiples=args.multiples,
+        max_eval_tokens=args.max_eval_tokens,
+        model_name=args.model,
+        progress=not args.no_progress,
+    )
+    markdown = report.to_markdown()
+    print(markdown, end="")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown)
+    return 0
+
+
+def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "window",
+        help="measure what windowed ALiBi (alibi_window_cutoff) changes against dense ALiBi",
+        description=__doc__.splitlines()[0],
+    )
+    parser.add_argument("model", metavar="MODEL", help="an ALiBi model folder written by save_pretrained")
+    parser.add_argument("--cutoffs", type=float, nargs="+", default=list(DEFAULT_CUTOFFS), help="values of T")
+    parser.add_argument(
+        "--multiples", type=int, nargs="+", default=list(DEFAULT_MULTIPLES), help="x training length for logits"
+    )
+    parser.add_argument("--data", default="wikipedia", help="a .txt/.json/.jsonl file, or 'wikipedia' (default)")
+    parser.add_argument("--max-eval-tokens", type=int, default=16_384, help="held-out tokens per length")
+    parser.add_argument("--device", help="default: cpu")
+    parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--markdown", metavar="FILE")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=run)
+
+
+__all__ = ["CutoffReport", "WindowReport", "dropped_attention_mass", "measure_cutoffs"]

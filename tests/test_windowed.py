@@ -1,0 +1,165 @@
+"""Windowed ALiBi (`alibi_window_cutoff`): head h sees only the floor(T / m_h) tokens before a query.
+
+The blocked sdpa path, the dense eager mask and flex's per-head BlockMask must compute the same function, which
+a naive reference written here defines; a cutoff wider than the sequence must give dense ALiBi exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from alibi_lm import AlibiConfig, AlibiForCausalLM
+from alibi_lm.modeling.modeling_alibi import (
+    WindowedAlibi,
+    alibi_windows,
+    get_alibi_slopes,
+    windowed_alibi_attention,
+)
+from tests.tiny import random_ids, tiny_config, tiny_model
+
+
+def naive_windowed_attention(q, k, v, slopes, windows, scale):
+    """softmax(q k^T * scale - m_h d) v over keys with 0 <= d <= w_h, one head and one query at a time."""
+    batch, heads, length, _ = q.shape
+    out = torch.zeros_like(q)
+    for b in range(batch):
+        for h in range(heads):
+            for i in range(length):
+                lo = max(0, i - windows[h])
+                scores = (k[b, h, lo : i + 1] @ q[b, h, i]) * scale - slopes[h] * torch.arange(i - lo, -1, -1.0)
+                out[b, h, i] = scores.softmax(-1) @ v[b, h, lo : i + 1]
+    return out
+
+
+def test_windows_follow_from_slope_and_cutoff():
+    slopes = get_alibi_slopes(8)  # 1/2 ... 1/256
+    assert alibi_windows(slopes, 20).tolist() == [40, 80, 160, 320, 640, 1280, 2560, 5120]
+    assert alibi_windows(slopes, 12.5).tolist() == [25, 50, 100, 200, 400, 800, 1600, 3200]
+    # A key at the window's edge has bias >= -T; one further has bias < -T.
+    windows = alibi_windows(get_alibi_slopes(6), 7.3)
+    for m, w in zip(get_alibi_slopes(6).tolist(), windows.tolist()):
+        assert m * w <= 7.3 < m * (w + 1)
+
+
+@pytest.mark.parametrize(
+    "length, windows, heads",
+    [(300, [3, 17, 130, 999], 4), (64, [0, 5, 63, 64], 4), (1100, [40, 300, 2000], 3), (129, [128, 1], 2)],
+)
+def test_blocked_path_matches_the_naive_reference(length, windows, heads):
+    torch.manual_seed(length)
+    q, k, v = (torch.randn(2, heads, length, 8) for _ in range(3))
+    slopes = get_alibi_slopes(heads).tolist()
+    got = windowed_alibi_attention(q, k, v, WindowedAlibi(slopes, windows), scaling=0.35, dropout=0.0)
+    expected = naive_windowed_attention(q, k, v, slopes, windows, 0.35)
+    torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)
+
+
+def test_blocked_path_gradients_match_the_dense_masked_kernel():
+    torch.manual_seed(0)
+    heads, length, windows = 4, 700, [5, 60, 200, 1000]
+    slopes = get_alibi_slopes(heads)
+    inputs = [torch.randn(1, heads, length, 8, requires_grad=True) for _ in range(3)]
+    blocked = windowed_alibi_attention(*inputs, WindowedAlibi(slopes.tolist(), windows), scaling=0.35, dropout=0.0)
+    grads = torch.autograd.grad(blocked.square().sum(), inputs)
+    d = torch.arange(length)[:, None] - torch.arange(length)[None, :]
+    visible = (d >= 0) & (d <= torch.tensor(windows)[:, None, None])
+    mask = torch.where(visible, -slopes[:, None, None] * d, float("-inf"))
+    dense = F.scaled_dot_product_attention(*inputs, attn_mask=mask, scale=0.35)
+    torch.testing.assert_close(blocked, dense, atol=2e-6, rtol=0)
+    for got, expected in zip(grads, torch.autograd.grad(dense.square().sum(), inputs)):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def windowed_model(cutoff: float | None, implementation: str = "sdpa", **overrides) -> AlibiForCausalLM:
+    model = tiny_model(attn_implementation=implementation, num_attention_heads=4, **overrides)
+    model.config.alibi_window_cutoff = cutoff
+    return model
+
+
+def test_sdpa_takes_the_blocked_path_and_agrees_with_eager():
+    ids = random_ids(2, 300)
+    sdpa, eager = windowed_model(2.0), windowed_model(2.0, "eager")  # windows 8, 32, 128, 512
+    layout_mask = sdpa.model.build_attention_mask(
+        *_plain_layout(sdpa, ids), dtype=torch.float32
+    )  # what every layer gets: slopes and windows, no tensor
+    assert isinstance(layout_mask, WindowedAlibi) and layout_mask.windows == [8, 32, 128, 512]
+    with torch.no_grad():
+        windowed, reference = sdpa(ids).logits, eager(ids).logits
+        dense = windowed_model(None)(ids).logits
+    torch.testing.assert_close(windowed, reference, atol=1e-5, rtol=0)
+    assert (windowed - dense).abs().max() > 1e-3  # the window is real: 8 tokens for the steepest head
+
+
+def _plain_layout(model, ids):
+    from alibi_lm.modeling.modeling_alibi import build_layout
+
+    return (build_layout(None, None, *ids.shape, ids.shape[1], 0, ids.device),)
+
+
+def test_a_cutoff_wider_than_the_sequence_is_dense_alibi():
+    ids = random_ids(1, 200)
+    with torch.no_grad():
+        dense = windowed_model(None)(ids).logits
+        wide = windowed_model(200 * 1.0)(ids).logits  # steepest head: 200 / 0.25 = 800 > 200 tokens
+    torch.testing.assert_close(wide, dense, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_padding_and_cached_decoding_keep_the_window(implementation):
+    # Left padding and decoding steps take the dense [B, H, Q, K] mask, which carries the window too.
+    model = windowed_model(3.0, implementation)  # windows 12, 48, 192, 768
+    ids = random_ids(1, 60)
+    padded = torch.cat([torch.zeros(1, 7, dtype=torch.long), ids], 1)
+    mask = torch.cat([torch.zeros(1, 7, dtype=torch.long), torch.ones_like(ids)], 1)
+    with torch.no_grad():
+        alone = model(ids).logits
+        torch.testing.assert_close(model(padded, attention_mask=mask).logits[:, 7:], alone, atol=1e-5, rtol=0)
+        out = model.generate(ids[:, :20], max_new_tokens=40, min_new_tokens=40, do_sample=False, pad_token_id=0)
+        # Each greedy token is the argmax of a full (uncached) windowed forward over the sequence so far.
+        full = model(out).logits
+    assert torch.equal(out[0, 20:], full[0, 19:-1].argmax(-1))
+
+
+def test_flex_uses_a_per_head_block_mask_that_skips_far_blocks():
+    ids = random_ids(1, 1024)
+    flex = windowed_model(2.0, "flex_attention")  # windows 8, 32, 128, 512: blocks of 128
+    eager = windowed_model(2.0, "eager")
+    from alibi_lm.modeling.modeling_alibi import build_layout
+
+    layout = build_layout(None, None, 1, 1024, 1024, 0, ids.device)
+    block_mask = flex.model.build_attention_mask(layout, torch.float32).block_mask
+    blocks_per_head = block_mask.kv_num_blocks[0].sum(-1) + block_mask.full_kv_num_blocks[0].sum(-1)  # [H]
+    # Query block i (128 tokens) reaches key blocks i-1..i for windows 8, 32 and 128, and i-4..i for 512; causal
+    # attention touches 1 + 2 + ... + 8 = 36 blocks.
+    assert blocks_per_head.tolist() == [15, 15, 15, 30]
+    with torch.no_grad():
+        torch.testing.assert_close(flex(ids).logits, eager(ids).logits, atol=1e-4, rtol=0)
+
+
+def test_config_keeps_the_cutoff_through_save_and_load(tmp_path):
+    model = AlibiForCausalLM(tiny_config(alibi_window_cutoff=20.0))
+    model.save_pretrained(tmp_path)
+    loaded = AlibiForCausalLM.from_pretrained(tmp_path)
+    assert loaded.config.alibi_window_cutoff == 20.0
+    assert loaded.model.position_encoding.windows("cpu").tolist() == [80, 320, 1280, 5120]  # slopes 1/4 ... 1/256
+    # A cutoff can also be given at load time, as any config field.
+    assert AlibiForCausalLM.from_pretrained(tmp_path, alibi_window_cutoff=8.0).config.alibi_window_cutoff == 8.0
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"alibi_window_cutoff": 0}, "alibi_window_cutoff must be None or a positive number, got 0"),
+        ({"alibi_window_cutoff": -3.0}, "alibi_window_cutoff must be None or a positive number"),
+        ({"alibi_window_cutoff": math.inf}, "alibi_window_cutoff must be None or a positive number"),
+        ({"alibi_window_cutoff": "20"}, "alibi_window_cutoff must be None or a positive number"),
+        ({"alibi_window_cutoff": 20, "position_encoding": "rotary"}, "needs position_encoding='alibi'"),
+    ],
+)
+def test_bad_cutoffs_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        AlibiConfig(**overrides)
