@@ -14,10 +14,14 @@ from torch.nn import functional as F
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
 from alibi_lm.modeling.modeling_alibi import (
+    WINDOWED_WORK_LIMIT,
+    KeyOnlyAlibiBias,
     WindowedAlibi,
     alibi_windows,
+    build_layout,
     get_alibi_slopes,
     windowed_alibi_attention,
+    windowed_work_ratio,
 )
 from tests.tiny import random_ids, tiny_config, tiny_model
 
@@ -80,13 +84,18 @@ def windowed_model(cutoff: float | None, implementation: str = "sdpa", **overrid
     return model
 
 
-def test_sdpa_takes_the_blocked_path_and_agrees_with_eager():
-    ids = random_ids(2, 300)
+def test_sdpa_takes_the_blocked_path_where_it_saves_work_and_agrees_with_eager():
     sdpa, eager = windowed_model(2.0), windowed_model(2.0, "eager")  # windows 8, 32, 128, 512
-    layout_mask = sdpa.model.build_attention_mask(
-        *_plain_layout(sdpa, ids), dtype=torch.float32
-    )  # what every layer gets: slopes and windows, no tensor
-    assert isinstance(layout_mask, WindowedAlibi) and layout_mask.windows == [8, 32, 128, 512]
+    # At 2,048 tokens the blocks cost 29% of the causal triangle: the blocked path. At 300, more than the triangle:
+    # dense ALiBi on the key-only fast path, which the windowed model approximates anyway.
+    assert (
+        windowed_work_ratio([8, 32, 128, 512], 2048)
+        < WINDOWED_WORK_LIMIT
+        < windowed_work_ratio([8, 32, 128, 512], 300)
+    )
+    assert isinstance(mask_for(sdpa, 2048), WindowedAlibi) and mask_for(sdpa, 2048).windows == [8, 32, 128, 512]
+    assert isinstance(mask_for(sdpa, 300), KeyOnlyAlibiBias)
+    ids = random_ids(1, 2048)
     with torch.no_grad():
         windowed, reference = sdpa(ids).logits, eager(ids).logits
         dense = windowed_model(None)(ids).logits
@@ -94,10 +103,9 @@ def test_sdpa_takes_the_blocked_path_and_agrees_with_eager():
     assert (windowed - dense).abs().max() > 1e-3  # the window is real: 8 tokens for the steepest head
 
 
-def _plain_layout(model, ids):
-    from alibi_lm.modeling.modeling_alibi import build_layout
-
-    return (build_layout(None, None, *ids.shape, ids.shape[1], 0, ids.device),)
+def mask_for(model, length: int):
+    layout = build_layout(None, None, 1, length, length, 0, torch.device("cpu"))
+    return model.model.build_attention_mask(layout, torch.float32)
 
 
 def test_a_cutoff_wider_than_the_sequence_is_dense_alibi():
@@ -110,28 +118,26 @@ def test_a_cutoff_wider_than_the_sequence_is_dense_alibi():
 
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
 def test_padding_and_cached_decoding_keep_the_window(implementation):
-    # Left padding and decoding steps take the dense [B, H, Q, K] mask, which carries the window too.
-    model = windowed_model(3.0, implementation)  # windows 12, 48, 192, 768
-    ids = random_ids(1, 60)
+    # Left padding and decoding steps take the dense [B, H, Q, K] mask, which carries the window too; at 2,048
+    # tokens the unpadded row takes the blocked path on sdpa.
+    model = windowed_model(2.0, implementation)  # windows 8, 32, 128, 512
+    ids = random_ids(1, 2048)
     padded = torch.cat([torch.zeros(1, 7, dtype=torch.long), ids], 1)
     mask = torch.cat([torch.zeros(1, 7, dtype=torch.long), torch.ones_like(ids)], 1)
     with torch.no_grad():
         alone = model(ids).logits
         torch.testing.assert_close(model(padded, attention_mask=mask).logits[:, 7:], alone, atol=1e-5, rtol=0)
-        out = model.generate(ids[:, :20], max_new_tokens=40, min_new_tokens=40, do_sample=False, pad_token_id=0)
+        out = model.generate(ids, max_new_tokens=24, min_new_tokens=24, do_sample=False, pad_token_id=0)
         # Each greedy token is the argmax of a full (uncached) windowed forward over the sequence so far.
         full = model(out).logits
-    assert torch.equal(out[0, 20:], full[0, 19:-1].argmax(-1))
+    assert torch.equal(out[0, 2048:], full[0, 2047:-1].argmax(-1))
 
 
 def test_flex_uses_a_per_head_block_mask_that_skips_far_blocks():
     ids = random_ids(1, 1024)
     flex = windowed_model(2.0, "flex_attention")  # windows 8, 32, 128, 512: blocks of 128
     eager = windowed_model(2.0, "eager")
-    from alibi_lm.modeling.modeling_alibi import build_layout
-
-    layout = build_layout(None, None, 1, 1024, 1024, 0, ids.device)
-    block_mask = flex.model.build_attention_mask(layout, torch.float32).block_mask
+    block_mask = mask_for(flex, 1024).block_mask
     blocks_per_head = block_mask.kv_num_blocks[0].sum(-1) + block_mask.full_kv_num_blocks[0].sum(-1)  # [H]
     # Query block i (128 tokens) reaches key blocks i-1..i for windows 8, 32 and 128, and i-4..i for 512; causal
     # attention touches 1 + 2 + ... + 8 = 36 blocks.
@@ -163,3 +169,53 @@ def test_config_keeps_the_cutoff_through_save_and_load(tmp_path):
 def test_bad_cutoffs_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
         AlibiConfig(**overrides)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `alibi-lm window`: what a cutoff drops, against exact dense ALiBi
+
+
+def test_measure_cutoffs_tells_a_harmless_cutoff_from_a_harmful_one():
+    from alibi_lm.window import measure_cutoffs
+
+    model = tiny_model()  # 4 heads, slopes 1/4 ... 1/256, L = 16
+    report = measure_cutoffs(
+        model, random_ids(1, 1024)[0], cutoffs=[0.5, 1000.0], multiples=[1, 16, 64], progress=False
+    )
+    dense, harmful, harmless = report.cutoffs
+    assert dense.cutoff is None and dense.windows == [] and dense.greedy_identical
+    assert harmful.windows == [2, 8, 32, 128] and harmless.windows == [4000, 16000, 64000, 256000]
+    assert harmful.max_dropped_mass > 0.01 and harmless.max_dropped_mass == 0.0
+    assert min(harmful.max_logit_diff.values()) > 1e-3
+    assert max(harmless.max_logit_diff.values()) < 1e-5 and harmless.greedy_identical
+    assert harmless.ppl_windowed == pytest.approx(harmless.ppl_dense, rel=1e-6)
+    assert sorted(harmful.max_logit_diff) == [16, 256, 1024]
+    assert model.config.alibi_window_cutoff is None  # switched back off
+
+
+def test_window_cli_writes_its_table_and_refuses_bad_input(tmp_path, capsys):
+    from alibi_lm.cli import main
+    from alibi_lm.hub import prepare_for_hub
+    from tests.tiny import cli_error, word_tokenizer
+
+    folder = tmp_path / "model"
+    prepare_for_hub(tiny_model()).save_pretrained(folder)
+    word_tokenizer(99).save_pretrained(folder)
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"w{i % 97 + 1}" for i in range(1100)))
+    argv = ["window", str(folder), "--data", str(text), "--cutoffs", "20", "--multiples", "1", "4", "--no-progress"]
+    assert main([*argv, "--json", str(tmp_path / "w.json"), "--markdown", str(tmp_path / "w.md")]) == 0
+    assert "| 20 | 80, 320, 1280, 5120 |" in (tmp_path / "w.md").read_text()
+    assert "| none (dense, default kernel) | all | 0 |" in capsys.readouterr().out
+
+    assert "must be positive numbers" in cli_error([*argv[:-4], "--cutoffs", "-1", "--no-progress"], capsys)
+    short = tmp_path / "short.txt"
+    short.write_text("w1 w2 w3")
+    assert "fewer than the longest evaluation length" in cli_error(
+        ["window", str(folder), "--data", str(short), "--no-progress"], capsys
+    )
+    rotary = tmp_path / "rotary"
+    prepare_for_hub(tiny_model(position_encoding="rotary")).save_pretrained(rotary)
+    word_tokenizer(99).save_pretrained(rotary)
+    assert "needs an ALiBi model" in cli_error(["window", str(rotary), "--data", str(text)], capsys)
+    assert "model folder not found" in cli_error(["window", str(tmp_path / "missing")], capsys)

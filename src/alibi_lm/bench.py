@@ -330,8 +330,10 @@ def generate_tokens(
             kwargs["compile_config"] = config
         else:
             kwargs["disable_compile"] = True
+    # An explicit all-ones mask: without one, generate reads every random prompt token equal to pad_token_id (0) as
+    # padding, and the prompt then takes the padded-batch path (a [B, H, Q, K] mask) instead of the unpadded one.
     with torch.inference_mode():
-        return model.generate(input_ids, **kwargs)
+        return model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
 
 
 def _random_ids(batch: int, length: int, vocab: int, device: torch.device, seed: int = 0) -> torch.Tensor:

@@ -130,7 +130,7 @@ PRESETS: dict[str, Preset] = {
         num_heads=8,
         vocab_size=2048,
         dtype="float32",
-        train_shapes=((1, 4096),),
+        train_shapes=((1, 8192),),  # where the windows halve the work, so training takes the blocked path
         prefill_lengths=(4096, 16384, 65536),
         decode_prompt=4096,
         decode_new_tokens=64,
@@ -141,7 +141,7 @@ PRESETS: dict[str, Preset] = {
         targets=(
             Target("prefill 16384", "speed", "no_bias", ">=", 1.5, family="windowed"),
             Target("prefill 65536", "speed", "no_bias", ">=", 1.5, family="windowed"),
-            Target("train 1x4096", "speed", "no_bias", ">=", 0.95, family="windowed"),
+            Target("train 1x8192", "speed", "no_bias", ">=", 0.95, family="windowed"),
         ),
     ),
     # ~350M parameters (24 x 12 x 1024^2 + 50304 x 1024 tied), bf16, sized to finish in ~6 minutes on an H200.

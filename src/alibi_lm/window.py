@@ -8,21 +8,26 @@ command measures, for each cutoff, on the same held-out tokens:
 
 - the largest attention mass the window drops: dense eager attention probabilities summed past each head's window,
   the maximum over layers, heads and queries, at 16 x the training length;
-- the largest logit difference from dense ALiBi at each multiple of the training length;
-- the perplexity at 16 x L, dense and windowed, and their relative difference;
+- the largest logit difference from exact dense ALiBi at each multiple of the training length;
+- the perplexity at 16 x L, exact dense and windowed, and their relative difference;
 - whether cached greedy generation to 8 x L gives the same tokens.
 
-The windowed forward is the one users get (the blocked sdpa path on a plain sequence); dense is the model with
-the cutoff switched off. Use the largest T that keeps the figures inside your tolerance, then
-`AutoModelForCausalLM.from_pretrained(DIR, alibi_window_cutoff=T)`.
+The windowed rows run the blocked sdpa kernel at every length (a windowed model runs dense ALiBi on the fast path
+where the windows hold most of the sequence, since that is faster; see `WINDOWED_WORK_LIMIT`), so they show what
+the window drops; decoding steps carry the window in their mask. The reference is exact dense
+ALiBi: the same kernel with windows longer than any sequence, so its bias comes from exact fp32 distances. The first
+row is dense ALiBi on the model's default kernel (sdpa's key-only bias `m * pos_k` on the CPU), whose own fp32
+rounding at long lengths puts the windowed rows' logit differences in scale. Use the smallest T that keeps the
+figures inside your tolerance, then `AutoModelForCausalLM.from_pretrained(DIR, alibi_window_cutoff=T)`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,18 +36,20 @@ import torch
 from tqdm.auto import tqdm
 
 from .evaluation import _heldout_wikipedia, _texts_from_file, load_model_and_tokenizer, tokenize_texts
+from .modeling import modeling_alibi as modeling
 from .modeling.modeling_alibi import alibi_windows, get_alibi_slopes
 
 DEFAULT_CUTOFFS = (12.0, 20.0, 40.0)
 DEFAULT_MULTIPLES = (1, 16, 64)
+EXACT_DENSE = 1e12  # a cutoff whose windows outreach any sequence: dense ALiBi through the windowed kernel
 
 
 @dataclass
 class CutoffReport:
     """What one cutoff T changes against dense ALiBi."""
 
-    cutoff: float
-    windows: list[int]  # per head, in tokens
+    cutoff: float | None  # None: dense ALiBi on the model's default kernel
+    windows: list[int]  # per head, in tokens (empty for dense)
     max_dropped_mass: float  # largest attention mass past a window (dense eager attention, up to 4 chunks)
     max_logit_diff: dict[int, float]  # evaluation length -> largest |logit difference|
     ppl_dense: float
@@ -75,11 +82,14 @@ class WindowReport:
         lengths = sorted(self.cutoffs[0].max_logit_diff) if self.cutoffs else []
         head = ["cutoff T", "windows (tokens, per head)", "max dropped mass"]
         head += [f"max logit diff @ {n}" for n in lengths]
-        head += [f"ppl @ {self.ppl_length} dense", "windowed", "relative", f"greedy to {self.generate_tokens}"]
+        head += [f"ppl @ {self.ppl_length}: exact dense", "this row", "relative", f"greedy to {self.generate_tokens}"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
         for c in self.cutoffs:
             greedy = "identical" if c.greedy_identical else f"differs at token {c.greedy_first_difference}"
-            row = [f"{c.cutoff:g}", ", ".join(map(str, c.windows)), f"{c.max_dropped_mass:.1e}"]
+            if c.cutoff is None:
+                row = ["none (dense, default kernel)", "all", "0"]
+            else:
+                row = [f"{c.cutoff:g}", ", ".join(map(str, c.windows)), f"{c.max_dropped_mass:.1e}"]
             row += [f"{c.max_logit_diff[n]:.1e}" for n in lengths]
             row += [f"{c.ppl_dense:.4f}", f"{c.ppl_windowed:.4f}", f"{c.ppl_relative_diff:+.4%}", greedy]
             lines.append("| " + " | ".join(row) + " |")
@@ -88,6 +98,17 @@ class WindowReport:
 
 def _windowed(model: torch.nn.Module, cutoff: float | None) -> None:
     model.config.alibi_window_cutoff = cutoff  # read at every forward
+
+
+@contextlib.contextmanager
+def _blocked_everywhere() -> Iterator[None]:
+    """Run the blocked windowed kernel at every length, also where the model would run dense ALiBi as faster."""
+    saved = modeling.WINDOWED_WORK_LIMIT
+    modeling.WINDOWED_WORK_LIMIT = math.inf
+    try:
+        yield
+    finally:
+        modeling.WINDOWED_WORK_LIMIT = saved
 
 
 def dropped_attention_mass(model: torch.nn.Module, chunk: torch.Tensor, windows: torch.Tensor) -> float:
@@ -156,42 +177,48 @@ def measure_cutoffs(
         count = max(1, min(token_ids.numel(), max_eval_tokens) // n)
         return token_ids[: count * n].view(count, n)
 
-    _windowed(model, None)
-    dense = {}
-    for n in tqdm(lengths, desc="dense ALiBi", disable=not progress):
-        dense[n] = _nll(model, chunks_of(n))
+    # The reference: dense ALiBi through the windowed kernel with windows longer than any sequence, so that the
+    # bias comes from exact fp32 distances; the default dense kernel (sdpa's key-only bias on the CPU) has its own
+    # fp32 rounding at long lengths, shown as the first row.
+    _windowed(model, EXACT_DENSE)
     prompt = token_ids[None, : max(1, training_length // 2)]
     new_tokens = generate_multiple * training_length - prompt.shape[1]
-    dense_tokens = _greedy(model, prompt, new_tokens)
+    with _blocked_everywhere():
+        exact = {n: _nll(model, chunks_of(n)) for n in tqdm(lengths, desc="dense ALiBi", disable=not progress)}
+        exact_tokens = _greedy(model, prompt, new_tokens)
+    _, exact_total, exact_count = exact[ppl_length]
 
     report = WindowReport(
         model_name, training_length, slopes.tolist(), min(token_ids.numel(), max_eval_tokens), ppl_length,
         generate_multiple * training_length,
     )  # fmt: skip
     try:
-        for cutoff in tqdm(cutoffs, desc="cutoffs", disable=not progress):
-            windows = alibi_windows(slopes, cutoff)
-            mass = max(dropped_attention_mass(model, chunk[None], windows) for chunk in chunks_of(ppl_length)[:4])
+        for cutoff in tqdm([None, *cutoffs], desc="cutoffs", disable=not progress):
+            windows, mass = [], 0.0
+            if cutoff is not None:
+                windows = alibi_windows(slopes, cutoff)
+                chunks = chunks_of(ppl_length)[:4]
+                _windowed(model, None)  # the mass that dense attention puts past the windows
+                mass = max(dropped_attention_mass(model, chunk[None], windows) for chunk in chunks)
+                windows = windows.tolist()
             _windowed(model, cutoff)
-            diffs, ppl_windowed = {}, math.nan
-            for n in lengths:
-                logits, total, count = _nll(model, chunks_of(n))
-                if n in (training_length * m for m in multiples):
-                    diffs[n] = float((logits - dense[n][0]).abs().max())
-                if n == ppl_length:
-                    ppl_windowed = math.exp(total / count)
-            tokens = _greedy(model, prompt, new_tokens)
-            differs = (tokens != dense_tokens).nonzero()
-            _windowed(model, None)
-            _, dense_total, dense_count = dense[ppl_length]
+            diffs, ppl = {}, math.nan
+            with _blocked_everywhere():
+                for n in lengths:
+                    logits, total, count = _nll(model, chunks_of(n))
+                    if n in (training_length * m for m in multiples):
+                        diffs[n] = float((logits - exact[n][0]).abs().max())
+                    if n == ppl_length:
+                        ppl = math.exp(total / count)
+                differs = (_greedy(model, prompt, new_tokens) != exact_tokens).nonzero()
             report.cutoffs.append(
                 CutoffReport(
-                    cutoff=float(cutoff),
-                    windows=windows.tolist(),
+                    cutoff=None if cutoff is None else float(cutoff),
+                    windows=windows,
                     max_dropped_mass=mass,
                     max_logit_diff=diffs,
-                    ppl_dense=math.exp(dense_total / dense_count),
-                    ppl_windowed=ppl_windowed,
+                    ppl_dense=math.exp(exact_total / exact_count),
+                    ppl_windowed=ppl,
                     greedy_identical=differs.numel() == 0,
                     greedy_first_difference=int(differs[0]) if differs.numel() else None,
                 )
