@@ -142,7 +142,9 @@ def test_alibi_stays_flat_at_four_times_the_training_length(small_demo):
 def test_sinusoidal_blows_up_past_the_training_length(small_demo):
     at_l, at_4l = small_demo.ppl("sinusoidal", 1), small_demo.ppl("sinusoidal", 4)
     assert at_l < 100
-    assert at_4l >= 2.0 * at_l, f"sinusoidal: ppl {at_4l:.2f} at 4L vs {at_l:.2f} at L"
+    # 2.10x measured (37.96 -> 79.60) with today's default architecture (no embedding LayerNorm; 2.51x with one);
+    # ALiBi's ratio is 0.97x. 1.8x leaves room for run-to-run float differences and still means "blows up".
+    assert at_4l >= 1.8 * at_l, f"sinusoidal: ppl {at_4l:.2f} at 4L vs {at_l:.2f} at L"
     # Past L it is worse than ALiBi by a wide margin, even though at L the two are close.
     assert at_4l > 1.5 * small_demo.ppl("alibi", 4)
     assert at_l == pytest.approx(small_demo.ppl("alibi", 1), rel=0.25)
