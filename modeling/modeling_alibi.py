@@ -28,7 +28,7 @@ import importlib
 import importlib.util
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -129,6 +129,9 @@ class WindowedAlibi:
 
     slopes: list[float]
     windows: list[int]
+    # Each head's bias-and-window pattern, built by the first layer and reused by the others: this object is made
+    # once per forward and shared by every layer.
+    patterns: dict[tuple, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -564,13 +567,16 @@ def windowed_alibi_attention(
         window = min(mask.windows[h], length - 1)
         block = windowed_block_size(window)
         span = window + block  # the keys one block of queries can reach
-        # pattern[i, j]: query i of a block on key j of its span, at distance d = i + window - j; visible iff
-        # 0 <= d <= window.
-        # (fp32 holds these integer distances exactly; the pattern is the one tensor quadratic in the window.)
-        arange = functools.partial(torch.arange, device=query.device, dtype=torch.float32)
-        d = arange(block)[:, None] + window - arange(span)
-        pattern = torch.where((d >= 0) & (d <= window), -mask.slopes[h] * d, float("-inf")).to(query.dtype)
-        del d
+        pattern_key = (h, window, query.dtype, query.device)
+        if pattern_key not in mask.patterns:
+            # pattern[i, j]: query i of a block on key j of its span, at distance d = i + window - j; visible iff
+            # 0 <= d <= window. (fp32 holds these integer distances exactly; the pattern is the one tensor
+            # quadratic in the window.)
+            arange = functools.partial(torch.arange, device=query.device, dtype=torch.float32)
+            d = arange(block)[:, None] + window - arange(span)
+            bias = torch.where((d >= 0) & (d <= window), -mask.slopes[h] * d, float("-inf"))
+            mask.patterns[pattern_key] = bias.to(query.dtype)
+        pattern = mask.patterns[pattern_key]
         q, k, v = query[:, h], key[:, h], value[:, h]  # [B, L, D]
         lead = min(-(-window // block), -(-length // block))  # blocks whose span starts before position 0
         for i in range(lead):
