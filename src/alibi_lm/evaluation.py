@@ -524,7 +524,39 @@ def load_model_and_tokenizer(path: str, device: str | None = None, dtype: str = 
     return model.eval(), tokenizer
 
 
+def run_probe(args: argparse.Namespace, texts: list[str], device: str) -> int:
+    """`alibi-lm eval --probe`: the copy probe of `alibi_lm.probe` for each model."""
+    from .probe import alibi_reach, copy_probe
+
+    for path in args.models:
+        model, tokenizer = load_model_and_tokenizer(path, device, args.dtype)
+        train_len = getattr(model.config, "max_position_embeddings", None) or 64
+        gaps = args.probe_gaps or [0, train_len // 2, train_len, 4 * train_len, 16 * train_len]
+        result = copy_probe(
+            model, tokenize_texts(texts, tokenizer), gaps, span=args.probe_span, samples=args.probe_samples,
+            model_name=path, progress=not args.no_progress,
+        )  # fmt: skip
+        print(result.to_table())
+        if getattr(model.config, "position_encoding", None) == "alibi":
+            from .modeling.modeling_alibi import get_alibi_slopes
+
+            slopes = get_alibi_slopes(model.config.num_attention_heads, model.config.alibi_max_bias).tolist()
+            print("ALiBi bias alone leaves 1% of the weight at distances (per head):", alibi_reach(slopes))
+        if args.json:
+            out = Path(args.json)
+            out = out.with_name(f"{out.stem}-{Path(path).name}{out.suffix}") if len(args.models) > 1 else out
+            out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        del model
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.probe:
+        missing = [m for m in args.models if not Path(m).is_dir()]
+        if missing:
+            raise FileNotFoundError(f"model folder(s) not found: {', '.join(missing)}")
+        texts = _heldout_wikipedia() if args.data == "wikipedia" else _texts_from_file(args.data)
+        return run_probe(args, texts, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # Fail on bad settings before loading anything; without --lengths, a stand-in length of `stride` checks the rest.
     validate_lengths(args.lengths or [max(2, args.stride or 2)], args.mode, args.stride)
     lengths = args.lengths
@@ -594,6 +626,14 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--csv", metavar="FILE", help="write the results as CSV")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument(
+        "--probe", action="store_true", help="the copy probe instead of perplexity: a span repeated after a gap"
+    )
+    parser.add_argument("--probe-span", type=int, default=32, help="tokens in the repeated span (default 32)")
+    parser.add_argument(
+        "--probe-gaps", type=int, nargs="+", help="gaps d between the two copies (default: 0, L/2, L, 4L, 16L)"
+    )
+    parser.add_argument("--probe-samples", type=int, default=8, help="spans per gap (default 8)")
     parser.set_defaults(func=run)
 
 

@@ -1,0 +1,92 @@
+"""The copy probe (`alibi_lm.probe`, `alibi-lm eval --probe`) on hand-built models whose answer is known."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from alibi_lm.probe import alibi_reach, copy_probe, probe_sequences
+from tests.tiny import cli_error, random_ids, tiny_model
+
+VOCAB = 50
+
+
+class CopiesFrom(torch.nn.Module):
+    """Predicts that the next token is the one `distance - 1` tokens before the current one: a perfect copier
+    over exactly `distance`, uniform where it cannot look that far back."""
+
+    def __init__(self, distance: int):
+        super().__init__()
+        self.distance = distance
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # a device to put the inputs on
+
+    def forward(self, input_ids: torch.Tensor) -> SimpleNamespace:
+        batch, length = input_ids.shape
+        logits = torch.zeros(batch, length, VOCAB)
+        source = torch.arange(length) + 1 - self.distance  # position of the token predicted at each step
+        ok = source >= 0
+        logits[:, ok] = 100.0 * torch.nn.functional.one_hot(input_ids[:, source[ok]], VOCAB).float()
+        return SimpleNamespace(logits=logits)
+
+
+def test_sequences_are_a_span_a_gap_and_the_span_again():
+    stream = torch.arange(1000)
+    rows = probe_sequences(stream, span=8, gap=5, samples=3)
+    assert rows.shape == (3, 21)
+    for s, row in enumerate(rows):
+        assert torch.equal(row[:8], stream[8 * s : 8 * s + 8]) and torch.equal(row[13:], row[:8])
+        assert (row[8:13] >= 500).all()  # fillers from the second half, never the span itself
+
+
+def test_a_model_that_copies_from_exactly_span_plus_gap_back_has_zero_loss_on_the_repeat_only_at_that_gap():
+    span, gaps = 8, [0, 4, 16]
+    stream = random_ids(1, 2000, VOCAB)[0]
+    result = copy_probe(CopiesFrom(span + 4), stream, gaps, span=span, samples=5, progress=False)
+    assert result.gaps == gaps
+    at = dict(zip(result.gaps, result.repeat_loss))
+    assert at[4] < 1e-6 and result.repeat_accuracy[1] == 1.0  # copies the repeat perfectly
+    assert at[0] > 10 and at[16] > 10  # copies the wrong token at other gaps (one-hot logit 100 on it)
+    # The first time, the span opens the sequence: nothing lies `distance` back, so the model is uniform.
+    assert result.first_loss == pytest.approx([math.log(VOCAB)] * 3, rel=1e-6)
+
+
+def test_uniform_model_loses_log_vocab_everywhere():
+    result = copy_probe(CopiesFrom(10**6), random_ids(1, 400, VOCAB)[0], [0, 3], span=4, samples=2, progress=False)
+    for loss in result.first_loss + result.repeat_loss:
+        assert loss == pytest.approx(math.log(VOCAB), rel=1e-6)
+
+
+def test_bad_probe_settings_are_refused():
+    with pytest.raises(ValueError, match="fewer samples, a shorter span or a longer text"):
+        probe_sequences(torch.arange(100), span=32, gap=0, samples=8)
+    with pytest.raises(ValueError, match="need span >= 2"):
+        copy_probe(CopiesFrom(3), torch.arange(1000), [-1], progress=False)
+
+
+def test_alibi_reach_is_where_the_bias_leaves_one_percent():
+    assert alibi_reach([0.5, 1 / 256]) == [10, 1179]  # ln(100) / m, rounded up
+    for m, d in zip([0.5, 1 / 256], alibi_reach([0.5, 1 / 256])):
+        assert math.exp(-m * d) <= 0.01 < math.exp(-m * (d - 1))
+
+
+def test_eval_cli_runs_the_probe_on_a_saved_model(tmp_path, capsys):
+    from alibi_lm.cli import main
+    from alibi_lm.hub import prepare_for_hub
+    from tests.tiny import word_tokenizer
+
+    folder = tmp_path / "model"
+    prepare_for_hub(tiny_model()).save_pretrained(folder)
+    word_tokenizer(99).save_pretrained(folder)
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"w{i * 7 % 97 + 1}" for i in range(600)))
+    argv = ["eval", str(folder), "--data", str(text), "--probe", "--probe-span", "8", "--probe-samples", "2"]
+    assert main([*argv, "--probe-gaps", "0", "16", "--json", str(tmp_path / "p.json"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "| gap d | loss, first time | loss, repeat |" in out and "| 16 |" in out
+    assert "ALiBi bias alone leaves 1% of the weight at distances (per head): [19, 74, 295, 1179]" in out
+    assert (tmp_path / "p.json").exists()
+    message = cli_error([*argv, "--probe-gaps", "5000"], capsys)
+    assert "longer text" in message
