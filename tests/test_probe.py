@@ -90,3 +90,20 @@ def test_eval_cli_runs_the_probe_on_a_saved_model(tmp_path, capsys):
     assert (tmp_path / "p.json").exists()
     message = cli_error([*argv, "--probe-gaps", "5000"], capsys)
     assert "longer text" in message
+
+
+def test_loss_by_position_averages_back_to_the_non_overlapping_loss():
+    from alibi_lm.evaluation import perplexity_at_lengths
+    from alibi_lm.probe import loss_by_position
+
+    model = tiny_model()
+    stream = random_ids(1, 1000)[0]
+    curve = loss_by_position(model, stream, 64, batch_size=4)
+    assert curve.shape == (63,)
+    total = perplexity_at_lengths(model, stream, [64], progress=False)[64]
+    assert math.exp(float(curve.mean())) == pytest.approx(total.ppl, rel=1e-6)  # the same tokens, fp32 logits
+    # A model that looks back exactly 10 tokens is uniform before position 9 and perfect from there on.
+    copier = loss_by_position(CopiesFrom(10), torch.arange(300) % 10, 30)  # a stream of period 10
+    assert copier[:8].tolist() == pytest.approx([math.log(VOCAB)] * 8) and copier[9:].max() < 1e-6
+    with pytest.raises(ValueError, match="at least one chunk"):
+        loss_by_position(model, stream[:10], 64)

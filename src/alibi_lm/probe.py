@@ -117,9 +117,45 @@ def copy_probe(
     return result
 
 
+def loss_by_position(
+    model: torch.nn.Module,
+    token_ids: Sequence[int] | torch.Tensor,
+    length: int,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+) -> torch.Tensor:
+    """Mean NLL (nats, fp64) at each position of non-overlapping chunks of `length`: `[length - 1]`.
+
+    Entry i is the loss on the token predicted from the chunk's first i + 1 tokens. Every chunk contributes one token
+    to every position, so the curve's mean is the non-overlapping loss at this length (`perplexity_at_lengths`, same
+    tokens) and its shape shows how much of that is the early-token curse (Press et al. 2022, section 5).
+    """
+    token_ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
+    if max_tokens is not None:
+        token_ids = token_ids[:max_tokens]
+    chunks = token_ids.numel() // length
+    if length < 2 or chunks < 1:
+        raise ValueError(f"need length >= 2 and at least one chunk; got length {length}, {token_ids.numel()} tokens.")
+    windows = token_ids[: chunks * length].view(chunks, length)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(length - 1, dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            for begin in range(0, chunks, batch_size):
+                x = windows[begin : begin + batch_size].to(device)
+                logits = model(x).logits[:, :-1].float()
+                nll = F.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")  # [B, length - 1]
+                total += nll.double().sum(0).cpu()
+    finally:
+        model.train(was_training)
+    return total / chunks
+
+
 def alibi_reach(slopes: Sequence[float], weight: float = 0.01) -> list[int]:
     """Per head, the distance at which ALiBi's bias alone leaves `weight` of the nearest key's weight: ln(1/w) / m."""
     return [math.ceil(math.log(1 / weight) / m) for m in slopes]
 
 
-__all__ = ["ProbeResult", "alibi_reach", "copy_probe", "probe_sequences"]
+__all__ = ["ProbeResult", "alibi_reach", "copy_probe", "loss_by_position", "probe_sequences"]
