@@ -74,12 +74,9 @@ def test_alibi_reach_is_where_the_bias_leaves_one_percent():
 
 def test_eval_cli_runs_the_probe_on_a_saved_model(tmp_path, capsys):
     from alibi_lm.cli import main
-    from alibi_lm.hub import prepare_for_hub
-    from tests.tiny import word_tokenizer
+    from tests.tiny import saved_folder
 
-    folder = tmp_path / "model"
-    prepare_for_hub(tiny_model()).save_pretrained(folder)
-    word_tokenizer(99).save_pretrained(folder)
+    folder = saved_folder(tiny_model(), tmp_path / "model")
     text = tmp_path / "text.txt"
     text.write_text(" ".join(f"w{i * 7 % 97 + 1}" for i in range(600)))
     argv = ["eval", str(folder), "--data", str(text), "--probe", "--probe-span", "8", "--probe-samples", "2"]

@@ -195,12 +195,9 @@ def test_measure_cutoffs_tells_a_harmless_cutoff_from_a_harmful_one():
 
 def test_window_cli_writes_its_table_and_refuses_bad_input(tmp_path, capsys):
     from alibi_lm.cli import main
-    from alibi_lm.hub import prepare_for_hub
-    from tests.tiny import cli_error, word_tokenizer
+    from tests.tiny import cli_error, saved_folder
 
-    folder = tmp_path / "model"
-    prepare_for_hub(tiny_model()).save_pretrained(folder)
-    word_tokenizer(99).save_pretrained(folder)
+    folder = saved_folder(tiny_model(), tmp_path / "model")
     text = tmp_path / "text.txt"
     text.write_text(" ".join(f"w{i % 97 + 1}" for i in range(1100)))
     argv = ["window", str(folder), "--data", str(text), "--cutoffs", "20", "--multiples", "1", "4", "--no-progress"]
@@ -214,8 +211,6 @@ def test_window_cli_writes_its_table_and_refuses_bad_input(tmp_path, capsys):
     assert "fewer than the longest evaluation length" in cli_error(
         ["window", str(folder), "--data", str(short), "--no-progress"], capsys
     )
-    rotary = tmp_path / "rotary"
-    prepare_for_hub(tiny_model(position_encoding="rotary")).save_pretrained(rotary)
-    word_tokenizer(99).save_pretrained(rotary)
+    rotary = saved_folder(tiny_model(position_encoding="rotary"), tmp_path / "rotary")
     assert "needs an ALiBi model" in cli_error(["window", str(rotary), "--data", str(text)], capsys)
     assert "model folder not found" in cli_error(["window", str(tmp_path / "missing")], capsys)

@@ -54,6 +54,15 @@ def word_tokenizer(vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
 
 
+def saved_folder(model: torch.nn.Module, folder):
+    """`model` saved as a Hub-format folder with a word-level tokenizer over its vocabulary; returns the folder."""
+    from alibi_lm.hub import prepare_for_hub
+
+    prepare_for_hub(model).save_pretrained(folder)
+    word_tokenizer(model.config.vocab_size).save_pretrained(folder)
+    return folder
+
+
 def cli_error(argv: list[str], capsys) -> str:
     """Run `alibi-lm ARGV`, expect it to fail the way the CLI reports errors, and return its stderr message.
 
