@@ -159,3 +159,90 @@ def test_missing_text_column_is_named(tmp_path):
     path.write_text(json.dumps({"body": "x"}) + "\n")
     with pytest.raises(ValueError, match="no column 'text'.*body"):
         load_raw_datasets(DataArguments(train_file=str(path), cache_dir=str(tmp_path)))
+
+
+def _repeat(block):
+    """(start, span, gap) of a span of `block` that comes again later in it, longest first; None if none."""
+    length = len(block)
+    for span in range(length // 2, 1, -1):
+        for start in range(0, length - 2 * span + 1):
+            for gap in range(0, length - 2 * span - start + 1):
+                if block[start : start + span] == block[start + span + gap : start + 2 * span + gap]:
+                    return start, span, gap
+    return None
+
+
+def test_repeat_spans_copies_a_span_later_into_the_chosen_blocks_only():
+    length, count = 64, 400
+    blocks = [list(range(i * length, (i + 1) * length)) for i in range(count)]  # no token repeats anywhere
+    out = data.repeat_spans({"input_ids": blocks}, list(range(count)), fraction=0.5)
+    assert out["labels"] == out["input_ids"]
+    changed = [i for i, (a, b) in enumerate(zip(blocks, out["input_ids"])) if a != b]
+    assert 0.4 < len(changed) / count < 0.6  # about the fraction asked for
+    for i, block in enumerate(out["input_ids"]):
+        assert len(block) == length and set(block) <= set(blocks[i])
+        found = _repeat(block)
+        if i not in changed:
+            assert found is None
+            continue
+        start, span, gap = found
+        assert length // 16 <= span <= length // 4 and span + gap <= length - span
+        # Outside the copy, the block is the original text in order with the last `span` tokens cut.
+        rest = block[: start + span + gap] + block[start + 2 * span + gap :]
+        assert rest == blocks[i][: length - span]
+    # The mix depends only on the block's index and the seed: the same blocks in a second run, others with a new seed.
+    again = data.repeat_spans({"input_ids": blocks}, list(range(count)), fraction=0.5)
+    assert again == out
+    assert data.repeat_spans({"input_ids": blocks}, list(range(count)), fraction=0.5, seed=1) != out
+    assert data.repeat_spans({"input_ids": blocks}, list(range(count)), fraction=0.0)["input_ids"] == blocks
+
+
+def test_repeat_span_fraction_reaches_the_training_blocks_only(tmp_path):
+    text = tmp_path / "train.txt"
+    text.write_text("\n".join(f"line {i} " + " ".join(f"w{i * 31 + j}" for j in range(40)) for i in range(300)))
+    tok = train_bpe_tokenizer(Dataset.from_dict({"text": text.read_text().splitlines()}), vocab_size=300)
+    plain = data.build_lm_datasets(DataArguments(train_file=str(text), cache_dir=str(tmp_path / "c")), tok, 32)
+    mixed = data.build_lm_datasets(
+        DataArguments(train_file=str(text), cache_dir=str(tmp_path / "c"), repeat_span_fraction=1.0), tok, 32
+    )
+    assert mixed["validation"]["input_ids"] == plain["validation"]["input_ids"]
+    train = plain["train"]["input_ids"]
+    special = tok.all_special_ids
+    expected = data.repeat_spans(
+        {"input_ids": train}, list(range(len(train))), fraction=1.0, vocab_size=len(tok), exclude=special
+    )["input_ids"]
+    assert mixed["train"]["input_ids"] == expected and mixed["train"]["labels"] == expected
+    # Fraction 1: every block gets a copy (one can happen to equal the text it replaces, hence not all differ).
+    assert sum(a != b for a, b in zip(train, expected)) > 0.98 * len(train)
+
+
+def test_random_repeated_spans_are_fresh_tokens_copied_exactly_once():
+    length, count = 64, 200
+    blocks = [list(range(i * length, (i + 1) * length)) for i in range(count)]  # ids below 12,800
+    vocab, special = 20_000, list(range(19_000))  # random spans may use 19,000-19,999 only
+    out = data.repeat_spans({"input_ids": blocks}, list(range(count)), 1.0, vocab_size=vocab, exclude=special)
+    for original, block in zip(blocks, out["input_ids"]):
+        fresh = [i for i, t in enumerate(block) if t >= 12_800]
+        assert len(block) == length and all(block[i] >= 19_000 for i in fresh)
+        span = len(fresh) // 2
+        first, second = fresh[:span], fresh[span:]
+        assert length // 16 <= span <= length // 4
+        assert first == list(range(first[0], first[0] + span)) and second == list(range(second[0], second[0] + span))
+        assert [block[i] for i in first] == [block[i] for i in second]
+        # The text around the copies keeps its order: the original minus the span at p and the last span tokens.
+        rest = [t for t in block if t < 12_800]
+        p = first[0]
+        assert rest == original[:p] + original[p + span : length - span]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"repeat_span_source": "noise"}, "must be 'random' or 'text'"),
+        ({"repeat_span_fraction": 1.5}, r"repeat_span_fraction must be in \[0, 1\], got 1.5"),
+        ({"repeat_span_fraction": 0.5, "packing": True}, "cannot be combined with packing"),
+    ],
+)
+def test_bad_repeat_span_settings_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        DataArguments(dataset_name="x", **overrides)

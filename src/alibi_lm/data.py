@@ -10,6 +10,8 @@ turn documents into blocks of exactly L tokens.
 - Every document ends with the eos token; documents are concatenated and cut into blocks with datasets' batched
   `map`. With `packing`, each block also carries `document_ids` so the model's attention stays inside a document.
 - Tokenized blocks are cached as Arrow files keyed by (data, tokenizer, block size, packing).
+- `repeat_span_fraction` rewrites that fraction of the training blocks so that a span of the block comes again
+  later in it (`repeat_spans`): a training mix that teaches a small model to copy, for the copy probe.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -69,6 +71,20 @@ class DataArguments:
     packing: bool = field(
         default=False, metadata={"help": "Add per-token document_ids so attention stays inside each document."}
     )
+    repeat_span_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Fraction of training blocks in which a span of the block is repeated later in it, so that the "
+            "model learns to copy (the copy probe's training mix); 0 leaves the text as it is."
+        },
+    )
+    repeat_span_source: str = field(
+        default="random",
+        metadata={
+            "help": "What the repeated span is: 'random' tokens (only copying predicts the second copy) or 'text' "
+            "(the block's own text repeated)."
+        },
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training blocks."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N validation blocks."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
@@ -87,6 +103,17 @@ class DataArguments:
         if self.text_sample_by not in ("line", "paragraph", "document"):
             raise ValueError(
                 f"DataArguments.text_sample_by must be 'line', 'paragraph' or 'document', got {self.text_sample_by!r}."
+            )
+        if not 0.0 <= self.repeat_span_fraction <= 1.0:
+            raise ValueError(f"DataArguments.repeat_span_fraction must be in [0, 1], got {self.repeat_span_fraction}.")
+        if self.repeat_span_source not in ("random", "text"):
+            raise ValueError(
+                f"DataArguments.repeat_span_source must be 'random' or 'text', got {self.repeat_span_source!r}."
+            )
+        if self.repeat_span_fraction and self.packing:
+            raise ValueError(
+                "DataArguments.repeat_span_fraction cannot be combined with packing: a repeated span would cross the "
+                "document boundaries that document_ids mark."
             )
         if not 0 < self.validation_split_percentage < 100:
             raise ValueError(
@@ -378,6 +405,47 @@ def group_texts(examples: dict[str, list[list[int]]], block_size: int, packing: 
     return out
 
 
+def repeat_spans(
+    examples: dict[str, list[list[int]]],
+    indices: list[int],
+    fraction: float,
+    seed: int = 0,
+    vocab_size: int | None = None,
+    exclude: Sequence[int] = (),
+) -> dict[str, list[list[int]]]:
+    """Rewrite about `fraction` of the blocks so that a span comes twice in each: a mix that teaches copying.
+
+    For a chosen block x of length L: a span length s in [max(2, L/16), max(2, L/4)], a gap g in [0, L - 2s] and a
+    start p in [0, L - 2s - g], all uniform. The block becomes x[:p] + A + x[p+s : p+s+g] + A + x[p+s+g : L-s]:
+    still L tokens, with A at p and again at p + s + g, so A's second copy is predictable from its first at a
+    distance s + g (from s up to L - s). With `vocab_size`, A is s tokens drawn uniformly from [0, vocab_size) less
+    `exclude` (the special tokens): the first copy cannot be predicted, so the only way to lower the loss on the
+    second is to copy. Without it, A is the text x[p : p+s] itself, which a language model already predicts in
+    part, and a small model gains much less from copying (see `recipes/results/copy-probe.md`). Which blocks and
+    spans depend only on `seed` and the block's index. Blocks shorter than 4 tokens are left alone; labels follow
+    the new input_ids.
+    """
+    import numpy as np
+
+    pool = None if vocab_size is None else np.setdiff1d(np.arange(vocab_size), np.asarray(exclude, dtype=np.int64))
+    blocks = []
+    for index, block in zip(indices, examples["input_ids"]):
+        rng = np.random.default_rng([seed, index])
+        length = len(block)
+        if length < 4 or rng.random() >= fraction:
+            blocks.append(list(block))
+            continue
+        span = int(rng.integers(max(2, length // 16), max(2, length // 4) + 1))
+        gap = int(rng.integers(0, length - 2 * span + 1))
+        start = int(rng.integers(0, length - 2 * span - gap + 1))
+        copied = list(block[start : start + span]) if pool is None else rng.choice(pool, span).tolist()
+        cut = start + span + gap
+        blocks.append(
+            list(block[:start]) + copied + list(block[start + span : cut]) + copied + list(block[cut : length - span])
+        )
+    return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
+
+
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """A hash of what the tokenizer does, not of where it was loaded from (used to key the cache)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -484,6 +552,19 @@ def build_lm_datasets(
     for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
         if limit is not None and split in blocks:
             blocks[split] = blocks[split].select(range(min(limit, len(blocks[split]))))
+    if data_args.repeat_span_fraction:
+        # Training blocks only: the validation loss stays a loss on the text itself.
+        blocks["train"] = blocks["train"].map(
+            repeat_spans,
+            with_indices=True,
+            batched=True,
+            fn_kwargs={
+                "fraction": data_args.repeat_span_fraction,
+                "vocab_size": None if data_args.repeat_span_source == "text" else len(tokenizer),
+                "exclude": tokenizer.all_special_ids,
+            },
+            desc=f"Repeating spans in {data_args.repeat_span_fraction:.0%} of the training blocks",
+        )
     return blocks
 
 
@@ -496,6 +577,7 @@ __all__ = [
     "group_texts",
     "load_offline_wikipedia",
     "load_raw_datasets",
+    "repeat_spans",
     "tokenize_and_group",
     "tokenizer_fingerprint",
     "train_bpe_tokenizer",
