@@ -134,6 +134,22 @@ def test_stride_one_scores_every_token_once(model, ids):
     assert result[8].n_tokens == 47 and result[8].n_windows == 41
 
 
+def test_sliding_edge_strides_and_a_text_of_one_window(model, ids):
+    # stride L - 1: windows overlap by one token, so every token after the first is scored once, each with a
+    # context of 1 to L - 1 tokens, like non-overlapping chunks but with no token left out between chunks.
+    result = perplexity_at_lengths(model, ids, [8], mode="sliding", stride=7, progress=False)
+    starts = list(range(0, 48 - 8 + 1, 7))  # 0, 7, ..., 35 inside the 48-token span: 6 windows
+    total, count = hand_nll(model, ids, starts, 8, [7] * len(starts))
+    assert result[8].n_windows == 6 and result[8].n_tokens == count == 42
+    assert result[8].nll == pytest.approx(total / count, rel=1e-6)
+    # A text exactly one window long: one window, every predicted token scored, in both modes.
+    one = ids[:16]
+    for mode, stride in (("sliding", 1), ("sliding", 16), ("nonoverlapping", None)):
+        single = perplexity_at_lengths(model, one, [16], mode=mode, stride=stride, progress=False)[16]
+        assert (single.n_windows, single.n_tokens) == (1, 15)
+        assert single.nll == pytest.approx(hand_nll(model, one, [0], 16, [15])[0] / 15, rel=1e-6)
+
+
 def test_uniform_model_has_perplexity_equal_to_vocab_size(ids):
     model = tiny_model(seed=0)
     with torch.no_grad():

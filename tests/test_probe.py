@@ -73,6 +73,8 @@ def test_alibi_reach_is_where_the_bias_leaves_one_percent():
 
 
 def test_eval_cli_runs_the_probe_on_a_saved_model(tmp_path, capsys):
+    import json
+
     from alibi_lm.cli import main
     from tests.tiny import saved_folder
 
@@ -80,13 +82,62 @@ def test_eval_cli_runs_the_probe_on_a_saved_model(tmp_path, capsys):
     text = tmp_path / "text.txt"
     text.write_text(" ".join(f"w{i * 7 % 97 + 1}" for i in range(600)))
     argv = ["eval", str(folder), "--data", str(text), "--probe", "--probe-span", "8", "--probe-samples", "2"]
-    assert main([*argv, "--probe-gaps", "0", "16", "--json", str(tmp_path / "p.json"), "--no-progress"]) == 0
+    out_files = ["--json", str(tmp_path / "p.json"), "--plot", str(tmp_path / "p.png"), "--no-progress"]
+    assert main([*argv, "--probe-gaps", "0", "16", *out_files]) == 0
     out = capsys.readouterr().out
     assert "| gap d | loss, first time | loss, repeat |" in out and "| 16 |" in out
     assert "ALiBi bias alone leaves 1% of the weight at distances (per head): [19, 74, 295, 1179]" in out
-    assert (tmp_path / "p.json").exists()
+    saved = json.loads((tmp_path / "p.json").read_text())
+    assert [r["gaps"] for r in saved["probe"]] == [[0, 16]] and saved["alibi_reach_1pct"] == {
+        "model": [19, 74, 295, 1179]
+    }
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     message = cli_error([*argv, "--probe-gaps", "5000"], capsys)
     assert "longer text" in message
+    assert "give one of them" in cli_error([*argv, "--by-position"], capsys)
+    assert "--mode and --stride do not apply" in cli_error([*argv, "--mode", "sliding", "--stride", "2"], capsys)
+
+
+def test_eval_cli_loss_by_position_averages_to_the_perplexity_eval_reports(tmp_path, capsys):
+    import json
+
+    from alibi_lm.cli import main
+    from tests.tiny import saved_folder
+
+    folder = saved_folder(tiny_model(), tmp_path / "model")  # trained length 16 (max_position_embeddings)
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"w{i * 7 % 97 + 1}" for i in range(600)))
+    common = ["eval", str(folder), "--data", str(text), "--lengths", "64", "--no-progress"]
+    assert main([*common, "--json", str(tmp_path / "ppl.json")]) == 0
+    assert (
+        main([*common, "--by-position", "--json", str(tmp_path / "pos.json"), "--plot", str(tmp_path / "pos.png")])
+        == 0
+    )
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[1:]] == [
+        "| 1-8",
+        "| 9-16",
+        "| 17-32",
+        "| 33-63",
+        "| all (= non-overlapping loss)",
+        "| perplexity",
+    ]
+    curve = json.loads((tmp_path / "pos.json").read_text())["by_position"][0]
+    assert curve["length"] == 64 and len(curve["loss"]) == 63 and curve["training_length"] == 16
+    ppl = json.loads((tmp_path / "ppl.json").read_text())[0]["lengths"][0]["ppl"]
+    assert math.exp(sum(curve["loss"]) / 63) == pytest.approx(ppl, rel=1e-6)
+    assert (tmp_path / "pos.png").stat().st_size > 10_000
+
+
+def test_position_buckets_cover_every_position_once():
+    from alibi_lm.probe import position_buckets
+
+    assert position_buckets(1024, 64) == [(1, 8), (9, 64), (65, 128), (129, 256), (257, 512), (513, 1023)]
+    assert position_buckets(10, 64) == [(1, 8), (9, 9)]
+    for length, trained in ((64, 64), (100, 7), (3, 2)):
+        covered = [c for a, b in position_buckets(length, trained) for c in range(a, b + 1)]
+        assert covered == list(range(1, length))
 
 
 def test_loss_by_position_averages_back_to_the_non_overlapping_loss():

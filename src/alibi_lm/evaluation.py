@@ -14,6 +14,8 @@ length L, 2L, ... in two ways (section 4 and appendix B):
 Perplexity is token-weighted (total NLL over all scored tokens / their number), accumulated in fp64.
 `perplexity_at_lengths` is the one implementation; the `alibi-lm eval` CLI, `ExtrapolationCallback`
 (Trainer) and the `evaluate` module in `alibi_lm/metrics/perplexity_at_lengths.py` all call it.
+`alibi-lm eval --probe` (how far back a model copies) and `--by-position` (the loss at each position of a chunk)
+run the analysis tools of `alibi_lm.probe`, re-exported here.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+# The analysis tools live in `alibi_lm.probe`; they are part of the evaluation API.
+from .probe import ProbeResult, alibi_reach, copy_probe, loss_by_position
 
 MODES = ("nonoverlapping", "sliding")
 # Auto batch size: about this many tokens per forward, so short lengths batch many windows and 16k runs alone.
@@ -524,39 +529,22 @@ def load_model_and_tokenizer(path: str, device: str | None = None, dtype: str = 
     return model.eval(), tokenizer
 
 
-def run_probe(args: argparse.Namespace, texts: list[str], device: str) -> int:
-    """`alibi-lm eval --probe`: the copy probe of `alibi_lm.probe` for each model."""
-    from .probe import alibi_reach, copy_probe
-
-    for path in args.models:
-        model, tokenizer = load_model_and_tokenizer(path, device, args.dtype)
-        train_len = getattr(model.config, "max_position_embeddings", None) or 64
-        gaps = args.probe_gaps or [0, train_len // 2, train_len, 4 * train_len, 16 * train_len]
-        result = copy_probe(
-            model, tokenize_texts(texts, tokenizer), gaps, span=args.probe_span, samples=args.probe_samples,
-            model_name=path, progress=not args.no_progress,
-        )  # fmt: skip
-        print(result.to_table())
-        if getattr(model.config, "position_encoding", None) == "alibi":
-            from .modeling.modeling_alibi import get_alibi_slopes
-
-            slopes = get_alibi_slopes(model.config.num_attention_heads, model.config.alibi_max_bias).tolist()
-            print("ALiBi bias alone leaves 1% of the weight at distances (per head):", alibi_reach(slopes))
-        if args.json:
-            out = Path(args.json)
-            out = out.with_name(f"{out.stem}-{Path(path).name}{out.suffix}") if len(args.models) > 1 else out
-            out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-        del model
-    return 0
-
-
 def run(args: argparse.Namespace) -> int:
-    if args.probe:
+    if args.probe or args.by_position:
+        from .probe import run_by_position, run_probe
+
+        if args.probe and args.by_position:
+            raise ValueError("--probe and --by-position are separate runs: give one of them")
+        if args.mode != "nonoverlapping" or args.stride is not None:
+            raise ValueError("--probe and --by-position score their own sequences: --mode and --stride do not apply")
+        if args.by_position and args.lengths is not None and max(args.lengths) < 2:
+            raise ValueError(f"--by-position needs a length of at least 2 tokens, got {max(args.lengths)}")
         missing = [m for m in args.models if not Path(m).is_dir()]
         if missing:
             raise FileNotFoundError(f"model folder(s) not found: {', '.join(missing)}")
         texts = _heldout_wikipedia() if args.data == "wikipedia" else _texts_from_file(args.data)
-        return run_probe(args, texts, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return (run_probe if args.probe else run_by_position)(args, texts, device)
     # Fail on bad settings before loading anything; without --lengths, a stand-in length of `stride` checks the rest.
     validate_lengths(args.lengths or [max(2, args.stride or 2)], args.mode, args.stride)
     lengths = args.lengths
@@ -622,7 +610,9 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-tokens", type=int, help="use at most this many tokens of the text")
     parser.add_argument("--device", help="default: cuda if available, else cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"], default="float32")
-    parser.add_argument("--plot", metavar="FILE", help="write a PNG of perplexity against length")
+    parser.add_argument(
+        "--plot", metavar="FILE", help="write a PNG: perplexity against length (or the probe's or by-position curves)"
+    )
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--csv", metavar="FILE", help="write the results as CSV")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -634,11 +624,21 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         "--probe-gaps", type=int, nargs="+", help="gaps d between the two copies (default: 0, L/2, L, 4L, 16L)"
     )
     parser.add_argument("--probe-samples", type=int, default=8, help="spans per gap (default 8)")
+    parser.add_argument(
+        "--by-position",
+        action="store_true",
+        help="the mean loss at each position of non-overlapping chunks of the longest --lengths (default 16 x the "
+        "training length): the early-token curse",
+    )
     parser.set_defaults(func=run)
 
 
 __all__ = [
     "ExtrapolationCallback",
+    "ProbeResult",
+    "alibi_reach",
+    "copy_probe",
+    "loss_by_position",
     "LengthResult",
     "PerplexityResult",
     "format_table",

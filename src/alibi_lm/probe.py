@@ -1,6 +1,8 @@
-"""How far back a model can look: a span of held-out text, repeated after a gap of d tokens.
+"""How far back a model can look: a span of held-out text, repeated after a gap of d tokens; and how its loss
+depends on the position inside the window.
 
-    alibi-lm eval MODEL --probe [--probe-span 32] [--probe-gaps 0 16 64 256 1024] [--probe-samples 8]
+    alibi-lm eval MODEL [MODEL ...] --probe [--probe-span 32] [--probe-gaps 0 16 64 256 1024] [--probe-samples 8]
+    alibi-lm eval MODEL [MODEL ...] --by-position [--lengths 1024]
 
 Perplexity can stay flat far past the training length while the model uses only its last few hundred tokens. The
 probe asks directly: each sample is a span A of held-out tokens, then d other held-out tokens (the gap), then A
@@ -8,13 +10,20 @@ again. A model that can reach back span + d tokens predicts the repeat far bette
 time. The result, per gap: the mean loss (nats) and top-1 accuracy on A's tokens the first time and on the repeat
 (both on A[1:], the tokens that have a predecessor inside A). Where the repeat's loss rises to the first time's,
 retrieval has stopped, whatever perplexity says.
+
+`loss_by_position` is the paper's early-token-curse analysis (Press et al. 2022, section 5): the mean loss at each
+position of non-overlapping chunks. Both are `alibi-lm eval` modes (`run_probe`, `run_by_position`), with a table,
+JSON and a plot with one curve per model.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -158,4 +167,130 @@ def alibi_reach(slopes: Sequence[float], weight: float = 0.01) -> list[int]:
     return [math.ceil(math.log(1 / weight) / m) for m in slopes]
 
 
-__all__ = ["ProbeResult", "alibi_reach", "copy_probe", "loss_by_position", "probe_sequences"]
+def position_buckets(length: int, training_length: int) -> list[tuple[int, int]]:
+    """Context sizes [first, last] grouping a curve of `length - 1` positions: 1-8, 9-L, L+1-2L, 2L+1-4L, ..."""
+    edges = [0, min(8, length - 1)]
+    bound = training_length
+    while edges[-1] < length - 1:
+        edges.append(min(max(bound, edges[-1] + 1), length - 1))
+        bound *= 2
+    return [(a + 1, b) for a, b in zip(edges, edges[1:]) if b > a]
+
+
+def _smoothed(curve: Sequence[float], per_octave: int = 4) -> tuple[list[float], list[float]]:
+    """Mean of `curve` (entry i = context i + 1) in log-spaced bins: (geometric bin centres, means)."""
+    xs, ys, start = [], [], 1
+    while start <= len(curve):
+        stop = max(start + 1, math.floor(start * 2 ** (1 / per_octave) + 0.5))
+        values = curve[start - 1 : stop - 1]
+        xs.append(math.sqrt(start * (start + len(values) - 1)))
+        ys.append(sum(values) / len(values))
+        start = stop
+    return xs, ys
+
+
+def _probe_model_names(paths: Sequence[str]) -> list[str]:
+    """Short, distinct names for the models of a plot: the folder names, or the paths where those repeat."""
+    names = [Path(p).name or p for p in paths]
+    return names if len(set(names)) == len(names) else list(paths)
+
+
+def run_probe(args: argparse.Namespace, texts: list[str], device: str) -> int:
+    """`alibi-lm eval --probe`: the copy probe for each model; table, per-head ALiBi reach, JSON, plot."""
+    from .evaluation import load_model_and_tokenizer, tokenize_texts
+
+    results, reach = [], {}
+    for path, name in zip(args.models, _probe_model_names(args.models)):
+        model, tokenizer = load_model_and_tokenizer(path, device, args.dtype)
+        train_len = getattr(model.config, "max_position_embeddings", None) or 64
+        gaps = args.probe_gaps or [0, train_len // 2, train_len, 4 * train_len, 16 * train_len]
+        result = copy_probe(
+            model, tokenize_texts(texts, tokenizer), gaps, span=args.probe_span, samples=args.probe_samples,
+            model_name=name, progress=not args.no_progress,
+        )  # fmt: skip
+        print(result.to_table())
+        if getattr(model.config, "position_encoding", None) == "alibi":
+            from .modeling.modeling_alibi import get_alibi_slopes
+
+            slopes = get_alibi_slopes(model.config.num_attention_heads, model.config.alibi_max_bias).tolist()
+            reach[name] = alibi_reach(slopes)
+            print("ALiBi bias alone leaves 1% of the weight at distances (per head):", reach[name])
+        results.append((result, train_len))
+        del model
+    if args.json:
+        payload = {"probe": [r.to_dict() | {"training_length": t} for r, t in results], "alibi_reach_1pct": reach}
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+    if args.plot:
+        from .plotting import plot_curves
+
+        # Distance from a token of the repeat back to its first copy: span + gap.
+        curves = {r.model_name: ([r.span + g for g in r.gaps], r.repeat_loss) for r, _ in results}
+        first = {f"{r.model_name}, first time": ([r.span + g for g in r.gaps], r.first_loss) for r, _ in results}
+        lengths = sorted({t for _, t in results})
+        plot_curves(
+            curves, args.plot, xlabel="distance back to the first copy (span + gap, tokens)",
+            ylabel="loss on the repeated span (nats)", title=f"Copy probe: span {args.probe_span}, repeat after a gap",
+            marks={f"training length {t}": t for t in lengths}, dashed=first,
+        )  # fmt: skip
+    return 0
+
+
+def run_by_position(args: argparse.Namespace, texts: list[str], device: str) -> int:
+    """`alibi-lm eval --by-position`: the loss at each position of non-overlapping chunks, per model."""
+    from .evaluation import load_model_and_tokenizer, tokenize_texts
+
+    rows = []
+    length = max(args.lengths) if args.lengths else None
+    for path, name in zip(args.models, _probe_model_names(args.models)):
+        model, tokenizer = load_model_and_tokenizer(path, device, args.dtype)
+        train_len = getattr(model.config, "max_position_embeddings", None)
+        if length is None:
+            if not train_len:
+                raise ValueError(f"{path}: config has no max_position_embeddings; pass --lengths")
+            length = 16 * train_len
+        curve = loss_by_position(
+            model, tokenize_texts(texts, tokenizer), length, batch_size=args.batch_size or max(1, 8192 // length),
+            max_tokens=args.max_tokens,
+        )  # fmt: skip
+        rows.append({"model": name, "training_length": train_len, "length": length, "loss": curve.tolist()})
+        del model
+    chunks_tokens = f"chunks of {length}"
+    buckets = position_buckets(length, rows[0]["training_length"] or length)
+    lines = [
+        f"loss (nats) by context size inside non-overlapping {chunks_tokens}",
+        "| context (tokens) | " + " | ".join(r["model"] for r in rows) + " |",
+        "|---|" + "---:|" * len(rows),
+    ]
+    for first, last in buckets:
+        cells = [sum(r["loss"][first - 1 : last]) / (last - first + 1) for r in rows]
+        lines.append(f"| {first}-{last} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    means = [sum(r["loss"]) / len(r["loss"]) for r in rows]
+    lines.append("| all (= non-overlapping loss) | " + " | ".join(f"{m:.3f}" for m in means) + " |")
+    lines.append("| perplexity | " + " | ".join(f"{math.exp(m):.2f}" for m in means) + " |")
+    print("\n".join(lines))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"by_position": rows}, indent=2) + "\n")
+    if args.plot:
+        from .plotting import plot_curves
+
+        curves = {r["model"]: _smoothed(r["loss"]) for r in rows}
+        trained = sorted({r["training_length"] for r in rows if r["training_length"]})
+        plot_curves(
+            curves, args.plot, xlabel="context: tokens seen inside the chunk (log scale)", ylabel="loss (nats)",
+            title=f"Loss by position inside non-overlapping {chunks_tokens}",
+            marks={f"training length {t}": t for t in trained},
+            ticks=[2**k for k in range(int(math.log2(length)) + 1)],
+        )  # fmt: skip
+    return 0
+
+
+__all__ = [
+    "ProbeResult",
+    "alibi_reach",
+    "copy_probe",
+    "loss_by_position",
+    "position_buckets",
+    "probe_sequences",
+    "run_by_position",
+    "run_probe",
+]
