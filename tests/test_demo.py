@@ -112,6 +112,7 @@ def test_every_flag_of_the_command_line_sets_its_field():
         DemoSettings(compare=True, steps=3, overwrite=True),
         DemoSettings(encodings=["t5", "alibi"], generate=False, progress=False, topic="Mathematics", warmup_steps=0),
         DemoSettings(num_hidden_layers=4, num_attention_heads=2, multiples=[1, 3], learning_rate=1e-5),
+        DemoSettings(efficiency=True, batch_size=8, repeat_span_fraction=0.25),
     ],
 )
 def test_command_parses_back_to_the_same_settings_less_overwrite(settings):
@@ -252,6 +253,10 @@ def test_compare_and_encodings_together_is_an_error(tmp_path):
         ({"encodings": ("alibi", "alibi")}, "encodings has duplicates"),
         ({"max_eval_tokens": 100}, "shorter than the longest evaluation length 1024"),
         ({"learning_rate": 0.0}, "learning_rate must be positive"),
+        ({"efficiency": True, "compare": True}, "give it without --compare or --encodings"),
+        ({"efficiency": True, "encodings": ["alibi"]}, "give it without --compare or --encodings"),
+        ({"efficiency": True, "batch_size": 7}, "batch_size must be even, got 7"),
+        ({"repeat_span_fraction": -0.1}, r"repeat_span_fraction must be in \[0, 1\]"),
     ],
 )
 def test_bad_settings_are_errors(overrides, message):
@@ -306,3 +311,48 @@ def test_overwrite_runs_again_in_a_non_empty_output_dir(finished_run):
     result = run_demo(parse([*TINY_ARGS, "--output-dir", str(finished_run), "--overwrite"]))
     assert result.files["json"] == finished_run / "demo.json"
     assert json.loads(result.files["json"].read_text())["training"]["alibi"]["steps"] == 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --efficiency: ALiBi at L against sinusoidal at 2L on the same tokens (a tiny run: ~20 s)
+
+
+def test_efficiency_trains_alibi_at_l_and_sinusoidal_at_2l_on_the_same_tokens():
+    settings = parse(["--efficiency", "--block-size", "32", "--batch-size", "8"])
+    assert settings.command() == "alibi-lm demo --efficiency --block-size 32 --batch-size 8"
+    runs = settings.runs()
+    assert [(r.name, r.encoding, r.block_size, r.batch_size) for r in runs] == [
+        ("alibi", "alibi", 32, 8),
+        ("sinusoidal-2L", "sinusoidal", 64, 4),
+    ]
+    assert settings.stem == "efficiency" and parse([]).stem == "demo" and parse(["--compare"]).stem == "demo-compare"
+
+
+def test_efficiency_run_reports_perplexity_speed_and_memory(tmp_path):
+    from alibi_lm.efficiency import verdict
+
+    args = [a for a in TINY_ARGS if a != "--no-generate"] + ["--multiples", "1", "2", "4", "--max-eval-tokens", "128"]
+    result = run_demo(
+        parse([*args, "--efficiency", "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c")])
+    )
+    assert [r.model_name for r in result.results] == ["alibi", "sinusoidal-2L"]
+    assert result.generation is None  # the efficiency run is about training, not sampling
+    for name, length in (("alibi", 8), ("sinusoidal-2L", 16)):
+        config = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / name).config
+        assert config.max_position_embeddings == length
+        assert result.training[name]["steps"] == 2 and result.training[name]["block_size"] == length
+    speed = result.speed
+    assert speed["alibi"]["tokens_per_step"] == speed["sinusoidal-2L"]["tokens_per_step"] == 16
+    for info in speed.values():
+        assert info["tokens_per_second"] == pytest.approx(16 / info["step_seconds"], rel=1e-3)
+        assert info["peak_bytes"] > 0 and info["total_bytes"] == info["peak_bytes"] + info["persistent_bytes"]
+        # weights + AdamW's two moments: at least three copies of the fp32 parameters
+        assert info["persistent_bytes"] >= 3 * 4 * result.training["alibi"]["parameters"]
+    text = (tmp_path / "out" / "efficiency.md").read_text()
+    assert "| `sinusoidal-2L` | 16 | 16 |" in text and "training tokens/s" in text
+    for line in verdict(result):
+        assert line in text
+    assert any(f"At 16 tokens (2x L): `alibi` {result.ppl('alibi', 2):.2f}" in line for line in verdict(result))
+    saved = json.loads((tmp_path / "out" / "efficiency.json").read_text())
+    assert saved["speed"] == speed and saved["command"].startswith("alibi-lm demo --output-dir")
+    assert (tmp_path / "out" / "efficiency.png").read_bytes()[:4] == b"\x89PNG"

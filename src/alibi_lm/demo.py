@@ -11,9 +11,12 @@ Enables Input Length Extrapolation", ICLR 2022 (https://arxiv.org/abs/2108.12409
 
 By default only ALiBi is trained; `--compare` trains every position encoding of the paper's comparison (ALiBi,
 sinusoidal, rotary, T5 bias, none) with the same data, steps, sizes and seed and puts them in one table and plot.
+`--efficiency` tests the paper's second claim instead: ALiBi trained at L against sinusoidal trained at 2L on the
+same tokens, with training speed and memory (`alibi_lm.efficiency`). `--repeat-span-fraction` mixes repeated spans
+into the training blocks, so that the models learn to copy (for the copy probe, `alibi-lm eval --probe`).
 
-    alibi-lm demo [--compare] [--output-dir runs/demo] [--overwrite] [--steps N] [--block-size L] [--seed S]
-                  [--no-generate]
+    alibi-lm demo [--compare | --efficiency] [--output-dir runs/demo] [--overwrite] [--steps N] [--block-size L]
+                  [--seed S] [--no-generate]
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import platform
 import shlex
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,16 @@ from .hub import RESULTS_FILE, load_model
 
 ENCODINGS = ("alibi", "sinusoidal", "rotary", "t5", "none")
 MULTIPLES = (1, 2, 4, 8, 16)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One model of a demo: its folder name, position encoding, training length and blocks per step."""
+
+    name: str
+    encoding: str
+    block_size: int
+    batch_size: int
 
 
 @dataclass
@@ -58,6 +71,12 @@ class DemoSettings:
     compare: bool = HfArg(
         default=False,
         help=f"train every encoding of the paper's comparison, {', '.join(ENCODINGS)} (not with --encodings)",
+    )
+    efficiency: bool = HfArg(
+        default=False,
+        help="the paper's efficiency claim: ALiBi trained at L against sinusoidal trained at 2L on the same tokens "
+        "(half the blocks per step), perplexity at 2L and beyond, training tokens/s and peak memory (not with "
+        "--compare or --encodings)",
     )
     # None: ALiBi alone, or every encoding with --compare. Never None after __post_init__.
     encodings: list[str] | None = HfArg(
@@ -87,6 +106,11 @@ class DemoSettings:
         metadata={"metavar": "M"},
     )
     seed: int = HfArg(default=0, help="seed for initialisation, data order and sampling")
+    repeat_span_fraction: float = HfArg(
+        default=0.0,
+        help="fraction of training blocks into which a span of random tokens is written twice, so that the models "
+        "learn to copy (the copy probe's training mix, alibi_lm.data.repeat_spans); 0 trains on the text as it is",
+    )
     topic: str | None = HfArg(
         default=None, help="use only the Wikipedia articles of one topic, e.g. Mathematics; if unset, all"
     )
@@ -108,6 +132,18 @@ class DemoSettings:
                     f"both (got --encodings {' '.join(self.encodings)})"
                 )
             self.encodings = list(ENCODINGS)
+        if self.efficiency:
+            if self.compare or self.encodings is not None and self.encodings != ["alibi", "sinusoidal"]:
+                raise ValueError(
+                    "--efficiency trains its own pair (alibi at L, sinusoidal at 2L): give it without --compare or "
+                    "--encodings"
+                )
+            if self.batch_size < 2 or self.batch_size % 2:
+                raise ValueError(
+                    f"--efficiency halves the blocks per step at 2L so both models see the same tokens: batch_size "
+                    f"must be even, got {self.batch_size}"
+                )
+            self.encodings = ["alibi", "sinusoidal"]
         self.encodings = ["alibi"] if self.encodings is None else list(self.encodings)
         # One spelling per run, so settings compare equal however they were given.
         self.compare = tuple(self.encodings) == ENCODINGS
@@ -139,11 +175,25 @@ class DemoSettings:
                 f"max_eval_tokens={self.max_eval_tokens} is shorter than the longest evaluation length "
                 f"{self.block_size * self.multiples[-1]}"
             )
+        if not 0.0 <= self.repeat_span_fraction <= 1.0:
+            raise ValueError(f"repeat_span_fraction must be in [0, 1], got {self.repeat_span_fraction}")
         if self.generate_tokens is not None and self.generate_tokens < 1:
             raise ValueError(f"generate_tokens must be at least 1, got {self.generate_tokens}")
         # Fail on an impossible architecture now, not after the data is loaded; the config names the field.
-        for encoding in self.encodings:
-            self.model_config(encoding)
+        for run in self.runs():
+            self.model_config(run.encoding, run.block_size)
+
+    def runs(self) -> list[Run]:
+        """The models to train, in order. With `efficiency`, sinusoidal trains at 2L on half the blocks per step."""
+        length, batch = self.block_size, self.batch_size
+        if self.efficiency:
+            return [Run("alibi", "alibi", length, batch), Run("sinusoidal-2L", "sinusoidal", 2 * length, batch // 2)]
+        return [Run(encoding, encoding, length, batch) for encoding in self.encodings]
+
+    @property
+    def stem(self) -> str:
+        """The results files' name: demo.md for one model, demo-compare.md for several, efficiency.md."""
+        return "efficiency" if self.efficiency else "demo-compare" if len(self.encodings) > 1 else "demo"
 
     @property
     def lengths(self) -> list[int]:
@@ -162,7 +212,8 @@ class DemoSettings:
         defaults = DemoSettings()
         for setting in fields(self):
             name, value = setting.name, getattr(self, setting.name)
-            if value == getattr(defaults, name) or name == "overwrite" or (name == "encodings" and self.compare):
+            implied = name == "encodings" and (self.compare or self.efficiency)
+            if value == getattr(defaults, name) or name == "overwrite" or implied:
                 continue
             flag = setting.metadata.get("aliases", [f"--{name.replace('_', '-')}"])[0]
             if isinstance(value, bool):
@@ -173,14 +224,14 @@ class DemoSettings:
                 words += [flag, str(value)]
         return shlex.join(words)
 
-    def model_config(self, encoding: str) -> AlibiConfig:
+    def model_config(self, encoding: str, block_size: int | None = None) -> AlibiConfig:
         """The architecture for one encoding; only `position_encoding` differs between the compared models."""
         return AlibiConfig(
             vocab_size=self.vocab_size,
             hidden_size=self.hidden_size,
             num_hidden_layers=self.num_hidden_layers,
             num_attention_heads=self.num_attention_heads,
-            max_position_embeddings=self.block_size,
+            max_position_embeddings=block_size or self.block_size,
             position_encoding=encoding,
         )
 
@@ -191,8 +242,9 @@ class DemoResult:
 
     settings: DemoSettings
     results: list[PerplexityResult]
-    training: dict[str, dict[str, float]]  # encoding -> {"seconds", "final_loss", "steps", "parameters"}
+    training: dict[str, dict[str, float]]  # run name -> {"seconds", "final_loss", "steps", "parameters"}
     generation: dict[str, Any] | None
+    speed: dict[str, dict[str, float]] | None = None  # run name -> efficiency.measure_training_steps' entry
     files: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -212,6 +264,7 @@ class DemoResult:
             "training": self.training,
             "results": [r.to_dict() for r in self.results],
             "generation": self.generation,
+            **({"speed": self.speed} if self.speed is not None else {}),
         }
 
 
@@ -219,11 +272,13 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _training_run(settings: DemoSettings, encoding: str, tokenizer_dir: Path, data_args: DataArguments) -> Any:
+def _training_run(settings: DemoSettings, run: Run, tokenizer_dir: Path, data_args: DataArguments) -> Any:
     """Train one model with the project's runner; return its `TrainResult`."""
     from .train import AlibiTrainingArguments, ModelArguments, train
 
-    config = settings.model_config(encoding)
+    encoding = run.encoding
+    config = settings.model_config(encoding, run.block_size)
+    data_args = replace(data_args, block_size=run.block_size)
     model_args = ModelArguments(
         tokenizer_name=str(tokenizer_dir),
         vocab_size=config.vocab_size,
@@ -235,10 +290,10 @@ def _training_run(settings: DemoSettings, encoding: str, tokenizer_dir: Path, da
     )
     warmup = settings.warmup_steps if settings.warmup_steps is not None else max(1, settings.steps // 20)
     training_args = AlibiTrainingArguments(
-        output_dir=str(Path(settings.output_dir) / encoding),
+        output_dir=str(Path(settings.output_dir) / run.name),
         overwrite_output_dir=settings.overwrite,
         max_steps=settings.steps,
-        per_device_train_batch_size=settings.batch_size,
+        per_device_train_batch_size=run.batch_size,
         learning_rate=settings.learning_rate,
         warmup_steps=warmup,
         lr_scheduler_type="cosine",
@@ -349,6 +404,13 @@ def _markdown(result: DemoResult, stem: str) -> str:
             f"AdamW lr {s.learning_rate:g} with cosine decay, seed {s.seed}. Only `position_encoding` differs between "
             "the models, and each is `AlibiConfig`'s default architecture (MPT's: no biases, no embedding LayerNorm), "
             "so the ALiBi model exports to MPT and GGUF as it is (`alibi-lm export`)."
+            + (
+                f" Training mix: in {s.repeat_span_fraction:.0%} of the training blocks a span of L/16 to L/4 random "
+                "tokens comes twice, with up to L - 2 x span tokens of text between the copies "
+                "(`alibi_lm.data.repeat_spans`), so that the models learn to copy."
+                if s.repeat_span_fraction
+                else ""
+            )
         ),
         "",
         (
@@ -400,9 +462,9 @@ def _check_output_dir(out: Path, overwrite: bool) -> None:
 def run_demo(settings: DemoSettings) -> DemoResult:
     """Train every encoding of `settings`, evaluate each at every length, generate, and write the results.
 
-    Writes to `settings.output_dir`: one model folder per encoding (with its `extrapolation.json`), the shared
-    tokenizer, and `{stem}.md`, `{stem}.json`, `{stem}.png` where stem is "demo" for one model and
-    "demo-compare" for several.
+    Writes to `settings.output_dir`: one model folder per run (with its `extrapolation.json`), the shared
+    tokenizer, and `{stem}.md`, `{stem}.json`, `{stem}.png` where stem is "demo" for one model,
+    "demo-compare" for several and "efficiency" for `--efficiency`.
 
     Raises:
         ValueError: `settings.output_dir` is not empty and `settings.overwrite` is False, or the held-out text is
@@ -417,6 +479,7 @@ def run_demo(settings: DemoSettings) -> DemoResult:
         dataset_config_name=settings.topic,
         block_size=settings.block_size,
         cache_dir=settings.cache_dir,
+        repeat_span_fraction=settings.repeat_span_fraction,
     )
     _say(f"Loading the offline Wikipedia summaries{f' (topic {settings.topic})' if settings.topic else ''} ...")
     raw = load_raw_datasets(data_args)
@@ -442,52 +505,63 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     results: list[PerplexityResult] = []
     training: dict[str, dict[str, float]] = {}
     models: dict[str, Any] = {}
-    for index, encoding in enumerate(settings.encodings, 1):
+    runs = settings.runs()
+    for index, spec in enumerate(runs, 1):
         _say(
-            f"\n[{index}/{len(settings.encodings)}] Training position_encoding={encoding!r} for {settings.steps} steps"
+            f"\n[{index}/{len(runs)}] Training position_encoding={spec.encoding!r} at {spec.block_size} tokens, "
+            f"{spec.batch_size} blocks a step, for {settings.steps} steps"
         )
         began = time.perf_counter()
-        run = _training_run(settings, encoding, tokenizer_dir, data_args)
+        run = _training_run(settings, spec, tokenizer_dir, data_args)
         seconds = time.perf_counter() - began
-        training[encoding] = {
+        training[spec.name] = {
             "seconds": round(seconds, 1),
             # The last logged loss (over the last tenth of the steps); Trainer's `train_loss` averages the whole run.
             "final_loss": round(
                 next((log["loss"] for log in reversed(run.log_history) if "loss" in log), math.nan), 4
             ),
             "steps": run.global_step,
+            "block_size": spec.block_size,
+            "batch_size": spec.batch_size,
         }
         model = load_model(run.output_dir).eval()
-        training[encoding]["parameters"] = sum(p.numel() for p in model.parameters())
-        _say(f"[{index}/{len(settings.encodings)}] Evaluating {encoding!r} at {settings.lengths}")
-        result = perplexity_at_lengths(model, ids, settings.lengths, model_name=encoding, progress=settings.progress)
+        training[spec.name]["parameters"] = sum(p.numel() for p in model.parameters())
+        _say(f"[{index}/{len(runs)}] Evaluating {spec.name!r} at {settings.lengths}")
+        result = perplexity_at_lengths(model, ids, settings.lengths, model_name=spec.name, progress=settings.progress)
         # `alibi-lm push` puts this table into the model card.
         result.to_json(Path(run.output_dir) / RESULTS_FILE)
         results.append(result)
-        models[encoding] = model
+        models[spec.name] = model
         _say(result.to_table())
 
-    generation = None
-    if settings.generate:
+    generation = speed = None
+    if settings.efficiency:
+        from .efficiency import measure_training_steps
+
+        _say("\nTiming training steps of both models side by side (forward, backward, AdamW) ...")
+        speed = measure_training_steps(settings, runs, progress=settings.progress)
+    elif settings.generate:
         encoding = "alibi" if "alibi" in models else settings.encodings[0]
         _say(f"\nGenerating {settings.new_tokens} tokens with {encoding!r} (trained at L = {settings.block_size}) ...")
         generation = _generation(settings, models[encoding], tokenizer, held_out, encoding)
 
-    result = DemoResult(settings, results, training, generation, seconds=time.perf_counter() - start)
-    stem = "demo-compare" if len(settings.encodings) > 1 else "demo"
-    from .plotting import plot_perplexity
+    result = DemoResult(settings, results, training, generation, speed, seconds=time.perf_counter() - start)
+    stem = settings.stem
+    title = f"Trained at L = {settings.block_size}, evaluated at up to {longest} tokens"
+    if settings.efficiency:
+        from .efficiency import markdown as efficiency_markdown
+        from .efficiency import plot
 
-    result.files = {
-        "json": out / f"{stem}.json",
-        "png": plot_perplexity(
-            results,
-            out / f"{stem}.png",
-            title=f"Trained at L = {settings.block_size}, evaluated at up to {longest} tokens",
-        ),
-        "markdown": out / f"{stem}.md",
-    }
+        png = plot(result, out / f"{stem}.png")
+        text = efficiency_markdown(result, stem)
+    else:
+        from .plotting import plot_perplexity
+
+        png = plot_perplexity(results, out / f"{stem}.png", title=title)
+        text = _markdown(result, stem)
+    result.files = {"json": out / f"{stem}.json", "png": png, "markdown": out / f"{stem}.md"}
     result.files["json"].write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    result.files["markdown"].write_text(_markdown(result, stem))
+    result.files["markdown"].write_text(text)
 
     _say("\n" + format_table(results))
     if generation:
