@@ -377,25 +377,30 @@ def _device() -> str:
     return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
+def results_header(result: DemoResult, title: str) -> list[str]:
+    """The opening of a results page: the title, the command that made it, the software, machine and run time."""
+    return [
+        f"# {title}",
+        "",
+        "Made by:",
+        "",
+        "```bash",
+        result.settings.command(),
+        "```",
+        "",
+        f"alibi-lm {__version__}, torch {torch.__version__}, {_device()}; the whole run took "
+        f"{result.seconds / 60:.1f} min.",
+        "",
+    ]
+
+
 def _markdown(result: DemoResult, stem: str) -> str:
     s = result.settings
     params = next(iter(result.training.values()))["parameters"]
     tokens_per_step = s.batch_size * s.block_size
     first = result.results[0]
     lines = [
-        f"# Train short, test long: {', '.join(s.encodings)}",
-        "",
-        "Made by:",
-        "",
-        "```bash",
-        s.command(),
-        "```",
-        "",
-        (
-            f"alibi-lm {__version__}, torch {torch.__version__}, {_device()}; the whole run took "
-            f"{result.seconds / 60:.1f} min."
-        ),
-        "",
+        *results_header(result, f"Train short, test long: {', '.join(s.encodings)}"),
         (
             f"Each model: {s.num_hidden_layers} layers, hidden {s.hidden_size}, {s.num_attention_heads} heads, "
             f"{params / 1e6:.2f}M parameters (tied embedding over a {s.vocab_size}-token byte-level BPE), trained at "

@@ -27,8 +27,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import __version__
-
 if TYPE_CHECKING:
     from .demo import DemoResult, DemoSettings, Run
 
@@ -130,7 +128,7 @@ def verdict(result: DemoResult) -> list[str]:
 
 def markdown(result: DemoResult, stem: str) -> str:
     """The results page of `alibi-lm demo --efficiency`."""
-    from .demo import _device, markdown_table
+    from .demo import markdown_table, results_header
 
     s = result.settings
     short, long = _pair(result)
@@ -138,17 +136,10 @@ def markdown(result: DemoResult, stem: str) -> str:
     tokens_per_step = s.batch_size * s.block_size
     params = result.training[short]["parameters"]
     lines = [
-        f"# Is training short worth it? ALiBi at L = {s.block_size} against sinusoidal at 2L = {2 * s.block_size}",
-        "",
-        "Made by:",
-        "",
-        "```bash",
-        s.command(),
-        "```",
-        "",
-        f"alibi-lm {__version__}, torch {torch.__version__}, {_device()}; the whole run took "
-        f"{result.seconds / 60:.1f} min.",
-        "",
+        *results_header(
+            result,
+            f"Is training short worth it? ALiBi at L = {s.block_size} against sinusoidal at 2L = {2 * s.block_size}",
+        ),
         f"Both models: {s.num_hidden_layers} layers, hidden {s.hidden_size}, {s.num_attention_heads} heads, "
         f"{params / 1e6:.2f}M parameters, {s.steps} steps of {tokens_per_step:,} tokens ({s.steps * tokens_per_step / 1e6:.2f}M "
         f"tokens, the same data in the same order), AdamW lr {s.learning_rate:g} with cosine decay, seed {s.seed}. "
