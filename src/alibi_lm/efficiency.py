@@ -85,7 +85,7 @@ def measure_training_steps(
         peak = m.peak_bytes if m.peak_bytes is not None else peak_memory(calls[name], device)
         out[name] = {
             "tokens_per_second": round(tokens[name] / seconds, 1),
-            "step_seconds": round(seconds, 5),
+            "step_seconds": round(seconds, 8),  # tokens_per_second is derived from it: keep it precise
             "tokens_per_step": tokens[name],
             "peak_bytes": int(peak),
             "persistent_bytes": int(persistent[name]),
