@@ -211,7 +211,16 @@ def test_repeat_span_fraction_reaches_the_training_blocks_only(tmp_path):
     expected = data.repeat_spans(
         {"input_ids": train}, list(range(len(train))), fraction=1.0, vocab_size=len(tok), exclude=special
     )["input_ids"]
-    assert mixed["train"]["input_ids"] == expected and mixed["train"]["labels"] == expected
+    assert mixed["train"]["input_ids"] == expected
+    # Random spans: the first copy and the second copy's first token are not scored; every other label is the token.
+    for ids, labels in zip(expected, mixed["train"]["labels"]):
+        hidden = [i for i, label in enumerate(labels) if label == -100]
+        assert all(labels[i] == ids[i] for i in range(len(ids)) if i not in hidden)
+        if hidden:
+            span = len(hidden) - 1
+            first, second = hidden[:span], hidden[span]
+            assert first == list(range(first[0], first[0] + span)) and 32 // 16 <= span <= 32 // 4
+            assert ids[second : second + span] == ids[first[0] : first[0] + span]  # the copy starts there
     # Fraction 1: every block gets a copy (one can happen to equal the text it replaces, hence not all differ).
     assert sum(a != b for a, b in zip(train, expected)) > 0.98 * len(train)
 
@@ -221,7 +230,7 @@ def test_random_repeated_spans_are_fresh_tokens_copied_exactly_once():
     blocks = [list(range(i * length, (i + 1) * length)) for i in range(count)]  # ids below 12,800
     vocab, special = 20_000, list(range(19_000))  # random spans may use 19,000-19,999 only
     out = data.repeat_spans({"input_ids": blocks}, list(range(count)), 1.0, vocab_size=vocab, exclude=special)
-    for original, block in zip(blocks, out["input_ids"]):
+    for original, block, labels in zip(blocks, out["input_ids"], out["labels"]):
         fresh = [i for i, t in enumerate(block) if t >= 12_800]
         assert len(block) == length and all(block[i] >= 19_000 for i in fresh)
         span = len(fresh) // 2
@@ -229,6 +238,9 @@ def test_random_repeated_spans_are_fresh_tokens_copied_exactly_once():
         assert length // 16 <= span <= length // 4
         assert first == list(range(first[0], first[0] + span)) and second == list(range(second[0], second[0] + span))
         assert [block[i] for i in first] == [block[i] for i in second]
+        # Only what can be predicted is scored: not the first copy, not the second copy's first token.
+        assert [i for i, label in enumerate(labels) if label == -100] == first + second[:1]
+        assert all(labels[i] == block[i] for i in range(length) if i not in first + second[:1])
         # The text around the copies keeps its order: the original minus the span at p and the last span tokens.
         rest = [t for t in block if t < 12_800]
         p = first[0]

@@ -420,20 +420,24 @@ def repeat_spans(
     still L tokens, with A at p and again at p + s + g, so A's second copy is predictable from its first at a
     distance s + g (from s up to L - s). With `vocab_size`, A is s tokens drawn uniformly from [0, vocab_size) less
     `exclude` (the special tokens): the first copy cannot be predicted, so the only way to lower the loss on the
-    second is to copy. Without it, A is the text x[p : p+s] itself, which a language model already predicts in
-    part, and a small model gains much less from copying (see `recipes/results/copy-probe.md`). Which blocks and
-    spans depend only on `seed` and the block's index. Blocks shorter than 4 tokens are left alone; labels follow
-    the new input_ids.
+    second is to copy. Its labels are -100 on the first copy and on the second copy's first token: nothing can
+    predict them, and scoring them only adds noise to the gradient, which Adam's second moment turns into a smaller
+    step for the copying the mix is there to teach (a 2-layer ALiBi model copies within a few hundred steps without
+    that noise and not in thousands with it, `recipes/results/copy-task.md`). Without `vocab_size`, A is the text
+    x[p : p+s] itself, which a language model already predicts in part, and a small model gains much less from
+    copying; labels then follow input_ids everywhere. Which blocks and spans depend only on `seed` and the block's
+    index. Blocks shorter than 4 tokens are left alone.
     """
     import numpy as np
 
     pool = None if vocab_size is None else np.setdiff1d(np.arange(vocab_size), np.asarray(exclude, dtype=np.int64))
-    blocks = []
+    blocks, labels = [], []
     for index, block in zip(indices, examples["input_ids"]):
         rng = np.random.default_rng([seed, index])
         length = len(block)
         if length < 4 or rng.random() >= fraction:
             blocks.append(list(block))
+            labels.append(list(block))
             continue
         span = int(rng.integers(max(2, length // 16), max(2, length // 4) + 1))
         gap = int(rng.integers(0, length - 2 * span + 1))
@@ -443,7 +447,11 @@ def repeat_spans(
         blocks.append(
             list(block[:start]) + copied + list(block[start + span : cut]) + copied + list(block[cut : length - span])
         )
-    return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
+        labels.append(list(blocks[-1]))
+        if pool is not None:  # random tokens: the first copy and the second's first token are unpredictable
+            labels[-1][start : start + span] = [-100] * span
+            labels[-1][cut] = -100
+    return {"input_ids": blocks, "labels": labels}
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -13,7 +13,8 @@ By default only ALiBi is trained; `--compare` trains every position encoding of 
 sinusoidal, rotary, T5 bias, none) with the same data, steps, sizes and seed and puts them in one table and plot.
 `--efficiency` tests the paper's second claim instead: ALiBi trained at L against sinusoidal trained at 2L on the
 same tokens, with training speed and memory (`alibi_lm.efficiency`). `--repeat-span-fraction` mixes repeated spans
-into the training blocks, so that the models learn to copy (for the copy probe, `alibi-lm eval --probe`).
+into the training blocks, a mix meant to teach copying (for the copy probe, `alibi-lm eval --probe`; the models that
+copy are made by `recipes/experiments/train_copier.py`).
 
     alibi-lm demo [--compare | --efficiency] [--output-dir runs/demo] [--overwrite] [--steps N] [--block-size L]
                   [--seed S] [--no-generate]
@@ -108,8 +109,9 @@ class DemoSettings:
     seed: int = HfArg(default=0, help="seed for initialisation, data order and sampling")
     repeat_span_fraction: float = HfArg(
         default=0.0,
-        help="fraction of training blocks into which a span of random tokens is written twice, so that the models "
-        "learn to copy (the copy probe's training mix, alibi_lm.data.repeat_spans); 0 trains on the text as it is",
+        help="fraction of training blocks into which a span of random tokens is written twice, a mix meant to teach "
+        "copying (alibi_lm.data.repeat_spans; too weak for the demo's 2-layer models, see "
+        "recipes/results/copy-probe-attempt.md); 0 trains on the text as it is",
     )
     topic: str | None = HfArg(
         default=None, help="use only the Wikipedia articles of one topic, e.g. Mathematics; if unset, all"
@@ -412,7 +414,7 @@ def _markdown(result: DemoResult, stem: str) -> str:
             + (
                 f" Training mix: in {s.repeat_span_fraction:.0%} of the training blocks a span of L/16 to L/4 random "
                 "tokens comes twice, with up to L - 2 x span tokens of text between the copies "
-                "(`alibi_lm.data.repeat_spans`), so that the models learn to copy."
+                "(`alibi_lm.data.repeat_spans`; the first copy is not scored), a mix meant to teach copying."
                 if s.repeat_span_fraction
                 else ""
             )
