@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# How far back can a model copy? The copy probe (`alibi-lm eval --probe`) on the five encodings, each trained with a
-# copy mix: every training block carries a span of L/16 to L/4 random tokens twice (`--repeat-span-fraction 1`), so
-# the only way to predict the second copy is to copy. Writes recipes/results/copy-probe.{json,png,md}.
-# ~20 min on the 2-core machine.
+# How far back can a model copy? The copy probe (`alibi-lm eval --probe`) on the five encodings. The demo's models
+# do not copy, so each encoding gets a copier first: a fresh model with the demo comparison's configuration and
+# tokenizer, trained on the demo's text plus synthetic blocks scored only on a repeated span
+# (recipes/experiments/train_copier.py). Needs runs/demo-compare (alibi-lm demo --compare ...) for the configurations
+# and the tokenizer. Writes recipes/results/copy-probe.{json,png,md}. ~35 min at one torch thread on the 2-core
+# machine (~24 min with two models training side by side).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-STEPS=${STEPS:-3000}
-R=runs/probe-models
-alibi-lm demo --compare --repeat-span-fraction 1 --steps "$STEPS" --no-generate --output-dir "$R" --overwrite \
-    --no-progress
-# Distance from a repeated token back to its first copy = span + gap: 16, 32, 48 (inside L = 64), then 64 ... 1,024.
-alibi-lm eval $R/alibi $R/sinusoidal $R/rotary $R/t5 $R/none --probe --probe-span 16 \
-    --probe-gaps 0 16 32 48 64 112 240 496 1008 --probe-samples 32 \
+STEPS=${STEPS:-2000}
+R=runs/copiers
+ENCODINGS="alibi sinusoidal rotary t5 none"
+for e in $ENCODINGS; do
+    python recipes/experiments/train_copier.py "runs/demo-compare/$e" "$R/$e" --steps "$STEPS"
+done
+MODELS=$(for e in $ENCODINGS; do printf '%s ' "$R/$e"; done)
+# The copiers as language models: perplexity on the held-out text at 1x and 16x L.
+alibi-lm eval $MODELS --lengths 64 1024 --json "$R/perplexity.json" --no-progress
+# Distance from a repeated token back to its first copy = span + gap: 16, 32, 48 (inside L = 64, where the copiers
+# were trained to copy), then 64 ... 1,024.
+alibi-lm eval $MODELS --probe --probe-span 16 --probe-gaps 0 16 32 48 64 112 240 496 1008 --probe-samples 32 \
     --json recipes/results/copy-probe.json --plot recipes/results/copy-probe.png --no-progress
-python recipes/experiments/summarize_probe.py recipes/results/copy-probe.json "$R/demo-compare.md" \
-    recipes/results/copy-probe.md
+python recipes/experiments/summarize_probe.py recipes/results/copy-probe.json "$R" recipes/results/copy-probe.md
