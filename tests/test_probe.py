@@ -155,3 +155,30 @@ def test_loss_by_position_averages_back_to_the_non_overlapping_loss():
     assert copier[:8].tolist() == pytest.approx([math.log(VOCAB)] * 8) and copier[9:].max() < 1e-6
     with pytest.raises(ValueError, match="at least one chunk"):
         loss_by_position(model, stream[:10], 64)
+
+
+def test_the_copiers_training_blocks_score_only_the_predictable_part_of_the_copy():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "recipes" / "experiments" / "train_copier.py"
+    spec = importlib.util.spec_from_file_location("train_copier", path)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    pool = torch.arange(5, 4005)  # tokens 0-4 are "special" and must never appear
+    ids, labels = recipe.copy_blocks(64, 64, pool, torch.Generator().manual_seed(0))
+    assert ids.shape == labels.shape == (64, 64) and ids.min() >= 5
+    distances = set()
+    for row, label in zip(ids, labels):
+        scored = (label != -100).nonzero().flatten().tolist()
+        span = len(scored) + 1  # the second copy's first token is not scored
+        assert 16 <= span <= 32 and scored == list(range(scored[0], scored[0] + span - 1))
+        assert label[scored].tolist() == row[scored].tolist()
+        # The scored tokens repeat an earlier span of the block, at one distance for the whole span.
+        second = scored[0] - 1
+        matches = [
+            d for d in range(span, second + 1) if row[second - d : second - d + span].equal(row[second:][:span])
+        ]
+        assert matches
+        distances.add(matches[0])
+    assert len(distances) > 10  # the distance varies, so no encoding can copy from a fixed offset

@@ -3,8 +3,8 @@
 # do not copy, so each encoding gets a copier first: a fresh model with the demo comparison's configuration and
 # tokenizer, trained on the demo's text plus synthetic blocks scored only on a repeated span
 # (recipes/experiments/train_copier.py). Needs runs/demo-compare (alibi-lm demo --compare ...) for the configurations
-# and the tokenizer. Writes recipes/results/copy-probe.{json,png,md}. ~35 min at one torch thread on the 2-core
-# machine (~24 min with two models training side by side).
+# and the tokenizer. Writes recipes/results/copy-probe.{json,png,md}. About 35 min on the 2-core machine (the
+# committed run trained the copiers two or three at a time, one torch thread each: 30 min).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 STEPS=${STEPS:-2000}
