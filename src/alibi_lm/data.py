@@ -413,7 +413,7 @@ def repeat_spans(
     vocab_size: int | None = None,
     exclude: Sequence[int] = (),
 ) -> dict[str, list[list[int]]]:
-    """Rewrite about `fraction` of the blocks so that a span comes twice in each: a mix that teaches copying.
+    """Rewrite about `fraction` of the blocks so that a span comes twice in each: a mix meant to teach copying.
 
     For a chosen block x of length L: a span length s in [max(2, L/16), max(2, L/4)], a gap g in [0, L - 2s] and a
     start p in [0, L - 2s - g], all uniform. The block becomes x[:p] + A + x[p+s : p+s+g] + A + x[p+s+g : L-s]:
@@ -421,12 +421,11 @@ def repeat_spans(
     distance s + g (from s up to L - s). With `vocab_size`, A is s tokens drawn uniformly from [0, vocab_size) less
     `exclude` (the special tokens): the first copy cannot be predicted, so the only way to lower the loss on the
     second is to copy. Its labels are -100 on the first copy and on the second copy's first token: nothing can
-    predict them, and scoring them only adds noise to the gradient, which Adam's second moment turns into a smaller
-    step for the copying the mix is there to teach (a 2-layer ALiBi model copies within a few hundred steps without
-    that noise and not in thousands with it, `recipes/results/copy-task.md`). Without `vocab_size`, A is the text
-    x[p : p+s] itself, which a language model already predicts in part, and a small model gains much less from
-    copying; labels then follow input_ids everywhere. Which blocks and spans depend only on `seed` and the block's
-    index. Blocks shorter than 4 tokens are left alone.
+    predict them, and scoring them only adds noise to the gradient (this alone did not make the demo's 2-layer
+    models copy, `recipes/results/copy-probe-attempt.md`; `recipes/experiments/train_copier.py` did). Without
+    `vocab_size`, A is the text x[p : p+s] itself, which a language model already predicts in part, and a small
+    model gains much less from copying; labels then follow input_ids everywhere. Which blocks and spans depend only
+    on `seed` and the block's index. Blocks shorter than 4 tokens are left alone.
     """
     import numpy as np
 
