@@ -79,8 +79,7 @@ def main() -> None:
     length = model.config.max_position_embeddings  # the training length L the demo stored
     text = build_lm_datasets(DataArguments(dataset_name=OFFLINE_WIKIPEDIA, block_size=length), tokenizer, length)
     text_ids = torch.tensor(text["train"]["input_ids"])  # [blocks, L]
-    special = torch.tensor(tokenizer.all_special_ids)
-    pool = torch.tensor([t for t in range(model.config.vocab_size) if t not in special])
+    pool = torch.tensor(sorted(set(range(model.config.vocab_size)) - set(tokenizer.all_special_ids)))
     generator = torch.Generator().manual_seed(args.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
     model.train()
@@ -108,8 +107,7 @@ def main() -> None:
     model.eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    settings = {k: v for k, v in vars(args).items()}
-    (out / "copier.json").write_text(json.dumps({"settings": settings, "log": log}, indent=2) + "\n")
+    (out / "copier.json").write_text(json.dumps({"settings": vars(args), "log": log}, indent=2) + "\n")
     print(f"wrote {out}")
 
 
