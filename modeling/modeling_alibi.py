@@ -106,25 +106,15 @@ def inverse_frequencies(dim: int, base: float, device: torch.device) -> torch.Te
 
 
 @dataclass
-class KeyOnlyAlibiBias:
-    """The CPU fast path's mask: `m_h * (pos_k - c)` as `[1, H, 1, K]`, used with `is_causal=True`.
-
-    Softmax is invariant to a per-row constant, so `m * pos_k` gives the same attention as
-    `-m * (pos_q - pos_k)`. Centring on `c = (K - 1) / 2` halves the fp32 rounding of large
-    biases. Exact only in fp32, with no padding, no documents, no dropout and Q == K, and only on
-    SDPA's fused CPU kernel: the math kernel refuses a mask together with `is_causal`.
-    """
-
-    bias: torch.Tensor
-
-
-@dataclass
 class WindowedAlibi:
-    """The blocked sdpa path's "mask" for windowed ALiBi: each head's slope and window, nothing L x L.
+    """The blocked sdpa path's "mask": each head's slope and window, nothing L x L.
 
     Head h sees the `windows[h]` tokens before each query and itself. `windowed_alibi_attention`
     cuts the queries into blocks and gives each block only the keys its window reaches, so a
-    head's cost is linear in L. Plain causal layouts (no padding, no documents) with Q == K only.
+    head's cost is linear in L; heads whose window holds the whole sequence share one fused causal
+    call. Plain causal layouts (no padding, no documents) with Q == K only. It serves windowed
+    ALiBi (`alibi_window_cutoff`) and the CPU default path, whose windows end where the bias
+    has silenced a key (`ALIBI_UNDERFLOW_CUTOFF`).
     """
 
     slopes: list[float]
@@ -402,7 +392,7 @@ def flash_varlen_boundaries(
 
 
 # What `AlibiModel` hands every layer as `attention_mask`, by backend (None: plain causal attention).
-AlibiMask = torch.Tensor | KeyOnlyAlibiBias | WindowedAlibi | FlexAlibiMask | FlashAlibiMask | None
+AlibiMask = torch.Tensor | WindowedAlibi | FlexAlibiMask | FlashAlibiMask | None
 
 # --- 2. Position encodings, norm and MLP ---------------------------------------------------
 
@@ -543,6 +533,38 @@ def windowed_block_size(window: int) -> int:
 WINDOWED_WORK_LIMIT = 0.5
 
 
+# How far down the ALiBi bias takes a key before the CPU default path drops it. A key at bias -80 has at most
+# e^-80 = 1.8e-35 of the weight of the query's own token (plus whatever its score exceeds that token's by): a
+# million such keys move an output by less than fp32 can represent. Kept keys stay above e^-80, 7 nats inside fp32's
+# normal range (e^-87.3 = 1.2e-38), so the softmax, its backward and their products make no denormals, which x86
+# cores without flush-to-zero handle in slow microcode (a 2.2x slower training step on Intel Xeon). And no bias the
+# kernel adds exceeds 80 in magnitude, so the fp32 rounding of a bias is at most 80 * 2^-24 = 4.8e-6 at any length.
+ALIBI_UNDERFLOW_CUTOFF = 80.0
+
+
+def key_only_bias(slopes: torch.Tensor, length: int) -> torch.Tensor:
+    """`[1, H, 1, L]` fp32: `m_h * (pos_k - c)`, the bias sdpa's fused CPU kernel takes together with `is_causal`.
+
+    Softmax is invariant to a per-row constant, so `m * pos_k` gives the same attention as `-m * (pos_q - pos_k)`.
+    Centring on `c = (L - 1) / 2` halves the largest bias. Exact only in fp32, with no dropout and Q == K, and only on
+    SDPA's fused CPU kernel (its math kernel refuses a mask together with `is_causal`); precise only while
+    `m * L` is small, which `windowed_alibi_attention` ensures by running here only heads whose window holds the
+    sequence.
+    """
+    keys = torch.arange(length, device=slopes.device, dtype=torch.float32) - (length - 1) / 2
+    return slopes[None, :, None, None] * keys[None, None, None, :]
+
+
+def key_only_exact(device: torch.device, dtype: torch.dtype, dropout: float) -> bool:
+    """Whether `key_only_bias` with `is_causal` is exact: fp32 on the CPU flash kernel, no dropout."""
+    return (
+        device.type == "cpu"
+        and dtype == torch.float32
+        and dropout == 0.0
+        and torch.backends.cuda.flash_sdp_enabled()  # the flag SDPA's fused CPU kernel obeys
+    )
+
+
 def windowed_work_ratio(windows: list[int], length: int) -> float:
     """The scores the blocked path computes over those of dense causal attention, for a sequence of `length`."""
     blocked = sum(min(w, length - 1) + windowed_block_size(min(w, length - 1)) for w in windows)
@@ -563,7 +585,22 @@ def windowed_alibi_attention(
     """
     batch, heads, length, dim = query.shape
     out = torch.empty_like(query)
-    for h in range(heads):
+    blocked = range(heads)
+    if key_only_exact(query.device, query.dtype, dropout):
+        # Heads that see the whole sequence: one fused causal call with the key-only bias, as fast as no bias; only
+        # while its bias stays small (m * L <= ALIBI_UNDERFLOW_CUTOFF), since its fp32 rounding grows with m * L.
+        whole = [
+            h for h in range(heads)
+            if mask.windows[h] >= length - 1 and mask.slopes[h] * (length - 1) <= ALIBI_UNDERFLOW_CUTOFF
+        ]  # fmt: skip
+        blocked = [h for h in range(heads) if h not in whole]
+        if whole:
+            slopes = torch.tensor([mask.slopes[h] for h in whole], device=query.device)
+            out[:, whole] = F.scaled_dot_product_attention(
+                query[:, whole], key[:, whole], value[:, whole],
+                attn_mask=key_only_bias(slopes, length), scale=scaling, is_causal=True,
+            )  # fmt: skip
+    for h in blocked:
         window = min(mask.windows[h], length - 1)
         block = windowed_block_size(window)
         span = window + block  # the keys one block of queries can reach
@@ -605,13 +642,13 @@ def sdpa_attention_forward(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    attention_mask: torch.Tensor | KeyOnlyAlibiBias | WindowedAlibi | FlexAlibiMask | None,
+    attention_mask: torch.Tensor | WindowedAlibi | FlexAlibiMask | None,
     scaling: float,
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """`F.scaled_dot_product_attention` with the 4-D mask, the key-only bias plus `is_causal`, or `is_causal` alone;
-    windowed ALiBi in blocks; a flex mask (the fused default, `AlibiModel.fused_by_default`) goes to flex_attention."""
+    """`F.scaled_dot_product_attention` with the 4-D mask or `is_causal` alone; windowed ALiBi (and the CPU default)
+    in blocks; a flex mask (the fused default, `AlibiModel.fused_by_default`) goes to flex_attention."""
     if isinstance(attention_mask, FlexAlibiMask):
         return flex_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
     key = repeat_kv(key, module.num_key_value_groups)
@@ -619,11 +656,8 @@ def sdpa_attention_forward(
     if isinstance(attention_mask, WindowedAlibi):
         attn_output = windowed_alibi_attention(query, key, value, attention_mask, scaling, dropout)
         return attn_output.transpose(1, 2).contiguous(), None
-    if isinstance(attention_mask, KeyOnlyAlibiBias):
-        mask, is_causal = attention_mask.bias, True
-    else:
-        # None only when every query sees every key before it: Q == K (causal) or one query (decoding).
-        mask, is_causal = attention_mask, attention_mask is None and query.shape[2] > 1
+    # None only when every query sees every key before it: Q == K (causal) or one query (decoding).
+    mask, is_causal = attention_mask, attention_mask is None and query.shape[2] > 1
     attn_output = F.scaled_dot_product_attention(
         query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling, is_causal=is_causal
     )
@@ -964,29 +998,26 @@ class AlibiModel(AlibiPreTrainedModel):
             )
             if bias is None and every_key:
                 return None  # plain causal attention: sdpa's is_causal, or nothing to mask at all
-            # Windowed ALiBi in blocks where that is faster; where the windows hold most of the sequence, dense
-            # ALiBi on the fast path (which the windowed model approximates to its cutoff's tolerance anyway).
-            dense_is_faster = False
-            if implementation == "sdpa" and windows is not None and layout.query_length == layout.key_length:
-                if windowed_work_ratio(windows.tolist(), layout.key_length) <= WINDOWED_WORK_LIMIT:
-                    return WindowedAlibi(slopes.tolist(), windows.tolist())
-                dense_is_faster = True
-            if (
-                implementation == "sdpa"
-                and (windows is None or dense_is_faster)
-                and slopes is not None
-                and bias is not None
-                and layout.query_length == layout.key_length
-                and device.type == "cpu"
-                and dtype == torch.float32
-                and not (self.training and self.config.attention_dropout > 0)
-                and torch.backends.cuda.flash_sdp_enabled()  # the flag SDPA's fused CPU kernel obeys
-            ):
-                keys = (
-                    torch.arange(layout.key_length, device=device, dtype=torch.float32) - (layout.key_length - 1) / 2
+            if implementation == "sdpa" and slopes is not None and layout.query_length == layout.key_length:
+                # Windowed ALiBi in blocks where that saves work; where the windows hold most of the sequence, dense
+                # ALiBi is faster (and the windowed model approximates it to its cutoff's tolerance anyway).
+                saves_work = windows is not None and (
+                    windowed_work_ratio(windows.tolist(), layout.key_length) <= WINDOWED_WORK_LIMIT
                 )
-                return KeyOnlyAlibiBias(slopes[None, :, None, None] * keys[None, None, None, :])
+                if self.on_cpu_fast_path(device, dtype):
+                    # The CPU default: heads that see the whole sequence run fused with the key-only bias; steeper
+                    # heads stop where their bias has silenced a key (no denormals, no large biases).
+                    reach = alibi_windows(slopes.cpu(), ALIBI_UNDERFLOW_CUTOFF)
+                    if saves_work:
+                        reach = torch.minimum(reach, windows.cpu())
+                    return WindowedAlibi(slopes.tolist(), reach.tolist())
+                if saves_work:
+                    return WindowedAlibi(slopes.tolist(), windows.tolist())
         return build_dense_mask(layout, bias, self.config.num_attention_heads, dtype, windows)
+
+    def on_cpu_fast_path(self, device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether sdpa's fused CPU kernel takes the key-only bias here (`key_only_bias`): fp32, no dropout."""
+        return key_only_exact(device, dtype, self.config.attention_dropout if self.training else 0.0)
 
     def fused_by_default(self, layout: AttentionLayout, bias: ScoreBias | None) -> bool:
         """Whether this forward runs flex_attention although the backend is sdpa.

@@ -12,7 +12,8 @@ import pytest
 LENGTH = 8192
 CASES = [
     ("sdpa", 2048, True),  # control: a padded batch on sdpa needs the 4-D mask
-    ("sdpa", LENGTH, False),  # the CPU key-only fast path
+    ("sdpa", 2 * LENGTH, False),  # the CPU default: key-only heads fused, steep heads blocked at their reach
+    ("sdpa", 4 * LENGTH, False),
     ("flex_attention", LENGTH, False),
     ("flex_attention", LENGTH, True),
     ("default-on-a-gpu-path", LENGTH, False),  # no attn_implementation, the CPU standing in for CUDA: flex
@@ -80,8 +81,13 @@ def test_the_probe_sees_a_quadratic_mask(peaks):
     assert peaks["sdpa-2048-True"] > 0.5 * 8 * 2048 * 2048 * 4 / 2**20
 
 
-def test_cpu_fast_path_builds_no_mask(peaks):
-    assert peaks[f"sdpa-{LENGTH}-False"] < LINEAR_BOUND_MIB
+def test_the_cpu_default_grows_linearly_in_the_length(peaks):
+    # Heads whose bias silences keys within the sequence run blocked up to their reach (80 / m_h tokens), each with
+    # one n x (w + n) fp32 bias pattern that no length changes (the widest, 1,024 x 21,504, is 84 MiB) plus key and
+    # value spans linear in L. Doubling the length from 16k to 32k doubles that at most; an L x L tensor would
+    # quadruple it (one bool L x L mask alone is 1 GiB at 32k).
+    small, large = peaks[f"sdpa-{2 * LENGTH}-False"], peaks[f"sdpa-{4 * LENGTH}-False"]
+    assert large < 2.5 * small and large < 1024
 
 
 @pytest.mark.parametrize("padded", [False, True])

@@ -1,0 +1,123 @@
+"""The CPU default path (sdpa, fp32) is exact, makes no denormals and changes no floating-point state.
+
+Heads whose bias holds the whole sequence within `ALIBI_UNDERFLOW_CUTOFF` run fused with the key-only bias; steeper
+heads stop where their bias has silenced a key. The rounding of the bias then stays bounded at any length, unlike the
+key-only bias on every head, whose error grows with the position (1e-4 at 1k tokens against fp64).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from alibi_lm.modeling.modeling_alibi import (
+    ALIBI_UNDERFLOW_CUTOFF,
+    WindowedAlibi,
+    build_layout,
+    get_alibi_slopes,
+    key_only_bias,
+    windowed_alibi_attention,
+)
+from tests.tiny import random_ids, tiny_model
+
+CPU = torch.device("cpu")
+FLT_MIN = torch.finfo(torch.float32).tiny
+
+
+def default_mask(heads: int, length: int) -> WindowedAlibi:
+    model = tiny_model(num_attention_heads=heads, hidden_size=8 * heads)
+    return model.model.build_attention_mask(build_layout(None, None, 1, length, length, 0, CPU), torch.float32)
+
+
+@pytest.mark.parametrize("heads, length", [(8, 2048), (8, 65536), (12, 4096), (4, 64)])
+def test_no_bias_the_kernel_adds_exceeds_the_cutoff(heads, length):
+    mask = default_mask(heads, length)
+    slopes = get_alibi_slopes(heads).tolist()
+    assert mask.slopes == slopes
+    for m, window in zip(slopes, mask.windows):
+        if window >= length - 1:  # fused with the key-only bias m * (pos_k - c): |bias| <= m * L / 2
+            assert m * (length - 1) <= ALIBI_UNDERFLOW_CUTOFF
+        else:  # blocked: the farthest key it keeps has bias -m * window
+            assert m * window <= ALIBI_UNDERFLOW_CUTOFF < m * (window + 1)
+
+
+def test_at_the_training_length_of_the_demo_every_head_is_fused():
+    assert all(w >= 63 for w in default_mask(4, 64).windows)  # m * 63 <= 80 for every slope: nothing changes
+
+
+def attention_weights(q, k, slopes, windows):
+    """fp32 softmax weights `[H, L, L]` as a kernel computes them, keys past each head's window masked."""
+    length = q.shape[-2]
+    d = torch.arange(length)[:, None] - torch.arange(length)[None, :]
+    visible = (d >= 0) & (d <= torch.tensor(windows)[:, None, None])
+    scores = q[0] @ k[0].transpose(-1, -2) * q.shape[-1] ** -0.5 - torch.tensor(slopes)[:, None, None] * d
+    return torch.softmax(scores.masked_fill(~visible, float("-inf")), -1)
+
+
+def test_the_kept_keys_have_no_denormal_weights_where_every_key_would():
+    torch.manual_seed(0)
+    heads, length = 8, 1024
+    q, k = torch.randn(1, heads, length, 64), torch.randn(1, heads, length, 64)
+    slopes = get_alibi_slopes(heads).tolist()
+    every_key = attention_weights(q, k, slopes, [length] * heads)
+    cut = attention_weights(q, k, slopes, default_mask(heads, length).windows)
+    denormal = lambda p: int(((p > 0) & (p < FLT_MIN)).sum())
+    assert denormal(every_key) > 10_000  # what x86 cores without flush-to-zero take slow microcode for
+    assert denormal(cut) == 0
+    # and the keys it drops weighed nothing fp32 can show next to the rest
+    assert (every_key - cut).abs().max() < 1e-30
+
+
+def exact_rows(q, k, v, slopes, rows):
+    """fp64 ALiBi attention for the query positions `rows`: `[1, H, len(rows), D]`."""
+    q, k, v = q.double(), k.double(), v.double()
+    out = []
+    for i in rows:
+        d = i - torch.arange(i + 1, dtype=torch.float64)
+        scores = (q[0, :, i, None] @ k[0, :, : i + 1].transpose(-1, -2))[:, 0] * q.shape[-1] ** -0.5  # [H, i + 1]
+        weights = torch.softmax(scores - torch.tensor(slopes, dtype=torch.float64)[:, None] * d, -1)
+        out.append((weights[:, None] @ v[0, :, : i + 1])[:, 0])  # [H, D]
+    return torch.stack(out, 1)[None]
+
+
+@pytest.mark.parametrize("length", [1024, 16384, 65536])
+def test_error_against_fp64_is_bounded_at_any_length(length):
+    torch.manual_seed(length)
+    heads = 8
+    q, k, v = (torch.randn(1, heads, length, 16) for _ in range(3))
+    slopes = get_alibi_slopes(heads)
+    rows = torch.linspace(0, length - 1, 12).long().tolist()
+    exact = exact_rows(q, k, v, slopes.tolist(), rows)
+    with torch.no_grad():
+        got = windowed_alibi_attention(q, k, v, default_mask(heads, length), 16**-0.5, 0.0)
+    error = (got[:, :, rows].double() - exact).abs().max().item()
+    with torch.no_grad():  # the key-only bias on every head, the CPU default until 2026-12
+        every = F.scaled_dot_product_attention(q, k, v, attn_mask=key_only_bias(slopes, length), is_causal=True)
+    before = (every[:, :, rows].double() - exact).abs().max().item()
+    print(f"\nL={length}: against fp64, the CPU default {error:.2e}, the key-only bias on every head {before:.2e}")
+    assert error < 1e-6
+    assert before > 10 * error
+
+
+def flushed_values(n: int = 1 << 20) -> int:
+    """How many of n denormal products come out as zero: > 0 where some thread flushes to zero."""
+    return int(((torch.full((n,), 1e-40) * 1.0) == 0).sum())
+
+
+def test_forward_and_backward_leave_every_threads_floating_point_state_alone():
+    assert flushed_values() == 0
+    model = tiny_model(num_attention_heads=8, hidden_size=64).train()
+    ids = random_ids(1, 512)  # m * 511 > 80 for the four steepest heads: the blocked path runs too
+    assert any(w < 511 for w in default_mask(8, 512).windows)
+    model(ids, labels=ids).loss.backward()
+    assert flushed_values() == 0
+
+
+def test_logits_match_eager_in_fp64_through_the_model():
+    ids = random_ids(1, 1500)
+    sdpa = tiny_model(num_attention_heads=8, hidden_size=64)
+    eager = tiny_model(num_attention_heads=8, hidden_size=64, attn_implementation="eager").double()
+    with torch.no_grad():
+        error = (sdpa(ids).logits.double() - eager(ids).logits).abs().max().item()
+    assert error < 1e-5
