@@ -55,6 +55,10 @@ def attention_weights(q, k, slopes, windows):
     return torch.softmax(scores.masked_fill(~visible, float("-inf")), -1)
 
 
+def denormal(weights: torch.Tensor) -> int:
+    return int(((weights > 0) & (weights < FLT_MIN)).sum())
+
+
 def test_the_kept_keys_have_no_denormal_weights_where_every_key_would():
     torch.manual_seed(0)
     heads, length = 8, 1024
@@ -62,7 +66,6 @@ def test_the_kept_keys_have_no_denormal_weights_where_every_key_would():
     slopes = get_alibi_slopes(heads).tolist()
     every_key = attention_weights(q, k, slopes, [length] * heads)
     cut = attention_weights(q, k, slopes, default_mask(heads, length).windows)
-    denormal = lambda p: int(((p > 0) & (p < FLT_MIN)).sum())
     assert denormal(every_key) > 10_000  # what x86 cores without flush-to-zero take slow microcode for
     assert denormal(cut) == 0
     # and the keys it drops weighed nothing fp32 can show next to the rest
