@@ -27,6 +27,7 @@ import functools
 import importlib
 import importlib.util
 import math
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -674,14 +675,53 @@ def flex_compiles(device: torch.device) -> bool:
     return device.type == "cpu" or _has_triton()
 
 
-@functools.cache
-def compiled_flex_attention() -> Callable:
-    """One compiled flex_attention for the process: a new compile per call site would recompile per shape."""
+UNCOMPILED_FLEX = (
+    "{what} ran uncompiled: torch.compile did not compile alibi-lm's call (dynamo disabled, e.g. by "
+    "TORCHDYNAMO_DISABLE or torch.compiler.disable, or a compile that failed), and torch's unfused implementation "
+    "materializes every score, L x L. flex_attention needs torch.compile; use attn_implementation='sdpa' where it "
+    "is unavailable."
+)
+
+
+def flex_attention_call(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    score_mod: Callable | None,
+    block_mask: BlockMask,
+    scale: float,
+) -> torch.Tensor:
+    """flex_attention, run only compiled (`compiled`): where dynamo gives up, it refuses instead of going L x L."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    # Static shapes, and few of them: multi-token forwards run at bucketed lengths (`flex_bucket`). Dynamic shapes
-    # hit an inductor C++ codegen error on the CPU (torch 2.13: `cur_qSplitSize1 was not declared`, GQA with padding).
-    return torch.compile(flex_attention, dynamic=False)
+    if not torch.compiler.is_compiling():
+        raise RuntimeError(UNCOMPILED_FLEX.format(what="flex_attention"))
+    return flex_attention(query, key, value, score_mod=score_mod, block_mask=block_mask, scale=scale)
+
+
+def block_mask_call(
+    mask_mod: Callable, batch: int | None, heads: int | None, query_length: int, key_length: int, device: torch.device
+) -> BlockMask:
+    """create_block_mask, run only compiled (`compiled`): uncompiled it evaluates `mask_mod` on all Q x K pairs."""
+    if not torch.compiler.is_compiling():
+        raise RuntimeError(UNCOMPILED_FLEX.format(what="create_block_mask"))
+    return create_block_mask(mask_mod, batch, heads, query_length, key_length, device=device)
+
+
+@functools.cache
+def compiled(function: Callable, signature: tuple) -> Callable:
+    """`torch.compile(function)` for one call signature (device, dtypes, shapes), with a cache of its own.
+
+    dynamo keeps compiled graphs per code object and gives up on one after 8 (`recompile_limit`), then runs it
+    uncompiled for the rest of the process, for every caller: torch's own `flex_attention` is shared with every
+    other flex user, and 8 length buckets, a second dtype or a windowed model used to exhaust it, after which flex
+    silently materialized L x L scores (26 GiB at 16k tokens on a GPU). Each signature gets a copy of the code
+    object, so each is one graph against a budget of 8 that nothing else spends; shapes are bucketed
+    (`flex_bucket`), so signatures stay few. Static shapes: dynamic ones hit an inductor C++ codegen error on the
+    CPU (torch 2.13: `cur_qSplitSize1 was not declared`, GQA with padding).
+    """
+    code = function.__code__.replace(co_name=f"{function.__name__}_{len(signature)}_{abs(hash(signature))}")
+    return torch.compile(types.FunctionType(code, function.__globals__, code.co_name), dynamic=False)
 
 
 def flex_attention_forward(
@@ -708,9 +748,13 @@ def flex_attention_forward(
     if length is not None:  # the mask is for a bucketed length: pad to it, then cut the output back
         pad = (0, 0, 0, attention_mask.block_mask.shape[-2] - length)
         query, key, value = F.pad(query, pad), F.pad(key, pad), F.pad(value, pad)
-    attn_output = compiled_flex_attention()(
-        query, key, value, score_mod=attention_mask.score_mod, block_mask=attention_mask.block_mask, scale=scaling
-    )
+    score_mod, block_mask = attention_mask.score_mod, attention_mask.block_mask
+    signature = (
+        query.device.type, query.dtype, tuple(query.shape), tuple(key.shape), block_mask.shape,
+        block_mask.kv_num_blocks.shape, score_mod is None, torch.is_grad_enabled() and query.requires_grad,
+    )  # fmt: skip
+    flex = compiled(flex_attention_call, signature)
+    attn_output = flex(query, key, value, score_mod, block_mask, scaling)
     if length is not None:
         attn_output = attn_output[:, :, :length]
     return attn_output.transpose(1, 2).contiguous(), None
@@ -1066,7 +1110,18 @@ class AlibiModel(AlibiPreTrainedModel):
 
             batch = None if layout.is_plain else layout.batch_size
             heads = None if windows is None else self.config.num_attention_heads
-            block_mask = create_block_mask(mask_mod, batch, heads, *shape, device=layout.device, _compile=compile_mask)
+            if compile_mask:
+                signature = (
+                    layout.device.type,
+                    batch,
+                    heads,
+                    *shape,
+                    layout.key_valid is None,
+                    layout.document_ids is None,
+                )
+                block_mask = compiled(block_mask_call, signature)(mask_mod, batch, heads, *shape, layout.device)
+            else:
+                block_mask = create_block_mask(mask_mod, batch, heads, *shape, device=layout.device)
             if layout.is_plain:
                 if len(self._block_mask_cache) > 16:
                     self._block_mask_cache.clear()

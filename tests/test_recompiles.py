@@ -79,3 +79,56 @@ def test_flex_with_a_static_cache_and_compiled_decoding_generates_the_dynamic_ca
     static = greedy(model, ids, 64, cache_implementation="static")  # transformers compiles the decoding step
     assert torch.equal(static, dynamic)
     assert graphs() <= 3 and limit_hits() == 0
+
+
+def peak_rise_mib(run) -> float:
+    """Resident memory (MiB) that `run()` adds at its peak (Linux: VmHWM after resetting it)."""
+
+    def status(field: str) -> int:
+        return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field))
+
+    open("/proc/self/clear_refs", "w").write("5")
+    base = status("VmRSS")
+    run()
+    return (status("VmHWM") - base) / 1024
+
+
+def test_a_flex_sweep_over_lengths_dtypes_layouts_and_windows_never_runs_unfused():
+    # One process, as an extrapolation sweep or a server sees it: fp32 and bf16, dense and windowed, plain, padded
+    # and packed, 12 lengths from 100 to 12,800. dynamo's budget of 8 graphs per code object used to be shared by
+    # all of them (and by every other flex user): the 9th graph ran torch's unfused flex, L x L.
+    models = {
+        (dtype, cutoff): tiny_model(attn_implementation="flex_attention", alibi_window_cutoff=cutoff).to(dtype)
+        for dtype in (torch.float32, torch.bfloat16)
+        for cutoff in (None, 4.0)
+    }
+    layouts = ("plain", "padded", "packed")
+    lengths = [100, 150, 200, 300, 400, 600, 800, 1000, 1600, 3200, 6400, 12800]
+    for i, length in enumerate(lengths):
+        dtype = (torch.float32, torch.bfloat16)[i % 2]
+        cutoff = (None, 4.0)[(i // 2) % 2]
+        layout = layouts[i % 3]
+        ids, kwargs = prompt(length, seed=i), {}
+        if layout == "padded":
+            kwargs["attention_mask"] = torch.ones_like(ids).index_fill_(1, torch.arange(3), 0)
+        if layout == "packed":  # transformers' padding-free format: positions restart at each document
+            kwargs["position_ids"] = torch.cat([torch.arange(length // 3), torch.arange(length - length // 3)])[None]
+        with torch.no_grad():
+            logits = models[dtype, cutoff](ids, logits_to_keep=1, **kwargs).logits
+        assert torch.isfinite(logits).all()
+    assert limit_hits() == 0  # and torch's "unfused implementation" warning is an error in this suite (setup.cfg)
+    longest = models[torch.float32, None]
+    ids = prompt(12800)
+    with torch.no_grad():
+        longest(ids, logits_to_keep=1)  # compiled at this bucket already (fp32, dense, plain): warm
+        rise = peak_rise_mib(lambda: longest(ids, logits_to_keep=1))
+    # The smallest L x L object at the bucket (16,384) is a bool mask of 256 MiB; fp32 scores for 4 heads 4 GiB.
+    assert rise < 64
+    assert limit_hits() == 0
+
+
+def test_flex_refuses_to_run_uncompiled():
+    model = tiny_model(attn_implementation="flex_attention")
+    with pytest.raises(RuntimeError, match="flex_attention ran uncompiled.*attn_implementation='sdpa'"):
+        with torch.no_grad(), torch.compiler.set_stance("force_eager"):
+            model(prompt(40))
