@@ -1167,6 +1167,7 @@ class AlibiModel(AlibiPreTrainedModel):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         inputs = input_ids if input_ids is not None else inputs_embeds
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        empty_cache = cache is None  # no cached tokens: known without reading a value, also while compiling
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         compiling = torch.compiler.is_compiling()
@@ -1182,8 +1183,11 @@ class AlibiModel(AlibiPreTrainedModel):
         if attention_mask is not None and attention_mask.dim() == 4:
             layout = custom_mask_layout(attention_mask, position_ids, query_length, key_length, past_length, device)
         else:
-            if not compiling and past_length == 0 and attention_mask is None and document_ids is None:
-                # transformers' padding-free packing (DataCollatorWithFlattening, TRL packing=True).
+            # transformers' padding-free packing (DataCollatorWithFlattening, TRL packing=True). Compiled, the
+            # documents are found inside the graph, as transformers' `find_packed_sequence_indices` does: no check
+            # that reads values, so a compiled packed row gets every document's ids (one document: all zeros).
+            fresh = empty_cache if compiling else past_length == 0
+            if fresh and attention_mask is None and document_ids is None:
                 cu_seq_lens = kwargs.get("cu_seq_lens_k")
                 document_ids = packed_document_ids(position_ids, cu_seq_lens, batch_size, query_length)
             if not compiling and past_length > 0 and attention_mask is not None:

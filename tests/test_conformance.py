@@ -110,10 +110,55 @@ def test_packed_training_loss_equals_the_documents_alone():
     batch, documents = packed_batch()
     model = tiny_model().train()
     packed_loss = model(**batch).loss  # labels carry -100 at each document's first token
+    torch.testing.assert_close(packed_loss, per_document_loss(model, documents), atol=1e-5, rtol=0)
+
+
+def per_document_loss(model, documents: list[torch.Tensor]) -> torch.Tensor:
+    """The packed row's loss as it should be: each document's own loss, weighted by its scored tokens."""
     tokens = [len(doc) - 1 for doc in documents]
     alone = [model(input_ids=doc[None], labels=doc[None]).loss for doc in documents]
-    expected = sum(loss * n for loss, n in zip(alone, tokens)) / sum(tokens)
-    torch.testing.assert_close(packed_loss, expected, atol=1e-5, rtol=0)
+    return sum(loss * n for loss, n in zip(alone, tokens)) / sum(tokens)
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "flex_attention"])
+def test_a_compiled_packed_row_equals_each_document_alone(backend):
+    # Compiled, the model used to skip finding the documents (a check that reads values) and attend across them:
+    # logits 10.0 off. flex compiles its forward on the CPU (its backward needs a GPU).
+    batch, documents = packed_batch()
+    model = tiny_model(attn_implementation=backend, num_key_value_heads=2)
+    packed = logits(torch.compile(model), input_ids=batch["input_ids"], position_ids=batch["position_ids"])
+    assert_each_document_alone(model, packed, documents)
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_a_compiled_packed_training_step_has_the_documents_loss_and_gradients(backend):
+    batch, documents = packed_batch()
+    model = tiny_model(attn_implementation=backend).train()
+    loss = torch.compile(model)(**batch).loss
+    compiled_grads = torch.autograd.grad(loss, list(model.parameters()))
+    expected = per_document_loss(model, documents)
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=0)
+    for got, want in zip(compiled_grads, torch.autograd.grad(expected, list(model.parameters()))):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_trainer_with_torch_compile_and_flattening_logs_the_per_document_loss(tmp_path: Path):
+    # Reported: loss 3.1269 compiled, the cross-document loss; 3.0124 is right.
+    from transformers import Trainer, TrainingArguments
+
+    documents = [random_ids(1, n, seed=i)[0] for i, n in enumerate((11, 23, 7, 16))]
+    model = tiny_model()
+    expected = per_document_loss(model.train(), documents).item()
+    args = TrainingArguments(
+        output_dir=str(tmp_path), torch_compile=True, max_steps=1, per_device_train_batch_size=4, logging_steps=1,
+        learning_rate=1e-3, report_to=[], use_cpu=True, save_strategy="no", remove_unused_columns=False,
+    )  # fmt: skip
+    dataset = Dataset.from_dict({"input_ids": [doc.tolist() for doc in documents]})
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithFlattening())
+    trainer.train()
+    logged = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
+    assert logged == pytest.approx(expected, abs=1e-5)
 
 
 def test_flash_varlen_boundaries_follow_documents_and_padding():
