@@ -141,14 +141,17 @@ def test_alibi_stays_flat_at_four_times_the_training_length(small_demo):
 
 
 def test_sinusoidal_blows_up_past_the_training_length(small_demo):
+    # What the experiment is about is the contrast past L, and that is what is asserted, with margins that hold on
+    # both CPU vendors: the seeded run's trajectory differs by CPU (AMD EPYC: sinusoidal 30.65 at L, 76.76 at 4L, ALiBi
+    # 26.50 -> 25.88; Intel Xeon: sinusoidal 34.40 at L, ALiBi 26.44). It used to also ask that the two be within 25%
+    # at L, which held on AMD only.
     at_l, at_4l = small_demo.ppl("sinusoidal", 1), small_demo.ppl("sinusoidal", 4)
-    assert at_l < 100
-    # 2.50x measured (30.65 -> 76.76; ALiBi 26.50 -> 25.88, 0.98x) with these settings. 1.8x leaves room for
-    # run-to-run float differences and still means "blows up".
-    assert at_4l >= 1.8 * at_l, f"sinusoidal: ppl {at_4l:.2f} at 4L vs {at_l:.2f} at L"
-    # Past L it is worse than ALiBi by a wide margin, even though at L the two are close.
-    assert at_4l > 1.5 * small_demo.ppl("alibi", 4)
-    assert at_l == pytest.approx(small_demo.ppl("alibi", 1), rel=0.25)
+    alibi_l, alibi_4l = small_demo.ppl("alibi", 1), small_demo.ppl("alibi", 4)
+    assert at_4l >= 1.6 * at_l, f"sinusoidal: ppl {at_4l:.2f} at 4L vs {at_l:.2f} at L"
+    assert alibi_4l <= 1.05 * alibi_l, f"ALiBi: ppl {alibi_4l:.2f} at 4L vs {alibi_l:.2f} at L"
+    assert at_4l > 1.5 * alibi_4l
+    # Both trained: at L neither is broken (within 1.5x of each other), so the contrast is extrapolation alone.
+    assert max(at_l, alibi_l) < 1.5 * min(at_l, alibi_l) and at_l < 100
 
 
 def test_every_length_is_scored_on_the_same_tokens(small_demo):
