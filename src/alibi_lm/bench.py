@@ -63,6 +63,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from . import machine
 from .bench_presets import PRESETS, Preset, Target, get_preset, max_length, measurement_plan
 from .bench_report import Row, add_ratios, check_targets, to_markdown
 from .modeling.configuration_alibi import AlibiConfig
@@ -479,10 +480,9 @@ def run_bench(
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Versions and hardware, so that a table says where its numbers come from."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     return {
         "device": str(device),
-        "device_name": name,
+        "device_name": machine.describe(device),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),

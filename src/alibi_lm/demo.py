@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import shlex
 import time
 from collections.abc import Sequence
@@ -38,7 +36,7 @@ import torch
 from transformers import HfArgumentParser, PreTrainedTokenizerBase, set_seed
 from transformers.hf_argparser import HfArg
 
-from . import AlibiConfig, __version__
+from . import AlibiConfig, __version__, machine
 from .data import OFFLINE_WIKIPEDIA, DataArguments, cached_bpe_tokenizer, load_raw_datasets
 from .evaluation import PerplexityResult, format_table, perplexity_at_lengths, tokenize_texts
 from .hub import RESULTS_FILE, load_model
@@ -374,9 +372,7 @@ def markdown_table(results: Sequence[PerplexityResult], training_length: int) ->
 
 
 def _device() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return machine.describe("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def results_header(result: DemoResult, title: str) -> list[str]:

@@ -74,6 +74,7 @@ from .data import DataArguments, build_lm_datasets, cached_bpe_tokenizer, load_r
 from .evaluation import perplexity
 from .hub import find_weights, load_model, prepare_for_hub, push_to_hub
 from .integrity import verify_checksums
+from .machine import denormals_flushed
 
 logger = logging.getLogger(__name__)
 
@@ -398,11 +399,6 @@ def build_model(model_args: Any, config: PreTrainedConfig) -> PreTrainedModel:
 # ---------------------------------------------------------------------------------------------------------------
 # Trainer
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def denormals_flushed() -> bool:
-    """Whether this process flushes denormal floats to zero (torch has a setter, `set_flush_denormal`, but no getter)."""
-    return torch.tensor([1e-40], dtype=torch.float32).mul(1.0).item() == 0.0
 
 
 @contextmanager
