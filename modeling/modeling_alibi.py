@@ -595,6 +595,11 @@ def windowed_alibi_attention(
             if mask.windows[h] >= length - 1 and mask.slopes[h] * (length - 1) <= ALIBI_UNDERFLOW_CUTOFF
         ]  # fmt: skip
         blocked = [h for h in range(heads) if h not in whole]
+        if not blocked:  # every head (short sequences, e.g. training at L): one call on the tensors as they are
+            slopes = torch.tensor(mask.slopes, device=query.device)
+            return F.scaled_dot_product_attention(
+                query, key, value, attn_mask=key_only_bias(slopes, length), scale=scaling, is_causal=True
+            )
         if whole:
             slopes = torch.tensor([mask.slopes[h] for h in whole], device=query.device)
             out[:, whole] = F.scaled_dot_product_attention(
