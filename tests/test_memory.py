@@ -84,10 +84,10 @@ def test_the_probe_sees_a_quadratic_mask(peaks):
 def test_the_cpu_default_grows_linearly_in_the_length(peaks):
     # Heads whose bias silences keys within the sequence run blocked up to their reach (80 / m_h tokens), each with
     # one n x (w + n) fp32 bias pattern that no length changes (the widest, 1,024 x 21,504, is 84 MiB) plus key and
-    # value spans linear in L. Doubling the length from 16k to 32k doubles that at most; an L x L tensor would
+    # value spans linear in L. Doubling the length from 16k to 32k about doubles that; an L x L tensor would
     # quadruple it (one bool L x L mask alone is 1 GiB at 32k).
     small, large = peaks[f"sdpa-{2 * LENGTH}-False"], peaks[f"sdpa-{4 * LENGTH}-False"]
-    assert large < 2.5 * small and large < 1024
+    assert large < 3 * small and large < 1024  # 1.9x-2.6x measured (the eighth head joins the blocked set at 32k)
 
 
 @pytest.mark.parametrize("padded", [False, True])
