@@ -595,16 +595,18 @@ def windowed_alibi_attention(
             if mask.windows[h] >= length - 1 and mask.slopes[h] * (length - 1) <= ALIBI_UNDERFLOW_CUTOFF
         ]  # fmt: skip
         blocked = [h for h in range(heads) if h not in whole]
-        if not blocked:  # every head (short sequences, e.g. training at L): one call on the tensors as they are
-            slopes = torch.tensor(mask.slopes, device=query.device)
-            return F.scaled_dot_product_attention(
-                query, key, value, attn_mask=key_only_bias(slopes, length), scale=scaling, is_causal=True
-            )
         if whole:
-            slopes = torch.tensor([mask.slopes[h] for h in whole], device=query.device)
+            bias_key = ("key-only", tuple(whole), length, query.device)  # built by the first layer, as the patterns
+            if bias_key not in mask.patterns:
+                slopes = torch.tensor([mask.slopes[h] for h in whole], device=query.device)
+                mask.patterns[bias_key] = key_only_bias(slopes, length)
+            if not blocked:  # every head (short sequences, e.g. training at L): one call on the tensors as they are
+                return F.scaled_dot_product_attention(
+                    query, key, value, attn_mask=mask.patterns[bias_key], scale=scaling, is_causal=True
+                )
             out[:, whole] = F.scaled_dot_product_attention(
                 query[:, whole], key[:, whole], value[:, whole],
-                attn_mask=key_only_bias(slopes, length), scale=scaling, is_causal=True,
+                attn_mask=mask.patterns[bias_key], scale=scaling, is_causal=True,
             )  # fmt: skip
     for h in blocked:
         window = min(mask.windows[h], length - 1)

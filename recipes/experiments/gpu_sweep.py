@@ -23,15 +23,11 @@ from pathlib import Path
 
 import torch
 import transformers
+from gpu_check import build, sync  # the sibling script's model builder and CUDA sync
 from torch._dynamo.utils import counters
 
-from alibi_lm import AlibiConfig, AlibiForCausalLM, machine
+from alibi_lm import AlibiForCausalLM, machine
 from alibi_lm.modeling.modeling_alibi import AlibiModel
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def limit_hits() -> int:
@@ -52,17 +48,6 @@ def measure(fn, device: torch.device) -> tuple[float, float | None]:
     return seconds, peak
 
 
-def build(size: dict, device: torch.device, dtype: torch.dtype, attn: str | None = None, **overrides):
-    torch.manual_seed(0)
-    config = AlibiConfig(**size, **overrides)
-    kwargs = {} if attn is None else {"attn_implementation": attn}
-    return (
-        AlibiForCausalLM._from_config(config, dtype=dtype, **kwargs).to(device).eval()
-        if attn
-        else (AlibiForCausalLM(config).to(device=device, dtype=dtype).eval())
-    )
-
-
 def tokens(batch: int, length: int, vocab: int, device: torch.device) -> torch.Tensor:
     return torch.randint(1, vocab, (batch, length), generator=torch.Generator().manual_seed(length)).to(device)
 
@@ -74,7 +59,7 @@ def sweep(device: torch.device, small: bool) -> list[dict]:
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
         for cutoff in (None, 20.0):
-            model = build(size, device, dtype, alibi_window_cutoff=cutoff)
+            model = build(size, device, dtype, None, alibi_window_cutoff=cutoff)
             for length in lengths:
                 ids = tokens(1, length, size["vocab_size"], device)
                 try:
