@@ -161,6 +161,38 @@ def test_trainer_with_torch_compile_and_flattening_logs_the_per_document_loss(tm
     assert logged == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_trl_sft_packing_with_torch_compile_logs_the_uncompiled_per_document_loss(tmp_path: Path):
+    # Uncompiled packing equals the documents alone (the tests above); compiled training must log that same loss.
+    trl = pytest.importorskip("trl")
+    texts = [
+        "The cat sat on the mat.",
+        "A language model predicts the next word.",
+        "The dog slept.",
+        "ALiBi reads far.",
+    ]
+    tokenizer = train_bpe_tokenizer(Dataset.from_dict({"text": texts * 4}), vocab_size=300)
+    model = tiny_model(vocab_size=300)
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path), packing=True, max_length=64, per_device_train_batch_size=4, max_steps=1,
+        learning_rate=1e-3, logging_steps=1, report_to=[], use_cpu=True, save_strategy="no", torch_compile=True,
+    )  # fmt: skip
+    trainer = trl.SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}), processing_class=tokenizer
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["input_ids"].shape[0] == 1 and len(trainer.train_dataset) == 1  # one packed row: the only batch
+    model.train()
+    expected = model(**batch).loss.item()
+    crossing = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss.item()  # documents not marked
+    trainer.train()
+    logged = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
+    # Inductor's fused kernels round differently from eager (6e-6 relative seen); crossing documents is far off.
+    assert logged == pytest.approx(expected, rel=2e-5)
+    assert abs(crossing - expected) > 10 * 2e-5 * expected  # so the check above would catch it (50x here)
+
+
 def test_flash_varlen_boundaries_follow_documents_and_padding():
     # What flash_attention_2 receives; the kernel itself needs a GPU and the flash_attn package.
     documents = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 0, 0]])
