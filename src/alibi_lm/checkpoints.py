@@ -8,19 +8,25 @@
     .final-model-staged/     the whole final model, being moved into output_dir (a start finishes the move)
     config.json, model.safetensors, SHA256SUMS, tokenizer files, modeling files: the final model
 
-A start first decides (`plan_start`): resume from a checkpoint, refuse, or start over; nothing is written or deleted
+A run holds `output_dir/.alibi-lm.lock` (`run_lock`) from before it reads the folder until it ends: a second run
+into the same folder refuses at once, naming the first, and changes nothing. A start first decides (`plan_start`): resume from a checkpoint, refuse, or start over; nothing is written or deleted
 before that. Then `prepare_output_dir` finishes an interrupted final-model move, puts aside partial saves, and, for
 `--overwrite_output_dir` only, removes the old run's checkpoints and final model, naming them.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
 import shutil
+import socket
+import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +36,14 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import AlibiForCausalLM
 from .hub import MODELING_FILES, find_weights
-from .integrity import CHECKSUMS_FILE, IntegrityError, read_checksums, verify_checksums, write_checksums
+from .integrity import (
+    CHECKSUMS_FILE,
+    IntegrityError,
+    check_links_stay_inside,
+    read_checksums,
+    verify_checksums,
+    write_checksums,
+)
 from .modeling import modeling_alibi
 from .modeling.configuration_alibi import AUTO_MAP
 
@@ -50,6 +63,74 @@ FINAL_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors
 
 class OutputDirInUseError(ValueError):
     """output_dir holds earlier work and the run was not told to resume or overwrite it."""
+
+
+class OutputDirLockedError(OutputDirInUseError):
+    """Another run is training into output_dir right now."""
+
+
+LOCK_FILE = ".alibi-lm.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def run_lock(output_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold `output_dir/.alibi-lm.lock` for the block: one run per folder.
+
+    An advisory `flock`, which the kernel releases when the process ends however it ends, so a killed run leaves
+    no lock that holds: its file, naming the dead process, is reported and taken over. A second run refuses at once
+    with `OutputDirLockedError`, naming the first run's process, and writes nothing. On leaving the block the lock file
+    is removed, and so is `output_dir` if this block created it and nothing else was put there (a run that refuses to
+    start leaves the folder as it found it).
+
+    Raises:
+        OutputDirLockedError: another process holds the lock.
+    """
+    output_dir = Path(output_dir)
+    created_dir = not output_dir.exists()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / LOCK_FILE
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the whole block
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "a process that has not written its name yet"
+        handle.close()
+        raise OutputDirLockedError(
+            f"output_dir {output_dir} is in use by another run ({owner}); nothing was changed. Wait for it to end "
+            "or stop it, or choose another output_dir."
+        ) from None
+    try:
+        handle.seek(0)
+        previous = handle.read().strip()
+        if previous:
+            pid = re.search(r"pid (\d+)", previous)
+            gone = pid is not None and not _alive(int(pid.group(1)))
+            logger.warning(
+                "%s: a lock left by an earlier run that did not end cleanly (%s%s); taking it over.",
+                output_dir, previous, ", no longer running" if gone else "",
+            )  # fmt: skip
+        handle.seek(0)
+        handle.truncate()
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
+        handle.flush()
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()  # releases the lock
+        if created_dir and not any(output_dir.iterdir()):
+            output_dir.rmdir()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -111,6 +192,7 @@ def check_checkpoint(folder: str | os.PathLike, require_optimizer: bool = True) 
         raise ValueError(
             f"Checkpoint folder {folder} has a damaged {TRAINER_STATE} ({err}): it was cut short while being written."
         ) from None
+    check_links_stay_inside(folder)  # resume reads only what the run wrote, never what a link points at
     find_weights(folder)  # names a missing or truncated safetensors file
     verify_checksums(folder)  # names a weights file whose bytes changed since the save
     if require_optimizer:
@@ -369,9 +451,12 @@ __all__ = [
     "FINAL_STAGED",
     "FINAL_STAGING",
     "IntegrityError",
+    "LOCK_FILE",
     "OutputDirInUseError",
+    "OutputDirLockedError",
     "StartPlan",
     "check_checkpoint",
+    "run_lock",
     "checkpoints",
     "finish_checkpoint",
     "install_staged_final_model",

@@ -227,6 +227,10 @@ def check_data_file(path: str | os.PathLike, split: str = "train") -> None:
     datasets reports these as a `DatasetGenerationError` without the file name, or as an empty split.
     """
     file = Path(path)
+    if file.is_dir():
+        raise IsADirectoryError(
+            f"The {split} data file {str(path)!r} is a directory; give one file ({', '.join(sorted(_BUILDERS))})."
+        )
     if not file.is_file():
         raise FileNotFoundError(f"The {split} data file {str(path)!r} does not exist.")
     if file.stat().st_size == 0:
@@ -301,6 +305,13 @@ def load_raw_datasets(data_args: DataArguments) -> DatasetDict:
                 f"The {split} split has no column {data_args.text_column!r}; its columns are "
                 f"{raw[split].column_names}. Set `text_column`."
             )
+        feature = raw[split].features[data_args.text_column]
+        if getattr(feature, "dtype", None) not in ("string", "large_string"):
+            kind = getattr(feature, "dtype", type(feature).__name__)
+            raise ValueError(
+                f"The {split} split's column {data_args.text_column!r} holds {kind} values, not text; every "
+                f"record needs a string there (or set `text_column` to the column that holds the text)."
+            )
     if "validation" not in raw:
         train = raw["train"]
         if len(train) < 2:
@@ -319,9 +330,29 @@ def load_raw_datasets(data_args: DataArguments) -> DatasetDict:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+# One huge string costs a multiple of its size in `tokenizers` (an alignment pair per byte) and as Python lists of
+# token ids (a 200 MB single-line file passed 16 GB). Longer texts go to BPE training, and to tokenizing
+# (`split_long_documents`), in pieces of at most this many characters, cut just before a space: byte-level
+# pre-tokenization starts a word at the space before it, so the pieces split into the same words, and encode to the
+# same tokens, as the whole text (except inside a run of several spaces, or a piece with no space, cut where it ends).
+TEXT_PIECE_CHARS = 1 << 20
+
+
+def text_pieces(text: str, size: int | None = None) -> Iterator[str]:
+    """`text` in pieces of at most `size` (default `TEXT_PIECE_CHARS`) characters, each cut just before a space."""
+    size = size or TEXT_PIECE_CHARS
+    start = 0
+    while len(text) - start > size:
+        cut = text.rfind(" ", start + 1, start + size)
+        cut = cut if cut > start else start + size
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
 def _iter_texts(dataset: Dataset, text_column: str, batch_size: int = 1000) -> Iterator[list[str]]:
     for batch in dataset.iter(batch_size=batch_size):
-        yield [text for text in batch[text_column] if text and text.strip()]
+        yield [piece for text in batch[text_column] if text and text.strip() for piece in text_pieces(text)]
 
 
 def train_bpe_tokenizer(dataset: Dataset, vocab_size: int, text_column: str = "text") -> PreTrainedTokenizerFast:
@@ -466,8 +497,48 @@ def _tokenize_documents(
 ) -> dict[str, list[list[int]]]:
     eos = tokenizer.eos_token_id
     encoded = tokenizer(examples[text_column], return_attention_mask=False)["input_ids"]
-    # Every document ends with eos, so a model trained on concatenated blocks sees where documents meet.
-    return {"input_ids": [ids if ids and ids[-1] == eos else ids + [eos] for ids in encoded]}
+    # Every document ends with eos, so a model trained on concatenated blocks sees where documents meet; a long
+    # document's pieces (`split_long_documents`) get it after the last one only.
+    ends = examples.get(DOCUMENT_END) or [True] * len(encoded)
+    return {
+        "input_ids": [ids if not end or (ids and ids[-1] == eos) else ids + [eos] for ids, end in zip(encoded, ends)]
+    }
+
+
+DOCUMENT_END = "document_end"  # the column `split_long_documents` adds: whether a piece ends its document
+
+
+def _piece_rows(examples: dict[str, list[str]], text_column: str) -> dict[str, list]:
+    pieces = [list(text_pieces(text)) for text in examples[text_column]]
+    return {
+        text_column: [piece for document in pieces for piece in document],
+        DOCUMENT_END: [i == len(document) - 1 for document in pieces for i in range(len(document))],
+    }
+
+
+def split_long_documents(dataset: Dataset, text_column: str, key: str, cache: Path | None) -> Dataset | None:
+    """`dataset` with every document over `TEXT_PIECE_CHARS` cut into rows of pieces, or None if none is that long.
+
+    A 200 MB single-line file is one document: tokenized whole, it becomes one row of 50M token ids that the
+    tokenizer, `map` and `group_texts` each hold as Python lists at once. As pieces (cut before a space, so they
+    tokenize to the same tokens) it streams through `map` a few MiB at a time; `_tokenize_documents` puts the eos
+    after each document's last piece only, so the token stream is the same.
+    """
+    import pyarrow.compute as pc
+
+    longest = pc.max(pc.binary_length(dataset.data.column(text_column))).as_py() or 0  # bytes >= characters
+    if longest <= TEXT_PIECE_CHARS:
+        return None
+    return dataset.map(
+        _piece_rows,
+        fn_kwargs={"text_column": text_column},
+        batched=True,
+        batch_size=1,
+        remove_columns=dataset.column_names,
+        new_fingerprint=key,
+        cache_file_name=str(cache / f"pieces-{key}.arrow") if cache else None,
+        desc="Cutting long documents into pieces",
+    )
 
 
 def tokenize_and_group(
@@ -506,11 +577,17 @@ def tokenize_and_group(
             load_from_cache_file=not overwrite_cache,
             desc=f"Dropping empty {split} documents",
         )
+        key = Hasher.hash([_CACHE_VERSION, dataset._fingerprint, text_column, TEXT_PIECE_CHARS, "pieces"])
+        pieces = split_long_documents(dataset, text_column, key, cache)
+        # Rows of pieces are up to TEXT_PIECE_CHARS long: a few at a time keep each map batch to a few MiB of text.
+        rows_per_batch = 1000 if pieces is None else 8
+        dataset = dataset if pieces is None else pieces
         key = Hasher.hash([_CACHE_VERSION, dataset._fingerprint, text_column, tokenizer_hash])
         tokenized = dataset.map(
             _tokenize_documents,
             fn_kwargs={"tokenizer": tokenizer, "text_column": text_column},
             batched=True,
+            batch_size=rows_per_batch,
             num_proc=num_proc,
             remove_columns=dataset.column_names,
             new_fingerprint=key,
@@ -523,6 +600,7 @@ def tokenize_and_group(
             group_texts,
             fn_kwargs={"block_size": block_size, "packing": packing},
             batched=True,
+            batch_size=rows_per_batch,
             num_proc=num_proc,
             new_fingerprint=key,
             cache_file_name=str(cache / f"blocks{block_size}{'-packed' if packing else ''}-{key}.arrow")

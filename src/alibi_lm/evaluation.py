@@ -521,9 +521,14 @@ def load_model_and_tokenizer(path: str, device: str | None = None, dtype: str = 
 
     from .hub import load_model  # names a truncated file or one whose bytes changed since it was saved
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
     torch_dtype = getattr(torch, dtype) if dtype != "auto" else "auto"
-    model = load_model(path, dtype=torch_dtype)
+    model = load_model(path, dtype=torch_dtype)  # first: a damaged or tampered folder is named before anything else
+    if not any((Path(path) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        raise FileNotFoundError(
+            f"{path} has no tokenizer (no tokenizer.json or tokenizer_config.json): save it beside the model with "
+            "tokenizer.save_pretrained(folder)"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(path)
     if device is not None:
         model.to(device)
     return model.eval(), tokenizer

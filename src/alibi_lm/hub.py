@@ -44,7 +44,7 @@ from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from . import modeling
-from .integrity import verify_checksums
+from .integrity import check_links_stay_inside, inside, verify_checksums
 from .modeling.configuration_alibi import AUTO_MAP  # the one declaration: AlibiConfig writes it into config.json
 
 MODELING_FILES = ("configuration_alibi.py", "modeling_alibi.py")
@@ -134,7 +134,7 @@ def find_weights(folder: str | Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        missing = [name for name in shards if not (folder / name).is_file()]
+        missing = [name for name in shards if not inside(folder, name).is_file()]
         if missing:
             raise FileNotFoundError(f"{index} lists shards that are not in {folder}: {', '.join(missing)}")
         files = [folder / name for name in shards]
@@ -171,9 +171,13 @@ def load_model(name_or_path: str | Path, **kwargs: Any) -> PreTrainedModel:
     error from a downloaded file is re-raised with the repo name. `import alibi_lm` (this package) has registered the Auto classes, so no remote code runs.
     """
     if Path(name_or_path).is_dir():
+        check_links_stay_inside(name_or_path)  # transformers would read what a link points at
+        find_weights(name_or_path)  # an index's shards stay inside the folder
         for file in sorted(Path(name_or_path).glob("*.safetensors")):
             check_safetensors(file)
-        verify_checksums(name_or_path)  # a flipped bit inside a tensor is named here, not generated from
+        verify_checksums(name_or_path)  # a flipped bit, or an edited config, is named here, not generated from
+        if (Path(name_or_path) / "config.json").is_file():
+            check_config_matches_weights(name_or_path)  # a layer dropped or added at random is not a model
     try:
         return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except SafetensorError as err:
@@ -471,6 +475,7 @@ def plan_push(
         ValueError: corrupt weights, a config that is not ALiBi or does not match the weights, a bad results file.
     """
     folder = Path(folder)
+    check_links_stay_inside(folder)  # before anything is read: a link out would upload what it points at
     weights = find_weights(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -525,7 +530,10 @@ def plan_push(
             if name in generated:
                 continue  # replaced by what push writes
             is_weights = name.endswith(".safetensors") or name == "model.safetensors.index.json"
-            allowed = any(fnmatch.fnmatchcase(name, pattern) for pattern in HUB_FILES)
+            # fnmatch's `*` also matches `/`: a pattern matches only at its own depth (not a nested folder's files).
+            allowed = any(
+                fnmatch.fnmatchcase(name, pattern) and name.count("/") == pattern.count("/") for pattern in HUB_FILES
+            )
             if allowed and (name in loaded or not is_weights):
                 files[name] = folder / name
             else:

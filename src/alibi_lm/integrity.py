@@ -21,11 +21,69 @@ import re
 from pathlib import Path
 
 CHECKSUMS_FILE = "SHA256SUMS"
+# What defines a model besides its weights, recorded in the manifest too: an edited config (a layer count, the
+# position encoding, the activation) changes what the same weights compute as surely as a flipped bit does.
+DEFINING_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    "configuration_alibi.py",
+    "modeling_alibi.py",
+)
 _LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 
 
 class IntegrityError(ValueError):
     """A weights file does not match the sha256 recorded when it was saved."""
+
+
+class OutsideFolderError(ValueError):
+    """A file that a model folder holds, names or links to lies outside the folder."""
+
+
+def inside(folder: str | os.PathLike, name: str | os.PathLike) -> Path:
+    """`folder / name`, checked to stay inside `folder`: no absolute name, no `..`, no symbolic link out.
+
+    A model folder is read by load, verify, export and push, and push uploads what it reads: a `tokenizer.json`
+    linked to /etc/passwd would go to the Hub byte for byte. The one link out that is allowed is a Hub cache
+    snapshot's into its own `blobs/` (huggingface_hub's layout: `snapshots/<commit>/<file>` -> `../../blobs/<sha>`).
+
+    Raises:
+        OutsideFolderError: naming the file and where it leads.
+    """
+    folder = Path(folder)
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise OutsideFolderError(
+            f"{folder}: the file name {str(name)!r} leads outside the folder; refusing to read it"
+        )
+    path, root = folder / relative, folder.resolve()
+    target = path.resolve()
+    blobs = root.parent.parent / "blobs" if root.parent.name == "snapshots" else None
+    if target != root and root not in target.parents and not (blobs is not None and blobs in target.parents):
+        raise OutsideFolderError(
+            f"{path} is a symbolic link to {target}, outside {folder}; refusing to read or upload it "
+            "(copy the file into the folder if it belongs to the model)"
+        )
+    return path
+
+
+def check_links_stay_inside(folder: str | os.PathLike) -> None:
+    """Raise `OutsideFolderError` for the first symbolic link under `folder` (links are not followed) that leads out."""
+    folder = Path(folder)
+    for directory, subfolders, files in os.walk(folder):
+        for name in sorted(subfolders + files):
+            path = Path(directory) / name
+            if path.is_symlink():
+                inside(folder, path.relative_to(folder))
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
@@ -42,10 +100,16 @@ def weights_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in Path(folder).glob("*.safetensors") if p.is_file())
 
 
-def write_checksums(folder: str | os.PathLike) -> Path:
-    """Write `folder/SHA256SUMS` for every safetensors file in `folder`, atomically; return its path."""
+def manifest_files(folder: str | os.PathLike) -> list[Path]:
+    """What `SHA256SUMS` covers: the weights and the `DEFINING_FILES` that `folder` holds."""
     folder = Path(folder)
-    lines = [f"{sha256_file(file)}  {file.name}\n" for file in weights_files(folder)]
+    return weights_files(folder) + [folder / name for name in DEFINING_FILES if (folder / name).is_file()]
+
+
+def write_checksums(folder: str | os.PathLike) -> Path:
+    """Write `folder/SHA256SUMS` for the weights and defining files in `folder`, atomically; return its path."""
+    folder = Path(folder)
+    lines = [f"{sha256_file(file)}  {file.name}\n" for file in manifest_files(folder)]
     target = folder / CHECKSUMS_FILE
     partial = target.with_name(f".{CHECKSUMS_FILE}.partial")
     with open(partial, "w", encoding="utf-8") as f:
@@ -72,6 +136,9 @@ def read_checksums(folder: str | os.PathLike) -> dict[str, str] | None:
         match = _LINE.match(line)
         if match is None:
             raise IntegrityError(f"{path}, line {number}: expected '<64 hex digits>  <file name>', got {line[:80]!r}")
+        inside(path.parent, match.group(2))  # a manifest names files of its own folder only
+        if "/" in match.group(2):
+            raise OutsideFolderError(f"{path}, line {number}: {match.group(2)!r} is not a file of {path.parent}")
         recorded[match.group(2)] = match.group(1)
     return recorded
 
@@ -92,24 +159,45 @@ def verify_checksums(folder: str | os.PathLike, required: bool = False) -> list[
         if required:
             raise IntegrityError(f"{folder} has no {CHECKSUMS_FILE}: nothing to verify the weights against")
         return []
-    present = {file.name: file for file in weights_files(folder)}
+    weights = {file.name: file for file in weights_files(folder)}
+    present = {file.name: file for file in manifest_files(folder)}
     missing = sorted(set(recorded) - set(present))
     if missing:
         raise IntegrityError(f"{folder}: {', '.join(missing)} listed in {CHECKSUMS_FILE} but missing")
-    unlisted = sorted(set(present) - set(recorded))
+    # A defining file a manifest does not list is older than the manifest format that covers it; a weights file
+    # it does not list was written after it.
+    unlisted = sorted(set(weights) - set(recorded))
     if unlisted:
         raise IntegrityError(
             f"{folder}: {', '.join(unlisted)} not in {CHECKSUMS_FILE}: the weights changed after it was written"
         )
     for name, expected in sorted(recorded.items()):
         actual = sha256_file(present[name])
-        if actual != expected:
+        if actual != expected and name in weights:
             raise IntegrityError(
                 f"{present[name]}: sha256 {actual} does not match {expected} recorded in {CHECKSUMS_FILE} when it "
                 "was saved; the file is corrupt (disk or copy error). Restore it from a backup or an earlier "
                 "checkpoint."
             )
+        if actual != expected:
+            raise IntegrityError(
+                f"{present[name]} changed since the model was saved (sha256 {actual[:12]}... is not the "
+                f"{expected[:12]}... recorded in {CHECKSUMS_FILE}): the weights were trained with the saved one. "
+                "Restore it, or re-save the model if the edit is meant."
+            )
     return [present[name] for name in sorted(recorded)]
+
+
+def non_finite_tensors(folder: str | os.PathLike) -> list[str]:
+    """Names of the tensors in `folder`'s safetensors files that hold a NaN or an infinity (a diverged run)."""
+    import torch
+    from safetensors import safe_open
+
+    bad = []
+    for file in weights_files(folder):
+        with safe_open(str(file), framework="pt") as f:
+            bad += [name for name in f.keys() if not bool(torch.isfinite(f.get_tensor(name)).all())]  # noqa: SIM118
+    return bad
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -132,9 +220,16 @@ def run(args: argparse.Namespace) -> int:
     from .hub import check_config_matches_weights, find_weights
 
     for folder in args.folders:
+        check_links_stay_inside(folder)
         files = find_weights(folder)
         checked = verify_checksums(folder, required=args.require_checksums)
         check_config_matches_weights(folder)
+        bad = non_finite_tensors(folder)
+        if bad:
+            raise IntegrityError(
+                f"{folder}: {len(bad)} tensor(s) hold NaN or infinity ({', '.join(bad[:5])}"
+                f"{', ...' if len(bad) > 5 else ''}): the run that saved them diverged"
+            )
         note = f"sha256 matches {CHECKSUMS_FILE}" if checked else f"no {CHECKSUMS_FILE}: headers checked only"
         print(f"{folder}: OK ({len(files)} weights file(s), {note}; config matches the weight shapes)")
     return 0

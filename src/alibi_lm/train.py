@@ -26,11 +26,15 @@ Checkpoints are Hub folders (safetensors, config with auto_map, modeling files, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import enum
 import logging
+import math
 import os
+import signal
 import sys
+import threading
 import types
 import typing
 from collections.abc import Iterator, Sequence
@@ -67,13 +71,14 @@ from .checkpoints import (
     last_checkpoint,
     plan_start,
     prepare_output_dir,
+    run_lock,
     save_final_model,
     write_remote_code,
 )
 from .data import DataArguments, build_lm_datasets, cached_bpe_tokenizer, load_raw_datasets
 from .evaluation import perplexity
-from .hub import find_weights, load_model, prepare_for_hub, push_to_hub
-from .integrity import verify_checksums
+from .hub import check_config_matches_weights, find_weights, load_model, prepare_for_hub, push_to_hub
+from .integrity import check_links_stay_inside, verify_checksums
 from .machine import denormals_flushed
 
 logger = logging.getLogger(__name__)
@@ -306,6 +311,10 @@ def parse_recipe(
     if remaining:
         keys = [arg.lstrip("-").split("=")[0] for arg in remaining if arg.startswith("--")] or remaining
         raise _unknown_keys_error(keys, "the command-line overrides")
+    for key in ("learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm"):
+        value = getattr(training_args, key, None)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{key} must be a finite number >= 0, got {value} (recipe {path} or its overrides).")
     return model_args, data_args, training_args
 
 
@@ -319,8 +328,10 @@ def _check_model_folder(name_or_path: str) -> None:
     if folder.is_dir():
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"model_name_or_path {folder} has no config.json; is it a saved model folder?")
+        check_links_stay_inside(folder)
         find_weights(folder)
         verify_checksums(folder)
+        check_config_matches_weights(folder)
     elif name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         # Not a Hub id ("name" or "org/name"): a local folder that is not there.
         raise FileNotFoundError(f"model_name_or_path {name_or_path!r} does not exist.")
@@ -331,7 +342,12 @@ def load_tokenizer(
 ) -> PreTrainedTokenizerBase:
     """The tokenizer: given, from the checkpoint being resumed or fine-tuned, or a BPE trained on `raw_train`."""
     if model_args.tokenizer_name:
-        return AutoTokenizer.from_pretrained(model_args.tokenizer_name)
+        name = model_args.tokenizer_name
+        if not Path(name).exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+            # Not a Hub id ("name" or "org/name"): a local folder that is not there (transformers would say the
+            # repo id is malformed).
+            raise FileNotFoundError(f"tokenizer_name {name!r} does not exist.")
+        return AutoTokenizer.from_pretrained(name)
     # A resumed run must keep the tokenizer its checkpoint was trained with.
     if resume is not None and (resume / "tokenizer_config.json").is_file():
         return AutoTokenizer.from_pretrained(resume)
@@ -419,6 +435,46 @@ def flush_denormals(enabled: bool = True) -> Iterator[None]:
         torch.set_flush_denormal(previous)
 
 
+class TerminatedError(RuntimeError):
+    """The run got SIGTERM and stopped after saving a checkpoint of its last step."""
+
+
+class StopOnSigterm(TrainerCallback):
+    """SIGTERM, which schedulers send some time before they kill a job: finish the step, save it, stop.
+
+    Without it a SIGTERM ended the process at once, losing every step since the last checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[None]:
+        """Take SIGTERM for the block (main thread only, as Python's signals are), then restore the handler."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handle(signum: int, frame: Any) -> None:
+            logger.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping.")
+            self.received = True
+
+        previous = signal.signal(signal.SIGTERM, handle)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: Any, **kwargs: Any) -> None:
+        if self.received:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+class DivergedError(RuntimeError):
+    """Training made a parameter NaN or infinite; the run stops instead of saving it."""
+
+
 class AlibiTrainer(Trainer):
     """Trainer whose checkpoints appear whole or not at all, and which adds `eval_perplexity` to evaluation logs.
 
@@ -436,12 +492,32 @@ class AlibiTrainer(Trainer):
             # inference; the model already skips the cache while training.
             self.model.config.use_cache = use_cache
         self._checkpoint_staging: str | None = None
+        self._first_non_finite_loss_step: int | None = None
 
     def _is_alibi(self) -> bool:
         return isinstance(self.accelerator.unwrap_model(self.model), AlibiForCausalLM)
 
+    def check_finite(self) -> None:
+        """Raise `DivergedError` if a parameter holds NaN or infinity: such weights are never saved."""
+        bad = [
+            name
+            for name, parameter in self.accelerator.unwrap_model(self.model).named_parameters()
+            # an FSDP2 parameter is a DTensor: each rank checks the shard it holds
+            if not bool(torch.isfinite(parameter.to_local() if hasattr(parameter, "to_local") else parameter).all())
+        ]
+        if bad:
+            when = self._first_non_finite_loss_step
+            raise DivergedError(
+                f"training diverged: {len(bad)} parameter(s) hold NaN or infinity at step {self.state.global_step} "
+                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
+                + (f"; the logged loss was first non-finite at step {when}" if when is not None else "")
+                + ". Nothing was saved; lower the learning rate (or clip gradients) and start again from the last "
+                "checkpoint."
+            )
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         # Every checkpoint and final save goes through here, on every rank.
+        self.check_finite()
         super().save_model(output_dir, _internal_call=_internal_call)
         if self.args.should_save and self._is_alibi():
             write_remote_code(output_dir or self.args.output_dir)
@@ -480,6 +556,9 @@ class AlibiTrainer(Trainer):
         # reporters before callbacks run, so only this hook reaches all of them (and evaluate()'s return value).
         if "eval_loss" in logs:
             logs["eval_perplexity"] = perplexity(logs["eval_loss"])
+        loss = logs.get("loss")
+        if isinstance(loss, float) and not math.isfinite(loss) and self._first_non_finite_loss_step is None:
+            self._first_non_finite_loss_step = self.state.global_step
         super().log(logs, start_time)
 
 
@@ -501,10 +580,21 @@ def train(
 ) -> TrainResult:
     """Train (or fine-tune, or resume) and save the final model, with its tokenizer, to `output_dir`.
 
+    The main process holds `output_dir`'s lock (`alibi_lm.checkpoints.run_lock`) for the whole run: a second run
+    into the same folder refuses at once and changes nothing.
+
     Args:
         model_args, data_args, training_args: as returned by `parse_recipe` (a plain `TrainingArguments` works too).
         callbacks: extra Trainer callbacks, e.g. `alibi_lm.evaluation.ExtrapolationCallback`.
     """
+    main_process = training_args.process_index == 0
+    with run_lock(training_args.output_dir) if main_process else contextlib.nullcontext():
+        return _train(model_args, data_args, training_args, callbacks)
+
+
+def _train(
+    model_args: Any, data_args: DataArguments, training_args: TrainingArguments, callbacks: Sequence[TrainerCallback]
+) -> TrainResult:
     output_dir = Path(training_args.output_dir)
     # Decide first (every process reads the same folder), change the folder only after: a run that refuses to
     # start leaves everything as it found it.
@@ -552,6 +642,8 @@ def train(
         prepare_for_hub(model)  # every checkpoint gets the modeling files and a full auto_map
     # Perplexity needs the loss only; see AlibiTrainingArguments.
     training_args.prediction_loss_only = True
+    # Trainer's default leaves NaN and infinite losses out of the logged mean, so a diverged run logs 0.
+    training_args.logging_nan_inf_filter = False
     # Trainer's own push uploads the whole output_dir (training_args.bin, results, any stray file) at every save;
     # the final model goes up once, at the end, through `alibi_lm.hub.push_to_hub` and its allow-list.
     push = training_args.push_to_hub
@@ -569,8 +661,16 @@ def train(
         trainer.state = TrainerState.load_from_json(str(resume / TRAINER_STATE))
         metrics: dict[str, float] = {}
     else:
-        with flush_denormals(getattr(training_args, "flush_denormal", False)):
+        sigterm = StopOnSigterm()
+        trainer.add_callback(sigterm)
+        with flush_denormals(getattr(training_args, "flush_denormal", False)), sigterm.listening():
             metrics = dict(trainer.train(resume_from_checkpoint=str(resume) if resume else None).metrics)
+        if sigterm.received:
+            raise TerminatedError(
+                f"stopped by SIGTERM after step {trainer.state.global_step}, saved as "
+                f"{output_dir / f'{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}'}; run the same command with "
+                "--resume_from_checkpoint true to go on from it."
+            )
     save_final_model(trainer, output_dir)
     if push and training_args.should_save:
         push_to_hub(
@@ -657,6 +757,9 @@ __all__ = [
     "check_checkpoint",
     "denormals_flushed",
     "flush_denormals",
+    "DivergedError",
+    "StopOnSigterm",
+    "TerminatedError",
     "last_checkpoint",
     "main",
     "parse_recipe",
