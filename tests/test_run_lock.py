@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from alibi_lm.checkpoints import LOCK_FILE, OutputDirLockedError, run_lock
+from alibi_lm.checkpoints import OutputDirLockedError, lock_path, run_lock
 from alibi_lm.train import parse_recipe, train
 from tests.test_train import tiny_recipe, workdir  # noqa: F401 - the module's text files, a pytest fixture
 
@@ -63,7 +63,7 @@ def test_a_second_run_refuses_naming_the_first_and_changes_no_byte(workdir: Path
         """
     )
     try:
-        wait_for(out / LOCK_FILE, holder)
+        wait_for(lock_path(out), holder)
         assert holder.stdout.readline().strip() == "ready"
         before = snapshot(out)
         with pytest.raises(OutputDirLockedError, match=rf"in use by another run \(pid {holder.pid} on "):
@@ -85,22 +85,23 @@ def test_a_killed_runs_lock_is_named_and_taken_over(tmp_path: Path, caplog: pyte
             time.sleep(120)
         """
     )
-    wait_for(out / LOCK_FILE, holder)
+    wait_for(lock_path(out), holder)
     assert holder.stdout.readline().strip() == "ready"
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    assert (out / LOCK_FILE).exists()  # what kill -9 leaves; the kernel released the lock itself
+    assert lock_path(out).exists()  # what kill -9 leaves; the kernel released the lock itself
     with caplog.at_level(logging.WARNING, logger="alibi_lm.checkpoints"), run_lock(out):
         pass
     assert f"pid {holder.pid}" in caplog.text and "no longer running" in caplog.text
-    assert not (out / LOCK_FILE).exists()
+    assert not lock_path(out).exists()
 
 
-def test_a_refused_start_leaves_no_folder_behind(tmp_path: Path):
-    out = tmp_path / "never"
+def test_the_lock_lives_beside_the_folder_and_goes_with_the_run(tmp_path: Path):
+    out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="refused"), run_lock(out):
+        assert lock_path(out) == tmp_path / ".out.alibi-lm.lock" and lock_path(out).exists()
         raise RuntimeError("refused")
-    assert not out.exists()
+    assert not out.exists() and not lock_path(out).exists()
 
 
 def test_two_concurrent_runs_the_second_refuses_and_the_first_ends_as_a_solo_run(workdir: Path):  # noqa: F811

@@ -263,7 +263,7 @@ def test_interrupted_final_save_is_finished_by_the_next_start(workdir, uninterru
     # The next start that goes on (resuming, say) finishes the move before anything else.
     prepare_output_dir(StartPlan(out, resume=None, overwrite=False))
     assert not (out / FINAL_STAGED).exists()
-    assert verify_checksums(out, required=True) == [out / "model.safetensors"]
+    assert out / "model.safetensors" in verify_checksums(out, required=True)  # config, tokenizer, code too
     assert type(AutoModelForCausalLM.from_pretrained(out)) is AlibiForCausalLM
 
 

@@ -8,7 +8,7 @@
     .final-model-staged/     the whole final model, being moved into output_dir (a start finishes the move)
     config.json, model.safetensors, SHA256SUMS, tokenizer files, modeling files: the final model
 
-A run holds `output_dir/.alibi-lm.lock` (`run_lock`) from before it reads the folder until it ends: a second run
+A run holds the folder's lock (`run_lock`, a file beside it) from before it reads the folder until it ends: a second run
 into the same folder refuses at once, naming the first, and changes nothing. A start first decides (`plan_start`): resume from a checkpoint, refuse, or start over; nothing is written or deleted
 before that. Then `prepare_output_dir` finishes an interrupted final-model move, puts aside partial saves, and, for
 `--overwrite_output_dir` only, removes the old run's checkpoints and final model, naming them.
@@ -69,7 +69,7 @@ class OutputDirLockedError(OutputDirInUseError):
     """Another run is training into output_dir right now."""
 
 
-LOCK_FILE = ".alibi-lm.lock"
+LOCK_SUFFIX = ".alibi-lm.lock"
 
 
 def _alive(pid: int) -> bool:
@@ -82,23 +82,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def lock_path(output_dir: str | os.PathLike) -> Path:
+    """Where `run_lock` keeps the lock of `output_dir`: beside it, so that locking changes nothing inside it."""
+    folder = Path(output_dir).resolve()
+    return folder.parent / f".{folder.name}{LOCK_SUFFIX}"
+
+
 @contextmanager
 def run_lock(output_dir: str | os.PathLike) -> Iterator[None]:
-    """Hold `output_dir/.alibi-lm.lock` for the block: one run per folder.
+    """Hold the lock of `output_dir` (`lock_path`: `.<name>.alibi-lm.lock` beside it) for the block: one run per folder.
 
     An advisory `flock`, which the kernel releases when the process ends however it ends, so a killed run leaves
     no lock that holds: its file, naming the dead process, is reported and taken over. A second run refuses at once
-    with `OutputDirLockedError`, naming the first run's process, and writes nothing. On leaving the block the lock file
-    is removed, and so is `output_dir` if this block created it and nothing else was put there (a run that refuses to
-    start leaves the folder as it found it).
+    with `OutputDirLockedError`, naming the first run's process, and writes nothing. The lock file lives beside the
+    folder, not in it, so nothing in the folder changes for it, and it is removed on leaving the block.
 
     Raises:
         OutputDirLockedError: another process holds the lock.
     """
-    output_dir = Path(output_dir)
-    created_dir = not output_dir.exists()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / LOCK_FILE
+    path = lock_path(output_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the whole block
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -108,7 +111,7 @@ def run_lock(output_dir: str | os.PathLike) -> Iterator[None]:
         handle.close()
         raise OutputDirLockedError(
             f"output_dir {output_dir} is in use by another run ({owner}); nothing was changed. Wait for it to end "
-            "or stop it, or choose another output_dir."
+            f"or stop it, or choose another output_dir. (The lock: {path}.)"
         ) from None
     try:
         handle.seek(0)
@@ -129,8 +132,6 @@ def run_lock(output_dir: str | os.PathLike) -> Iterator[None]:
     finally:
         path.unlink(missing_ok=True)
         handle.close()  # releases the lock
-        if created_dir and not any(output_dir.iterdir()):
-            output_dir.rmdir()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -451,7 +452,8 @@ __all__ = [
     "FINAL_STAGED",
     "FINAL_STAGING",
     "IntegrityError",
-    "LOCK_FILE",
+    "LOCK_SUFFIX",
+    "lock_path",
     "OutputDirInUseError",
     "OutputDirLockedError",
     "StartPlan",
