@@ -71,3 +71,28 @@ def test_sigterm_saves_a_checkpoint_and_resume_ends_where_an_uninterrupted_run_d
     assert resumed.keys() == expected.keys()
     for name, tensor in expected.items():
         torch.testing.assert_close(resumed[name], tensor, atol=1e-6, rtol=0)
+
+
+def test_a_full_disk_during_a_save_names_the_folder_and_keeps_earlier_checkpoints(workdir: Path, monkeypatch):  # noqa: F811
+    import safetensors
+    import transformers.modeling_utils
+
+    real_save = transformers.modeling_utils.safe_save_file  # what save_pretrained writes weights with
+    saves = []
+
+    def fill_up(tensors, filename, *args, **kwargs):
+        saves.append(filename)
+        if len(saves) == 2:  # the second save: checkpoint-4's weights (checkpoint-2 went through)
+            raise safetensors.SafetensorError(
+                "Error while serializing: I/O error: No space left on device (os error 28)"
+            )
+        return real_save(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", fill_up)
+    recipe = tiny_recipe(workdir, "full-disk", max_steps=6, save_steps=2)
+    with pytest.raises(
+        OSError, match=r"no space left on the device while saving .*checkpoint-4 \(\d+ MiB free there\)"
+    ):
+        train(*parse_recipe(recipe))
+    out = workdir / "full-disk"
+    assert (out / "checkpoint-2" / "model.safetensors").is_file() and not (out / "checkpoint-4").exists()

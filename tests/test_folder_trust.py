@@ -104,6 +104,9 @@ def test_verify_and_load_refuse(case: str, folder: Path, outside: Path, capsys: 
     assert named in capsys.readouterr().err
     with pytest.raises(OutsideFolderError, match=named.replace(".", r"\.")):
         hub.load_model(folder)
+    exported = folder.parent / "exported"
+    assert cli_main(["export", str(folder), str(exported), "--to", "mpt"]) == 1
+    assert named in capsys.readouterr().err and not exported.exists()
 
 
 def test_a_link_out_is_named_with_its_target(folder: Path, outside: Path):

@@ -360,7 +360,11 @@ def prepare_output_dir(plan: StartPlan) -> None:
             # Only whole saves ever leave these folders, so what is left in them is the part of a save a kill cut
             # short; the run is about to redo it.
             shutil.rmtree(output_dir / name)
-            logger.warning("Removed %s/: the part of a save that an earlier run was killed during.", name)
+            logger.warning(
+                "Removed %s/: the part of a save that an earlier run did not finish (it was killed, or the save "
+                "failed, e.g. on a full disk).",
+                name,
+            )
     for folder in checkpoints(output_dir):
         if not (folder / TRAINER_STATE).is_file():
             logger.warning("%s was not completely written; renamed to %s.", folder, _set_aside(folder).name)

@@ -44,7 +44,7 @@ from transformers import AutoTokenizer, BloomConfig, BloomForCausalLM, MptConfig
 from transformers.initialization import no_init_weights
 
 from .convert import TOKENIZER_FILES, check_destination, write_folder
-from .hub import load_model
+from .hub import check_model_folder, load_model
 from .modeling.configuration_alibi import AlibiConfig
 from .modeling.modeling_alibi import AlibiForCausalLM
 
@@ -332,6 +332,8 @@ def export_checkpoint(
     """
     src, dst = Path(src), Path(dst).expanduser()
     check_destination(dst, overwrite)
+    if src.is_dir():
+        check_model_folder(src)  # before config.json is read: nothing from outside the folder, nothing tampered
     config = AlibiConfig.from_pretrained(src)
     check_exportable(config, target)
     if max_length is not None and max_length < config.max_position_embeddings:

@@ -162,6 +162,28 @@ def check_safetensors(file: str | Path) -> None:
         raise ValueError(f"{file} ({size} bytes) is not a valid safetensors file, probably truncated: {err}") from err
 
 
+def check_model_folder(folder: str | Path) -> list[Path]:
+    """Everything a loader must know before it reads a local model folder; returns its weights files.
+
+    No file leads out of the folder (`check_links_stay_inside`, and `find_weights` for an index's shards); every
+    safetensors header is whole; the weights, config, tokenizer and code match `SHA256SUMS` when there is one (a
+    flipped bit or an edited config is named here, not generated from); and config.json implies the tensors the
+    weights hold (a layer dropped or added at random is not a model). Load, export, fine-tuning and verify all call it.
+
+    Raises:
+        OutsideFolderError, FileNotFoundError, ValueError (IntegrityError among them): naming the file.
+    """
+    folder = Path(folder)
+    check_links_stay_inside(folder)  # transformers would read what a link points at
+    weights = find_weights(folder)
+    for file in sorted(folder.glob("*.safetensors")):
+        check_safetensors(file)
+    verify_checksums(folder)
+    if (folder / "config.json").is_file():
+        check_config_matches_weights(folder)
+    return weights
+
+
 def load_model(name_or_path: str | Path, **kwargs: Any) -> PreTrainedModel:
     """`AutoModelForCausalLM.from_pretrained` that names the bad file when a checkpoint is truncated or corrupt.
 
@@ -171,13 +193,7 @@ def load_model(name_or_path: str | Path, **kwargs: Any) -> PreTrainedModel:
     error from a downloaded file is re-raised with the repo name. `import alibi_lm` (this package) has registered the Auto classes, so no remote code runs.
     """
     if Path(name_or_path).is_dir():
-        check_links_stay_inside(name_or_path)  # transformers would read what a link points at
-        find_weights(name_or_path)  # an index's shards stay inside the folder
-        for file in sorted(Path(name_or_path).glob("*.safetensors")):
-            check_safetensors(file)
-        verify_checksums(name_or_path)  # a flipped bit, or an edited config, is named here, not generated from
-        if (Path(name_or_path) / "config.json").is_file():
-            check_config_matches_weights(name_or_path)  # a layer dropped or added at random is not a model
+        check_model_folder(name_or_path)
     try:
         return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except SafetensorError as err:

@@ -217,13 +217,13 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .hub import check_config_matches_weights, find_weights
+    from .hub import check_model_folder
 
     for folder in args.folders:
-        check_links_stay_inside(folder)
-        files = find_weights(folder)
-        checked = verify_checksums(folder, required=args.require_checksums)
-        check_config_matches_weights(folder)
+        if args.require_checksums and read_checksums(folder) is None:
+            raise IntegrityError(f"{folder} has no {CHECKSUMS_FILE}: nothing to verify the weights against")
+        files = check_model_folder(folder)  # verify_checksums among its checks
+        checked = read_checksums(folder) is not None
         bad = non_finite_tensors(folder)
         if bad:
             raise IntegrityError(

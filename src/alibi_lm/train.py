@@ -29,9 +29,11 @@ import argparse
 import contextlib
 import difflib
 import enum
+import errno
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -77,8 +79,7 @@ from .checkpoints import (
 )
 from .data import DataArguments, build_lm_datasets, cached_bpe_tokenizer, load_raw_datasets
 from .evaluation import perplexity
-from .hub import check_config_matches_weights, find_weights, load_model, prepare_for_hub, push_to_hub
-from .integrity import check_links_stay_inside, verify_checksums
+from .hub import check_model_folder, load_model, prepare_for_hub, push_to_hub
 from .machine import denormals_flushed
 
 logger = logging.getLogger(__name__)
@@ -328,10 +329,7 @@ def _check_model_folder(name_or_path: str) -> None:
     if folder.is_dir():
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"model_name_or_path {folder} has no config.json; is it a saved model folder?")
-        check_links_stay_inside(folder)
-        find_weights(folder)
-        verify_checksums(folder)
-        check_config_matches_weights(folder)
+        check_model_folder(folder)
     elif name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         # Not a Hub id ("name" or "org/name"): a local folder that is not there.
         raise FileNotFoundError(f"model_name_or_path {name_or_path!r} does not exist.")
@@ -435,6 +433,30 @@ def flush_denormals(enabled: bool = True) -> Iterator[None]:
         torch.set_flush_denormal(previous)
 
 
+@contextlib.contextmanager
+def naming_disk_errors(folder: str | os.PathLike) -> Iterator[None]:
+    """Re-raise a full disk during a save as an OSError that names the folder and the space left.
+
+    safetensors reports it as `SafetensorError: Error while serializing: ... No space left on device (os error 28)`,
+    naming no path; torch's and json's writes raise ENOSPC with the file at most.
+    """
+    try:
+        yield
+    except Exception as err:
+        full = (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err)
+        if not full:
+            raise
+        folder = Path(folder)
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+        free = shutil.disk_usage(existing).free
+        raise OSError(
+            errno.ENOSPC,
+            f"no space left on the device while saving {folder} ({free / 2**20:.0f} MiB free there); the save was "
+            "not finished and the earlier checkpoints are intact. Free some space (or set save_total_limit) and "
+            "resume with --resume_from_checkpoint true",
+        ) from err
+
+
 class TerminatedError(RuntimeError):
     """The run got SIGTERM and stopped after saving a checkpoint of its last step."""
 
@@ -518,7 +540,8 @@ class AlibiTrainer(Trainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         # Every checkpoint and final save goes through here, on every rank.
         self.check_finite()
-        super().save_model(output_dir, _internal_call=_internal_call)
+        with naming_disk_errors(output_dir or self.args.output_dir):
+            super().save_model(output_dir, _internal_call=_internal_call)
         if self.args.should_save and self._is_alibi():
             write_remote_code(output_dir or self.args.output_dir)
 
@@ -534,7 +557,8 @@ class AlibiTrainer(Trainer):
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         self._checkpoint_staging = str(staging)
         try:
-            super()._save_checkpoint(model, trial)
+            with naming_disk_errors(staging / name):
+                super()._save_checkpoint(model, trial)
         finally:
             self._checkpoint_staging = None
         self.accelerator.wait_for_everyone()  # every rank has written its part (FSDP shards, RNG states)
