@@ -44,10 +44,9 @@ from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from . import modeling
-from .integrity import check_links_stay_inside, inside, verify_checksums
+from .integrity import DEFINING_FILES, MODELING_FILES, check_links_stay_inside, inside, verify_checksums
 from .modeling.configuration_alibi import AUTO_MAP  # the one declaration: AlibiConfig writes it into config.json
 
-MODELING_FILES = ("configuration_alibi.py", "modeling_alibi.py")
 # All that `push` takes from a checkpoint folder (fnmatch patterns on the path inside it): the weights (only those
 # `find_weights` loads, so a shard left over from an earlier save stays behind), what `save_pretrained` of the model
 # and of a transformers 5.24 tokenizer writes (slow tokenizers' vocabulary files included), the remote code, and the
@@ -56,19 +55,8 @@ HUB_FILES = (
     "model.safetensors",
     "model-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].safetensors",
     "model.safetensors.index.json",
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "chat_template.jinja",
-    "chat_template.json",
+    *DEFINING_FILES,  # config, generation config, tokenizer files and the remote code (MODELING_FILES)
     "additional_chat_templates/*.jinja",
-    *MODELING_FILES,
     "README.md",
 )
 # Trainer state that lives next to the weights in a checkpoint folder but is not part of the model.

@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 
 CHECKSUMS_FILE = "SHA256SUMS"
+MODELING_FILES = ("configuration_alibi.py", "modeling_alibi.py")  # the remote code beside the weights
 # What defines a model besides its weights, recorded in the manifest too: an edited config (a layer count, the
 # position encoding, the activation) changes what the same weights compute as surely as a flipped bit does.
 DEFINING_FILES = (
@@ -35,8 +36,7 @@ DEFINING_FILES = (
     "tokenizer.model",
     "chat_template.jinja",
     "chat_template.json",
-    "configuration_alibi.py",
-    "modeling_alibi.py",
+    *MODELING_FILES,
 )
 _LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 
