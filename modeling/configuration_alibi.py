@@ -13,6 +13,7 @@ import math
 import re
 
 import transformers
+from transformers.utils import logging
 
 MIN_TRANSFORMERS_VERSION = "5.24.0"
 
@@ -33,7 +34,12 @@ check_transformers_version()
 
 from transformers import PreTrainedConfig  # noqa: E402
 
+logger = logging.get_logger(__name__)
+
 POSITION_ENCODINGS = ("alibi", "sinusoidal", "rotary", "t5", "none")
+# The context clients may use by default, as a multiple of the training length: the longest length the project's
+# own evaluation measures (`alibi-lm demo`, `alibi-lm eval`: 1x to 16x L), where ALiBi's perplexity stays flat.
+CONTEXT_MULTIPLE = 16
 AUTO_MAP = {
     "AutoConfig": "configuration_alibi.AlibiConfig",
     "AutoModel": "modeling_alibi.AlibiModel",
@@ -45,9 +51,17 @@ HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "si
 class AlibiConfig(PreTrainedConfig):
     r"""Architecture of an ALiBi decoder-only LM (pre-norm, LayerNorm, GELU MLP by default).
 
-    `max_position_embeddings` is the sequence length the model was *trained* at. It is metadata for
-    model cards and evaluation, never a limit: ALiBi has no position table, and the model runs and
-    generates at any length.
+    `train_length` is the sequence length the model was trained at (L): evaluation multiples, the model
+    card and the demo read it. `max_position_embeddings` is the context clients may use, the field that
+    `generate`, pipelines, lm-eval, TRL, the exporters and serving engines read as the model's limit. It
+    defaults to `CONTEXT_MULTIPLE` (16) x `train_length`, the lengths this project measures ALiBi's
+    perplexity to stay flat at, so none of them warns or truncates past the training length; set it to
+    any other value. It is not a limit of the model itself: ALiBi has no position table and runs at any
+    length (the sinusoidal baseline's table is sized to it).
+
+    A `config.json` written before `train_length` existed held the training length in
+    `max_position_embeddings`; `from_pretrained` reads it as `train_length`, derives the context from
+    it, and says so in one line.
 
     `position_encoding` selects how the model sees order, so that the paper's baselines run on an
     otherwise identical model:
@@ -112,7 +126,8 @@ class AlibiConfig(PreTrainedConfig):
     embedding_dropout: float = 0.0
     tie_word_embeddings: bool = True
     use_cache: bool = True
-    max_position_embeddings: int = 512
+    train_length: int = 512
+    max_position_embeddings: int | None = None
     position_encoding: str = "alibi"
     alibi_max_bias: float = 8.0
     alibi_window_cutoff: float | None = None
@@ -132,10 +147,40 @@ class AlibiConfig(PreTrainedConfig):
             self.num_key_value_heads = self.num_attention_heads
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
+        if self.max_position_embeddings is None and _is_count(self.train_length):
+            self.max_position_embeddings = CONTEXT_MULTIPLE * self.train_length
         self._validate()
         super().__post_init__(**kwargs)
         # Name every Auto class the folder supports; transformers itself adds only the saved class.
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        if "train_length" not in config_dict and "max_position_embeddings" in config_dict:
+            # Saved before `train_length`: max_position_embeddings then held the training length.
+            config_dict = dict(config_dict)
+            length = config_dict.pop("max_position_embeddings")
+            config_dict["train_length"] = length
+            if _is_count(length):
+                logger.warning_once(
+                    f"This config.json predates `train_length`: reading its max_position_embeddings={length} as the "
+                    f"training length and allowing {CONTEXT_MULTIPLE * length} tokens of context; save the model "
+                    "again to write both fields."
+                )
+        return super().from_dict(config_dict, **kwargs)
+
+    def set_train_length(self, length: int) -> None:
+        """Record that the model is (now) trained at `length` tokens.
+
+        A context derived from the old training length moves with it; one set by hand stays, raised to `length`
+        if it was shorter.
+        """
+        derived = self.max_position_embeddings == CONTEXT_MULTIPLE * self.train_length
+        self.train_length = length
+        self.max_position_embeddings = (
+            CONTEXT_MULTIPLE * length if derived else max(self.max_position_embeddings, length)
+        )
+        self._validate()
 
     @property
     def _attn_implementation(self) -> str | None:
@@ -166,12 +211,13 @@ class AlibiConfig(PreTrainedConfig):
             "num_attention_heads",
             "num_key_value_heads",
             "intermediate_size",
+            "train_length",
             "max_position_embeddings",
             "t5_num_buckets",
             "t5_max_distance",
         ):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            if not _is_count(value):
                 raise ValueError(f"AlibiConfig.{name} must be a positive integer, got {value!r}.")
         for name in ("layer_norm_eps", "initializer_range", "alibi_max_bias", "rope_theta"):
             value = getattr(self, name)
@@ -222,6 +268,10 @@ class AlibiConfig(PreTrainedConfig):
                 )
         if self.hidden_act not in HIDDEN_ACTS:
             raise ValueError(f"AlibiConfig.hidden_act must be one of {HIDDEN_ACTS}, got {self.hidden_act!r}.")
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 __all__ = ["AlibiConfig"]

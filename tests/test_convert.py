@@ -125,7 +125,7 @@ def test_greedy_generation_identical(arch: str) -> None:
 def test_converted_mpt_generates_past_mpt_max_seq_len() -> None:
     reference = mpt()
     ours = convert_mpt(reference)
-    assert ours.config.max_position_embeddings == MAX_SEQ_LEN  # metadata, not a limit
+    assert (ours.config.train_length, ours.config.max_position_embeddings) == (MAX_SEQ_LEN, 16 * MAX_SEQ_LEN)
     prompt = ids(batch=1, length=8)
     settings = {"do_sample": False, "pad_token_id": 0}
     # MPT's bias table has max_seq_len columns: one token more and the forward breaks.
@@ -149,17 +149,17 @@ def test_bloom_config_mapping() -> None:
     config = convert_bloom(reference).config
     assert config.hidden_act == "gelu_pytorch_tanh"
     assert config.embedding_layer_norm and config.attention_bias and config.mlp_bias and config.layer_norm_bias
-    assert (config.intermediate_size, config.max_position_embeddings) == (4 * HIDDEN, 1024)
+    assert (config.intermediate_size, config.train_length) == (4 * HIDDEN, 1024)
     assert (config.pad_token_id, config.bos_token_id, config.eos_token_id) == (3, 1, 2)
     assert config.tie_word_embeddings and config.alibi_max_bias == 8.0
-    assert convert_bloom(bloom(heads=4)).config.max_position_embeddings == 2048  # BLOOM's training length
+    assert convert_bloom(bloom(heads=4)).config.train_length == 2048  # BLOOM's training length
 
 
 def test_mpt_config_mapping() -> None:
     config = convert_mpt(mpt(heads=4, eos_token_id=5)).config
     assert config.hidden_act == "gelu"
     assert not (config.embedding_layer_norm or config.attention_bias or config.mlp_bias or config.layer_norm_bias)
-    assert (config.max_position_embeddings, config.eos_token_id, config.vocab_size) == (MAX_SEQ_LEN, 5, VOCAB)
+    assert (config.train_length, config.eos_token_id, config.vocab_size) == (MAX_SEQ_LEN, 5, VOCAB)
     config = MptConfig(d_model=HIDDEN, n_heads=4, n_layers=1, max_seq_len=64, attn_config={"alibi_bias_max": 4})
     assert mpt_to_alibi_config(config).alibi_max_bias == 4.0
 

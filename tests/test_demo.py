@@ -62,11 +62,12 @@ def test_same_seed_gives_the_same_command_line_back():
     assert again == settings
 
 
-def test_compare_trains_every_baseline_and_default_is_alibi_alone():
+def test_default_is_alibi_and_sinusoidal_compare_trains_every_baseline_and_alibi_alone_is_one_flag():
     parser = build_parser(["demo"])
     assert settings_from_args(parser.parse_args(["demo", "--compare"])).encodings == list(ENCODINGS)
+    assert settings_from_args(parser.parse_args(["demo", "--encodings", "alibi"])).encodings == ["alibi"]
     default = settings_from_args(parser.parse_args(["demo"]))
-    assert default.encodings == ["alibi"]
+    assert default.encodings == ["alibi", "sinusoidal"] and default.stem == "demo"
     assert default.lengths == [default.block_size * m for m in (1, 2, 4, 8, 16)]
     assert default.command() == "alibi-lm demo"
     assert settings_from_args(parser.parse_args(["demo", "--compare"])).command() == "alibi-lm demo --compare"
@@ -174,6 +175,10 @@ def test_the_results_files_match_what_was_printed(small_demo):
     markdown = files["markdown"].read_text()
     assert small_demo.settings.command() in markdown
     assert f"{small_demo.ppl('sinusoidal', 4):.2f}" in markdown
+    ratios = {e: small_demo.ppl(e, 4) / small_demo.ppl(e, 1) for e in ("alibi", "sinusoidal")}
+    line = (f"Perplexity at 4 x L = {4 * L} tokens, over each model's at L: alibi {ratios['alibi']:.2f}x, sinusoidal "
+            f"{ratios['sinusoidal']:.2f}x.")  # fmt: skip
+    assert line in markdown
     assert set(data["training"]) == {"alibi", "sinusoidal"}
     assert all(info["steps"] == 3000 for info in data["training"].values())
 
@@ -254,7 +259,7 @@ def test_compare_and_encodings_together_is_an_error(tmp_path):
         ({"hidden_size": 100, "num_attention_heads": 8}, "num_attention_heads"),
         ({"encodings": ()}, "encodings is empty"),
         ({"encodings": ("alibi", "alibi")}, "encodings has duplicates"),
-        ({"max_eval_tokens": 100}, "shorter than the longest evaluation length 1024"),
+        ({"max_eval_tokens": 100}, "shorter than the longest evaluation length 512"),
         ({"learning_rate": 0.0}, "learning_rate must be positive"),
         ({"efficiency": True, "compare": True}, "give it without --compare or --encodings"),
         ({"efficiency": True, "encodings": ["alibi"]}, "give it without --compare or --encodings"),
@@ -303,7 +308,7 @@ def _listing(folder):
 def test_a_non_empty_output_dir_is_refused_before_any_work(finished_run, monkeypatch):
     before = _listing(finished_run), (finished_run / "demo.json").read_bytes()
     monkeypatch.setattr(demo, "load_raw_datasets", lambda *a, **k: pytest.fail("loaded the data before refusing"))
-    message = f"output_dir {finished_run} is not empty (alibi/, demo.json, demo.md, and 2 more): pass --overwrite"
+    message = f"output_dir {finished_run} is not empty (alibi/, demo.json, demo.md, and 3 more): pass --overwrite"
     with pytest.raises(ValueError, match=re.escape(message)):
         run_command([*TINY_ARGS, "--output-dir", str(finished_run)])
     assert (_listing(finished_run), (finished_run / "demo.json").read_bytes()) == before
@@ -316,13 +321,39 @@ def test_overwrite_runs_again_in_a_non_empty_output_dir(finished_run):
     assert json.loads(result.files["json"].read_text())["training"]["alibi"]["steps"] == 2
 
 
+def test_in_a_log_progress_is_a_line_every_five_percent_and_library_bars_are_off(tmp_path, capsys):
+    """stderr is not a terminal under pytest: no tqdm redraws (no carriage return), a line per 5% of each run."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    args = [a for a in TINY_ARGS if a != "--no-progress"]
+    args[args.index("--steps") + 1] = "40"
+    capsys.readouterr()
+    run_command([*args, "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert "\r" not in err, err[:2000]
+    lines = [line for line in err.splitlines() if line.startswith("training: ")]
+    assert len(lines) == 2 * 20, lines  # two models, 40 steps each, a line every 2 steps
+    assert lines[19].startswith("training: 100% 40/40 steps") and "loss " in lines[19]
+    assert any(line.startswith("ppl@16: 100%") for line in err.splitlines())
+    # Back as they were after the run.
+    assert datasets.is_progress_bar_enabled() and hf_logging.is_progress_bar_enabled()
+
+
+def test_no_progress_prints_no_progress_at_all(tmp_path, capsys):
+    capsys.readouterr()
+    run_command([*TINY_ARGS, "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert "training: " not in err and "ppl@" not in err and "%|" not in err, err[:2000]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # --efficiency: ALiBi at L against sinusoidal at 2L on the same tokens (a tiny run: ~20 s)
 
 
 def test_efficiency_trains_alibi_at_l_and_sinusoidal_at_2l_on_the_same_tokens():
     settings = parse(["--efficiency", "--block-size", "32", "--batch-size", "8"])
-    assert settings.command() == "alibi-lm demo --efficiency --block-size 32 --batch-size 8"
+    assert settings.command() == "alibi-lm demo --efficiency --batch-size 8"  # 32 is the default block size
     runs = settings.runs()
     assert [(r.name, r.encoding, r.block_size, r.batch_size) for r in runs] == [
         ("alibi", "alibi", 32, 8),
@@ -342,7 +373,7 @@ def test_efficiency_run_reports_perplexity_speed_and_memory(tmp_path):
     assert result.generation is None  # the efficiency run is about training, not sampling
     for name, length in (("alibi", 8), ("sinusoidal-2L", 16)):
         config = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / name).config
-        assert config.max_position_embeddings == length
+        assert (config.train_length, config.max_position_embeddings) == (length, 16 * length)
         assert result.training[name]["steps"] == 2 and result.training[name]["block_size"] == length
     speed = result.speed
     assert speed["alibi"]["tokens_per_step"] == speed["sinusoidal-2L"]["tokens_per_step"] == 16

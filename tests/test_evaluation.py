@@ -28,7 +28,7 @@ from alibi_lm.evaluation import (
 from alibi_lm.plotting import plot_perplexity
 from tests.tiny import cli_error, random_ids, tiny_model
 
-TRAIN_LEN = 16  # tiny_config's max_position_embeddings
+TRAIN_LEN = 16  # tiny_config's train_length
 
 TEXT = (
     "Attention with Linear Biases does not add position embeddings to word embeddings; instead, it biases "

@@ -42,7 +42,7 @@ def ours(target: str, heads: int = 4, seed: int = 0, **overrides) -> AlibiForCau
         hidden_size=8 * heads,
         num_hidden_layers=2,
         num_attention_heads=heads,
-        max_position_embeddings=L,
+        train_length=L,
         **{**SUBSETS[target], **overrides},
     )
     return perturb(AlibiForCausalLM(config), seed)

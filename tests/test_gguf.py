@@ -32,7 +32,7 @@ def model_and_tokenizer():
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=4,
-        max_position_embeddings=L,
+        train_length=L,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )

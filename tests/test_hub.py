@@ -96,7 +96,8 @@ def test_model_card_has_metadata_training_length_and_extrapolation_table(hub_ser
     assert "alibi" in card.data.tags
     assert card.data.license == "apache-2.0"
     assert card.data.datasets == ["wikitext"]
-    assert "| training length (`max_position_embeddings`) | 16 tokens |" in card.text
+    assert "| training length (`train_length`) | 16 tokens |" in card.text
+    assert "| context (`max_position_embeddings`) | 256 tokens |" in card.text
     assert "| 16 (training length) | 31.50 |" in card.text
     assert "| 64 | 30.25 |" in card.text
     assert f'from_pretrained("{pushed}", trust_remote_code=True)' in card.text

@@ -4,7 +4,8 @@ lm-eval's `HFLM` is the harness most users run (`lm_eval --model hf --model_args
 `loglikelihood_rolling` (the wikitext-style perplexity tasks) tokenizes, prepends a prefix token, cuts windows of
 `max_length` tokens and sums log-probabilities, all in its own code; here it scores a held-out Wikipedia article
 several times the model's training length, once with a window that holds the whole article (where it must equal our
-single-pass scoring) and once with its default window, which it takes from `max_position_embeddings`.
+single-pass scoring) and once as a user runs it, from a saved folder with no `max_length`: its default window is the
+config's `max_position_embeddings`, the context (16 x the training length), so it scores the long context too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datasets import Dataset
 from alibi_lm import AlibiConfig, AlibiForCausalLM
 from alibi_lm.data import train_bpe_tokenizer, wikipedia_texts
 from alibi_lm.evaluation import document_log_likelihood
+from alibi_lm.hub import prepare_for_hub
 
 lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is in the dev and eval extras")
 from lm_eval.api.instance import Instance  # noqa: E402
@@ -35,7 +37,7 @@ def trained():
         hidden_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
-        max_position_embeddings=L,
+        train_length=L,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )
@@ -54,6 +56,10 @@ def trained():
 
 def rolling(model, tokenizer, text: str, **kwargs) -> float:
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1, device="cpu", **kwargs)
+    return score(lm, text)
+
+
+def score(lm, text: str) -> float:
     request = Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=0)
     return lm.loglikelihood_rolling([request], disable_tqdm=True)[0]
 
@@ -65,7 +71,20 @@ def test_rolling_log_likelihood_equals_our_document_scoring(trained):
     assert n_tokens > 6 * L  # scored in one pass, far past the training length
     theirs = rolling(model, tokenizer, text, max_length=8192)
     assert abs(theirs - ours) < 1e-3, (theirs, ours)  # a sum over ~300 tokens, each in fp32
-    # By default HFLM windows at max_position_embeddings (the training length): each window's tokens lose the
-    # context before it, so the number differs. Pass max_length to score whole documents.
-    assert HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1, device="cpu").max_length == L
-    assert abs(rolling(model, tokenizer, text) - ours) > 0.1
+
+
+def test_default_window_is_the_long_context(trained, tmp_path):
+    """`lm_eval --model hf --model_args pretrained=DIR`: no max_length, the folder as saved."""
+    model, tokenizer = trained
+    prepare_for_hub(model)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    text = next(t for t in wikipedia_texts("test") if 10 * L < len(tokenizer(t)["input_ids"]) < 16 * L)
+    ours, n_tokens = document_log_likelihood(model, tokenizer, text)
+    assert n_tokens > 10 * L
+    lm = HFLM(pretrained=str(tmp_path), batch_size=1, device="cpu")
+    assert lm.max_length == 16 * L  # max_position_embeddings: the whole document fits one window
+    theirs = score(lm, text)
+    assert abs(theirs - ours) < 1e-3, (theirs, ours)
+    # Windows of the training length would cut the document into 11 and lose the context before each.
+    assert abs(rolling(model, tokenizer, text, max_length=L) - ours) > 0.1

@@ -258,7 +258,7 @@ def test_incremental_decoding_equals_a_full_forward(backend):
 def test_greedy_generation_far_past_the_training_length_equals_no_cache():
     model = tiny_model()
     prompt = random_ids(1, 4)
-    length = 8 * model.config.max_position_embeddings + 4  # 132 tokens, trained at 16
+    length = 8 * model.config.train_length + 4  # 132 tokens, trained at 16
     with torch.no_grad():
         cached = model.generate(prompt, max_length=length, do_sample=False, use_cache=True)
         uncached = model.generate(prompt, max_length=length, do_sample=False, use_cache=False)
@@ -392,6 +392,8 @@ def test_fresh_process_loads_through_remote_code(tmp_path):
         (dict(hidden_act="gelu_fancy"), "hidden_act"),
         (dict(attention_dropout=1.5), "attention_dropout"),
         (dict(max_position_embeddings=0), "max_position_embeddings"),
+        (dict(train_length=0), "train_length"),
+        (dict(train_length=16.0), "train_length"),
     ],
 )
 def test_invalid_config_names_the_field(overrides, field):

@@ -104,7 +104,7 @@ def test_eval_cli_loss_by_position_averages_to_the_perplexity_eval_reports(tmp_p
     from alibi_lm.cli import main
     from tests.tiny import saved_folder
 
-    folder = saved_folder(tiny_model(), tmp_path / "model")  # trained length 16 (max_position_embeddings)
+    folder = saved_folder(tiny_model(), tmp_path / "model")  # trained length 16 (train_length)
     text = tmp_path / "text.txt"
     text.write_text(" ".join(f"w{i * 7 % 97 + 1}" for i in range(600)))
     common = ["eval", str(folder), "--data", str(text), "--lengths", "64", "--no-progress"]

@@ -128,4 +128,4 @@ def test_finetune_recipe_runs_two_steps_from_a_saved_model(tiny_cpu_run):
     assert result.global_step == 2
     evals = [e for e in result.log_history if "eval_loss" in e]
     assert evals[0]["step"] == 0  # eval_on_start: the loss before fine-tuning is logged
-    assert AlibiConfig.from_pretrained(result.output_dir).max_position_embeddings == 32  # the model's length
+    assert AlibiConfig.from_pretrained(result.output_dir).train_length == 32  # the model's length

@@ -30,7 +30,6 @@ def fresh_dynamo():
     torch._dynamo.reset()
     counters.clear()
     verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # the "friendly reminder" past max_position_embeddings
     yield
     transformers.logging.set_verbosity(verbosity)
     torch._dynamo.reset()

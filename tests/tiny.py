@@ -12,7 +12,7 @@ TINY = dict(
     num_hidden_layers=2,
     num_attention_heads=4,
     intermediate_size=64,
-    max_position_embeddings=16,
+    train_length=16,
 )
 
 

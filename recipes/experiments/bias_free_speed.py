@@ -30,7 +30,7 @@ def main() -> None:
     models = {}
     for name, extra in (("biases", {}), ("no-bias", NO_BIAS)):
         torch.manual_seed(0)
-        model = AlibiForCausalLM(AlibiConfig(max_position_embeddings=128, **TINY_CPU, **extra)).train()
+        model = AlibiForCausalLM(AlibiConfig(train_length=128, **TINY_CPU, **extra)).train()
         models[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4))
     batch = torch.randint(0, TINY_CPU["vocab_size"], (8, 128), generator=torch.Generator().manual_seed(0))
 

@@ -45,7 +45,7 @@ def train(
     torch.manual_seed(seed)
     config = AlibiConfig(
         vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        max_position_embeddings=4 * SPAN, position_encoding=encoding,
+        train_length=4 * SPAN, position_encoding=encoding,
     )  # fmt: skip
     model = AlibiForCausalLM(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)

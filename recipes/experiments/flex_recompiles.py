@@ -35,7 +35,7 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
     config = AlibiConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64, max_position_embeddings=16)  # fmt: skip
+                         intermediate_size=64, train_length=16)  # fmt: skip
     model = AlibiForCausalLM._from_config(config, attn_implementation="flex_attention").eval()
     generator = torch.Generator().manual_seed(0)
     start = time.perf_counter()

@@ -76,7 +76,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = AlibiForCausalLM(AlibiConfig.from_pretrained(args.model))
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    length = model.config.max_position_embeddings  # the training length L the demo stored
+    length = model.config.train_length  # the training length L the demo stored
     text = build_lm_datasets(DataArguments(dataset_name=OFFLINE_WIKIPEDIA, block_size=length), tokenizer, length)
     text_ids = torch.tensor(text["train"]["input_ids"])  # [blocks, L]
     pool = torch.tensor(sorted(set(range(model.config.vocab_size)) - set(tokenizer.all_special_ids)))

@@ -23,7 +23,7 @@ import sys
 from transformers import AutoConfig, AutoTokenizer
 from alibi_lm.data import load_offline_wikipedia
 tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
-n = 4 * AutoConfig.from_pretrained(sys.argv[1], trust_remote_code=True).max_position_embeddings
+n = 4 * AutoConfig.from_pretrained(sys.argv[1], trust_remote_code=True).train_length
 ids = next(i for text in load_offline_wikipedia(split="test")["text"] if len(i := tokenizer(text)["input_ids"]) > n)
 print(tokenizer.decode(ids[:n]))
 PY

@@ -51,7 +51,6 @@ from typing import Any
 import torch
 import transformers
 from torch.autograd import DeviceType
-from tqdm.auto import tqdm
 from transformers import (
     BloomConfig,
     BloomForCausalLM,
@@ -68,6 +67,7 @@ from .bench_presets import PRESETS, Preset, Target, get_preset, max_length, meas
 from .bench_report import Row, add_ratios, check_targets, to_markdown
 from .modeling.configuration_alibi import AlibiConfig
 from .modeling.modeling_alibi import AlibiForCausalLM
+from .progress import progress_bar
 
 OUR_BACKENDS = ("eager", "sdpa", "flex_attention", "flash_attention_2")
 # What transformers 5.24 lets each baseline build: Bloom and MPT raise for sdpa and flex_attention, Falcon
@@ -100,7 +100,7 @@ def build_model(family: str, backend: str, preset: Preset, device: torch.device)
             num_hidden_layers=layers,
             num_attention_heads=heads,
             intermediate_size=4 * h,
-            max_position_embeddings=train_length,
+            train_length=train_length,
             position_encoding="none" if family == "none" else "alibi",
             alibi_window_cutoff=preset.window_cutoff if family == "windowed" else None,
         )
@@ -240,7 +240,7 @@ def run_interleaved(
     repeats: int,
     warmup: int = 1,
     measure_memory: bool = True,
-    progress: tqdm | None = None,
+    progress: Any = None,
 ) -> dict[str, Measured]:
     """Warm up and measure the memory of each call, then time them interleaved: A B C A B C ...
 
@@ -439,7 +439,7 @@ def run_bench(
 
     plan = measurement_plan(preset)
     total = sum(len(chosen(step["kind"])) * (1 + preset.repeats) for step in plan)
-    progress = tqdm(total=total, desc="bench", disable=not show_progress)
+    progress = progress_bar(total=total, desc="bench", disable=not show_progress)
     for base in plan:
         kind, selected = base["kind"], chosen(base["kind"])
         ids = _random_ids(base["batch"], base["length"], preset.vocab_size, device)

@@ -156,7 +156,7 @@ def bloom_to_alibi_config(config: PretrainedConfig) -> AlibiConfig:
         hidden_dropout=float(config.hidden_dropout),
         attention_dropout=float(config.attention_dropout),
         tie_word_embeddings=config.tie_word_embeddings,
-        max_position_embeddings=training_length or BLOOM_TRAINING_LENGTH,
+        train_length=training_length or BLOOM_TRAINING_LENGTH,
         position_encoding="alibi",
         alibi_max_bias=8.0,
         attention_bias=True,
@@ -188,7 +188,7 @@ def mpt_to_alibi_config(config: PretrainedConfig, intermediate_size: int | None 
         attention_dropout=float(_attn_option(config, "attn_pdrop", 0.0)),
         embedding_dropout=float(config.emb_pdrop),
         tie_word_embeddings=config.tie_word_embeddings,
-        max_position_embeddings=config.max_seq_len,
+        train_length=config.max_seq_len,
         position_encoding="alibi",
         # MosaicML's code honours alibi_bias_max; transformers' MptModel always uses 8 (the value of every
         # released MPT). We follow the checkpoint's own setting.
@@ -465,7 +465,8 @@ def run(args: argparse.Namespace) -> int:
     config = model.config
     print(
         f"Converted {args.src} -> {args.dst}: {config.num_hidden_layers} layers, {config.num_attention_heads} heads, "
-        f"hidden {config.hidden_size}, trained at {config.max_position_embeddings} tokens (not a limit)."
+        f"hidden {config.hidden_size}, trained at {config.train_length} tokens, context "
+        f"{config.max_position_embeddings} (max_position_embeddings)."
     )
     return 0
 

@@ -66,7 +66,7 @@ class DataArguments:
     )
     block_size: int | None = field(
         default=None,
-        metadata={"help": "Training length L in tokens (default: the model's max_position_embeddings)."},
+        metadata={"help": "Training length L in tokens (default: the model's train_length)."},
     )
     packing: bool = field(
         default=False, metadata={"help": "Add per-token document_ids so attention stays inside each document."}

@@ -9,25 +9,28 @@ Enables Input Length Extrapolation", ICLR 2022 (https://arxiv.org/abs/2108.12409
    tokens (`alibi_lm.evaluation.perplexity_at_lengths`), print the table, write it as Markdown and JSON, and plot it;
 3. generate text that runs well past L.
 
-By default only ALiBi is trained; `--compare` trains every position encoding of the paper's comparison (ALiBi,
-sinusoidal, rotary, T5 bias, none) with the same data, steps, sizes and seed and puts them in one table and plot.
+By default ALiBi and the sinusoidal baseline train side by side on the same tokens, so the first run shows the paper's
+contrast: ALiBi's perplexity stays flat past L while sinusoidal's blows up. `--encodings alibi` trains ALiBi alone;
+`--compare` trains every position encoding of the paper's comparison (ALiBi, sinusoidal, rotary, T5 bias, none) with
+the same data, steps, sizes and seed and puts them in one table and plot.
 `--efficiency` tests the paper's second claim instead: ALiBi trained at L against sinusoidal trained at 2L on the
 same tokens, with training speed and memory (`alibi_lm.efficiency`). `--repeat-span-fraction` mixes repeated spans
 into the training blocks, a mix meant to teach copying (for the copy probe, `alibi-lm eval --probe`; the models that
 copy are made by `recipes/experiments/train_copier.py`).
 
-    alibi-lm demo [--compare | --efficiency] [--output-dir runs/demo] [--overwrite] [--steps N] [--block-size L]
-                  [--seed S] [--no-generate]
+    alibi-lm demo [--encodings alibi | --compare | --efficiency] [--output-dir runs/demo] [--overwrite] [--steps N]
+                  [--block-size L] [--seed S] [--no-generate] [--no-progress]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -40,8 +43,10 @@ from . import AlibiConfig, __version__, machine
 from .data import OFFLINE_WIKIPEDIA, DataArguments, cached_bpe_tokenizer, load_raw_datasets
 from .evaluation import PerplexityResult, format_table, perplexity_at_lengths, tokenize_texts
 from .hub import RESULTS_FILE, load_model
+from .progress import is_terminal
 
 ENCODINGS = ("alibi", "sinusoidal", "rotary", "t5", "none")
+DEFAULT_ENCODINGS = ("alibi", "sinusoidal")  # the paper's contrast, in the first command a newcomer runs
 MULTIPLES = (1, 2, 4, 8, 16)
 
 
@@ -77,20 +82,21 @@ class DemoSettings:
         "(half the blocks per step), perplexity at 2L and beyond, training tokens/s and peak memory (not with "
         "--compare or --encodings)",
     )
-    # None: ALiBi alone, or every encoding with --compare. Never None after __post_init__.
+    # None: alibi and sinusoidal, or every encoding with --compare. Never None after __post_init__.
     encodings: list[str] | None = HfArg(
         default=None,
-        help=f"train these position encodings, of {', '.join(ENCODINGS)}; if unset, alibi alone",
+        help=f"train these position encodings, of {', '.join(ENCODINGS)} (`--encodings alibi` for ALiBi alone); if "
+        f"unset, {' and '.join(DEFAULT_ENCODINGS)}",
         metadata={"metavar": "ENC"},
     )
-    block_size: int = HfArg(default=64, help="the training length L, in tokens")
-    # 10,000 steps of 16 x 64 = 1,024 tokens: 10.2M tokens, ~7 passes over the 1.4M training tokens, ~5 min per
-    # model on two CPU cores. Sinusoidal's blow-up past L grows with training: 1.85x its perplexity at L at 16 L after
-    # 2,000 steps (lr 5e-3, BPE 4096), 5.66x with these defaults (recipes/results/demo-compare.md), while ALiBi's
-    # perplexity stays below its own at L.
-    steps: int = HfArg(default=10_000, help="training steps per model")
+    # Two models in under 5 minutes on two CPU cores (2026-12-04, AMD EPYC: 3.7 min). 5,000 steps of 16 x 32 = 512
+    # tokens: 2.6M tokens, ~100 s a model. Sinusoidal's blow-up grows with training steps more than with tokens: at
+    # 16 L it is 2.64x its perplexity at L with these defaults, 1.42x with 2,500 steps of 16 x 64 (BPE 2048) in the same
+    # time, while ALiBi's stays below its own at L (0.98x).
+    block_size: int = HfArg(default=32, help="the training length L, in tokens")
+    steps: int = HfArg(default=5_000, help="training steps per model")
     batch_size: int = HfArg(default=16, help="blocks of L tokens per step")
-    # A 0.66M-parameter model takes a high AdamW rate.
+    # A 0.53M-parameter model takes a high AdamW rate.
     learning_rate: float = HfArg(default=8e-3, help="peak AdamW learning rate")
     warmup_steps: int | None = HfArg(default=None, help="linear warmup steps; if unset, 5%% of the steps")
     hidden_size: int = HfArg(default=128, help="model width")
@@ -98,7 +104,7 @@ class DemoSettings:
     # ALiBi slopes 1/2, 1/4, ..., 1/256, the paper's set for 8 heads.
     num_attention_heads: int = HfArg(default=8, help="attention heads", aliases=["--heads"])
     # Byte-level BPE trained on the training split (the LM head dominates a step).
-    vocab_size: int = HfArg(default=2048, help="BPE vocabulary size, at least 257")
+    vocab_size: int = HfArg(default=1024, help="BPE vocabulary size, at least 257")
     multiples: list[int] = HfArg(
         default_factory=lambda: list(MULTIPLES),
         help="evaluation lengths, as multiples of L",
@@ -120,7 +126,11 @@ class DemoSettings:
     generate: bool = HfArg(default=True, help="generate text past L with the trained model (--no-generate skips it)")
     generate_tokens: int | None = HfArg(default=None, help="new tokens to generate; if unset, 4 x L")
     cache_dir: str | None = HfArg(default=None, help="tokenizer and token-block cache; if unset, the datasets cache")
-    progress: bool = HfArg(default=True, help="show progress bars (--no-progress hides them)")
+    progress: bool = HfArg(
+        default=True,
+        help="show progress: bars on a terminal, a line every 5%% in a log (--no-progress hides them, datasets' and "
+        "transformers' bars too)",
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.encodings, str):
@@ -144,7 +154,7 @@ class DemoSettings:
                     f"must be even, got {self.batch_size}"
                 )
             self.encodings = ["alibi", "sinusoidal"]
-        self.encodings = ["alibi"] if self.encodings is None else list(self.encodings)
+        self.encodings = list(DEFAULT_ENCODINGS) if self.encodings is None else list(self.encodings)
         # One spelling per run, so settings compare equal however they were given.
         self.compare = tuple(self.encodings) == ENCODINGS
         if not self.encodings:
@@ -192,8 +202,8 @@ class DemoSettings:
 
     @property
     def stem(self) -> str:
-        """The results files' name: demo.md for one model, demo-compare.md for several, efficiency.md."""
-        return "efficiency" if self.efficiency else "demo-compare" if len(self.encodings) > 1 else "demo"
+        """The results files' name: demo.md, demo-compare.md for `--compare`'s five models, efficiency.md."""
+        return "efficiency" if self.efficiency else "demo-compare" if self.compare else "demo"
 
     @property
     def lengths(self) -> list[int]:
@@ -231,7 +241,7 @@ class DemoSettings:
             hidden_size=self.hidden_size,
             num_hidden_layers=self.num_hidden_layers,
             num_attention_heads=self.num_attention_heads,
-            max_position_embeddings=block_size or self.block_size,
+            train_length=block_size or self.block_size,
             position_encoding=encoding,
         )
 
@@ -423,6 +433,7 @@ def _markdown(result: DemoResult, stem: str) -> str:
         "",
         markdown_table(result.results, s.block_size),
         "",
+        *([line, ""] if (line := contrast(result)) else []),
         "| model | training time | training loss, last tenth of the steps |",
         "|---|---:|---:|",
     ]
@@ -466,13 +477,52 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     """Train every encoding of `settings`, evaluate each at every length, generate, and write the results.
 
     Writes to `settings.output_dir`: one model folder per run (with its `extrapolation.json`), the shared
-    tokenizer, and `{stem}.md`, `{stem}.json`, `{stem}.png` where stem is "demo" for one model,
-    "demo-compare" for several and "efficiency" for `--efficiency`.
+    tokenizer, and `{stem}.md`, `{stem}.json`, `{stem}.png` where stem is "demo", "demo-compare" for `--compare`
+    and "efficiency" for `--efficiency`. Without `settings.progress`, datasets' and transformers' own progress bars
+    are off too for the run.
 
     Raises:
         ValueError: `settings.output_dir` is not empty and `settings.overwrite` is False, or the held-out text is
             shorter than the longest evaluation length.
     """
+    # Off a terminal, datasets' and transformers' tqdm bars would leave every redraw in the log.
+    with _library_progress_bars(settings.progress and is_terminal()):
+        return _run_demo(settings)
+
+
+@contextlib.contextmanager
+def _library_progress_bars(enabled: bool) -> Iterator[None]:
+    """datasets' and transformers' progress bars off for the block when not `enabled`, as they were after it."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    if enabled:
+        yield
+        return
+    datasets_on, transformers_on = datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if datasets_on:
+            datasets.enable_progress_bars()
+        if transformers_on:
+            hf_logging.enable_progress_bar()
+
+
+def contrast(result: DemoResult) -> str | None:
+    """One line: every model's perplexity at the longest evaluation length over its own at L (None if only L)."""
+    s = result.settings
+    multiple = s.multiples[-1]
+    if multiple == 1 or 1 not in s.multiples or s.efficiency:
+        return None
+    ratios = ", ".join(f"{r.model_name} {result.ppl(r.model_name, multiple) / result.ppl(r.model_name, 1):.2f}x"
+                       for r in result.results)  # fmt: skip
+    return f"Perplexity at {multiple} x L = {multiple * s.block_size} tokens, over each model's at L: {ratios}."
+
+
+def _run_demo(settings: DemoSettings) -> DemoResult:
     start = time.perf_counter()
     out = Path(settings.output_dir)
     _check_output_dir(out, settings.overwrite)
@@ -573,6 +623,8 @@ def run_demo(settings: DemoSettings) -> DemoResult:
             f"{generation['prompt']}\n--- continuation, to {generation['total_tokens']} tokens = "
             f"{generation['total_tokens'] / settings.block_size:.1f} x the training length ---\n{generation['text']}"
         )
+    if line := contrast(result):
+        _say("\n" + line)
     _say(f"\nWrote {', '.join(str(p) for p in result.files.values())} in {result.seconds / 60:.1f} min.")
     return result
 

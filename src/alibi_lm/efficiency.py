@@ -50,10 +50,9 @@ def measure_training_steps(
     tokens_per_second (median), step_seconds (median), peak_bytes (a step's peak above the persistent bytes),
     persistent_bytes and total_bytes.
     """
-    from tqdm.auto import tqdm
-
     from .bench import peak_memory, run_interleaved
     from .modeling.modeling_alibi import AlibiForCausalLM
+    from .progress import progress_bar
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     generator = torch.Generator().manual_seed(settings.seed)
@@ -74,7 +73,7 @@ def measure_training_steps(
         persistent[run.name] = _persistent_bytes(model, optimizer)
         tokens[run.name] = run.batch_size * run.block_size
         calls[run.name] = step
-    bar = tqdm(total=len(calls) * (1 + repeats), desc="timing training steps", disable=not progress)
+    bar = progress_bar(total=len(calls) * (1 + repeats), desc="timing training steps", disable=not progress)
     measured = run_interleaved(calls, device, repeats, warmup=1, measure_memory=True, progress=bar)
     bar.close()
     out = {}

@@ -34,11 +34,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-# The analysis tools live in `alibi_lm.probe`; they are part of the evaluation API.
 from .probe import ProbeResult, alibi_reach, copy_probe, loss_by_position
+
+# The analysis tools live in `alibi_lm.probe`; they are part of the evaluation API.
+from .progress import progress_bar
 
 MODES = ("nonoverlapping", "sliding")
 # Auto batch size: about this many tokens per forward, so short lengths batch many windows and 16k runs alone.
@@ -63,7 +64,7 @@ class PerplexityResult:
     model_name: str
     mode: str
     stride: int | None
-    training_length: int | None  # config.max_position_embeddings: the length the model was trained at
+    training_length: int | None  # the length the model was trained at (`training_length(config)`)
     span_tokens: int  # every length is evaluated inside the first `span_tokens` tokens of the text
     lengths: list[LengthResult] = field(default_factory=list)
 
@@ -98,6 +99,12 @@ class PerplexityResult:
         from .plotting import plot_perplexity
 
         return plot_perplexity([self], path)
+
+
+def training_length(config: Any) -> int | None:
+    """The length a model was trained at: `AlibiConfig.train_length`, else (other architectures, where it sizes the
+    position table) `max_position_embeddings`; None when the config has neither."""
+    return getattr(config, "train_length", None) or getattr(config, "max_position_embeddings", None)
 
 
 def perplexity(mean_nll: float) -> float:
@@ -207,7 +214,7 @@ def _score_windows(
     batch_size: int,
     device: torch.device,
     keep_logits: bool,
-    bar: tqdm,
+    bar: Any,
 ) -> tuple[float, int]:
     """Sum the NLL of the last `n_score` tokens of each window.
 
@@ -305,7 +312,7 @@ def perplexity_at_lengths(
         model_name=model_name or getattr(config, "name_or_path", "") or type(model).__name__,
         mode=mode,
         stride=stride,
-        training_length=getattr(config, "max_position_embeddings", None),
+        training_length=training_length(config),
         span_tokens=span,
     )
     keep_logits = _accepts_logits_to_keep(model)
@@ -324,7 +331,9 @@ def perplexity_at_lengths(
                 windows = ids.unfold(0, length, step)  # [W, L] view: stride 1 costs no extra memory
                 # The first window scores all its L - 1 predicted tokens; the later ones only their tail.
                 first = 1 if later_scored < length - 1 else windows.shape[0]
-                with tqdm(total=windows.shape[0], desc=f"ppl@{length}", unit="win", disable=not progress) as bar:
+                with progress_bar(
+                    total=windows.shape[0], desc=f"ppl@{length}", unit="win", disable=not progress
+                ) as bar:
                     nll, count = _score_windows(model, windows[:first], length - 1, bs, device, keep_logits, bar)
                     if first < windows.shape[0]:
                         rest = _score_windows(model, windows[first:], later_scored, bs, device, keep_logits, bar)
@@ -563,9 +572,9 @@ def run(args: argparse.Namespace) -> int:
         model, tokenizer = load_model_and_tokenizer(path, device, args.dtype)
         if lengths is None:
             # Default ladder: 1x, 2x, 4x, 8x, 16x the first model's training length, as in the paper's figures.
-            train_len = getattr(model.config, "max_position_embeddings", None)
+            train_len = training_length(model.config)
             if not train_len:
-                raise ValueError(f"{path}: config has no max_position_embeddings; pass --lengths")
+                raise ValueError(f"{path}: config has no train_length or max_position_embeddings; pass --lengths")
             lengths = [train_len * k for k in (1, 2, 4, 8, 16)]
         results.append(
             perplexity_at_lengths(

@@ -26,8 +26,8 @@ GGUF file the way llama.cpp's own converter (`convert_hf_to_gguf.py`, `MPTModel`
 names from the `gguf` package's own `TensorNameMap`, `max_alibi_bias` 8, and the byte-level BPE vocabulary as a
 `gpt2` tokenizer with pre-tokenizer `gpt-2`. MPT's transformers implementation builds
 its ALiBi table up to `max_seq_len`, and serving engines read that field as the context limit, so the export writes
-`--max-length` there (default 16 x the training length: ALiBi runs at any length, and this is the range the demo
-measures).
+`--max-length` there (default: the config's `max_position_embeddings`, the context clients may use, 16 x the training
+length unless set otherwise).
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ TARGETS = ("mpt", "bloom", "gguf")
 SUBSET_OF = {"mpt": "mpt", "bloom": "bloom", "gguf": "mpt"}  # GGUF carries the MPT architecture
 ENGINE_MAX_BIAS = 8.0  # transformers' MptModel and BloomModel both fix ALiBi's largest slope exponent at 8
 TANH_GELUS = ("gelu_pytorch_tanh", "gelu_new")
-DEFAULT_LENGTH_MULTIPLE = 16
 
 
 def export_problems(config: AlibiConfig, target: str) -> list[str]:
@@ -214,7 +213,7 @@ def export_model(model: AlibiForCausalLM, target: str, max_length: int | None = 
     config = model.config
     weights = {name: tensor.detach() for name, tensor in model.state_dict().items()}
     if target == "mpt":
-        length = max_length or DEFAULT_LENGTH_MULTIPLE * config.max_position_embeddings
+        length = max_length or config.max_position_embeddings
         target_config, mapped, cls = mpt_config(config, length), _mpt_weights(weights, config), MptForCausalLM
     elif target == "bloom":
         target_config, mapped, cls = bloom_config(config), _bloom_weights(weights, config), BloomForCausalLM
@@ -336,9 +335,9 @@ def export_checkpoint(
         check_model_folder(src)  # before config.json is read: nothing from outside the folder, nothing tampered
     config = AlibiConfig.from_pretrained(src)
     check_exportable(config, target)
-    if max_length is not None and max_length < config.max_position_embeddings:
+    if max_length is not None and max_length < config.train_length:
         raise ValueError(
-            f"--max-length {max_length} is below the training length {config.max_position_embeddings}; ALiBi runs "
+            f"--max-length {max_length} is below the training length {config.train_length}; ALiBi runs "
             "past it, so give at least that."
         )
     model = load_model(src)  # names truncated or corrupt weights
@@ -383,8 +382,8 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         "--max-length",
         type=int,
         default=None,
-        help=f"MPT's max_seq_len: the longest sequence engines will accept (default: {DEFAULT_LENGTH_MULTIPLE} x the "
-        "training length)",
+        help="MPT's max_seq_len: the longest sequence engines will accept (default: the config's "
+        "max_position_embeddings, 16 x the training length unless set otherwise)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     parser.set_defaults(func=run)

@@ -4,7 +4,8 @@ ALiBi: Press, Smith & Lewis, "Train Short, Test Long: Attention with Linear Bias
 Extrapolation", ICLR 2022. https://arxiv.org/abs/2108.12409
 
 ALiBi has no position table, so `--max-new-tokens` may take the sequence past the training length
-(`max_position_embeddings`) with no setting to change.
+(`train_length`) with no setting to change, up to the context `max_position_embeddings` (16 x it) with no
+warning, and further still (transformers then prints a reminder).
 
     alibi-lm generate MODEL --prompt "The meaning of life is" --max-new-tokens 100 [--do-sample --temperature 0.8]
 """

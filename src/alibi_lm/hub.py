@@ -67,8 +67,8 @@ CARD_INTRO = (
     "A causal language model with ALiBi (Attention with Linear Biases; Press, Smith & Lewis, "
     '["Train Short, Test Long"](https://arxiv.org/abs/2108.12409), ICLR 2022). ALiBi adds a per-head linear '
     "penalty on query-key distance instead of position embeddings, so the model runs on sequences longer than "
-    "the ones it was trained on with no setting to change: `max_position_embeddings` records the training "
-    "length and is not a limit."
+    "the ones it was trained on with no setting to change: `train_length` records the training length, and "
+    "`max_position_embeddings`, the context that `generate`, lm-eval and serving engines read, is 16 times it."
 )
 CARD_REMOTE_CODE_NOTE = (
     "The modeling code ships in this repo, so only `transformers` is needed. With the `alibi-lm` package installed, "
@@ -291,11 +291,12 @@ def build_model_card(
         datasets=list(datasets) or None,
         base_model=base_model,
     )
-    train_len = config.get("max_position_embeddings")
+    train_len = config.get("train_length")
     encoding = config.get("position_encoding", "alibi")
     rows = [
         ("position encoding", f"`{encoding}`"),
-        ("training length (`max_position_embeddings`)", f"{train_len} tokens" if train_len else "unknown"),
+        ("training length (`train_length`)", f"{train_len} tokens" if train_len else "unknown"),
+        ("context (`max_position_embeddings`)", f"{config.get('max_position_embeddings')} tokens"),
         ("layers", config.get("num_hidden_layers")),
         ("hidden size", config.get("hidden_size")),
         (
@@ -340,7 +341,8 @@ def build_model_card(
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
         f'model = AutoModelForCausalLM.from_pretrained("{repo_id}", trust_remote_code=True)',
-        f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")',
+        # transformers 5 reads config.json before the tokenizer's files, so the tokenizer needs the flag too.
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}", trust_remote_code=True)',
         'inputs = tokenizer("The meaning of life is", return_tensors="pt")',
         "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=50)[0]))",
         "```",

@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+
+from .progress import progress_bar
 
 
 @dataclass
@@ -101,7 +102,7 @@ def copy_probe(
     model.eval()
     result = ProbeResult(model_name, span, samples)
     try:
-        for gap in tqdm(sorted(gaps), desc="copy probe", disable=not progress):
+        for gap in progress_bar(sorted(gaps), desc="copy probe", disable=not progress):
             rows = probe_sequences(token_ids, span, gap, samples).to(device)
             first_nll, repeat_nll, first_hit, repeat_hit = [], [], [], []
             with torch.no_grad():
@@ -197,12 +198,12 @@ def _probe_model_names(paths: Sequence[str]) -> list[str]:
 
 def run_probe(args: argparse.Namespace, texts: list[str], device: str) -> int:
     """`alibi-lm eval --probe`: the copy probe for each model; table, per-head ALiBi reach, JSON, plot."""
-    from .evaluation import load_model_and_tokenizer, tokenize_texts
+    from .evaluation import load_model_and_tokenizer, tokenize_texts, training_length
 
     results, reach = [], {}
     for path, name in zip(args.models, _probe_model_names(args.models)):
         model, tokenizer = load_model_and_tokenizer(path, device, args.dtype)
-        train_len = getattr(model.config, "max_position_embeddings", None) or 64
+        train_len = training_length(model.config) or 64
         gaps = args.probe_gaps or [0, train_len // 2, train_len, 4 * train_len, 16 * train_len]
         result = copy_probe(
             model, tokenize_texts(texts, tokenizer), gaps, span=args.probe_span, samples=args.probe_samples,
@@ -237,16 +238,16 @@ def run_probe(args: argparse.Namespace, texts: list[str], device: str) -> int:
 
 def run_by_position(args: argparse.Namespace, texts: list[str], device: str) -> int:
     """`alibi-lm eval --by-position`: the loss at each position of non-overlapping chunks, per model."""
-    from .evaluation import load_model_and_tokenizer, tokenize_texts
+    from .evaluation import load_model_and_tokenizer, tokenize_texts, training_length
 
     rows = []
     length = max(args.lengths) if args.lengths else None
     for path, name in zip(args.models, _probe_model_names(args.models)):
         model, tokenizer = load_model_and_tokenizer(path, device, args.dtype)
-        train_len = getattr(model.config, "max_position_embeddings", None)
+        train_len = training_length(model.config)
         if length is None:
             if not train_len:
-                raise ValueError(f"{path}: config has no max_position_embeddings; pass --lengths")
+                raise ValueError(f"{path}: config has no train_length or max_position_embeddings; pass --lengths")
             length = 16 * train_len
         curve = loss_by_position(
             model, tokenize_texts(texts, tokenizer), length, batch_size=args.batch_size or max(1, 8192 // length),

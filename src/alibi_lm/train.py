@@ -78,9 +78,10 @@ from .checkpoints import (
     write_remote_code,
 )
 from .data import DataArguments, build_lm_datasets, cached_bpe_tokenizer, load_raw_datasets
-from .evaluation import perplexity
+from .evaluation import perplexity, training_length
 from .hub import check_model_folder, load_model, prepare_for_hub, push_to_hub
 from .machine import denormals_flushed
+from .progress import LineProgressCallback, is_terminal
 
 logger = logging.getLogger(__name__)
 
@@ -641,13 +642,13 @@ def _train(
         raw = load_raw_datasets(data_args)
         tokenizer = load_tokenizer(model_args, data_args, raw["train"], resume)
         config = build_config(model_args, tokenizer)
-        block_size = data_args.block_size or getattr(config, "max_position_embeddings", None)
+        block_size = data_args.block_size or training_length(config)
         if block_size is None:
-            raise ValueError("Set block_size: the model's config has no max_position_embeddings to default to.")
+            raise ValueError("Set block_size: the model's config has no train_length or max_position_embeddings.")
         if isinstance(config, AlibiConfig):
-            # It records the length the model was (last) trained at: metadata, never a limit. (For other
-            # architectures it sizes a position table, so it stays as it is.)
-            config.max_position_embeddings = block_size
+            # The length the model was (last) trained at; a context derived from it moves with it. (For other
+            # architectures max_position_embeddings sizes a position table, so it stays as it is.)
+            config.set_train_length(block_size)
         blocks = build_lm_datasets(data_args, tokenizer, block_size, raw=raw)
 
     # A checkpoint at max_steps is a finished run whose final save was cut short. Trainer would train one step past
@@ -670,6 +671,11 @@ def _train(
     training_args.logging_nan_inf_filter = False
     # Trainer's own push uploads the whole output_dir (training_args.bin, results, any stray file) at every save;
     # the final model goes up once, at the end, through `alibi_lm.hub.push_to_hub` and its allow-list.
+    # Off a terminal (a log file, CI) tqdm's redraws would all stay: a line every few percent instead, and Trainer
+    # prints each log dict as a line (its PrinterCallback).
+    line_progress = not training_args.disable_tqdm and not is_terminal()
+    if line_progress:
+        training_args.disable_tqdm = True
     push = training_args.push_to_hub
     training_args.push_to_hub = False
     trainer = AlibiTrainer(
@@ -679,7 +685,7 @@ def _train(
         eval_dataset=blocks.get("validation"),
         processing_class=tokenizer,
         data_collator=default_data_collator,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, *([LineProgressCallback()] if line_progress else [])],
     )
     if finished:
         trainer.state = TrainerState.load_from_json(str(resume / TRAINER_STATE))

@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from .evaluation import _heldout_wikipedia, _texts_from_file, load_model_and_tokenizer, tokenize_texts
 from .modeling import modeling_alibi as modeling
 from .modeling.modeling_alibi import alibi_windows, get_alibi_slopes
+from .progress import progress_bar
 
 DEFAULT_CUTOFFS = (12.0, 20.0, 40.0)
 DEFAULT_MULTIPLES = (1, 16, 64)
@@ -163,7 +163,7 @@ def measure_cutoffs(
                          f"{getattr(config, 'position_encoding', None)!r}.")  # fmt: skip
     if not cutoffs or any(not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0) for t in cutoffs):
         raise ValueError(f"cutoffs must be positive numbers, got {cutoffs}.")
-    training_length = config.max_position_embeddings
+    training_length = config.train_length
     lengths = sorted({training_length * m for m in [*multiples, ppl_multiple]})
     if token_ids.numel() < max(lengths):
         raise ValueError(
@@ -184,7 +184,7 @@ def measure_cutoffs(
     prompt = token_ids[None, : max(1, training_length // 2)]
     new_tokens = generate_multiple * training_length - prompt.shape[1]
     with _blocked_everywhere():
-        exact = {n: _nll(model, chunks_of(n)) for n in tqdm(lengths, desc="dense ALiBi", disable=not progress)}
+        exact = {n: _nll(model, chunks_of(n)) for n in progress_bar(lengths, desc="dense ALiBi", disable=not progress)}
         exact_tokens = _greedy(model, prompt, new_tokens)
     _, exact_total, exact_count = exact[ppl_length]
 
@@ -193,7 +193,7 @@ def measure_cutoffs(
         generate_multiple * training_length,
     )  # fmt: skip
     try:
-        for cutoff in tqdm([None, *cutoffs], desc="cutoffs", disable=not progress):
+        for cutoff in progress_bar([None, *cutoffs], desc="cutoffs", disable=not progress):
             windows, mass = [], 0.0
             if cutoff is not None:
                 windows = alibi_windows(slopes, cutoff)
