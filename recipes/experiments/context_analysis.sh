@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The paper's analysis (Press et al. 2022, section 5) for the five encodings of the demo comparison, 1x to 64x L:
 # non-overlapping against sliding-window perplexity, and the loss by position inside 1,024-token chunks.
-# Needs runs/demo-compare (alibi-lm demo --compare --multiples 1 2 4 8 16 32 64 --output-dir runs/demo-compare).
+# Needs runs/demo-compare as committed (L = 64): alibi-lm demo --compare --block-size 64 --vocab-size 2048 --steps 10000
+# --multiples 1 2 4 8 16 32 64 --output-dir runs/demo-compare (the demo's defaults before 2026-12-04).
 # Writes recipes/results/context/*.json|png and recipes/results/context-analysis.md. ~30 min at one torch thread on
 # the 2-core machine (the sliding windows at 2,048 and 4,096 tokens are most of it).
 set -euo pipefail

@@ -2,7 +2,8 @@
 # How far back can a model copy? The copy probe (`alibi-lm eval --probe`) on the five encodings. The demo's models
 # do not copy, so each encoding gets a copier first: a fresh model with the demo comparison's configuration and
 # tokenizer, trained on the demo's text plus synthetic blocks scored only on a repeated span
-# (recipes/experiments/train_copier.py). Needs runs/demo-compare (alibi-lm demo --compare ...) for the configurations
+# (recipes/experiments/train_copier.py). Needs runs/demo-compare (alibi-lm demo --compare; the committed run used the L = 64
+# comparison: --block-size 64 --vocab-size 2048 --steps 10000) for the configurations
 # and the tokenizer. Writes recipes/results/copy-probe.{json,png,md}. About 35 min on the 2-core machine (the
 # committed run trained the copiers two or three at a time, one torch thread each: 30 min).
 set -euo pipefail

@@ -31,13 +31,13 @@ def main(folder: str, page: str) -> None:
     lines = [
         "# How much context do the demo's models use? Non-overlapping against sliding, and the loss by position",
         "",
-        "Made by (after `alibi-lm demo --compare --multiples 1 2 4 8 16 32 64 --output-dir runs/demo-compare`):",
+        "Made by (after `alibi-lm demo --compare --block-size 64 --vocab-size 2048 --steps 10000 --multiples 1 2 4 8 16 32 64 --output-dir runs/demo-compare`, the comparison of 2026-11-28):",
         "",
         "```bash",
         "bash recipes/experiments/context_analysis.sh",
         "```",
         "",
-        f"The five models of the demo comparison (L = {train}; `recipes/results/demo-compare.md`). Perplexity on the "
+        f"The five models of the demo comparison (L = {train}; `recipes/results/demo-compare-L64.md`). Perplexity on the "
         f"first {meta['span_tokens']:,} held-out tokens, both modes on the same tokens. Each cell: non-overlapping "
         f"/ sliding window with stride {meta['stride']} (every scored token has a full window of context).",
         "",
