@@ -32,7 +32,7 @@ def check_transformers_version(found: str = transformers.__version__) -> None:
 # Before the imports below: on an older transformers they fail with a bare ImportError.
 check_transformers_version()
 
-from transformers import PreTrainedConfig  # noqa: E402
+from transformers import PreTrainedConfig, TokenizersBackend  # noqa: E402
 
 logger = logging.get_logger(__name__)
 
@@ -40,6 +40,10 @@ POSITION_ENCODINGS = ("alibi", "sinusoidal", "rotary", "t5", "none")
 # The context clients may use by default, as a multiple of the training length: the longest length the project's
 # own evaluation measures (`alibi-lm demo`, `alibi-lm eval`: 1x to 16x L), where ALiBi's perplexity stays flat.
 CONTEXT_MULTIPLE = 16
+# Written into a checkpoint's tokenizer_config.json (beside `"tokenizer_class": "TokenizersBackend"`, which transformers
+# 5 loads as it is, no prompt): transformers 4, which has no TokenizersBackend, loads the tokenizer through this file
+# and stops at its version check with the message the model gives, not "TokenizersBackend does not exist".
+TOKENIZER_AUTO_MAP = {"AutoTokenizer": [None, "configuration_alibi.AlibiTokenizerFast"]}
 AUTO_MAP = {
     "AutoConfig": "configuration_alibi.AlibiConfig",
     "AutoModel": "modeling_alibi.AlibiModel",
@@ -270,8 +274,12 @@ class AlibiConfig(PreTrainedConfig):
             raise ValueError(f"AlibiConfig.hidden_act must be one of {HIDDEN_ACTS}, got {self.hidden_act!r}.")
 
 
+class AlibiTokenizerFast(TokenizersBackend):
+    """transformers' `TokenizersBackend` (a `tokenizer.json`), named by `TOKENIZER_AUTO_MAP` for remote-code loading."""
+
+
 def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-__all__ = ["AlibiConfig"]
+__all__ = ["AlibiConfig", "AlibiTokenizerFast"]

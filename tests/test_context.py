@@ -205,3 +205,73 @@ def test_the_tokenizer_loads_with_transformers_alone_as_the_card_says(folder):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[1, 2, 3]"
     assert "warn" not in done.stderr.lower() and "custom code" not in done.stderr + done.stdout, done.stderr
+
+
+@pytest.fixture(scope="module")
+def transformers4(tmp_path_factory):
+    """A venv with transformers 4.57 (and the huggingface_hub it needs) over this interpreter's packages, from the
+    package registry at test time."""
+    venv = tmp_path_factory.mktemp("transformers4") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    done = subprocess.run(
+        [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "transformers==4.57.1",
+         "huggingface_hub<1.0"], capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"could not install transformers 4.57.1 from the package registry: {done.stderr[-500:]}")
+    return python
+
+
+def test_on_transformers_4_the_tokenizer_fails_with_the_models_version_message(folder, transformers4):
+    script = (
+        "import sys, transformers; from transformers import AutoConfig, AutoTokenizer\n"
+        "assert transformers.__version__ == '4.57.1'\n"
+        "for load in (AutoTokenizer, AutoConfig):\n"
+        "    try:\n"
+        f"        load.from_pretrained({str(folder)!r}, trust_remote_code=True)\n"
+        "    except ImportError as error:\n"
+        "        print(type(error).__name__, error)\n"
+    )
+    done = subprocess.run(
+        [transformers4, "-c", script], capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=folder.parent,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    tokenizer_line, model_line = done.stdout.strip().splitlines()
+    assert tokenizer_line == model_line  # the same message, from the same check
+    assert tokenizer_line.startswith("ImportError This ALiBi model's code needs transformers>=5.24.0, but ")
+    assert "TokenizersBackend" not in done.stdout + done.stderr
+
+
+def test_an_export_carries_no_tokenizer_auto_map(tmp_path):
+    """An MPT export has no remote code for the tokenizer's auto_map to point at."""
+    from alibi_lm.export import export_checkpoint
+
+    folder = saved_folder(tiny_model(intermediate_size=128), tmp_path / "model")  # MPT's MLP is 4 x hidden
+    export_checkpoint(folder, tmp_path / "mpt", "mpt")
+    saved = json.loads((tmp_path / "mpt" / "tokenizer_config.json").read_text())
+    assert "auto_map" not in saved and not (tmp_path / "mpt" / "configuration_alibi.py").exists()
+    assert json.loads((folder / "tokenizer_config.json").read_text())["auto_map"] == {
+        "AutoTokenizer": [None, "configuration_alibi.AlibiTokenizerFast"]
+    }
+
+
+def test_a_tokenizer_saved_from_the_remote_class_loads_with_alibi_lm_and_no_prompt(folder, tmp_path, monkeypatch):
+    """Loaded with trust_remote_code=True (the remote AlibiTokenizerFast) and saved again, it names that class; with
+    alibi_lm imported the registered class loads it, no prompt."""
+    from transformers import AutoTokenizer
+
+    resaved = tmp_path / "resaved"
+    script = (
+        "from transformers import AutoTokenizer; "
+        f"AutoTokenizer.from_pretrained({str(folder)!r}, trust_remote_code=True).save_pretrained({str(resaved)!r})"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, stdin=subprocess.DEVNULL, timeout=120, cwd=tmp_path)
+    assert json.loads((resaved / "tokenizer_config.json").read_text())["tokenizer_class"] == "AlibiTokenizerFast"
+    (resaved / "config.json").write_bytes((folder / "config.json").read_bytes())
+    monkeypatch.setattr("sys.stdin", open(os.devnull))
+    with transformers_log() as log:
+        tokenizer = AutoTokenizer.from_pretrained(resaved)
+    assert type(tokenizer).__name__ == "AlibiTokenizerFast" and tokenizer("w1 w2")["input_ids"] == [1, 2]
+    assert log == [], log

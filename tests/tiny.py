@@ -58,8 +58,9 @@ def saved_folder(model: torch.nn.Module, folder):
     """`model` saved as a Hub-format folder with a word-level tokenizer over its vocabulary; returns the folder."""
     from alibi_lm.hub import prepare_for_hub
 
-    prepare_for_hub(model).save_pretrained(folder)
-    word_tokenizer(model.config.vocab_size).save_pretrained(folder)
+    tokenizer = word_tokenizer(model.config.vocab_size)
+    prepare_for_hub(model, tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder
 
 

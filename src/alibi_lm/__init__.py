@@ -1,13 +1,13 @@
 """alibi-lm: ALiBi (Press, Smith & Lewis, "Train Short, Test Long", ICLR 2022) as a Transformers model.
 
 Importing the package registers `AlibiConfig`, `AlibiModel` and `AlibiForCausalLM` with
-`AutoConfig`, `AutoModel` and `AutoModelForCausalLM`, so a checkpoint with
-`model_type: "alibi"` loads without `trust_remote_code`.
+`AutoConfig`, `AutoModel` and `AutoModelForCausalLM`, and `AlibiTokenizerFast` with `AutoTokenizer`, so a
+checkpoint with `model_type: "alibi"` and its tokenizer load without `trust_remote_code`.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from .modeling.configuration_alibi import AlibiConfig
+from .modeling.configuration_alibi import AlibiConfig, AlibiTokenizerFast
 from .modeling.modeling_alibi import AlibiForCausalLM, AlibiModel, AlibiPreTrainedModel, get_alibi_slopes
 
 __version__ = "0.1.0"
@@ -15,12 +15,15 @@ __version__ = "0.1.0"
 AutoConfig.register(AlibiConfig.model_type, AlibiConfig, exist_ok=True)
 AutoModel.register(AlibiConfig, AlibiModel, exist_ok=True)
 AutoModelForCausalLM.register(AlibiConfig, AlibiForCausalLM, exist_ok=True)
+# A tokenizer loaded through the remote code and saved again names AlibiTokenizerFast; this finds it locally.
+AutoTokenizer.register(AlibiConfig, fast_tokenizer_class=AlibiTokenizerFast, exist_ok=True)
 
 __all__ = [
     "AlibiConfig",
     "AlibiForCausalLM",
     "AlibiModel",
     "AlibiPreTrainedModel",
+    "AlibiTokenizerFast",
     "get_alibi_slopes",
     "__version__",
 ]

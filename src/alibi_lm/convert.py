@@ -442,7 +442,7 @@ def convert_checkpoint(
 
     def write(folder: Path) -> None:
         # Hub format: safetensors, config.json with an auto_map naming all three Auto classes, modeling files.
-        prepare_for_hub(model).save_pretrained(folder)
+        prepare_for_hub(model, tokenizer).save_pretrained(folder)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
 

@@ -353,6 +353,11 @@ def export_checkpoint(
         return mpt
     exported = export_model(model, target, max_length)
 
+    if tokenizer is not None:
+        # The export carries no remote code for the checkpoint's tokenizer auto_map to point at.
+        tokenizer._auto_map = None
+        tokenizer.init_kwargs.pop("auto_map", None)
+
     def write(folder: Path) -> None:
         exported.save_pretrained(folder)
         if tokenizer is not None:

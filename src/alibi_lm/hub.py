@@ -45,7 +45,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 
 from . import modeling
 from .integrity import DEFINING_FILES, MODELING_FILES, check_links_stay_inside, inside, verify_checksums
-from .modeling.configuration_alibi import AUTO_MAP  # the one declaration: AlibiConfig writes it into config.json
+from .modeling.configuration_alibi import AUTO_MAP, TOKENIZER_AUTO_MAP  # AlibiConfig writes AUTO_MAP into config.json
 
 # All that `push` takes from a checkpoint folder (fnmatch patterns on the path inside it): the weights (only those
 # `find_weights` loads, so a shard left over from an earlier save stays behind), what `save_pretrained` of the model
@@ -96,16 +96,22 @@ class PushConnectionError(ConnectionError):
     """A push could not reach the Hub, or lost the connection, on every try."""
 
 
-def prepare_for_hub(model: PreTrainedModel) -> PreTrainedModel:
+def prepare_for_hub(model: PreTrainedModel, tokenizer: Any = None) -> PreTrainedModel:
     """Make `save_pretrained` / `push_to_hub` write the remote code next to the weights.
 
     transformers' `register_for_auto_class` makes `save_pretrained` copy the modeling files and map AutoConfig and
     the model's class in `auto_map`; AlibiConfig already carries the full `auto_map` (AutoModel too). Registration
     is per class (transformers' API), so afterwards every ALiBi model this process saves carries the code. Returns
     the model, for chaining.
+
+    A `tokenizer` saved with the model gets `TOKENIZER_AUTO_MAP` in its tokenizer_config.json, so that on
+    transformers 4 it fails with the remote code's version message (transformers 5 ignores it without
+    `trust_remote_code=True`, and loads the same tokenizer with it).
     """
     model.config.register_for_auto_class()
     model.register_for_auto_class("AutoModelForCausalLM")
+    if tokenizer is not None:
+        tokenizer._auto_map = dict(TOKENIZER_AUTO_MAP)
     return model
 
 

@@ -664,7 +664,7 @@ def _train(
     else:
         model = build_model(model_args, config)
     if isinstance(model, AlibiPreTrainedModel):
-        prepare_for_hub(model)  # every checkpoint gets the modeling files and a full auto_map
+        prepare_for_hub(model, tokenizer)  # every checkpoint gets the modeling files and a full auto_map
     # Perplexity needs the loss only; see AlibiTrainingArguments.
     training_args.prediction_loss_only = True
     # Trainer's default leaves NaN and infinite losses out of the logged mean, so a diverged run logs 0.
