@@ -161,6 +161,18 @@ def test_trainer_with_torch_compile_and_flattening_logs_the_per_document_loss(tm
     assert logged == pytest.approx(expected, abs=1e-5)
 
 
+def packed_sft(trl, tmp_path: Path, texts: list[str], **config):
+    """A tiny model and TRL's SFTTrainer packing `texts` into rows of 64 tokens, 4 a step (BPE 300 on the texts)."""
+    tokenizer = train_bpe_tokenizer(Dataset.from_dict({"text": texts * 4}), vocab_size=300)
+    model = tiny_model(vocab_size=300)
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path), packing=True, max_length=64, per_device_train_batch_size=4, logging_steps=1,
+        report_to=[], use_cpu=True, save_strategy="no", **config,
+    )  # fmt: skip
+    dataset = Dataset.from_dict({"text": texts})
+    return model, trl.SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_trl_sft_packing_with_torch_compile_logs_the_uncompiled_per_document_loss(tmp_path: Path):
@@ -172,15 +184,7 @@ def test_trl_sft_packing_with_torch_compile_logs_the_uncompiled_per_document_los
         "The dog slept.",
         "ALiBi reads far.",
     ]
-    tokenizer = train_bpe_tokenizer(Dataset.from_dict({"text": texts * 4}), vocab_size=300)
-    model = tiny_model(vocab_size=300)
-    args = trl.SFTConfig(
-        output_dir=str(tmp_path), packing=True, max_length=64, per_device_train_batch_size=4, max_steps=1,
-        learning_rate=1e-3, logging_steps=1, report_to=[], use_cpu=True, save_strategy="no", torch_compile=True,
-    )  # fmt: skip
-    trainer = trl.SFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}), processing_class=tokenizer
-    )
+    model, trainer = packed_sft(trl, tmp_path, texts, max_steps=1, learning_rate=1e-3, torch_compile=True)
     batch = next(iter(trainer.get_train_dataloader()))
     assert batch["input_ids"].shape[0] == 1 and len(trainer.train_dataset) == 1  # one packed row: the only batch
     model.train()
@@ -219,23 +223,7 @@ def test_trl_sft_packing_trains_with_per_document_losses_of_unpacked(tmp_path: P
         "Attention with linear biases lets a model read long texts.",
         "The dog slept.",
     ]
-    tokenizer = train_bpe_tokenizer(Dataset.from_dict({"text": texts * 4}), vocab_size=300)
-    model = tiny_model(vocab_size=300)
-    args = trl.SFTConfig(
-        output_dir=str(tmp_path),
-        packing=True,
-        max_length=64,
-        per_device_train_batch_size=4,
-        max_steps=3,
-        learning_rate=1e-2,
-        logging_steps=1,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-    )
-    trainer = trl.SFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}), processing_class=tokenizer
-    )
+    model, trainer = packed_sft(trl, tmp_path, texts, max_steps=3, learning_rate=1e-2)
     batch = next(iter(trainer.get_train_dataloader()))
     assert batch["input_ids"].shape[0] == 1 and batch.get("attention_mask") is None
     starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()

@@ -51,9 +51,9 @@ def wait_for(path: Path, process: subprocess.Popen, seconds: float = 120) -> Non
         time.sleep(0.05)
 
 
-def test_a_second_run_refuses_naming_the_first_and_changes_no_byte(workdir: Path):  # noqa: F811
-    out = workdir / "locked"
-    holder = start(
+def hold_lock(out: Path) -> subprocess.Popen:
+    """Another process that takes `out`'s run lock, says "ready" and holds it for two minutes."""
+    return start(
         f"""
         import time
         from alibi_lm.checkpoints import run_lock
@@ -62,6 +62,11 @@ def test_a_second_run_refuses_naming_the_first_and_changes_no_byte(workdir: Path
             time.sleep(120)
         """
     )
+
+
+def test_a_second_run_refuses_naming_the_first_and_changes_no_byte(workdir: Path):  # noqa: F811
+    out = workdir / "locked"
+    holder = hold_lock(out)
     try:
         wait_for(lock_path(out), holder)
         assert holder.stdout.readline().strip() == "ready"
@@ -76,15 +81,7 @@ def test_a_second_run_refuses_naming_the_first_and_changes_no_byte(workdir: Path
 
 def test_a_killed_runs_lock_is_named_and_taken_over(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     out = tmp_path / "out"
-    holder = start(
-        f"""
-        import time
-        from alibi_lm.checkpoints import run_lock
-        with run_lock({str(out)!r}):
-            print("ready", flush=True)
-            time.sleep(120)
-        """
-    )
+    holder = hold_lock(out)
     wait_for(lock_path(out), holder)
     assert holder.stdout.readline().strip() == "ready"
     holder.send_signal(signal.SIGKILL)
