@@ -12,8 +12,8 @@ import pytest
 LENGTH = 8192
 CASES = [
     ("sdpa", 2048, True),  # control: a padded batch on sdpa needs the 4-D mask
-    ("sdpa", 2 * LENGTH, False),  # the CPU default: key-only heads fused, steep heads blocked at their reach
-    ("sdpa", 4 * LENGTH, False),
+    ("sdpa", 3 * LENGTH, False),  # the CPU default: every head blocked at its reach (the widest, 20,480 tokens)
+    ("sdpa", 6 * LENGTH, False),
     ("flex_attention", LENGTH, False),
     ("flex_attention", LENGTH, True),
     ("default-on-a-gpu-path", LENGTH, False),  # no attn_implementation, the CPU standing in for CUDA: flex
@@ -84,10 +84,13 @@ def test_the_probe_sees_a_quadratic_mask(peaks):
 def test_the_cpu_default_grows_linearly_in_the_length(peaks):
     # Heads whose bias silences keys within the sequence run blocked up to their reach (80 / m_h tokens), each with
     # one n x (w + n) fp32 bias pattern that no length changes (the widest, 1,024 x 21,504, is 84 MiB) plus key and
-    # value spans linear in L. Doubling the length from 16k to 32k about doubles that; an L x L tensor would
-    # quadruple it (one bool L x L mask alone is 1 GiB at 32k).
-    small, large = peaks[f"sdpa-{2 * LENGTH}-False"], peaks[f"sdpa-{4 * LENGTH}-False"]
-    assert large < 3 * small and large < 1024  # 1.9x-2.6x measured (the eighth head joins the blocked set at 32k)
+    # value spans linear in L. Both lengths are past the widest reach (20,480 tokens with 8 heads), so the same
+    # heads are blocked in both and the constant patterns dominate: doubling 24k to 48k measured 0.99x-1.10x on
+    # AMD EPYC (1 and 2 threads). An L x L tensor would quadruple it (one bool L x L mask alone is 2.25 GiB at 48k).
+    # Lengths on either side of a head's reach are no test: the joining head adds its pattern (16k -> 32k measured
+    # 1.8x here and 3.1x on another machine).
+    small, large = peaks[f"sdpa-{3 * LENGTH}-False"], peaks[f"sdpa-{6 * LENGTH}-False"]
+    assert large < 2 * small and large < 1024
 
 
 @pytest.mark.parametrize("padded", [False, True])
