@@ -1028,6 +1028,14 @@ class AlibiModel(AlibiPreTrainedModel):
         bias = self.position_encoding.score_bias(layout.key_length, device)
         slopes = self.position_encoding.slopes(device)
         windows = self.position_encoding.windows(device)
+        first, count = self.local_heads()
+        if count != self.config.num_attention_heads:  # tensor parallel: this rank's heads, with their own slopes
+            heads = slice(first, first + count)
+            slopes = slopes[heads] if slopes is not None else None
+            windows = windows[heads] if windows is not None else None
+            if bias is not None:
+                every_head = bias
+                bias = lambda head, distance: every_head(head + first, distance)  # noqa: E731
         if implementation == "flash_attention_2":
             if (bias is not None and slopes is None) or layout.custom_visible is not None:
                 what = "a 4-D attention_mask" if layout.custom_visible is not None else self.config.position_encoding
@@ -1064,7 +1072,37 @@ class AlibiModel(AlibiPreTrainedModel):
                     return WindowedAlibi(slopes.tolist(), reach.tolist())
                 if saves_work:
                     return WindowedAlibi(slopes.tolist(), windows.tolist())
-        return build_dense_mask(layout, bias, self.config.num_attention_heads, dtype, windows)
+        return build_dense_mask(layout, bias, count, dtype, windows)
+
+    def local_heads(self) -> tuple[int, int]:
+        """`(first, count)`: the attention heads this process computes.
+
+        All of them, except under tensor parallelism (`from_pretrained(..., tp_plan="auto")`): the plan splits
+        q_proj's rows, so each rank holds `count` consecutive heads from `first = rank * count`, and the slopes,
+        windows and biases in the mask must be those heads', not the first `count`. FSDP shards the same rows,
+        but gathers them whole before each layer runs: its shards are no split of the heads.
+        """
+        heads = self.config.num_attention_heads
+        layer = self.layers[0].self_attn
+        mesh = getattr(layer.q_proj.weight, "device_mesh", None)  # a DTensor: TP, FSDP or both
+        if mesh is None:
+            return 0, heads
+        from torch.distributed.fsdp import FSDPModule  # only here: a DTensor means torch.distributed is there
+
+        fsdp = any(isinstance(module, FSDPModule) for module in (self, self.layers[0], layer))
+        if fsdp and mesh.ndim == 1:
+            return 0, heads
+        names = mesh.mesh_dim_names or ()
+        dim = names.index("tp") if "tp" in names else 0 if mesh.ndim == 1 else None
+        size = mesh.size(dim) if dim is not None else 0
+        if size == 0 or heads % size:
+            raise ValueError(
+                f"Cannot tell which of {heads} heads this rank holds on a {mesh.ndim}-D device mesh named {names}: "
+                "tensor parallelism needs a 1-D mesh or a dimension named 'tp', and num_attention_heads divisible "
+                "by its size."
+            )
+        count = heads // size
+        return mesh.get_local_rank(dim) * count, count
 
     def on_cpu_fast_path(self, device: torch.device, dtype: torch.dtype) -> bool:
         """Whether sdpa's fused CPU kernel takes the key-only bias here (`key_only_bias`): fp32, no dropout."""
@@ -1108,7 +1146,13 @@ class AlibiModel(AlibiPreTrainedModel):
         # not, but compiling costs seconds per shape, so only long sequences pay for it.
         shape = (layout.query_length, layout.key_length)
         compile_mask = shape[0] * shape[1] >= 2048 * 2048
-        cache_key = (*shape, int(layout.past_length), layout.device, self.config.alibi_window_cutoff)
+        cache_key = (
+            *shape,
+            int(layout.past_length),
+            layout.device,
+            self.config.alibi_window_cutoff,
+            self.local_heads(),
+        )
         block_mask = self._block_mask_cache.get(cache_key) if layout.is_plain else None
         if block_mask is None:
 
@@ -1116,7 +1160,7 @@ class AlibiModel(AlibiPreTrainedModel):
                 return layout.visible_within(windows, b, h, q_idx, kv_idx)
 
             batch = None if layout.is_plain else layout.batch_size
-            heads = None if windows is None else self.config.num_attention_heads
+            heads = None if windows is None else len(windows)
             if compile_mask:
                 signature = (
                     layout.device.type,

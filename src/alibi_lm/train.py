@@ -617,9 +617,28 @@ def train(
         return _train(model_args, data_args, training_args, callbacks)
 
 
+def check_sharding_supported(training_args: TrainingArguments) -> None:
+    """Refuse FSDP on CPU processes, where Accelerate would quietly run plain data parallel instead.
+
+    Accelerate (1.16) turns an FSDP config into `DistributedType.FSDP` only on GPU-like devices; on CPU ranks its
+    state stays `MULTI_CPU`, Trainer wraps the model in DDP, and every rank holds the whole model and optimizer.
+    """
+    requested = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" or bool(training_args.fsdp)
+    if requested and training_args.world_size > 1 and training_args.device.type == "cpu":
+        import accelerate
+
+        raise ValueError(
+            f"FSDP was requested, but these {training_args.world_size} processes run on the CPU, where Accelerate "
+            f"{accelerate.__version__} runs plain data parallel instead (DistributedType.MULTI_CPU): every rank would "
+            "hold the whole model. Train with FSDP on GPUs, drop the FSDP config to train data parallel on CPUs "
+            "(recipes/accelerate/multi-gpu.yaml), or see sharding on CPU ranks with recipes/scaling/fsdp_cpu.py."
+        )
+
+
 def _train(
     model_args: Any, data_args: DataArguments, training_args: TrainingArguments, callbacks: Sequence[TrainerCallback]
 ) -> TrainResult:
+    check_sharding_supported(training_args)
     output_dir = Path(training_args.output_dir)
     # Decide first (every process reads the same folder), change the folder only after: a run that refuses to
     # start leaves everything as it found it.
