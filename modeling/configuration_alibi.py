@@ -49,6 +49,15 @@ AUTO_MAP = {
     "AutoModel": "modeling_alibi.AlibiModel",
     "AutoModelForCausalLM": "modeling_alibi.AlibiForCausalLM",
 }
+
+
+def full_auto_map(existing: dict | None = None, replace: bool = False) -> dict:
+    """`existing` with every Auto class named (transformers itself adds only the saved class). Its own entries win (a
+    config loaded from the Hub keeps its repo-qualified names) unless `replace`: a folder being written gets ours."""
+    existing = dict(existing or {})
+    return {**existing, **AUTO_MAP} if replace else {**AUTO_MAP, **existing}
+
+
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish")
 
 
@@ -155,8 +164,7 @@ class AlibiConfig(PreTrainedConfig):
             self.max_position_embeddings = CONTEXT_MULTIPLE * self.train_length
         self._validate()
         super().__post_init__(**kwargs)
-        # Name every Auto class the folder supports; transformers itself adds only the saved class.
-        self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+        self.auto_map = full_auto_map(getattr(self, "auto_map", None))
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
@@ -185,22 +193,6 @@ class AlibiConfig(PreTrainedConfig):
             CONTEXT_MULTIPLE * length if derived else max(self.max_position_embeddings, length)
         )
         self._validate()
-
-    @property
-    def _attn_implementation(self) -> str | None:
-        return self._attn_implementation_internal
-
-    @_attn_implementation.setter
-    def _attn_implementation(self, value: str | dict | None) -> None:
-        PreTrainedConfig._attn_implementation.fset(self, value)
-        # An attention implementation set from outside (`from_pretrained(attn_implementation=...)`, `_from_config`)
-        # is obeyed: the model's fused default applies only where none was chosen (see AlibiPreTrainedModel).
-        self._alibi_default_attention = False
-
-    def to_dict(self) -> dict:
-        output = super().to_dict()
-        output.pop("_alibi_default_attention", None)  # runtime state, not architecture
-        return output
 
     @property
     def head_dim(self) -> int:

@@ -12,7 +12,7 @@ import yaml
 
 from alibi_lm.cli import DEBUG_ENV
 from alibi_lm.cli import main as cli_main
-from alibi_lm.evaluation import perplexity, perplexity_at_lengths
+from alibi_lm.scoring import perplexity, perplexity_at_lengths
 from tests.tiny import cli_error, random_ids, tiny_model
 
 TEXT = "The quick brown fox jumps over the lazy dog.\n" * 50

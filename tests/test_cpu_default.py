@@ -11,13 +11,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from alibi_lm.modeling.modeling_alibi import (
+from alibi_lm.modeling.alibi_attention import windowed_alibi_attention
+from alibi_lm.modeling.alibi_masks import (
     ALIBI_UNDERFLOW_CUTOFF,
     WindowedAlibi,
     build_layout,
     get_alibi_slopes,
     key_only_bias,
-    windowed_alibi_attention,
 )
 from tests.tiny import random_ids, tiny_model
 

@@ -30,8 +30,8 @@ from safetensors.torch import load_file
 from alibi_lm.checkpoints import FINAL_STAGED, OutputDirInUseError, check_checkpoint, checkpoints
 from alibi_lm.cli import main as cli_main
 from alibi_lm.data import wikipedia_texts
-from alibi_lm.hub import load_model
 from alibi_lm.integrity import CHECKSUMS_FILE, IntegrityError, verify_checksums
+from alibi_lm.loading import load_model
 from alibi_lm.train import parse_recipe, train
 from tests.tiny import cli_error
 

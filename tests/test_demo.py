@@ -17,11 +17,12 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alibi_lm import demo
+from alibi_lm.card import read_extrapolation
 from alibi_lm.cli import build_parser
 from alibi_lm.data import OFFLINE_WIKIPEDIA, DataArguments, load_raw_datasets
-from alibi_lm.demo import ENCODINGS, DemoSettings, run_demo, settings_from_args
-from alibi_lm.evaluation import perplexity_at_lengths, tokenize_texts
-from alibi_lm.hub import read_extrapolation
+from alibi_lm.demo import run_demo, settings_from_args
+from alibi_lm.demo_settings import ENCODINGS, DemoSettings
+from alibi_lm.scoring import perplexity_at_lengths, tokenize_texts
 
 # The small experiment: L = 32, a 2 x 64 model, BPE 512, evaluated at 1x, 2x and 4x L on the first 16k held-out tokens.
 L = 32

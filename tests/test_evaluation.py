@@ -15,17 +15,16 @@ from PIL import Image
 from transformers import PreTrainedTokenizerFast, Trainer, TrainingArguments
 
 from alibi_lm.cli import main as cli_main
-from alibi_lm.evaluation import (
-    ExtrapolationCallback,
+from alibi_lm.evaluation import ExtrapolationCallback, perplexity_metric_path
+from alibi_lm.plotting import plot_perplexity
+from alibi_lm.scoring import (
     PerplexityResult,
     load_model_and_tokenizer,
     perplexity_at_lengths,
-    perplexity_metric_path,
     to_csv,
     to_json,
     tokenize_texts,
 )
-from alibi_lm.plotting import plot_perplexity
 from tests.tiny import cli_error, random_ids, tiny_model
 
 TRAIN_LEN = 16  # tiny_config's train_length

@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BloomF
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
 from alibi_lm.export import export_checkpoint, export_model, export_problems
-from alibi_lm.hub import prepare_for_hub
+from alibi_lm.model_files import prepare_for_hub
 from tests.tiny import cli_error, perturb, random_ids, word_tokenizer
 
 VOCAB, L = 99, 16  # L: the training length the configs record

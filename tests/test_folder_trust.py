@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from alibi_lm import hub
+from alibi_lm import loading, push
 from alibi_lm.cli import main as cli_main
 from alibi_lm.integrity import CHECKSUMS_FILE, OutsideFolderError, write_checksums
 from tests.hub_server import HubServer
@@ -93,7 +93,7 @@ def test_push_refuses_before_any_request(case: str, folder: Path, outside: Path,
     named = PLANTED[case](folder, outside)
     before = len(hub_server.requests)
     with pytest.raises(OutsideFolderError, match=named.replace(".", r"\.")):
-        hub.push_to_hub(folder, "user/leak", token=TOKEN, endpoint=hub_server.url)
+        push.push_to_hub(folder, "user/leak", token=TOKEN, endpoint=hub_server.url)
     assert len(hub_server.requests) == before
 
 
@@ -103,7 +103,7 @@ def test_verify_and_load_refuse(case: str, folder: Path, outside: Path, capsys: 
     assert cli_main(["verify", str(folder)]) == 1
     assert named in capsys.readouterr().err
     with pytest.raises(OutsideFolderError, match=named.replace(".", r"\.")):
-        hub.load_model(folder)
+        loading.load_model(folder)
     exported = folder.parent / "exported"
     assert cli_main(["export", str(folder), str(exported), "--to", "mpt"]) == 1
     assert named in capsys.readouterr().err and not exported.exists()
@@ -112,7 +112,7 @@ def test_verify_and_load_refuse(case: str, folder: Path, outside: Path, capsys: 
 def test_a_link_out_is_named_with_its_target(folder: Path, outside: Path):
     link_tokenizer(folder, outside)
     with pytest.raises(OutsideFolderError, match=rf"tokenizer\.json is a symbolic link to {outside / 'passwd'}"):
-        hub.plan_push(folder, "user/leak")
+        push.plan_push(folder, "user/leak")
 
 
 def test_a_nested_jinja_is_not_taken_by_the_top_level_pattern(folder: Path):
@@ -120,7 +120,7 @@ def test_a_nested_jinja_is_not_taken_by_the_top_level_pattern(folder: Path):
     nested.mkdir(parents=True)
     (nested / "private.jinja").write_text("{{ notes }}")
     (folder / "additional_chat_templates" / "tool_use.jinja").write_text("{{ messages }}")
-    plan = hub.plan_push(folder, "user/templates")
+    plan = push.plan_push(folder, "user/templates")
     assert "additional_chat_templates/tool_use.jinja" in plan.files
     assert "additional_chat_templates/drafts/private.jinja" not in plan.files
     assert "additional_chat_templates/drafts/private.jinja" in plan.skipped
@@ -136,12 +136,12 @@ def test_links_inside_the_folder_and_a_hub_cache_snapshot_still_load(tmp_path: P
     for file in saved.iterdir():
         shutil.copy(file, blobs / file.name)
         os.symlink(os.path.relpath(blobs / file.name, snapshot), snapshot / file.name)
-    assert hub.load_model(snapshot).config.model_type == "alibi"
+    assert loading.load_model(snapshot).config.model_type == "alibi"
 
 
 def test_dry_run_lists_what_would_go_and_sends_nothing(folder: Path, hub_server: HubServer, capsys):
     before = len(hub_server.requests)
-    assert hub.push_to_hub(folder, "user/dry", token=TOKEN, endpoint=hub_server.url, dry_run=True) is None
+    assert push.push_to_hub(folder, "user/dry", token=TOKEN, endpoint=hub_server.url, dry_run=True) is None
     out = capsys.readouterr().out
     assert "model.safetensors" in out and "config.json" in out and "modeling_alibi.py" in out
     assert len(hub_server.requests) == before

@@ -1,17 +1,22 @@
 """With no attn_implementation given, a GPU forward must not build the [B, H, L, L] ALiBi mask that sdpa needs.
 
-The model then runs flex_attention for multi-token forwards on `AlibiModel.fused_default_devices` (CUDA). Here the
-CPU stands in for CUDA: the tests add it to that tuple, so the same code path runs and is checked on this machine.
-An attn_implementation the user names is always obeyed.
+The default is named: `alibi_fused`, registered with transformers' AttentionInterface. It runs flex_attention for
+multi-token forwards on `AlibiModel.fused_default_devices` (CUDA) and sdpa otherwise. Here the CPU stands in for
+CUDA: the tests add it to that tuple, so the same code path runs and is checked on this machine. An
+attn_implementation the user names is the one that runs; the bias-free generic kernels are refused.
 """
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from alibi_lm import AlibiForCausalLM
-from alibi_lm.modeling.modeling_alibi import AlibiModel, FlexAlibiMask, build_layout
+from alibi_lm.modeling.alibi_masks import ALIBI_FUSED, FlexAlibiMask, build_layout
+from alibi_lm.modeling.modeling_alibi import AlibiModel
 from tests.tiny import random_ids, tiny_config, tiny_model
 
 
@@ -26,19 +31,31 @@ def mask_for(model: AlibiForCausalLM, query_length: int, key_length: int | None 
     return model.model.build_attention_mask(layout, torch.float32)
 
 
-def test_the_default_is_remembered_and_an_explicit_choice_clears_it(tmp_path):
+def test_the_default_is_named_and_a_chosen_implementation_is_the_one_the_config_names(tmp_path):
     model = AlibiForCausalLM(tiny_config())
-    assert model.config._attn_implementation == "sdpa" and model.config._alibi_default_attention
+    assert model.config._attn_implementation == ALIBI_FUSED
+    assert ALIBI_FUSED in ALL_ATTENTION_FUNCTIONS.valid_keys()  # a name transformers itself accepts
     model.save_pretrained(tmp_path)
-    assert "_alibi_default_attention" not in (tmp_path / "config.json").read_text()  # runtime state, not saved
-    assert AlibiForCausalLM.from_pretrained(tmp_path).config._alibi_default_attention
+    assert ALIBI_FUSED not in (tmp_path / "config.json").read_text()  # runtime state, not saved
+    assert AlibiForCausalLM.from_pretrained(tmp_path).config._attn_implementation == ALIBI_FUSED
     for explicit in (
         AlibiForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa"),
         AlibiForCausalLM._from_config(tiny_config(), attn_implementation="sdpa"),
     ):
-        assert explicit.config._attn_implementation == "sdpa" and not explicit.config._alibi_default_attention
-    model.set_attn_implementation("sdpa")  # the same name, now chosen
-    assert not model.config._alibi_default_attention
+        assert explicit.config._attn_implementation == "sdpa"
+    model.set_attn_implementation(ALIBI_FUSED)  # back to the default by its name
+    assert model.config._attn_implementation == ALIBI_FUSED
+
+
+@pytest.mark.parametrize("name", ["flash_attention_3", "flash_attention_4", "paged|eager"])
+def test_generic_kernels_that_drop_the_bias_are_refused(name, tmp_path):
+    tiny_model().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=rf"{re.escape(name)}.*adds no ALiBi bias.*'flex_attention'"):
+        AlibiForCausalLM.from_pretrained(tmp_path, attn_implementation=name)
+    model = tiny_model()
+    with pytest.raises(ValueError, match="adds no ALiBi bias"):
+        model.set_attn_implementation(name)
+    assert model.config._attn_implementation == "sdpa"  # unchanged
 
 
 def test_default_backend_on_a_fused_device_takes_flex_for_prefill_and_the_small_mask_for_decoding(cpu_as_gpu):
@@ -53,12 +70,12 @@ def test_default_backend_on_a_fused_device_takes_flex_for_prefill_and_the_small_
         torch.testing.assert_close(fused, model(ids).logits, atol=1e-5, rtol=0)
 
 
-def test_an_explicit_sdpa_is_obeyed_on_a_fused_device(cpu_as_gpu):
+def test_a_named_sdpa_runs_sdpa_on_a_fused_device(cpu_as_gpu):
     explicit = tiny_model(attn_implementation="sdpa")  # _from_config(..., attn_implementation="sdpa")
     mask = mask_for(explicit, 64)
     assert not isinstance(mask, FlexAlibiMask)
 
 
-def test_the_cpu_keeps_sdpa_by_default():
+def test_the_default_runs_sdpa_on_the_cpu():
     model = AlibiForCausalLM(tiny_config()).eval()
     assert not isinstance(mask_for(model, 64), FlexAlibiMask)  # the key-only fast path, no compile

@@ -14,7 +14,7 @@ from datasets import Dataset
 from alibi_lm import AlibiConfig, AlibiForCausalLM
 from alibi_lm.data import train_bpe_tokenizer, wikipedia_texts
 from alibi_lm.export import write_gguf
-from alibi_lm.hub import prepare_for_hub
+from alibi_lm.model_files import prepare_for_hub
 from tests.tiny import cli_error, perturb, word_tokenizer
 
 gguf = pytest.importorskip("gguf", reason="gguf is in the dev and gguf extras")

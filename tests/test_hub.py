@@ -29,9 +29,9 @@ from safetensors import safe_open
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
-from alibi_lm import AlibiConfig, AlibiForCausalLM, hub
+from alibi_lm import AlibiConfig, AlibiForCausalLM, card, loading, model_files, push
 from alibi_lm.cli import main as cli_main
-from alibi_lm.evaluation import LengthResult, PerplexityResult
+from alibi_lm.scoring import LengthResult, PerplexityResult
 from tests.hub_server import HubServer, use_endpoint
 from tests.tiny import random_ids, tiny_model
 
@@ -58,7 +58,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = PerplexityResult(
         str(folder), "nonoverlapping", None, training_length=16, span_tokens=4096, lengths=lengths
     )
-    result.to_json(folder / hub.RESULTS_FILE)  # what `alibi-lm eval CKPT --json CKPT/extrapolation.json` writes
+    result.to_json(folder / card.RESULTS_FILE)  # what `alibi-lm eval CKPT --json CKPT/extrapolation.json` writes
     (folder / "_fsdp_stray.py").write_text("# torch source that FSDP2 saves can drag into a folder\n")
     return folder
 
@@ -66,21 +66,23 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def pushed(hub_server: HubServer, checkpoint: Path) -> str:
     repo_id = "user/tiny-alibi"
-    hub.push_to_hub(checkpoint, repo_id, token=TOKEN, endpoint=hub_server.url, datasets=["wikitext"])
+    push.push_to_hub(checkpoint, repo_id, token=TOKEN, endpoint=hub_server.url, datasets=["wikitext"])
     return repo_id
 
 
 def test_push_uploads_weights_config_and_remote_code(hub_server: HubServer, pushed: str) -> None:
     files = hub_server.repo_files(pushed)
-    # Not the extrapolation.json (it goes into the card) nor _fsdp_stray.py (only our two modeling files are code).
-    assert set(files) == {
-        "model.safetensors",
-        "config.json",
-        "generation_config.json",
+    # Not the extrapolation.json (it goes into the card) nor _fsdp_stray.py (only the modeling files are code): the
+    # modeling file and what it imports relatively, as transformers' remote-code loader fetches them.
+    assert model_files.MODELING_FILES == (
+        "alibi_attention.py",
+        "alibi_masks.py",
         "configuration_alibi.py",
         "modeling_alibi.py",
-        "README.md",
-    }
+    )
+    assert set(files) == {"model.safetensors", "config.json", "generation_config.json", "README.md"} | set(
+        model_files.MODELING_FILES
+    )
     config = json.loads(files["config.json"])
     assert config["auto_map"] == {
         "AutoConfig": "configuration_alibi.AlibiConfig",
@@ -90,17 +92,17 @@ def test_push_uploads_weights_config_and_remote_code(hub_server: HubServer, push
 
 
 def test_model_card_has_metadata_training_length_and_extrapolation_table(hub_server: HubServer, pushed: str) -> None:
-    card = ModelCard(hub_server.repo_files(pushed)["README.md"].decode())
-    assert card.data.library_name == "transformers"
-    assert card.data.pipeline_tag == "text-generation"
-    assert "alibi" in card.data.tags
-    assert card.data.license == "apache-2.0"
-    assert card.data.datasets == ["wikitext"]
-    assert "| training length (`train_length`) | 16 tokens |" in card.text
-    assert "| context (`max_position_embeddings`) | 256 tokens |" in card.text
-    assert "| 16 (training length) | 31.50 |" in card.text
-    assert "| 64 | 30.25 |" in card.text
-    assert f'from_pretrained("{pushed}", trust_remote_code=True)' in card.text
+    model_card = ModelCard(hub_server.repo_files(pushed)["README.md"].decode())
+    assert model_card.data.library_name == "transformers"
+    assert model_card.data.pipeline_tag == "text-generation"
+    assert "alibi" in model_card.data.tags
+    assert model_card.data.license == "apache-2.0"
+    assert model_card.data.datasets == ["wikitext"]
+    assert "| training length (`train_length`) | 16 tokens |" in model_card.text
+    assert "| context (`max_position_embeddings`) | 256 tokens |" in model_card.text
+    assert "| 16 (training length) | 31.50 |" in model_card.text
+    assert "| 64 | 30.25 |" in model_card.text
+    assert f'from_pretrained("{pushed}", trust_remote_code=True)' in model_card.text
 
 
 def test_fresh_process_with_only_transformers_loads_by_repo_id(
@@ -149,7 +151,7 @@ def test_model_push_to_hub_method_round_trips(
     # register_for_auto_class sets class attributes; undo them after the test so other saves stay code-free.
     monkeypatch.setattr(AlibiForCausalLM, "_auto_class", AlibiForCausalLM._auto_class)
     monkeypatch.setattr(AlibiConfig, "_auto_class", AlibiConfig._auto_class)
-    model = hub.prepare_for_hub(tiny_model(seed=2))
+    model = model_files.prepare_for_hub(tiny_model(seed=2))
     model.push_to_hub("user/pushed-by-method", token=TOKEN)
     files = hub_server.repo_files("user/pushed-by-method")
     assert {"configuration_alibi.py", "modeling_alibi.py"} <= set(files)
@@ -168,17 +170,17 @@ def test_cli_push_with_results_file(hub_server: HubServer, checkpoint: Path, tmp
     argv = ["push", str(checkpoint), "user/from-cli", "--endpoint", hub_server.url, "--token", TOKEN]
     argv += ["--results", str(results), "--dataset", "wikitext", "--license", "mit"]
     assert cli_main(argv) == 0
-    card = ModelCard(hub_server.repo_files("user/from-cli")["README.md"].decode())
-    assert card.data.license == "mit"
-    assert "| 128 | 42.50 |" in card.text  # --results wins over the folder's extrapolation.json
-    assert "31.50" not in card.text
+    model_card = ModelCard(hub_server.repo_files("user/from-cli")["README.md"].decode())
+    assert model_card.data.license == "mit"
+    assert "| 128 | 42.50 |" in model_card.text  # --results wins over the folder's extrapolation.json
+    assert "31.50" not in model_card.text
 
 
 def test_push_folder_without_weights_sends_no_request(hub_server: HubServer, tmp_path: Path) -> None:
     tiny_model().config.save_pretrained(tmp_path)
     before = len(hub_server.requests)
     with pytest.raises(FileNotFoundError, match="no weights in"):
-        hub.push_to_hub(tmp_path, "user/empty", token=TOKEN, endpoint=hub_server.url)
+        push.push_to_hub(tmp_path, "user/empty", token=TOKEN, endpoint=hub_server.url)
     assert len(hub_server.requests) == before
 
 
@@ -191,7 +193,7 @@ def test_push_non_alibi_checkpoint_sends_no_request(hub_server: HubServer, tmp_p
     LlamaForCausalLM(config).save_pretrained(tmp_path)
     before = len(hub_server.requests)
     with pytest.raises(ValueError, match="model_type 'llama'"):
-        hub.push_to_hub(tmp_path, "user/llama", token=TOKEN, endpoint=hub_server.url)
+        push.push_to_hub(tmp_path, "user/llama", token=TOKEN, endpoint=hub_server.url)
     assert len(hub_server.requests) == before
 
 
@@ -206,10 +208,10 @@ def test_truncated_safetensors_gives_error_naming_file(hub_server: HubServer, tm
     # Raw from_pretrained raises safetensors' "Error while deserializing header: incomplete metadata, file not
     # fully covered", which names no file; our loader names it.
     with pytest.raises(ValueError, match=r"model\.safetensors .* probably truncated"):
-        hub.load_model(tmp_path)
+        loading.load_model(tmp_path)
     before = len(hub_server.requests)
     with pytest.raises(ValueError, match=r"model\.safetensors"):
-        hub.push_to_hub(tmp_path, "user/truncated", token=TOKEN, endpoint=hub_server.url)
+        push.push_to_hub(tmp_path, "user/truncated", token=TOKEN, endpoint=hub_server.url)
     assert len(hub_server.requests) == before
 
 
@@ -219,7 +221,7 @@ def test_missing_shard_is_named(tmp_path: Path) -> None:
     assert len(shards) > 1
     shards[-1].unlink()
     with pytest.raises(FileNotFoundError, match=shards[-1].name):
-        hub.find_weights(tmp_path)
+        loading.find_weights(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -230,12 +232,12 @@ def test_bad_results_file_is_rejected(tmp_path: Path, content: str, message: str
     path = tmp_path / "results.json"
     path.write_text(content)
     with pytest.raises(ValueError, match=message):
-        hub.read_extrapolation(path)
+        card.read_extrapolation(path)
 
 
 def test_missing_checkpoint_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        hub.push_to_hub(tmp_path / "nope", "user/nope", endpoint="http://127.0.0.1:9")
+        push.push_to_hub(tmp_path / "nope", "user/nope", endpoint="http://127.0.0.1:9")
 
 
 # --- push hygiene: the allow-list, dry run, config against weights, timeouts ---------------------------------------
@@ -259,7 +261,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = PerplexityResult(
         str(folder), "nonoverlapping", None, training_length=16, span_tokens=4096, lengths=lengths
     )
-    result.to_json(folder / hub.RESULTS_FILE)  # model_name is the absolute path of the folder
+    result.to_json(folder / card.RESULTS_FILE)  # model_name is the absolute path of the folder
     result.to_json(folder / "eval-2024-05-01.json")
     torch.save({"learning_rate": 3e-4, "hub_token": FAKE_SECRET}, folder / "training_args.bin")
     torch.save({"state": {}}, folder / "optimizer.pt")
@@ -277,7 +279,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 PLANTED = [
     "notes.txt",
     "wandb-credentials.json",
-    hub.RESULTS_FILE,
+    card.RESULTS_FILE,
     "eval-2024-05-01.json",
     "training_args.bin",
     "optimizer.pt",
@@ -297,19 +299,15 @@ def _model_repo_files(folder: Path) -> set[str]:
         shards
         | tokenizer
         | {"model.safetensors.index.json", "config.json", "generation_config.json"}
-        | {
-            "configuration_alibi.py",
-            "modeling_alibi.py",
-            "README.md",
-        }
+        | {*model_files.MODELING_FILES, "README.md"}
     )
 
 
 def test_push_uploads_exactly_the_allow_list_and_names_the_rest(
     hub_server: HubServer, planted: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="alibi_lm.hub"):
-        hub.push_to_hub(planted, "user/planted", token=TOKEN, endpoint=hub_server.url)
+    with caplog.at_level(logging.WARNING, logger="alibi_lm.push"):
+        push.push_to_hub(planted, "user/planted", token=TOKEN, endpoint=hub_server.url)
     files = hub_server.repo_files("user/planted")
     assert set(files) == _model_repo_files(planted)
     assert not any(FAKE_SECRET.encode() in data for data in files.values())
@@ -320,12 +318,12 @@ def test_push_uploads_exactly_the_allow_list_and_names_the_rest(
 def test_include_results_uploads_them_without_local_paths(
     hub_server: HubServer, planted: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    hub.push_to_hub(planted, "user/planted-results", token=TOKEN, endpoint=hub_server.url, include_results=True)
+    push.push_to_hub(planted, "user/planted-results", token=TOKEN, endpoint=hub_server.url, include_results=True)
     files = hub_server.repo_files("user/planted-results")
-    assert set(files) == _model_repo_files(planted) | {hub.RESULTS_FILE}
+    assert set(files) == _model_repo_files(planted) | {card.RESULTS_FILE}
     local = str(tmp_path_factory.getbasetemp()).encode()  # every test folder is under it
     assert [name for name, data in files.items() if local in data] == []
-    results = json.loads(files[hub.RESULTS_FILE])
+    results = json.loads(files[card.RESULTS_FILE])
     assert results == {
         "model_name": planted.name,
         "mode": "nonoverlapping",
@@ -333,8 +331,8 @@ def test_include_results_uploads_them_without_local_paths(
         "training_length": 16,
         "lengths": [{"length": k, "ppl": v, "nll": math.log(v), "n_tokens": 4096} for k, v in EXTRAPOLATION.items()],
     }
-    card = ModelCard(files["README.md"].decode())
-    assert "| 64 | 30.25 |" in card.text  # the card cites what was uploaded
+    model_card = ModelCard(files["README.md"].decode())
+    assert "| 64 | 30.25 |" in model_card.text  # the model_card cites what was uploaded
 
 
 def test_dry_run_lists_the_files_and_sends_nothing(
@@ -346,7 +344,7 @@ def test_dry_run_lists_the_files_and_sends_nothing(
     assert len(hub_server.requests) == before
     assert "user/dry-run" not in hub_server.commits
     listed = re.findall(r"^  (\S+) +(\d+(?:\.\d)? (?:B|KiB|MiB|GiB))$", capsys.readouterr().out, flags=re.MULTILINE)
-    assert {name for name, _ in listed} == _model_repo_files(planted) | {hub.RESULTS_FILE}
+    assert {name for name, _ in listed} == _model_repo_files(planted) | {card.RESULTS_FILE}
     config_size = dict(listed)["config.json"]
     assert config_size.endswith(" KiB") or config_size.endswith(" B")
 
@@ -365,7 +363,7 @@ def _edit_config(folder: Path, **changes: object) -> None:
 def test_config_matching_weights_passes_with_tied_head_stored_once(saved: Path) -> None:
     with safe_open(str(saved / "model.safetensors"), framework="pt") as f:
         assert "lm_head.weight" not in f.keys()  # noqa: SIM118 - safe_open is not a Mapping
-    hub.check_config_matches_weights(saved)
+    loading.check_config_matches_weights(saved)
 
 
 @pytest.mark.parametrize(
@@ -387,14 +385,14 @@ def test_config_matching_weights_passes_with_tied_head_stored_once(saved: Path) 
 def test_config_not_matching_weights_names_the_tensor(saved: Path, changes: dict, message: str) -> None:
     _edit_config(saved, **changes)
     with pytest.raises(ValueError, match=message):
-        hub.check_config_matches_weights(saved)
+        loading.check_config_matches_weights(saved)
 
 
 def test_push_refuses_config_not_matching_weights_before_any_request(hub_server: HubServer, saved: Path) -> None:
     _edit_config(saved, vocab_size=120)
     before = len(hub_server.requests)
     with pytest.raises(ValueError, match=r"model\.embed_tokens\.weight has shape \[99, 32\]"):
-        hub.push_to_hub(saved, "user/mismatch", token=TOKEN, endpoint=hub_server.url)
+        push.push_to_hub(saved, "user/mismatch", token=TOKEN, endpoint=hub_server.url)
     assert len(hub_server.requests) == before
 
 
@@ -429,22 +427,22 @@ def test_push_to_silent_hub_times_out_with_clear_error(
     timeout_before = get_session().timeout
     errors: list[BaseException] = []
 
-    def push() -> None:
+    def run_push() -> None:
         try:
-            hub.push_to_hub(checkpoint, "user/silent", token=TOKEN, endpoint=url, timeout=1, retries=1)
+            push.push_to_hub(checkpoint, "user/silent", token=TOKEN, endpoint=url, timeout=1, retries=1)
         except BaseException as err:  # noqa: BLE001 - handed to the test thread
             errors.append(err)
 
     # In a thread, so that a push without a timeout fails this test instead of hanging the run; the fixture's
     # teardown closes the connections, which ends such a push.
     start = time.monotonic()
-    thread = threading.Thread(target=push, daemon=True)
+    thread = threading.Thread(target=run_push, daemon=True)
     thread.start()
     thread.join(timeout=15)
     assert not thread.is_alive(), "push still waits for a server that never answers"
     assert time.monotonic() - start >= 2  # each of the two tries waited its 1 s
     [error] = errors
-    assert isinstance(error, hub.PushTimeoutError) and isinstance(error, TimeoutError)
+    assert isinstance(error, push.PushTimeoutError) and isinstance(error, TimeoutError)
     assert str(error) == f"push to {url} timed out after 1 s (2 tries); check the network or raise --timeout"
     assert len(connections) == 2  # one per try
     assert get_session().timeout == timeout_before  # huggingface_hub's client is as it was
@@ -453,8 +451,10 @@ def test_push_to_silent_hub_times_out_with_clear_error(
 def test_push_to_closed_port_fails_with_connection_error(checkpoint: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as probe:
         url = f"http://127.0.0.1:{probe.getsockname()[1]}"  # closed on leaving the block: connections are refused
-    with pytest.raises(hub.PushConnectionError, match=rf"^push to {re.escape(url)} failed: ConnectError: .*\(1 try\)"):
-        hub.push_to_hub(checkpoint, "user/closed", token=TOKEN, endpoint=url, retries=0)
+    with pytest.raises(
+        push.PushConnectionError, match=rf"^push to {re.escape(url)} failed: ConnectError: .*\(1 try\)"
+    ):
+        push.push_to_hub(checkpoint, "user/closed", token=TOKEN, endpoint=url, retries=0)
 
 
 def test_training_with_push_to_hub_uploads_the_allow_list_once_at_the_end(
@@ -487,7 +487,7 @@ def test_training_with_push_to_hub_uploads_the_allow_list_once_at_the_end(
         "generation_config.json",
         "tokenizer.json",
         "tokenizer_config.json",
-        *hub.MODELING_FILES,
+        *model_files.MODELING_FILES,
         "README.md",
     }
     assert not any(FAKE_SECRET.encode() in data for data in files.values())

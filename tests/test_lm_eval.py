@@ -16,8 +16,8 @@ from datasets import Dataset
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
 from alibi_lm.data import train_bpe_tokenizer, wikipedia_texts
-from alibi_lm.evaluation import document_log_likelihood
-from alibi_lm.hub import prepare_for_hub
+from alibi_lm.model_files import prepare_for_hub
+from alibi_lm.scoring import document_log_likelihood
 
 lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is in the dev and eval extras")
 from lm_eval.api.instance import Instance  # noqa: E402

@@ -13,13 +13,8 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import alibi_lm
-from alibi_lm.modeling import modeling_alibi
-from alibi_lm.modeling.modeling_alibi import (
-    WindowedAlibi,
-    build_dense_mask,
-    build_layout,
-    get_alibi_slopes,
-)
+from alibi_lm.modeling import alibi_masks
+from alibi_lm.modeling.alibi_masks import WindowedAlibi, build_dense_mask, build_layout, get_alibi_slopes
 from tests.tiny import random_ids, tiny_config, tiny_model
 
 BACKENDS = ["eager", "sdpa", "flex_attention"]
@@ -133,13 +128,13 @@ def test_bf16_bias_is_accurate_at_32k():
 
 def test_sdpa_builds_the_mask_once_per_forward(monkeypatch):
     calls = []
-    original = modeling_alibi.build_dense_mask
+    original = alibi_masks.build_dense_mask
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(modeling_alibi, "build_dense_mask", counting)
+    monkeypatch.setattr(alibi_masks, "build_dense_mask", counting)
     model = tiny_model(num_hidden_layers=4, attn_implementation="sdpa")
     seen = []
     for layer in model.model.layers:

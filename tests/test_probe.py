@@ -141,8 +141,8 @@ def test_position_buckets_cover_every_position_once():
 
 
 def test_loss_by_position_averages_back_to_the_non_overlapping_loss():
-    from alibi_lm.evaluation import perplexity_at_lengths
     from alibi_lm.probe import loss_by_position
+    from alibi_lm.scoring import perplexity_at_lengths
 
     model = tiny_model()
     stream = random_ids(1, 1000)[0]

@@ -13,7 +13,7 @@ import torch
 import transformers
 from torch._dynamo.utils import counters
 
-from alibi_lm.modeling.modeling_alibi import flex_bucket
+from alibi_lm.modeling.alibi_masks import flex_bucket
 from tests.tiny import random_ids, tiny_model
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from alibi_lm.cli import main as cli_main
-from alibi_lm.hub import prepare_for_hub
+from alibi_lm.model_files import prepare_for_hub
 from tests.serving import check_server, transformers_serve
 from tests.test_export import VOCAB, L, ours, trained
 from tests.tiny import word_tokenizer

@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from alibi_lm import hub
+from alibi_lm import loading, push
 from alibi_lm.cli import main as cli_main
 from alibi_lm.integrity import CHECKSUMS_FILE, read_checksums, write_checksums
 from alibi_lm.train import DivergedError, parse_recipe, train
@@ -63,7 +63,7 @@ def test_a_tampered_config_is_refused_everywhere_and_named(edit: str, copy: Path
     assert "config.json" in cli_error(["generate", str(copy), "--prompt", "The", "--max-new-tokens", "2"], capsys)
     assert "config.json" in cli_error(["eval", str(copy), "--lengths", "32", "--max-tokens", "256"], capsys)
     with pytest.raises(ValueError, match=r"config\.json"):
-        hub.plan_push(copy, "user/tampered")
+        push.plan_push(copy, "user/tampered")
     finetune = tiny_recipe(workdir, f"ft-{edit.replace(' ', '-')}", architecture=False, model_name_or_path=str(copy))
     with pytest.raises(ValueError, match=r"config\.json"):
         train(*parse_recipe(finetune))
@@ -77,7 +77,7 @@ def test_a_manifest_of_the_weights_alone_still_verifies(tmp_path: Path):
     lines = (folder / CHECKSUMS_FILE).read_text().splitlines()
     (folder / CHECKSUMS_FILE).write_text("\n".join(line for line in lines if line.endswith("safetensors")) + "\n")
     assert cli_main(["verify", str(folder)]) == 0
-    assert hub.load_model(folder).config.num_hidden_layers == 2
+    assert loading.load_model(folder).config.num_hidden_layers == 2
 
 
 def test_verify_names_non_finite_tensors(tmp_path: Path, capsys):

@@ -34,6 +34,24 @@ def test_transformers_shared_model_tests():
     code, output = assemble.run()
     counts = assemble.parse_summary(output)
     print(f"transformers shared tests on AlibiModel/AlibiForCausalLM: {counts}")
-    report = "\n".join(line for line in output.splitlines() if line.startswith(("FAILED ", "SUBFAILED", "ERROR ")))
-    assert counts.get("failed", 0) == 0 and counts.get("errors", 0) == 0, f"{counts}\n{report}"
-    assert counts.get("passed", 0) > 0 and code == 0, f"pytest exit {code}, {counts}\n{output[-5000:]}"
+    failed = failures(output)
+    if failed and assemble.TRANSFORMERS_VERSION != assemble.PINNED_VERSION:
+        # Another release's tests on helpers from the mirror's 5.24-era commit: some fail for every model. Ours must
+        # fail no test that Llama passes in the same harness.
+        _, control_output = assemble.run(control=True)
+        llama = {name.replace("LlamaModelTest", "AlibiModelTest") for name in failures(control_output, "llama")}
+        print(f"failing for Llama too in the {assemble.TRANSFORMERS_VERSION} harness: {sorted(llama)}")
+        failed -= llama
+    assert not failed, f"{counts}\n" + "\n".join(sorted(failed))
+    assert counts.get("passed", 0) > 0, f"pytest exit {code}, {counts}\n{output[-5000:]}"
+    assert code == 0 or assemble.TRANSFORMERS_VERSION != assemble.PINNED_VERSION, output[-5000:]
+
+
+def failures(output: str, model: str = "alibi") -> set[str]:
+    """The failed and erroring test ids of pytest's `-rfE` report, without the file path."""
+    prefixes = ("FAILED ", "SUBFAILED", "ERROR ")
+    return {
+        line.split("::", 1)[1].split(" - ")[0]
+        for line in output.splitlines()
+        if line.startswith(prefixes) and f"models/{model}/" in line and "::" in line
+    }

@@ -13,13 +13,13 @@ import torch
 from torch.nn import functional as F
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
-from alibi_lm.modeling.modeling_alibi import (
+from alibi_lm.modeling.alibi_attention import windowed_alibi_attention
+from alibi_lm.modeling.alibi_masks import (
     WINDOWED_WORK_LIMIT,
     WindowedAlibi,
     alibi_windows,
     build_layout,
     get_alibi_slopes,
-    windowed_alibi_attention,
     windowed_work_ratio,
 )
 from tests.tiny import random_ids, tiny_config, tiny_model

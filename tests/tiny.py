@@ -56,7 +56,7 @@ def word_tokenizer(vocab_size: int):
 
 def saved_folder(model: torch.nn.Module, folder):
     """`model` saved as a Hub-format folder with a word-level tokenizer over its vocabulary; returns the folder."""
-    from alibi_lm.hub import prepare_for_hub
+    from alibi_lm.model_files import prepare_for_hub
 
     tokenizer = word_tokenizer(model.config.vocab_size)
     prepare_for_hub(model, tokenizer).save_pretrained(folder)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
+from alibi_lm.modeling.configuration_alibi import POSITION_ENCODINGS
 
 VOCAB, SPAN = 2048, 16
 
@@ -76,7 +77,7 @@ def train(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--encodings", nargs="+", default=["alibi", "sinusoidal", "rotary", "t5", "none"])
+    parser.add_argument("--encodings", nargs="+", default=list(POSITION_ENCODINGS))
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--layers", type=int, default=2)

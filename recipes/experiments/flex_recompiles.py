@@ -18,7 +18,7 @@ import torch
 import transformers
 from torch._dynamo.utils import counters
 
-import alibi_lm.modeling.modeling_alibi as modeling
+import alibi_lm.modeling.alibi_masks as masks
 from alibi_lm import AlibiConfig, AlibiForCausalLM
 
 
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--no-buckets", action="store_true", help="compile each prompt length (the old behaviour)")
     args = parser.parse_args()
     if args.no_buckets:
-        modeling.flex_bucket = lambda length: length
+        masks.flex_bucket = lambda length: length
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
     config = AlibiConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

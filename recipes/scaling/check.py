@@ -255,7 +255,12 @@ def plot(report: dict, path: Path) -> None:
         if ranks != "1":
             gaps.plot(steps, [max(abs(a - b), 1e-9) for a, b in zip(run["losses"], reference)], label=label)
     curves.set(xlabel="step", ylabel="training loss", title="Loss per step, same global batch")
-    gaps.set(xlabel="step", ylabel="|loss - 1-process loss| (0 drawn at 1e-9)", yscale="log", title="Difference from 1 process")
+    gaps.set(
+        xlabel="step",
+        ylabel="|loss - 1-process loss| (0 drawn at 1e-9)",
+        yscale="log",
+        title="Difference from 1 process",
+    )
     curves.legend()
     gaps.legend()
     figure.tight_layout()

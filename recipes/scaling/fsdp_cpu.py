@@ -48,9 +48,10 @@ from transformers import AutoTokenizer
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
 from alibi_lm.data import group_texts, train_bpe_tokenizer, wikipedia_texts
-from alibi_lm.hub import prepare_for_hub
 from alibi_lm.integrity import write_checksums
-from alibi_lm.modeling.modeling_alibi import AlibiDecoderLayer, get_alibi_slopes
+from alibi_lm.model_files import prepare_for_hub
+from alibi_lm.modeling.alibi_masks import get_alibi_slopes
+from alibi_lm.modeling.modeling_alibi import AlibiDecoderLayer
 
 MODEL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
 

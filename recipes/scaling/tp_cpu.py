@@ -23,7 +23,7 @@ import torch.distributed as dist
 from transformers import AutoModelForCausalLM, DistributedConfig
 
 import alibi_lm  # noqa: F401  registers the model with the Auto classes
-from alibi_lm.evaluation import training_length
+from alibi_lm.scoring import training_length
 
 BACKENDS = ("sdpa", "eager", "flex_attention")
 

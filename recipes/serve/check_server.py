@@ -18,7 +18,7 @@ import urllib.request
 import torch
 from transformers import AutoTokenizer
 
-from alibi_lm.hub import load_model
+from alibi_lm.loading import load_model
 
 
 def served_completion(endpoint: str, model: str, prompt: str, max_tokens: int, timeout: float) -> dict:

@@ -7,8 +7,9 @@ checkpoint with `model_type: "alibi"` and its tokenizer load without `trust_remo
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+from .modeling.alibi_masks import get_alibi_slopes
 from .modeling.configuration_alibi import AlibiConfig, AlibiTokenizerFast
-from .modeling.modeling_alibi import AlibiForCausalLM, AlibiModel, AlibiPreTrainedModel, get_alibi_slopes
+from .modeling.modeling_alibi import AlibiForCausalLM, AlibiModel, AlibiPreTrainedModel
 
 __version__ = "0.1.0"
 

@@ -35,7 +35,6 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import AlibiForCausalLM
-from .hub import MODELING_FILES, find_weights
 from .integrity import (
     CHECKSUMS_FILE,
     IntegrityError,
@@ -44,8 +43,8 @@ from .integrity import (
     verify_checksums,
     write_checksums,
 )
-from .modeling import modeling_alibi
-from .modeling.configuration_alibi import AUTO_MAP
+from .loading import find_weights
+from .model_files import MODELING_FILES, copy_modeling_files, with_auto_map
 
 logger = logging.getLogger(__name__)
 
@@ -386,12 +385,9 @@ def write_remote_code(folder: str | os.PathLike) -> None:
     for stray in folder.glob("*.py"):
         if stray.name not in MODELING_FILES:
             stray.unlink()
-    package = Path(modeling_alibi.__file__).parent
-    for name in MODELING_FILES:
-        shutil.copyfile(package / name, folder / name)
+    copy_modeling_files(folder)
     config_path = folder / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["auto_map"] = dict(AUTO_MAP)
+    config = with_auto_map(json.loads(config_path.read_text(encoding="utf-8")))
     config["architectures"] = [AlibiForCausalLM.__name__]
     _write_atomic(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 

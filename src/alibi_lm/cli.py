@@ -23,11 +23,11 @@ SUBCOMMANDS: dict[str, str] = {
     "eval": "alibi_lm.evaluation",
     "demo": "alibi_lm.demo",
     "bench": "alibi_lm.bench",
-    "push": "alibi_lm.hub",
+    "push": "alibi_lm.push",
     "convert": "alibi_lm.convert",
     "export": "alibi_lm.export",
     "generate": "alibi_lm.generate",
-    "verify": "alibi_lm.integrity",
+    "verify": "alibi_lm.loading",
     "window": "alibi_lm.window",
 }
 DEBUG_ENV = "ALIBI_LM_DEBUG"

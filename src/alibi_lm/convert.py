@@ -35,7 +35,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 from transformers.initialization import no_init_weights
 from transformers.utils import has_file
 
-from .hub import prepare_for_hub
+from .model_files import TOKENIZER_ENTRY_FILES, prepare_for_hub
 from .modeling.configuration_alibi import AlibiConfig
 from .modeling.modeling_alibi import AlibiForCausalLM
 
@@ -43,7 +43,6 @@ SUPPORTED_ARCHITECTURES = ("bloom", "mpt")
 # Every BigScience BLOOM model was trained at 2048 tokens; their configs do not always say so.
 BLOOM_TRAINING_LENGTH = 2048
 MPT_LAYER_NORMS = ("low_precision_layernorm", "layernorm")
-TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
 
 __all__ = [
     "SUPPORTED_ARCHITECTURES",
@@ -376,7 +375,7 @@ def _check_source(src: str) -> None:
 
 def _has_tokenizer(src: str) -> bool:
     # transformers' public check: a local folder's listing, or the Hub cache and a HEAD request (False offline).
-    return any(has_file(src, name) for name in TOKENIZER_FILES)
+    return any(has_file(src, name) for name in TOKENIZER_ENTRY_FILES)
 
 
 def check_destination(dst: Path, overwrite: bool) -> None:

@@ -23,12 +23,11 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from .demo import DemoResult, DemoSettings, Run
+from .demo_settings import DemoResult, DemoSettings, Run, markdown_table, results_header
+from .machine import default_device
 
 TIMED_STEPS = 20  # interleaved repetitions per model; the medians are stable to a few percent on two cores
 
@@ -54,7 +53,7 @@ def measure_training_steps(
     from .modeling.modeling_alibi import AlibiForCausalLM
     from .progress import progress_bar
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(default_device())
     generator = torch.Generator().manual_seed(settings.seed)
     calls, persistent, tokens = {}, {}, {}
     for run in runs:
@@ -127,7 +126,6 @@ def verdict(result: DemoResult) -> list[str]:
 
 def markdown(result: DemoResult, stem: str) -> str:
     """The results page of `alibi-lm demo --efficiency`."""
-    from .demo import markdown_table, results_header
 
     s = result.settings
     short, long = _pair(result)

@@ -43,8 +43,9 @@ import torch
 from transformers import AutoTokenizer, BloomConfig, BloomForCausalLM, MptConfig, MptForCausalLM, PreTrainedModel
 from transformers.initialization import no_init_weights
 
-from .convert import TOKENIZER_FILES, check_destination, write_folder
-from .hub import check_model_folder, load_model
+from .convert import check_destination, write_folder
+from .loading import check_model_folder, load_model
+from .model_files import has_tokenizer
 from .modeling.configuration_alibi import AlibiConfig
 from .modeling.modeling_alibi import AlibiForCausalLM
 
@@ -343,7 +344,7 @@ def export_checkpoint(
     model = load_model(src)  # names truncated or corrupt weights
     if not isinstance(model, AlibiForCausalLM):
         raise ValueError(f"{src} holds a {type(model).__name__}, not an AlibiForCausalLM.")
-    tokenizer = AutoTokenizer.from_pretrained(src) if any((src / name).is_file() for name in TOKENIZER_FILES) else None
+    tokenizer = AutoTokenizer.from_pretrained(src) if has_tokenizer(src) else None
     if target == "gguf":
         if tokenizer is None:
             raise FileNotFoundError(f"{src} has no tokenizer; a GGUF file carries its vocabulary.")

@@ -22,7 +22,8 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TextStreamer, set_seed
 from transformers.generation.streamers import BaseStreamer
 
-from .hub import load_model
+from .loading import load_model
+from .machine import default_device
 
 # A bound, not a budget: a slip such as 1e20 must be refused, not left generating for ever.
 MAX_NEW_TOKENS = 1_000_000
@@ -138,7 +139,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         "--repetition-penalty", type=_bounded("repetition_penalty"), default=1.0, help="CTRL-style penalty, 1.0 = none"
     )
     parser.add_argument("--seed", type=int, default=None, help="random seed for sampling")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    parser.add_argument("--device", default=default_device(), help="torch device")
     parser.add_argument(
         "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weights dtype"
     )

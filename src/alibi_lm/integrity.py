@@ -14,30 +14,14 @@ is therefore local: it guards folders on disk and is not pushed (the Hub has its
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import re
 from pathlib import Path
 
+from .model_files import DEFINING_FILES
+
 CHECKSUMS_FILE = "SHA256SUMS"
-MODELING_FILES = ("configuration_alibi.py", "modeling_alibi.py")  # the remote code beside the weights
-# What defines a model besides its weights, recorded in the manifest too: an edited config (a layer count, the
-# position encoding, the activation) changes what the same weights compute as surely as a flipped bit does.
-DEFINING_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "chat_template.jinja",
-    "chat_template.json",
-    *MODELING_FILES,
-)
 _LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 
 
@@ -202,34 +186,3 @@ def non_finite_tensors(folder: str | os.PathLike) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------------------
 # CLI: alibi-lm verify
-
-
-def add_subparser(subparsers: argparse._SubParsersAction) -> None:
-    """Register `alibi-lm verify`."""
-    parser = subparsers.add_parser(
-        "verify",
-        help="check a model folder: weights against SHA256SUMS, safetensors headers, config against weight shapes",
-        description="Check a saved model or checkpoint folder before trusting it.",
-    )
-    parser.add_argument("folders", nargs="+", type=Path, help="model or checkpoint folders")
-    parser.add_argument("--require-checksums", action="store_true", help=f"fail when a folder has no {CHECKSUMS_FILE}")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    from .hub import check_model_folder
-
-    for folder in args.folders:
-        if args.require_checksums and read_checksums(folder) is None:
-            raise IntegrityError(f"{folder} has no {CHECKSUMS_FILE}: nothing to verify the weights against")
-        files = check_model_folder(folder)  # verify_checksums among its checks
-        checked = read_checksums(folder) is not None
-        bad = non_finite_tensors(folder)
-        if bad:
-            raise IntegrityError(
-                f"{folder}: {len(bad)} tensor(s) hold NaN or infinity ({', '.join(bad[:5])}"
-                f"{', ...' if len(bad) > 5 else ''}): the run that saved them diverged"
-            )
-        note = f"sha256 matches {CHECKSUMS_FILE}" if checked else f"no {CHECKSUMS_FILE}: headers checked only"
-        print(f"{folder}: OK ({len(files)} weights file(s), {note}; config matches the weight shapes)")
-    return 0

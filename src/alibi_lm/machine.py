@@ -23,6 +23,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def default_device() -> str:
+    """Where commands run when no --device is given: the GPU if torch sees one, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def denormals_flushed() -> bool:
     """Whether this thread flushes denormal floats to zero (torch has a setter, `set_flush_denormal`, no getter)."""
     return torch.tensor([1e-40], dtype=torch.float32).mul(1.0).item() == 0.0

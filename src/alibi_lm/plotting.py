@@ -11,10 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .evaluation import PerplexityResult
+from typing import Any
 
 
 def _figure(width: float = 6.4, height: float = 4.2, panels: int = 1) -> tuple[Any, list[Any]]:
@@ -43,9 +40,7 @@ def _log2_axis(ax: Any, ticks: Sequence[float]) -> None:
     ax.set_xticklabels([f"{t:g}" for t in ticks])
 
 
-def plot_perplexity(
-    results: Sequence[PerplexityResult], path: str | os.PathLike, title: str | None = None, dpi: int = 120
-) -> Path:
+def plot_perplexity(results: Sequence[Any], path: str | os.PathLike, title: str | None = None, dpi: int = 120) -> Path:
     """Save a PNG of perplexity against evaluation length (log2 axis), training length(s) as dashed lines."""
     if not results:
         raise ValueError("nothing to plot: results is empty")
@@ -54,7 +49,7 @@ def plot_perplexity(
     return _save(fig, path, dpi)
 
 
-def _draw_perplexity(ax: Any, results: Sequence[PerplexityResult], title: str | None) -> None:
+def _draw_perplexity(ax: Any, results: Sequence[Any], title: str | None) -> None:
     all_ppl = []
     lengths: set[int] = set()
     for res in results:
@@ -121,7 +116,7 @@ def plot_curves(
 
 
 def plot_efficiency(
-    results: Sequence[PerplexityResult],
+    results: Sequence[Any],
     speed: dict[str, float],
     memory: dict[str, float],
     path: str | os.PathLike,

@@ -198,7 +198,7 @@ def _probe_model_names(paths: Sequence[str]) -> list[str]:
 
 def run_probe(args: argparse.Namespace, texts: list[str], device: str) -> int:
     """`alibi-lm eval --probe`: the copy probe for each model; table, per-head ALiBi reach, JSON, plot."""
-    from .evaluation import load_model_and_tokenizer, tokenize_texts, training_length
+    from .scoring import load_model_and_tokenizer, tokenize_texts, training_length
 
     results, reach = [], {}
     for path, name in zip(args.models, _probe_model_names(args.models)):
@@ -211,7 +211,7 @@ def run_probe(args: argparse.Namespace, texts: list[str], device: str) -> int:
         )  # fmt: skip
         print(result.to_table())
         if getattr(model.config, "position_encoding", None) == "alibi":
-            from .modeling.modeling_alibi import get_alibi_slopes
+            from .modeling.alibi_masks import get_alibi_slopes
 
             slopes = get_alibi_slopes(model.config.num_attention_heads, model.config.alibi_max_bias).tolist()
             reach[name] = alibi_reach(slopes)
@@ -238,7 +238,7 @@ def run_probe(args: argparse.Namespace, texts: list[str], device: str) -> int:
 
 def run_by_position(args: argparse.Namespace, texts: list[str], device: str) -> int:
     """`alibi-lm eval --by-position`: the loss at each position of non-overlapping chunks, per model."""
-    from .evaluation import load_model_and_tokenizer, tokenize_texts, training_length
+    from .scoring import load_model_and_tokenizer, tokenize_texts, training_length
 
     rows = []
     length = max(args.lengths) if args.lengths else None

@@ -78,10 +78,12 @@ from .checkpoints import (
     write_remote_code,
 )
 from .data import DataArguments, build_lm_datasets, cached_bpe_tokenizer, load_raw_datasets
-from .evaluation import perplexity, training_length
-from .hub import check_model_folder, load_model, prepare_for_hub, push_to_hub
+from .loading import check_model_folder, load_model
 from .machine import denormals_flushed
+from .model_files import has_tokenizer, prepare_for_hub
 from .progress import LineProgressCallback, is_terminal
+from .push import push_to_hub
+from .scoring import perplexity, training_length
 
 logger = logging.getLogger(__name__)
 
@@ -348,7 +350,7 @@ def load_tokenizer(
             raise FileNotFoundError(f"tokenizer_name {name!r} does not exist.")
         return AutoTokenizer.from_pretrained(name)
     # A resumed run must keep the tokenizer its checkpoint was trained with.
-    if resume is not None and (resume / "tokenizer_config.json").is_file():
+    if resume is not None and has_tokenizer(resume):
         return AutoTokenizer.from_pretrained(resume)
     if model_args.model_name_or_path:
         try:

@@ -24,20 +24,18 @@ figures inside your tolerance, then `AutoModelForCausalLM.from_pretrained(DIR, a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .evaluation import _heldout_wikipedia, _texts_from_file, load_model_and_tokenizer, tokenize_texts
-from .modeling import modeling_alibi as modeling
-from .modeling.modeling_alibi import alibi_windows, get_alibi_slopes
+from .modeling.alibi_masks import alibi_windows, blocked_windows_everywhere, get_alibi_slopes
 from .progress import progress_bar
+from .scoring import evaluation_texts, load_model_and_tokenizer, tokenize_texts
 
 DEFAULT_CUTOFFS = (12.0, 20.0, 40.0)
 DEFAULT_MULTIPLES = (1, 16, 64)
@@ -98,17 +96,6 @@ class WindowReport:
 
 def _windowed(model: torch.nn.Module, cutoff: float | None) -> None:
     model.config.alibi_window_cutoff = cutoff  # read at every forward
-
-
-@contextlib.contextmanager
-def _blocked_everywhere() -> Iterator[None]:
-    """Run the blocked windowed kernel at every length, also where the model would run dense ALiBi as faster."""
-    saved = modeling.WINDOWED_WORK_LIMIT
-    modeling.WINDOWED_WORK_LIMIT = math.inf
-    try:
-        yield
-    finally:
-        modeling.WINDOWED_WORK_LIMIT = saved
 
 
 def dropped_attention_mass(model: torch.nn.Module, chunk: torch.Tensor, windows: torch.Tensor) -> float:
@@ -183,7 +170,7 @@ def measure_cutoffs(
     _windowed(model, EXACT_DENSE)
     prompt = token_ids[None, : max(1, training_length // 2)]
     new_tokens = generate_multiple * training_length - prompt.shape[1]
-    with _blocked_everywhere():
+    with blocked_windows_everywhere():
         exact = {n: _nll(model, chunks_of(n)) for n in progress_bar(lengths, desc="dense ALiBi", disable=not progress)}
         exact_tokens = _greedy(model, prompt, new_tokens)
     _, exact_total, exact_count = exact[ppl_length]
@@ -203,7 +190,7 @@ def measure_cutoffs(
                 windows = windows.tolist()
             _windowed(model, cutoff)
             diffs, ppl = {}, math.nan
-            with _blocked_everywhere():
+            with blocked_windows_everywhere():
                 for n in lengths:
                     logits, total, count = _nll(model, chunks_of(n))
                     if n in (training_length * m for m in multiples):
@@ -232,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"model folder not found: {args.model}")
     model, tokenizer = load_model_and_tokenizer(args.model, args.device)
-    texts = _heldout_wikipedia() if args.data == "wikipedia" else _texts_from_file(args.data)
+    texts = evaluation_texts(args.data)
     report = measure_cutoffs(
         model,
         tokenize_texts(texts, tokenizer),

@@ -48,7 +48,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 
-TRANSFORMERS_VERSION = "5.24.0"
+# The transformers release whose tests are assembled; the installed transformers must be the same release. Another
+# release's tests (the newest 5.x): ALIBI_LM_SHARED_TESTS_VERSION=5.25.0 with transformers 5.25.0 installed.
+VERSION_ENV = "ALIBI_LM_SHARED_TESTS_VERSION"
+PINNED_VERSION = "5.24.0"  # the release whose tests the patches below were written for
+TRANSFORMERS_VERSION = os.environ.get(VERSION_ENV) or PINNED_VERSION
 DEFAULT_GIT_MIRROR = "/work/.mirror/zucchini-nlp+transformers/repo"
 # transformers 5.16.0.dev0 (2026-08-19): the newest commit of the mirror whose test helpers match 5.24's mixins.
 DEFAULT_GIT_COMMIT = "decba1d2ea4ed3cbf0495d1828abad4b2dba1846"

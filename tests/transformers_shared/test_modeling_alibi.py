@@ -14,14 +14,21 @@ the base model nor give the LM head `labels` (so they fail on `loss` being None)
 `test_inputs_embeds_matches_input_ids` and `test_causal_lm_loss_honors_shift_labels` silently check
 nothing. `AlibiModelTest.setUp` therefore adds our two names to those tables for the duration of each test,
 which is exactly the treatment Llama gets; no test is skipped or weakened by this module.
+
+One test is adapted, not skipped: `test_sdpa_can_dispatch_non_composite_models` asserts that a model loaded with no
+`attn_implementation` runs "sdpa". Ours runs `alibi_fused`, registered with transformers' AttentionInterface (flex
+for multi-token forwards on a GPU, sdpa otherwise), so that the name in the config is the kernel that runs. The
+override asserts that, and everything else the shared test asserts: `attn_implementation="sdpa"` loads sdpa, and
+`attn_implementation="eager"` leaves no attention layer on sdpa.
 """
 
+import tempfile
 import unittest
 from unittest import mock
 
 from transformers import is_torch_available
 from transformers.models.auto import modeling_auto
-from transformers.testing_utils import require_torch
+from transformers.testing_utils import require_torch, torch_device
 
 from ...causal_lm_tester import CausalLMModelTest, CausalLMModelTester
 
@@ -60,6 +67,22 @@ class AlibiModelTest(CausalLMModelTest, unittest.TestCase):
 
     # used in `test_torch_compile_for_training`
     _torch_compile_train_cls = AlibiForCausalLM if is_torch_available() else None
+
+    def test_sdpa_can_dispatch_non_composite_models(self):
+        for model_class in self.all_model_classes:
+            config, _ = self.model_tester.prepare_config_and_inputs_for_common()
+            model = model_class(config)
+            with tempfile.TemporaryDirectory() as tmpdirname:
+                model.save_pretrained(tmpdirname)
+                default = model_class.from_pretrained(tmpdirname).eval().to(torch_device)
+                self.assertEqual(default.config._attn_implementation, "alibi_fused")
+                model_sdpa = model_class.from_pretrained(tmpdirname, attn_implementation="sdpa").eval()
+                self.assertEqual(model_sdpa.config._attn_implementation, "sdpa")
+                model_eager = model_class.from_pretrained(tmpdirname, attn_implementation="eager").eval()
+                self.assertEqual(model_eager.config._attn_implementation, "eager")
+                for name, submodule in model_eager.named_modules():
+                    if submodule.__class__.__name__.endswith("Attention") and getattr(submodule, "config", None):
+                        self.assertNotEqual(submodule.config._attn_implementation, "sdpa", name)
 
     def setUp(self):
         super().setUp()

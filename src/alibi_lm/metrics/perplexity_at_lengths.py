@@ -15,7 +15,8 @@ network):
 import datasets
 import evaluate
 
-from alibi_lm.evaluation import load_model_and_tokenizer, perplexity_at_lengths
+from alibi_lm.machine import default_device
+from alibi_lm.scoring import load_model_and_tokenizer, perplexity_at_lengths
 
 _CITATION = """\
 @inproceedings{press2022train,
@@ -87,9 +88,7 @@ class PerplexityAtLengths(evaluate.Metric):
         max_tokens=None,
     ):
         if isinstance(model_id, str):
-            import torch
-
-            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            device = device or default_device()
             model, folder_tokenizer = load_model_and_tokenizer(model_id, device)
             tokenizer = tokenizer or folder_tokenizer
             name = model_id

@@ -1,0 +1,265 @@
+# Copyright 2026 The alibi-lm authors. Licensed under the Apache License, Version 2.0.
+"""The attention kernels, one per backend, each taking the mask form `alibi_masks.create_alibi_mask` builds for it.
+
+What `integrations/sdpa_attention.py`, `flex_attention.py` and `flash_attention.py` are to Llama: `AlibiAttention`
+computes queries, keys and values and calls the kernel `ALL_ATTENTION_FUNCTIONS` (our instance of transformers' registry) holds for
+`config._attn_implementation`.
+sdpa takes a 4-D tensor, or `WindowedAlibi` (blocked, for windowed ALiBi and the CPU default); flex_attention a
+`BlockMask` and `score_mod`; flash_attention_2 the slopes. Hub remote code like the rest of the model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.attention.flex_attention import BlockMask
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.modeling_utils import AttentionInterface
+from transformers.models.llama.modeling_llama import eager_attention_forward, repeat_kv
+
+from .alibi_masks import (
+    ALIBI_FUSED,
+    ALIBI_UNDERFLOW_CUTOFF,
+    UNCOMPILED_FLEX,
+    AttentionLayout,
+    FlashAlibiMask,
+    FlexAlibiMask,
+    WindowedAlibi,
+    alibi_bias,
+    compiled,
+    key_only_bias,
+    key_only_exact,
+    windowed_block_size,
+)
+
+
+def windowed_alibi_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: WindowedAlibi, scaling: float, dropout: float
+) -> torch.Tensor:
+    """Causal windowed-ALiBi attention `[B, H, L, D]` in blocks, each seeing only the keys its window reaches.
+
+    For head h with window w and block size n, query block i (positions `[i n, (i + 1) n)`) attends to key
+    positions `[i n - w, (i + 1) n)`: w + n scores per query instead of the causal triangle's L / 2. The
+    bias-and-window pattern `[n, w + n]` is the same for every block, so it is built once per head. Blocks
+    whose span starts at or after position 0 go through one sdpa call (blocks as its head dimension, keys cut
+    out with `unfold`); the first `ceil(w / n)` blocks, whose span would start before 0, take one call each
+    with the pattern's last columns. Nothing is L x L: memory is O(L (w + n) / n) per head.
+    """
+    batch, heads, length, dim = query.shape
+    out = torch.empty_like(query)
+    blocked = range(heads)
+    if key_only_exact(query.device, query.dtype, dropout):
+        # Heads that see the whole sequence: one fused causal call with the key-only bias, as fast as no bias; only
+        # while its bias stays small (m * L <= ALIBI_UNDERFLOW_CUTOFF), since its fp32 rounding grows with m * L.
+        whole = [
+            h for h in range(heads)
+            if mask.windows[h] >= length - 1 and mask.slopes[h] * (length - 1) <= ALIBI_UNDERFLOW_CUTOFF
+        ]  # fmt: skip
+        blocked = [h for h in range(heads) if h not in whole]
+        if whole:
+            bias_key = ("key-only", tuple(whole), length, query.device)  # built by the first layer, as the patterns
+            if bias_key not in mask.patterns:
+                slopes = torch.tensor([mask.slopes[h] for h in whole], device=query.device)
+                mask.patterns[bias_key] = key_only_bias(slopes, length)
+            if not blocked:  # every head (short sequences, e.g. training at L): one call on the tensors as they are
+                return F.scaled_dot_product_attention(
+                    query, key, value, attn_mask=mask.patterns[bias_key], scale=scaling, is_causal=True
+                )
+            out[:, whole] = F.scaled_dot_product_attention(
+                query[:, whole], key[:, whole], value[:, whole],
+                attn_mask=mask.patterns[bias_key], scale=scaling, is_causal=True,
+            )  # fmt: skip
+    for h in blocked:
+        window = min(mask.windows[h], length - 1)
+        block = windowed_block_size(window)
+        span = window + block  # the keys one block of queries can reach
+        pattern_key = (h, window, query.dtype, query.device)
+        if pattern_key not in mask.patterns:
+            # One block as a layout of its own: its queries sit at slots window ... window + block - 1 after the
+            # span's first key, so pattern[i, j] follows the model's visibility and bias rules for query i of any
+            # block on key j of its span (the pattern is the one tensor quadratic in the window).
+            span_layout = AttentionLayout(1, block, span, window, query.device)
+            i = torch.arange(block, device=query.device)[:, None]
+            j = torch.arange(span, device=query.device)[None, :]
+            reach = torch.tensor([window], device=query.device)
+            visible = span_layout.visible_within(reach, 0, 0, i, j)
+            slope = torch.tensor(mask.slopes[h], device=query.device)
+            bias = alibi_bias(slope, span_layout.distance(0, i, j).float())
+            mask.patterns[pattern_key] = torch.where(visible, bias, float("-inf")).to(query.dtype)
+        pattern = mask.patterns[pattern_key]
+        q, k, v = query[:, h], key[:, h], value[:, h]  # [B, L, D]
+        lead = min(-(-window // block), -(-length // block))  # blocks whose span starts before position 0
+        for i in range(lead):
+            start, stop = i * block, min(length, (i + 1) * block)
+            out[:, h, start:stop] = F.scaled_dot_product_attention(
+                q[:, start:stop], k[:, :stop], v[:, :stop],
+                attn_mask=pattern[: stop - start, window - start : window - start + stop],
+                dropout_p=dropout, scale=scaling,
+            )  # fmt: skip
+        first = lead * block
+        if first >= length:
+            continue
+        blocks = -(-(length - first) // block)
+        tail = blocks * block - (length - first)  # zero rows that fill the last block (hidden by causality)
+        # Keys and values from `first - window` on, cut into overlapping spans: [B, blocks, span, D].
+        k = F.pad(k[:, first - window :], (0, 0, 0, tail)).unfold(1, span, block).transpose(-1, -2)
+        v = F.pad(v[:, first - window :], (0, 0, 0, tail)).unfold(1, span, block).transpose(-1, -2)
+        q = F.pad(q[:, first:], (0, 0, 0, tail)).view(batch, blocks, block, dim)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=pattern, dropout_p=dropout, scale=scaling)
+        out[:, h, first:] = attended.reshape(batch, blocks * block, dim)[:, : length - first]
+    return out
+
+
+def sdpa_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | WindowedAlibi | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """`F.scaled_dot_product_attention` with the 4-D mask or `is_causal` alone; windowed ALiBi (and the CPU default)
+    in blocks."""
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
+    if isinstance(attention_mask, WindowedAlibi):
+        attn_output = windowed_alibi_attention(query, key, value, attention_mask, scaling, dropout)
+        return attn_output.transpose(1, 2).contiguous(), None
+    # None only when every query sees every key before it: Q == K (causal) or one query (decoding).
+    mask, is_causal = attention_mask, attention_mask is None and query.shape[2] > 1
+    attn_output = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling, is_causal=is_causal
+    )
+    return attn_output.transpose(1, 2).contiguous(), None
+
+
+def flex_attention_call(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    score_mod: Callable | None,
+    block_mask: BlockMask,
+    scale: float,
+) -> torch.Tensor:
+    """flex_attention, run only compiled (`compiled`): where dynamo gives up, it refuses instead of going L x L."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if not torch.compiler.is_compiling():
+        raise RuntimeError(UNCOMPILED_FLEX.format(what="flex_attention"))
+    return flex_attention(query, key, value, score_mod=score_mod, block_mask=block_mask, scale=scale)
+
+
+def flex_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: FlexAlibiMask | torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """flex_attention with the bias `score_mod` and a `BlockMask`; single-token decoding uses sdpa."""
+    if not isinstance(attention_mask, FlexAlibiMask):
+        # Decoding steps get a [B, H, 1, K] tensor mask: tiny, and no recompile per cache length.
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
+    if dropout > 0.0:
+        raise ValueError(
+            "flex_attention does not support attention dropout; set attention_dropout=0.0 to train with it."
+        )
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
+    length = attention_mask.length
+    if length is not None:  # the mask is for a bucketed length: pad to it, then cut the output back
+        pad = (0, 0, 0, attention_mask.block_mask.shape[-2] - length)
+        query, key, value = F.pad(query, pad), F.pad(key, pad), F.pad(value, pad)
+    score_mod, block_mask = attention_mask.score_mod, attention_mask.block_mask
+    signature = (
+        query.device.type, query.dtype, tuple(query.shape), tuple(key.shape), block_mask.shape,
+        block_mask.kv_num_blocks.shape, score_mod is None, torch.is_grad_enabled() and query.requires_grad,
+    )  # fmt: skip
+    flex = compiled(flex_attention_call, signature)
+    attn_output = flex(query, key, value, score_mod, block_mask, scaling)
+    if length is not None:
+        attn_output = attn_output[:, :, :length]
+    return attn_output.transpose(1, 2).contiguous(), None
+
+
+def flash_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: FlashAlibiMask,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """flash-attn 2 with `alibi_slopes` (fp32); padding and packed documents go through the varlen kernel."""
+    # Imported by name: a literal `import flash_attn` would make transformers' remote-code loader
+    # require the package even for users who never pick this backend.
+    flash_attn = importlib.import_module("flash_attn")
+    # flash-attn wants [B, L, H, D] and does GQA itself.
+    q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+    mask = attention_mask
+    if mask.query_valid is None:
+        out = flash_attn.flash_attn_func(
+            q, k, v, dropout_p=dropout, softmax_scale=scaling, causal=True, alibi_slopes=mask.slopes,
+            window_size=(mask.window, 0),
+        )  # fmt: skip
+        return out, None
+    # Bottom-right causal alignment inside each sequence: a document's queries are its last tokens.
+    out_unpadded = flash_attn.flash_attn_varlen_func(
+        q[mask.query_valid], k[mask.key_valid], v[mask.key_valid],
+        mask.cu_seqlens_q, mask.cu_seqlens_k, mask.max_seqlen_q, mask.max_seqlen_k,
+        dropout_p=dropout, softmax_scale=scaling, causal=True, alibi_slopes=mask.slopes,
+        window_size=(mask.window, 0),
+    )  # fmt: skip
+    out = q.new_zeros(*q.shape[:2], *out_unpadded.shape[1:])
+    out[mask.query_valid] = out_unpadded
+    return out, None
+
+
+def alibi_fused_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | WindowedAlibi | FlexAlibiMask | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """The default (`ALIBI_FUSED`): flex_attention where `create_alibi_mask` built a flex mask (multi-token forwards on
+    a GPU), sdpa with whatever else it built (the key-only bias and blocked heads on the CPU, the small decoding
+    mask)."""
+    if isinstance(attention_mask, FlexAlibiMask):
+        return flex_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
+
+
+# Our kernels for the backends whose ALiBi form differs from transformers' generic ones, and the fused default.
+ALIBI_KERNELS: dict[str, Callable] = {
+    "eager": eager_attention_forward,
+    "sdpa": sdpa_attention_forward,
+    "flex_attention": flex_attention_forward,
+    "flash_attention_2": flash_attention_forward,
+    ALIBI_FUSED: alibi_fused_attention_forward,
+}
+# transformers' public registries: the fused default becomes a name `attn_implementation` accepts (and that
+# transformers' mask helpers can look up, should one be asked for this config: sdpa's mask), and a local interface
+# holds our kernels on top of the global ones, as transformers documents for a model that overrides a backend. Any
+# other registered name (a kernel a user registers with `AttentionInterface.register`) comes from the global registry.
+AttentionInterface.register(ALIBI_FUSED, alibi_fused_attention_forward)
+AttentionMaskInterface.register(ALIBI_FUSED, sdpa_mask)
+ALL_ATTENTION_FUNCTIONS = AttentionInterface()  # transformers' name, our instance (its documented idiom)
+for _name, _kernel in ALIBI_KERNELS.items():
+    ALL_ATTENTION_FUNCTIONS[_name] = _kernel
+# Registered by transformers but bias-free: refused by `AlibiPreTrainedModel.get_correct_attn_implementation`.
+UNSUPPORTED_ATTENTION = ("flash_attention_3", "flash_attention_4", "paged|eager")

@@ -1,0 +1,609 @@
+# Copyright 2026 The alibi-lm authors. Licensed under the Apache License, Version 2.0.
+"""Where each query may look and what it pays for distance: the ALiBi masks, one rule each.
+
+What `masking_utils` is to Llama, this file is to `modeling_alibi.py`: it turns padding, packed documents and the
+cache into an `AttentionLayout`, and the layout plus the per-head bias into the mask form each attention backend
+takes (`create_alibi_mask`). Two rules are written once, here, and every form derives from them:
+  - visibility: `AttentionLayout.visible` (causal, never padding, only inside the query's document), narrowed per
+    head by `AttentionLayout.visible_within` (windowed ALiBi);
+  - the ALiBi bias: `alibi_bias(slopes, distance) = -m_h * distance`, distance from `AttentionLayout.distance`.
+It travels with checkpoints as Hub remote code beside `modeling_alibi.py` (transformers follows the relative import),
+so it imports only torch and transformers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import math
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional as F
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask
+from transformers.masking_utils import find_packed_sequence_indices
+
+# `bias(head, distance)`: the fp32 score bias for heads and distances `pos_q - pos_k`, broadcasting
+# over tensors or on the scalars flex_attention's `score_mod` gets.
+ScoreBias = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def get_alibi_slopes(num_heads: int, max_bias: float = 8.0) -> torch.Tensor:
+    """The paper's per-head slopes, as an fp32 tensor of shape `[num_heads]`.
+
+    For a power of two n, `start = 2**(-max_bias / n)` and the slopes are `start**1 ... start**n`.
+    Otherwise take the slopes of the nearest lower power of two, then every other slope of twice
+    that many until there are n (the official code, BLOOM and MPT agree on these values).
+    """
+    if num_heads <= 0:
+        raise ValueError(f"num_heads must be positive, got {num_heads}.")
+
+    def power_of_two_slopes(n: int) -> list[float]:
+        start = 2.0 ** (-max_bias / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    closest = 2 ** math.floor(math.log2(num_heads))
+    slopes = power_of_two_slopes(closest)
+    if closest != num_heads:
+        slopes += power_of_two_slopes(2 * closest)[0::2][: num_heads - closest]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+def alibi_windows(slopes: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """`[H]` long: the largest distance `d` whose bias `-m_h * d` is still at least `-cutoff`, per head."""
+    return torch.floor(cutoff / slopes.double()).long()
+
+
+@dataclass
+class WindowedAlibi:
+    """The blocked sdpa path's "mask": each head's slope and window, nothing L x L.
+
+    Head h sees the `windows[h]` tokens before each query and itself. `windowed_alibi_attention`
+    cuts the queries into blocks and gives each block only the keys its window reaches, so a
+    head's cost is linear in L; heads whose window holds the whole sequence share one fused causal
+    call. Plain causal layouts (no padding, no documents) with Q == K only. It serves windowed
+    ALiBi (`alibi_window_cutoff`) and the CPU default path, whose windows end where the bias
+    has silenced a key (`ALIBI_UNDERFLOW_CUTOFF`).
+    """
+
+    slopes: list[float]
+    windows: list[int]
+    # Each head's bias-and-window pattern, built by the first layer and reused by the others: this object is made
+    # once per forward and shared by every layer.
+    patterns: dict[tuple, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class FlexAlibiMask:
+    """The flex_attention mask: a `BlockMask` plus the `score_mod` that adds the bias (no L x L tensor).
+
+    `length`: the real sequence length when the mask was built for a longer, bucketed one (`flex_bucket`); the
+    attention function pads queries, keys and values to the mask's length and cuts the output back.
+    """
+
+    block_mask: BlockMask
+    score_mod: Callable | None
+    length: int | None = None
+
+
+@dataclass
+class FlashAlibiMask:
+    """The flash_attention_2 mask: fp32 slopes (None without ALiBi) and, with padding or documents,
+    the slots flash-attn's varlen kernel keeps and the cumulative lengths of its sequences."""
+
+    slopes: torch.Tensor | None
+    window: int = -1  # flash-attn's left window for every head (the widest ALiBi window); -1: unlimited
+    query_valid: torch.Tensor | None = None  # [B, Q] bool; None: dense causal, the plain kernel
+    key_valid: torch.Tensor | None = None  # [B, K] bool
+    cu_seqlens_q: torch.Tensor | None = None  # [n + 1] int32
+    cu_seqlens_k: torch.Tensor | None = None  # [n + 1] int32
+    max_seqlen_q: int = 0
+    max_seqlen_k: int = 0
+
+
+def packed_document_ids(
+    position_ids: torch.Tensor | None, cu_seq_lens: torch.Tensor | None, batch_size: int, length: int
+) -> torch.Tensor | None:
+    """Document ids `[B, L]` of a padding-free packed batch, or None when nothing is packed.
+
+    Args:
+        position_ids: `[B or 1, L]`; a position that does not follow its left neighbour starts a
+            new document (transformers' `find_packed_sequence_indices`).
+        cu_seq_lens: `[n + 1]` flash-attn varlen boundaries over the flattened batch; they win
+            over `position_ids` when both are given.
+    """
+    if cu_seq_lens is not None:
+        if not torch.compiler.is_compiling() and int(cu_seq_lens[-1]) != batch_size * length:
+            raise ValueError(
+                f"cu_seq_lens_k must end at the number of tokens ({batch_size} x {length} = "
+                f"{batch_size * length}), got {int(cu_seq_lens[-1])}."
+            )
+        flat = torch.arange(batch_size * length, device=cu_seq_lens.device)
+        return torch.searchsorted(cu_seq_lens[1:].to(flat.dtype), flat, right=True).view(batch_size, length)
+    if position_ids is None:
+        return None
+    return find_packed_sequence_indices(position_ids.expand(batch_size, -1))
+
+
+@dataclass
+class AttentionLayout:
+    """Where each query and key slot sits, derived once per forward from padding, documents and the cache.
+
+    Attributes:
+        batch_size, query_length, key_length: B, Q and K (K includes a static cache's empty slots).
+        past_length: tokens already in the cache (an int, or a 0-d tensor for static caches).
+        device: where the index tensors live.
+        key_positions: `[B, K]` long, each slot's position within its document, counting real
+            tokens only; None when every slot is a token of one document (position = slot).
+        key_valid: `[B, K]` bool, False for padding and empty slots; None when there are none.
+        document_ids: `[B, K]` long, the packed document of each slot; None for one per row.
+        custom_visible: `[B, 1, Q, K]` bool from a prepared 4-D attention mask; it replaces the rule.
+    """
+
+    batch_size: int
+    query_length: int
+    key_length: int
+    past_length: int | torch.Tensor
+    device: torch.device
+    key_positions: torch.Tensor | None = None
+    key_valid: torch.Tensor | None = None
+    document_ids: torch.Tensor | None = None
+    custom_visible: torch.Tensor | None = None
+
+    @property
+    def is_plain(self) -> bool:
+        """Causal attention over one unpadded document per row: the mask depends only on the shape."""
+        return self.key_positions is None
+
+    @property
+    def query_positions(self) -> torch.Tensor:
+        """`[B, Q]` (or `[1, Q]` when plain) position of each query."""
+        query_slots = torch.arange(self.query_length, device=self.device) + self.past_length
+        if self.key_positions is None:
+            return query_slots[None]
+        return self.key_positions[:, query_slots]
+
+    def visible(self, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        """May query `q_idx` see key slot `kv_idx`? The one visibility rule, as a flex `mask_mod`.
+
+        Causal in slot order, never a padding slot, only inside the query's document. A query always
+        sees its own slot, so no row is empty and a padding row's softmax stays finite. Works on the
+        scalars flex_attention passes and on broadcast index tensors for the dense mask alike.
+        """
+        if self.custom_visible is not None:
+            return self.custom_visible[b, 0, q_idx, kv_idx]
+        q_slot = q_idx + self.past_length
+        keep = kv_idx <= q_slot
+        if self.key_valid is not None:
+            keep = keep & self.key_valid[b, kv_idx]
+        if self.document_ids is not None:
+            keep = keep & (self.document_ids[b, kv_idx] == self.document_ids[b, q_slot])
+        return keep | (kv_idx == q_slot)
+
+    def visible_within(
+        self, windows: torch.Tensor | None, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor
+    ) -> torch.Tensor:
+        """`visible`, and no farther than head h's window `windows[h]` (windowed ALiBi; None: no window)."""
+        keep = self.visible(b, h, q_idx, kv_idx)
+        if windows is None:
+            return keep
+        return keep & ((self.distance(b, q_idx, kv_idx) <= windows[h]) | (kv_idx == q_idx + self.past_length))
+
+    def distance(self, b: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        """`pos_q - pos_k` (long), on scalars or broadcast index tensors like `visible`."""
+        q_slot = q_idx + self.past_length
+        if self.key_positions is None:
+            return q_slot - kv_idx
+        return self.key_positions[b, q_slot] - self.key_positions[b, kv_idx]
+
+
+def flex_bucket(length: int) -> int:
+    """The length a flex_attention prefill runs at: the next power of two, at least 128 (flex's block).
+
+    flex_attention compiles once per shape (dynamic shapes hit an inductor C++ codegen error on the CPU in torch
+    2.13), and dynamo stops compiling a function after 8 shapes and silently runs the unfused path: a model that
+    prefills prompts of many lengths would end there. Bucketed, lengths up to 16,384 take at most 8 graphs.
+    """
+    return max(128, 1 << (length - 1).bit_length())
+
+
+def padded_layout(layout: AttentionLayout, length: int) -> AttentionLayout:
+    """`layout` (no cache, Q == K) grown to `length` slots. Real queries never see the new slots (they come after
+    every real token); the new queries see garbage, and their outputs are cut off."""
+    extra = length - layout.key_length
+
+    def grow(tensor: torch.Tensor | None, value: int | bool) -> torch.Tensor | None:
+        return None if tensor is None else F.pad(tensor, (0, extra), value=value)
+
+    return AttentionLayout(
+        layout.batch_size, length, length, 0, layout.device,
+        grow(layout.key_positions, 0), grow(layout.key_valid, False), grow(layout.document_ids, -1),
+    )  # fmt: skip
+
+
+def build_layout(
+    attention_mask: torch.Tensor | None,
+    document_ids: torch.Tensor | None,
+    batch_size: int,
+    query_length: int,
+    key_length: int,
+    past_length: int | torch.Tensor,
+    device: torch.device,
+) -> AttentionLayout:
+    """The `AttentionLayout` of a forward pass.
+
+    Args:
+        attention_mask: `[B, <= K]` 0/1 padding mask over cached + new tokens, or None.
+        document_ids: `[B, <= K]` packed-document ids over cached + new tokens, or None.
+
+    Positions count real tokens inside each document (a cumulative sum), so a left-padded row, or a
+    document packed after others, gets the positions, and so the ALiBi bias, it would have alone.
+    Slots past the given masks (a static cache's empty tail) are padding of document -1.
+    """
+    valid = None
+    if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
+        valid = attention_mask.to(device=device, dtype=torch.bool)
+        valid = F.pad(valid, (0, key_length - valid.shape[1]), value=False)
+    if document_ids is not None:
+        document_ids = F.pad(document_ids.to(device), (0, key_length - document_ids.shape[1]), value=-1)
+    if valid is None and document_ids is None:
+        return AttentionLayout(batch_size, query_length, key_length, past_length, device)
+
+    real = valid.long() if valid is not None else torch.ones(batch_size, key_length, dtype=torch.long, device=device)
+    count = real.cumsum(-1)  # [B, K] real tokens up to and including each slot
+    if document_ids is not None:
+        # Restart the count at each document: subtract the tokens before the latest document start.
+        starts = F.pad(document_ids[:, 1:] != document_ids[:, :-1], (1, 0), value=True)
+        count = count - torch.where(starts, count - real, 0).cummax(-1).values
+    positions = (count - 1).clamp(min=0)
+    return AttentionLayout(batch_size, query_length, key_length, past_length, device, positions, valid, document_ids)
+
+
+def custom_mask_layout(
+    mask: torch.Tensor,
+    position_ids: torch.Tensor | None,
+    query_length: int,
+    key_length: int,
+    past_length: int | torch.Tensor,
+    device: torch.device,
+) -> AttentionLayout:
+    """The layout of a prepared 4-D mask `[B, 1, Q, K]` (True or 0.0 where visible), as transformers' models take
+    one; positions come from `position_ids` `[B or 1, K]` (branches after a shared prefix), or the slot order."""
+    visible = (mask if mask.dtype == torch.bool else mask == 0).to(device)
+    batch_size = visible.shape[0]
+    positions = position_ids if position_ids is not None else torch.arange(key_length, device=device)[None]
+    positions = positions.to(device).expand(batch_size, key_length)
+    return AttentionLayout(
+        batch_size, query_length, key_length, past_length, device, positions, custom_visible=visible
+    )
+
+
+def build_dense_mask(
+    layout: AttentionLayout,
+    bias: ScoreBias | None,
+    num_heads: int,
+    dtype: torch.dtype,
+    windows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The additive attention mask `[B or 1, H or 1, Q, K]` in `dtype`.
+
+    Visible pairs hold the bias (`-m_h * (pos_q - pos_k)` for ALiBi); hidden pairs hold the dtype's
+    minimum, as do keys beyond a head's `windows[h]` (windowed ALiBi). The bias is computed in fp32
+    from the relative distance and only then cast: adding `m * pos_k` in bf16 loses whole units at
+    long lengths.
+    """
+    # Index grids that broadcast to [B, H, Q, K], as transformers' masking_utils expands a mask_mod.
+    batch, device = (1 if layout.is_plain else layout.batch_size), layout.device
+    b = torch.arange(batch, device=device)[:, None, None, None]
+    h = torch.arange(num_heads, device=device)[None, :, None, None]
+    q_idx = torch.arange(layout.query_length, device=device)[None, None, :, None]
+    kv_idx = torch.arange(layout.key_length, device=device)[None, None, None, :]
+    visible = layout.visible_within(windows, b, h, q_idx, kv_idx)
+    if bias is None:
+        return torch.where(visible, 0.0, torch.finfo(dtype).min).to(dtype)
+    return torch.where(visible, bias(h, layout.distance(b, q_idx, kv_idx)).to(dtype), torch.finfo(dtype).min)
+
+
+def flash_varlen_boundaries(
+    layout: AttentionLayout, slopes: torch.Tensor | None = None, window: int = -1
+) -> FlashAlibiMask:
+    """Token indices and cumulative lengths for flash-attn's varlen kernel: one sequence per document and row.
+
+    Keys are the real slots (`key_valid`, and at most the last query's slot); queries are the last Q
+    slots of each row that hold tokens. A document with no query this step gets a 0-length query.
+    """
+    slots = torch.arange(layout.key_length, device=layout.device)
+    key_valid = (slots <= layout.past_length + layout.query_length - 1)[None].expand(layout.batch_size, -1)
+    if layout.key_valid is not None:
+        key_valid = key_valid & layout.key_valid
+    documents = (
+        layout.document_ids if layout.document_ids is not None else torch.zeros_like(key_valid, dtype=torch.long)
+    )
+    # One id per (row, document), increasing along the flattened batch, so sequences are contiguous.
+    rows = torch.arange(layout.batch_size, device=layout.device)[:, None]
+    sequence = (rows * (documents.max() + 2) + documents + 1)[key_valid]
+    query_valid = key_valid & (slots >= layout.past_length)
+    boundaries = F.pad(sequence[1:] != sequence[:-1], (1, 0), value=True)
+    sequence_index = boundaries.cumsum(0) - 1  # [tokens] which sequence each real key slot belongs to
+    num_sequences = int(sequence_index[-1]) + 1
+    seqlens_k = torch.bincount(sequence_index, minlength=num_sequences)
+    seqlens_q = torch.bincount(sequence_index[query_valid[key_valid]], minlength=num_sequences)
+    return FlashAlibiMask(
+        slopes,
+        window,
+        query_valid=query_valid[:, int(layout.past_length) : int(layout.past_length) + layout.query_length],
+        key_valid=key_valid,
+        cu_seqlens_q=F.pad(seqlens_q.cumsum(0, dtype=torch.int32), (1, 0)),
+        cu_seqlens_k=F.pad(seqlens_k.cumsum(0, dtype=torch.int32), (1, 0)),
+        max_seqlen_q=int(seqlens_q.max()),
+        max_seqlen_k=int(seqlens_k.max()),
+    )
+
+
+# What `AlibiModel` hands every layer as `attention_mask`, by backend (None: plain causal attention).
+AlibiMask = torch.Tensor | WindowedAlibi | FlexAlibiMask | FlashAlibiMask | None
+
+
+def windowed_block_size(window: int) -> int:
+    """Queries per block for a head that sees `window` tokens back: a quarter of the window, within [128, 1024]."""
+    return min(1024, max(128, window // 4))
+
+
+# The blocked path computes a score about 1.8x as slowly as sdpa's causal kernel (a float mask on every block; at
+# 16k tokens it did 20% of the dense work in 36% of the time, recipes/results/bench_cpu-long.md), so it runs only
+# where the windows cut the work at least in half.
+WINDOWED_WORK_LIMIT = 0.5
+_windowed_work_limit = WINDOWED_WORK_LIMIT  # what `create_alibi_mask` applies; `blocked_windows_everywhere` lifts it
+
+
+@contextlib.contextmanager
+def blocked_windows_everywhere() -> Iterator[None]:
+    """Within it, windowed ALiBi runs the blocked kernel at every length, also where dense ALiBi would be faster (to
+    measure the windowed model exactly as it computes, as `alibi-lm window` does)."""
+    global _windowed_work_limit
+    saved, _windowed_work_limit = _windowed_work_limit, math.inf
+    try:
+        yield
+    finally:
+        _windowed_work_limit = saved
+
+
+# How far down the ALiBi bias takes a key before the CPU default path drops it. A key at bias -80 has at most
+# e^-80 = 1.8e-35 of the weight of the query's own token (plus whatever its score exceeds that token's by): a
+# million such keys move an output by less than fp32 can represent. Kept keys stay above e^-80, 7 nats inside fp32's
+# normal range (e^-87.3 = 1.2e-38), so the softmax, its backward and their products make no denormals, which x86
+# cores without flush-to-zero handle in slow microcode (a 2.2x slower training step on Intel Xeon). And no bias the
+# kernel adds exceeds 80 in magnitude, so the fp32 rounding of a bias is at most 80 * 2^-24 = 4.8e-6 at any length.
+ALIBI_UNDERFLOW_CUTOFF = 80.0
+
+
+def key_only_bias(slopes: torch.Tensor, length: int) -> torch.Tensor:
+    """`[1, H, 1, L]` fp32: `m_h * (pos_k - c)`, the bias sdpa's fused CPU kernel takes together with `is_causal`.
+
+    Softmax is invariant to a per-row constant, so `m * pos_k` gives the same attention as `-m * (pos_q - pos_k)`.
+    Centring on `c = (L - 1) / 2` halves the largest bias. Exact only in fp32, with no dropout and Q == K, and only on
+    SDPA's fused CPU kernel (its math kernel refuses a mask together with `is_causal`); precise only while
+    `m * L` is small, which `windowed_alibi_attention` ensures by running here only heads whose window holds the
+    sequence.
+    """
+    keys = torch.arange(length, device=slopes.device, dtype=torch.float32) - (length - 1) / 2
+    # The bias rule at distance `-(pos_k - c)`: `alibi_bias` up to the constant `-m * (pos_q - c)` of each row.
+    return alibi_bias(slopes[None, :, None, None], -keys[None, None, None, :])
+
+
+def key_only_exact(device: torch.device, dtype: torch.dtype, dropout: float) -> bool:
+    """Whether `key_only_bias` with `is_causal` is exact: fp32 on the CPU flash kernel, no dropout."""
+    return (
+        device.type == "cpu"
+        and dtype == torch.float32
+        and dropout == 0.0
+        and torch.backends.cuda.flash_sdp_enabled()  # the flag SDPA's fused CPU kernel obeys
+    )
+
+
+def windowed_work_ratio(windows: list[int], length: int) -> float:
+    """The scores the blocked path computes over those of dense causal attention, for a sequence of `length`."""
+    blocked = sum(min(w, length - 1) + windowed_block_size(min(w, length - 1)) for w in windows)
+    return blocked / (len(windows) * (length + 1) / 2)
+
+
+@functools.cache
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def flex_compiles(device: torch.device) -> bool:
+    """Whether torch.compile can build flex_attention on `device`: inductor's CPU backend, or Triton on a GPU."""
+    return device.type == "cpu" or _has_triton()
+
+
+UNCOMPILED_FLEX = (
+    "{what} ran uncompiled: torch.compile did not compile alibi-lm's call (dynamo disabled, e.g. by "
+    "TORCHDYNAMO_DISABLE or torch.compiler.disable, or a compile that failed), and torch's unfused implementation "
+    "materializes every score, L x L. flex_attention needs torch.compile; use attn_implementation='sdpa' where it "
+    "is unavailable."
+)
+
+
+def block_mask_call(
+    mask_mod: Callable, batch: int | None, heads: int | None, query_length: int, key_length: int, device: torch.device
+) -> BlockMask:
+    """create_block_mask, run only compiled (`compiled`): uncompiled it evaluates `mask_mod` on all Q x K pairs."""
+    if not torch.compiler.is_compiling():
+        raise RuntimeError(UNCOMPILED_FLEX.format(what="create_block_mask"))
+    return create_block_mask(mask_mod, batch, heads, query_length, key_length, device=device)
+
+
+@functools.cache
+def compiled(function: Callable, signature: tuple) -> Callable:
+    """`torch.compile(function)` for one call signature (device, dtypes, shapes), with a cache of its own.
+
+    dynamo keeps compiled graphs per code object and gives up on one after 8 (`recompile_limit`), then runs it
+    uncompiled for the rest of the process, for every caller: torch's own `flex_attention` is shared with every
+    other flex user, and 8 length buckets, a second dtype or a windowed model used to exhaust it, after which flex
+    silently materialized L x L scores (26 GiB at 16k tokens on a GPU). Each signature gets a copy of the code
+    object, so each is one graph against a budget of 8 that nothing else spends; shapes are bucketed
+    (`flex_bucket`), so signatures stay few. Static shapes: dynamic ones hit an inductor C++ codegen error on the
+    CPU (torch 2.13: `cur_qSplitSize1 was not declared`, GQA with padding).
+    """
+    code = function.__code__.replace(co_name=f"{function.__name__}_{len(signature)}_{abs(hash(signature))}")
+    return torch.compile(types.FunctionType(code, function.__globals__, code.co_name), dynamic=False)
+
+
+# The default attention implementation (`AlibiPreTrainedModel.get_correct_attn_implementation`), registered with
+# transformers under this name by `alibi_attention`: the fastest exact ALiBi kernel for the device, and never an
+# L x L tensor where one can be avoided. Multi-token forwards on `fused_devices` (CUDA) run flex_attention; everything
+# else runs sdpa, with the key-only bias and blocked heads on the CPU and the small `[B, H, 1, K]` mask when decoding.
+ALIBI_FUSED = "alibi_fused"
+
+
+def alibi_bias(slopes: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+    """The ALiBi bias: `-m_h * distance` for slopes `m_h` and distances `pos_q - pos_k` (fp32, broadcasting)."""
+    return -slopes * distance
+
+
+def runs_flex(implementation: str, layout: AttentionLayout, bias: ScoreBias | None, fused: Fused) -> bool:
+    """Whether this forward's mask is a flex_attention one.
+
+    With flex_attention named, for every multi-token forward without a prepared 4-D mask (dense already: flex would
+    save nothing). With `ALIBI_FUSED` (the default), only on a device of `fused.devices` where flex compiles, for a
+    bias sdpa would need an L x L mask for (prefill, training, scoring), and never with attention dropout (flex has
+    none); one-token decoding keeps sdpa with the small `[B, H, 1, K]` mask.
+    """
+    if layout.query_length == 1 or layout.custom_visible is not None:
+        return False
+    if implementation == "flex_attention":
+        return True
+    return (
+        implementation == ALIBI_FUSED
+        and layout.device.type in fused.devices
+        and bias is not None
+        and fused.dropout == 0.0
+        and flex_compiles(layout.device)
+    )
+
+
+@dataclass
+class Fused:
+    """What the fused default needs to know about the model: where flex runs, and the dropout of this forward."""
+
+    devices: tuple[str, ...]
+    dropout: float = 0.0
+
+
+def create_alibi_mask(
+    config,
+    layout: AttentionLayout,
+    encoding,
+    dtype: torch.dtype,
+    heads: tuple[int, int],
+    fused: Fused,
+    block_masks: dict[tuple, BlockMask],
+) -> AlibiMask:
+    """The one mask every layer shares, in the form the attention backend `config._attn_implementation` takes.
+
+    Args:
+        config: the model's `AlibiConfig`.
+        layout: where queries and keys sit (`build_layout` or `custom_mask_layout`).
+        encoding: the position encoding module (`score_bias`, `slopes`, `windows` for all heads).
+        heads: `(first, count)`, the heads this process computes (all of them, or its share under tensor
+            parallelism): the slopes, windows and biases are those heads'.
+        fused: for the `ALIBI_FUSED` default, the devices where it runs flex_attention and this forward's dropout.
+        block_masks: a cache of flex `BlockMask`s for plain layouts, kept by the model.
+    """
+    implementation = config._attn_implementation
+    device = layout.device
+    bias = encoding.score_bias(layout.key_length, device)
+    slopes = encoding.slopes(device)
+    windows = encoding.windows(device)
+    first, count = heads
+    if count != config.num_attention_heads:  # tensor parallel: this rank's heads, with their own slopes
+        share = slice(first, first + count)
+        slopes = slopes[share] if slopes is not None else None
+        windows = windows[share] if windows is not None else None
+        if bias is not None:
+            every_head = bias
+            bias = lambda head, distance: every_head(head + first, distance)  # noqa: E731
+    if implementation == "flash_attention_2":
+        if (bias is not None and slopes is None) or layout.custom_visible is not None:
+            what = "a 4-D attention_mask" if layout.custom_visible is not None else config.position_encoding
+            raise ValueError(f"flash_attention_2 cannot take {what}; use sdpa, eager or flex_attention.")
+        # flash-attn has one window for all heads: the widest, so no head loses a key it would see.
+        window = int(windows.max()) if windows is not None else -1
+        return FlashAlibiMask(slopes, window) if layout.is_plain else flash_varlen_boundaries(layout, slopes, window)
+    if runs_flex(implementation, layout, bias, fused):
+        return flex_alibi_mask(layout, bias, windows, block_masks)
+    sdpa = implementation in ("sdpa", ALIBI_FUSED)
+    # The sdpa-style kernels (flex decodes through sdpa) know `is_causal`; eager needs a tensor.
+    if (sdpa or implementation == "flex_attention") and layout.is_plain and not torch.compiler.is_compiling():
+        every_key = layout.query_length == layout.key_length or (
+            layout.query_length == 1 and layout.past_length + 1 == layout.key_length
+        )
+        if bias is None and every_key:
+            return None  # plain causal attention: sdpa's is_causal, or nothing to mask at all
+        if sdpa and slopes is not None and layout.query_length == layout.key_length:
+            # Windowed ALiBi in blocks where that saves work; where the windows hold most of the sequence, dense
+            # ALiBi is faster (and the windowed model approximates it to its cutoff's tolerance anyway).
+            saves_work = windows is not None and (
+                windowed_work_ratio(windows.tolist(), layout.key_length) <= _windowed_work_limit
+            )
+            if key_only_exact(device, dtype, fused.dropout):
+                # The CPU default: heads that see the whole sequence run fused with the key-only bias; steeper
+                # heads stop where their bias has silenced a key (no denormals, no large biases).
+                reach = alibi_windows(slopes.cpu(), ALIBI_UNDERFLOW_CUTOFF)
+                if saves_work:
+                    reach = torch.minimum(reach, windows.cpu())
+                return WindowedAlibi(slopes.tolist(), reach.tolist())
+            if saves_work:
+                return WindowedAlibi(slopes.tolist(), windows.tolist())
+    return build_dense_mask(layout, bias, count, dtype, windows)
+
+
+def flex_alibi_mask(
+    layout: AttentionLayout, bias: ScoreBias | None, windows: torch.Tensor | None, block_masks: dict[tuple, BlockMask]
+) -> FlexAlibiMask:
+    """A `BlockMask` from `layout.visible_within` (cached per shape when plain) and a `score_mod` adding the bias.
+
+    With windowed ALiBi the `BlockMask` is per head: each head's blocks past its window are skipped.
+    """
+    length = None
+    bucketed = flex_bucket(layout.query_length)
+    if (
+        layout.query_length == layout.key_length
+        and bucketed != layout.query_length
+        and not torch.compiler.is_compiling()
+    ):
+        length, layout = layout.query_length, padded_layout(layout, bucketed)
+    # Uncompiled, create_block_mask evaluates mask_mod on the whole Q x K grid; compiled it does
+    # not, but compiling costs seconds per shape, so only long sequences pay for it.
+    shape = (layout.query_length, layout.key_length)
+    compile_mask = shape[0] * shape[1] >= 2048 * 2048
+    reach = None if windows is None else tuple(windows.tolist())
+    cache_key = (*shape, int(layout.past_length), layout.device, reach)
+    block_mask = block_masks.get(cache_key) if layout.is_plain else None
+    if block_mask is None:
+
+        def mask_mod(b, h, q_idx, kv_idx):  # create_block_mask takes functions, not bound methods
+            return layout.visible_within(windows, b, h, q_idx, kv_idx)
+
+        batch = None if layout.is_plain else layout.batch_size
+        heads = None if windows is None else len(windows)
+        if compile_mask:
+            signature = (
+                layout.device.type, batch, heads, *shape, layout.key_valid is None, layout.document_ids is None,
+            )  # fmt: skip
+            block_mask = compiled(block_mask_call, signature)(mask_mod, batch, heads, *shape, layout.device)
+        else:
+            block_mask = create_block_mask(mask_mod, batch, heads, *shape, device=layout.device)
+        if layout.is_plain:
+            if len(block_masks) > 16:
+                block_masks.clear()
+            block_masks[cache_key] = block_mask
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score + bias(h, layout.distance(b, q_idx, kv_idx))
+
+    return FlexAlibiMask(block_mask, score_mod if bias is not None else None, length)
