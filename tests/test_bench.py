@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from alibi_lm import bench
+from alibi_lm import bench, measure
 from alibi_lm.cli import main
 from tests.tiny import cli_error, random_ids, tiny_model
 
@@ -92,7 +92,7 @@ def test_peak_memory_on_cpu_is_the_peak_of_live_tensor_bytes():
         c = torch.empty(2_000_000, dtype=torch.uint8)  # 8 + 2 < 4 + 8: the peak was before
         return b, c
 
-    assert bench.peak_memory(allocate, torch.device("cpu")) == 12_000_000
+    assert measure.peak_memory(allocate, torch.device("cpu")) == 12_000_000
     del kept
 
 
@@ -103,7 +103,7 @@ def test_run_interleaved_alternates_models_and_records_failures():
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     calls = {"a": lambda: calls_seen.append("a"), "b": lambda: calls_seen.append("b"), "oom": fails}
-    results = bench.run_interleaved(calls, torch.device("cpu"), repeats=3, warmup=1, measure_memory=False)
+    results = measure.run_interleaved(calls, torch.device("cpu"), repeats=3, warmup=1, measure_memory=False)
     assert calls_seen == ["a", "b"] + ["a", "b"] * 3  # warm-up, then A B A B A B
     assert results["oom"].error == "out of memory" and results["oom"].times == []
     assert len(results["a"].times) == 3 and results["a"].error is None
@@ -113,7 +113,7 @@ def test_run_interleaved_counts_recompiles_while_timing():
     compiled = torch.compile(lambda x: x * 2 + 1, backend="eager", dynamic=False)
     sizes = iter(range(1, 100))
     calls = {"new shape each call": lambda: compiled(torch.ones(next(sizes)))}
-    results = bench.run_interleaved(calls, torch.device("cpu"), repeats=2, warmup=1, measure_memory=False)
+    results = measure.run_interleaved(calls, torch.device("cpu"), repeats=2, warmup=1, measure_memory=False)
     assert results["new shape each call"].recompiles == 2
 
 
@@ -187,16 +187,16 @@ def test_gpu_preset_without_cuda_is_a_clear_error(capsys):
 def test_generate_tokens_makes_exactly_the_new_tokens_asked_for():
     model = tiny_model()
     ids = random_ids(1, 6)
-    first = bench.generate_tokens(model, ids, 1)[0, -1].item()
+    first = measure.generate_tokens(model, ids, 1)[0, -1].item()
     model.generation_config.eos_token_id = first  # would stop after one token without min_new_tokens
-    assert bench.generate_tokens(model, ids, 5).shape == (1, 11)
+    assert measure.generate_tokens(model, ids, 5).shape == (1, 11)
 
 
 def test_static_cache_generates_the_same_tokens_as_dynamic():
     model = tiny_model()
     ids = random_ids(1, 6)
-    dynamic = bench.generate_tokens(model, ids, 10)
-    static = bench.generate_tokens(model, ids, 10, cache="static")
+    dynamic = measure.generate_tokens(model, ids, 10)
+    static = measure.generate_tokens(model, ids, 10, cache="static")
     assert torch.equal(static, dynamic)
 
 
@@ -204,6 +204,6 @@ def test_static_cache_generates_the_same_tokens_as_dynamic():
 def test_static_cache_with_compiled_forward_generates_the_same_tokens_as_dynamic():
     model = tiny_model()
     ids = random_ids(1, 6)
-    dynamic = bench.generate_tokens(model, ids, 10)
-    static = bench.generate_tokens(model, ids, 10, cache="static", compiled=True)
+    dynamic = measure.generate_tokens(model, ids, 10)
+    static = measure.generate_tokens(model, ids, 10, cache="static", compiled=True)
     assert torch.equal(static, dynamic)

@@ -101,6 +101,18 @@ def test_no_import_cycle_in_the_package():
     assert cycles(graph) == []
 
 
+def test_the_readme_tour_lists_every_module_below_what_it_imports():
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("**The package**, lowest first") : readme.index("**Each fact once**")]
+    rows = [re.findall(r"`([a-z_]+)`", line.split("|")[1]) for line in table.splitlines() if line.startswith("| `")]
+    level = {f"alibi_lm.{name}": row for row, names in enumerate(rows) for name in names}
+    graph = import_graph()
+    package = {m for m in graph if m.count(".") == 1} - {"alibi_lm.metrics", "alibi_lm.modeling"}
+    assert set(level) == package  # every module in the tour, none that is not there
+    upward = [f"{a} -> {b}" for a in package for b in graph[a] if b in level and level[b] > level[a]]
+    assert upward == []
+
+
 def test_no_private_name_of_our_own_crosses_modules():
     known = modules()
     crossing = [

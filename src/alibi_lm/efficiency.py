@@ -11,7 +11,7 @@ using 11% less memory. The demo's version, on the demo's data and model size:
   length and batch, interleaved A B A B in one process after training so that machine noise hits both alike;
   median tokens/s. (The whole training runs' wall times are in the results too, but they are not side by side.)
 - peak memory of a training step: what the step allocates (activations, gradients) above the live weights and
-  AdamW state (`alibi_lm.bench.peak_memory`: CUDA's allocator peak, or on the CPU the profiler's allocation
+  AdamW state (`alibi_lm.measure.peak_memory`: CUDA's allocator peak, or on the CPU the profiler's allocation
   events), plus those persistent bytes.
 
 The attention share of a step grows with L, so the gap between the two grows with L and model width: at the CPU
@@ -49,7 +49,7 @@ def measure_training_steps(
     tokens_per_second (median), step_seconds (median), peak_bytes (a step's peak above the persistent bytes),
     persistent_bytes and total_bytes.
     """
-    from .bench import peak_memory, run_interleaved
+    from .measure import peak_memory, run_interleaved
     from .modeling.modeling_alibi import AlibiForCausalLM
     from .progress import progress_bar
 
