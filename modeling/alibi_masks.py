@@ -232,34 +232,42 @@ def build_layout(
     key_length: int,
     past_length: int | torch.Tensor,
     device: torch.device,
+    key_offset: int = 0,
 ) -> AttentionLayout:
     """The `AttentionLayout` of a forward pass.
 
     Args:
-        attention_mask: `[B, <= K]` 0/1 padding mask over cached + new tokens, or None.
-        document_ids: `[B, <= K]` packed-document ids over cached + new tokens, or None.
+        attention_mask: `[B, <= key_offset + K]` 0/1 padding mask over cached + new tokens, or None.
+        document_ids: `[B, <= key_offset + K]` packed-document ids over cached + new tokens, or None.
+        key_offset: tokens a sliding cache has dropped (windowed ALiBi): key slot k holds token `key_offset + k`.
 
     Positions count real tokens inside each document (a cumulative sum), so a left-padded row, or a
     document packed after others, gets the positions, and so the ALiBi bias, it would have alone.
-    Slots past the given masks (a static cache's empty tail) are padding of document -1.
+    Slots past the given masks (a static cache's empty tail) are padding of document -1. With a `key_offset`,
+    positions are counted over every token and only the kept slots' are kept, so the bias is the same.
     """
     valid = None
+    full = key_offset + key_length
     if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
         valid = attention_mask.to(device=device, dtype=torch.bool)
-        valid = F.pad(valid, (0, key_length - valid.shape[1]), value=False)
+        valid = F.pad(valid, (0, full - valid.shape[1]), value=False)
     if document_ids is not None:
-        document_ids = F.pad(document_ids.to(device), (0, key_length - document_ids.shape[1]), value=-1)
+        document_ids = F.pad(document_ids.to(device), (0, full - document_ids.shape[1]), value=-1)
     if valid is None and document_ids is None:
-        return AttentionLayout(batch_size, query_length, key_length, past_length, device)
+        return AttentionLayout(batch_size, query_length, key_length, past_length - key_offset, device)
 
-    real = valid.long() if valid is not None else torch.ones(batch_size, key_length, dtype=torch.long, device=device)
+    real = valid.long() if valid is not None else torch.ones(batch_size, full, dtype=torch.long, device=device)
     count = real.cumsum(-1)  # [B, K] real tokens up to and including each slot
     if document_ids is not None:
         # Restart the count at each document: subtract the tokens before the latest document start.
         starts = F.pad(document_ids[:, 1:] != document_ids[:, :-1], (1, 0), value=True)
         count = count - torch.where(starts, count - real, 0).cummax(-1).values
-    positions = (count - 1).clamp(min=0)
-    return AttentionLayout(batch_size, query_length, key_length, past_length, device, positions, valid, document_ids)
+    positions = (count - 1).clamp(min=0)[:, key_offset:]
+    valid = valid[:, key_offset:] if valid is not None else None
+    document_ids = document_ids[:, key_offset:] if document_ids is not None else None
+    return AttentionLayout(
+        batch_size, query_length, key_length, past_length - key_offset, device, positions, valid, document_ids
+    )
 
 
 def custom_mask_layout(

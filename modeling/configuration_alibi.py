@@ -34,6 +34,8 @@ check_transformers_version()
 
 from transformers import PreTrainedConfig, TokenizersBackend  # noqa: E402
 
+from .alibi_masks import alibi_windows, get_alibi_slopes  # noqa: E402
+
 logger = logging.get_logger(__name__)
 
 POSITION_ENCODINGS = ("alibi", "sinusoidal", "rotary", "t5", "none")
@@ -193,6 +195,19 @@ class AlibiConfig(PreTrainedConfig):
             CONTEXT_MULTIPLE * length if derived else max(self.max_position_embeddings, length)
         )
         self._validate()
+
+    @property
+    def sliding_window(self) -> int | None:
+        """With windowed ALiBi, one more than the widest head's window (`floor(T / m_h)` tokens); None when dense.
+
+        transformers' caches read it: a cache built from this config (as `generate` builds one) keeps only the last
+        `sliding_window - 1` keys of each layer, so a long generation holds no key that no head can see, and its
+        memory stops growing once past the widest window. Derived from `alibi_window_cutoff`; never saved.
+        """
+        if self.alibi_window_cutoff is None or self.position_encoding != "alibi":
+            return None
+        slopes = get_alibi_slopes(self.num_attention_heads, self.alibi_max_bias)
+        return int(alibi_windows(slopes, self.alibi_window_cutoff).max()) + 1
 
     @property
     def head_dim(self) -> int:

@@ -500,12 +500,15 @@ class AlibiModel(AlibiPreTrainedModel):
             self.validate_inputs(inputs, attention_mask, document_ids, cache)
         batch_size, query_length = inputs.shape[:2]
         past_length = cache.get_seq_length() if cache is not None else 0
-        key_length = cache.get_mask_sizes(query_length, 0)[0] if cache is not None else query_length
+        # A sliding cache (windowed ALiBi: `AlibiConfig.sliding_window`) holds only the last keys: `key_offset` dropped.
+        key_length, key_offset = cache.get_mask_sizes(query_length, 0) if cache is not None else (query_length, 0)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
 
         device = inputs_embeds.device
         if attention_mask is not None and attention_mask.dim() == 4:
+            if key_offset:
+                raise ValueError("A prepared 4-D attention_mask cannot be used with a sliding (windowed ALiBi) cache.")
             layout = custom_mask_layout(attention_mask, position_ids, query_length, key_length, past_length, device)
         else:
             # transformers' padding-free packing (DataCollatorWithFlattening, TRL packing=True). Compiled, the
@@ -519,7 +522,7 @@ class AlibiModel(AlibiPreTrainedModel):
                 missing = max(0, past_length + query_length - attention_mask.shape[1])
                 attention_mask = F.pad(attention_mask, (missing, 0), value=1)  # a mask of the new tokens only
             layout = build_layout(
-                attention_mask, document_ids, batch_size, query_length, key_length, past_length, device
+                attention_mask, document_ids, batch_size, query_length, key_length, past_length, device, key_offset
             )
         mask = self.build_attention_mask(layout, inputs_embeds.dtype)
 

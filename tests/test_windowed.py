@@ -192,6 +192,30 @@ def test_measure_cutoffs_tells_a_harmless_cutoff_from_a_harmful_one():
     assert harmless.ppl_windowed == pytest.approx(harmless.ppl_dense, rel=1e-6)
     assert sorted(harmful.max_logit_diff) == [16, 256, 1024]
     assert model.config.alibi_window_cutoff is None  # switched back off
+    # The advice: the harmful cutoff saves work but drops mass; the harmless one drops nothing but saves nothing at
+    # 1,024 tokens (its windows hold the sequence), so dense ALiBi stays; lift the mass tolerance and 0.5 wins.
+    assert harmful.work_ratio < 0.5 and harmless.work_ratio >= 1.0
+    assert report.recommend() is None
+    assert "keep dense ALiBi (alibi_window_cutoff=None)" in report.advice("m")
+    assert report.recommend(max_dropped_mass=1.0, max_ppl_change=10.0) is harmful
+    assert "alibi_window_cutoff=0.5" in report.advice("m", max_dropped_mass=1.0, max_ppl_change=10.0)
+    assert report.to_dict()["recommended_cutoff"] is None
+
+
+def test_the_advice_picks_the_least_work_within_the_tolerances():
+    from alibi_lm.window import CutoffReport, WindowReport
+
+    def row(cutoff, mass, ppl, work):
+        return CutoffReport(cutoff, [1], mass, {}, 10.0, 10.0 * (1 + ppl), True, work_ratio=work)
+
+    report = WindowReport("m", 16, [0.5], 100, 256, 128, work_length=1024)
+    report.cutoffs = [row(None, 0.0, 0.0, 1.0), row(12.0, 2e-3, 0.0, 0.2), row(20.0, 5e-4, 5e-4, 0.3),
+                      row(40.0, 1e-5, 1e-5, 0.5), row(80.0, 0.0, -2e-3, 0.1)]  # fmt: skip
+    assert report.recommend().cutoff == 20.0  # 12 drops too much mass, 80 moves the perplexity too far
+    advice = report.advice("runs/model")
+    assert "alibi_window_cutoff=20" in advice and "30% of dense attention's scores at 1,024 tokens" in advice
+    assert "from_pretrained('runs/model', alibi_window_cutoff=20)" in advice
+    assert report.recommend(max_dropped_mass=1e-4).cutoff == 40.0
 
 
 def test_window_cli_writes_its_table_and_refuses_bad_input(tmp_path, capsys):
@@ -204,7 +228,10 @@ def test_window_cli_writes_its_table_and_refuses_bad_input(tmp_path, capsys):
     argv = ["window", str(folder), "--data", str(text), "--cutoffs", "20", "--multiples", "1", "4", "--no-progress"]
     assert main([*argv, "--json", str(tmp_path / "w.json"), "--markdown", str(tmp_path / "w.md")]) == 0
     assert "| 20 | 80, 320, 1280, 5120 |" in (tmp_path / "w.md").read_text()
-    assert "| none (dense, default kernel) | all | 0 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| none (dense, default kernel) | all | 0 |" in out
+    assert out.rstrip().splitlines()[-1].startswith("Recommended: ")  # it ends with one recommendation
+    assert "tolerances, at least 0" in cli_error([*argv, "--max-ppl-change", "-0.1"], capsys)
 
     assert "must be positive numbers" in cli_error([*argv[:-4], "--cutoffs", "-1", "--no-progress"], capsys)
     short = tmp_path / "short.txt"
@@ -215,3 +242,54 @@ def test_window_cli_writes_its_table_and_refuses_bad_input(tmp_path, capsys):
     rotary = saved_folder(tiny_model(position_encoding="rotary"), tmp_path / "rotary")
     assert "needs an ALiBi model" in cli_error(["window", str(rotary), "--data", str(text)], capsys)
     assert "model folder not found" in cli_error(["window", str(tmp_path / "missing")], capsys)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The cache that forgets what no head can see
+
+
+def test_sliding_window_is_one_past_the_widest_window_and_never_saved(tmp_path):
+    model = tiny_model(alibi_window_cutoff=2.0)  # slopes 1/4 ... 1/256: windows 8, 32, 128, 512
+    assert model.config.sliding_window == 513
+    assert tiny_model().config.sliding_window is None
+    assert tiny_model(position_encoding="rotary").config.sliding_window is None
+    model.save_pretrained(tmp_path)
+    assert "sliding_window" not in (tmp_path / "config.json").read_text()
+    model.config.alibi_window_cutoff = None  # switched off on a loaded model: the cache is full again
+    assert model.config.sliding_window is None
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_a_windowed_generation_drops_old_keys_and_keeps_its_tokens(backend):
+    from transformers import DynamicCache
+
+    model = tiny_model(alibi_window_cutoff=2.0, attn_implementation=backend).eval()
+    ids = random_ids(2, 30)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0  # left padding
+    settings = dict(attention_mask=mask, max_new_tokens=600, min_new_tokens=600, do_sample=False)
+    with torch.no_grad():
+        full = model.generate(ids, cache=DynamicCache(), **settings)  # every key kept, as before
+        out = model.generate(ids, return_dict_in_generate=True, **settings)  # the cache generate builds itself
+    cache = out.past_key_values
+    assert {type(layer).__name__ for layer in cache.layers} == {"DynamicSlidingWindowLayer"}
+    assert cache.layers[0].keys.shape[-2] == 512 < out.sequences.shape[1]  # past the widest window: 512 keys kept
+    assert torch.equal(out.sequences, full)
+
+
+def test_a_sliding_cache_gives_the_logits_of_a_full_one_step_by_step():
+    from transformers import DynamicCache
+
+    model = tiny_model(alibi_window_cutoff=1.0).eval()  # windows 4, 16, 64, 256: sliding_window 257
+    ids = random_ids(1, 400)
+    full, sliding = DynamicCache(), DynamicCache(config=model.config)
+    with torch.no_grad():
+        for cache in (full, sliding):
+            model(ids[:, :100], cache=cache)  # prefill in one chunk
+        worst = 0.0
+        for t in range(100, 400):
+            a = model(ids[:, t : t + 1], cache=full).logits
+            b = model(ids[:, t : t + 1], cache=sliding).logits
+            worst = max(worst, float((a - b).abs().max()))
+    assert worst < 1e-5
+    assert sliding.layers[0].keys.shape[-2] == 256 and full.layers[0].keys.shape[-2] == 400

@@ -17,8 +17,13 @@ where the windows hold most of the sequence, since that is faster; see `WINDOWED
 the window drops; decoding steps carry the window in their mask. The reference is exact dense
 ALiBi: the same kernel with windows longer than any sequence, so its bias comes from exact fp32 distances. The first
 row is dense ALiBi on the model's default kernel (sdpa's key-only bias `m * pos_k` on the CPU), whose own fp32
-rounding at long lengths puts the windowed rows' logit differences in scale. Use the smallest T that keeps the
-figures inside your tolerance, then `AutoModelForCausalLM.from_pretrained(DIR, alibi_window_cutoff=T)`.
+rounding at long lengths puts the windowed rows' logit differences in scale.
+
+It ends with one recommendation: of the cutoffs whose dropped attention mass is at most `--max-dropped-mass` (1e-3)
+and whose perplexity at 16 x L moves by at most `--max-ppl-change` (0.1%, either way), the one with the least
+attention work (`alibi_masks.windowed_work_ratio` at the longest length: the blocked kernel's scores over dense
+causal attention's), with the line that sets it: `from_pretrained(DIR, alibi_window_cutoff=T)`. None within the
+tolerances: keep dense ALiBi.
 """
 
 from __future__ import annotations
@@ -33,11 +38,14 @@ from typing import Any
 
 import torch
 
-from .modeling.alibi_masks import alibi_windows, blocked_windows_everywhere, get_alibi_slopes
+from .modeling.alibi_masks import alibi_windows, blocked_windows_everywhere, get_alibi_slopes, windowed_work_ratio
 from .progress import progress_bar
 from .scoring import evaluation_texts, load_model_and_tokenizer, tokenize_texts
 
 DEFAULT_CUTOFFS = (12.0, 20.0, 40.0)
+# What a recommended cutoff may change: a thousandth of any query's attention, a thousandth of the perplexity.
+MAX_DROPPED_MASS = 1e-3
+MAX_PPL_CHANGE = 1e-3
 DEFAULT_MULTIPLES = (1, 16, 64)
 EXACT_DENSE = 1e12  # a cutoff whose windows outreach any sequence: dense ALiBi through the windowed kernel
 
@@ -54,6 +62,7 @@ class CutoffReport:
     ppl_windowed: float
     greedy_identical: bool
     greedy_first_difference: int | None = None  # index of the first differing generated token
+    work_ratio: float = 1.0  # attention scores computed over dense causal attention's, at the longest length
 
     @property
     def ppl_relative_diff(self) -> float:
@@ -69,11 +78,49 @@ class WindowReport:
     ppl_length: int
     generate_tokens: int
     cutoffs: list[CutoffReport] = field(default_factory=list)
+    work_length: int = 0  # the length `work_ratio` is computed at
+
+    def recommend(
+        self, max_dropped_mass: float = MAX_DROPPED_MASS, max_ppl_change: float = MAX_PPL_CHANGE
+    ) -> CutoffReport | None:
+        """The cutoff with the least attention work whose dropped mass and perplexity change are within tolerance."""
+        safe = [
+            c
+            for c in self.cutoffs
+            if c.cutoff is not None
+            and c.max_dropped_mass <= max_dropped_mass
+            and abs(c.ppl_relative_diff) <= max_ppl_change
+            and c.work_ratio < 1.0  # windows that hold the whole sequence save nothing
+        ]
+        return min(safe, key=lambda c: (c.work_ratio, c.cutoff), default=None)
+
+    def advice(
+        self, model_path: str, max_dropped_mass: float = MAX_DROPPED_MASS, max_ppl_change: float = MAX_PPL_CHANGE
+    ) -> str:
+        """The recommendation as lines a user can act on, with the tolerances it was chosen under."""
+        chosen = self.recommend(max_dropped_mass, max_ppl_change)
+        tolerances = f"dropped attention mass <= {max_dropped_mass:g}, perplexity change <= {max_ppl_change:.2%}"
+        if chosen is None:
+            return (
+                f"Recommended: keep dense ALiBi (alibi_window_cutoff=None): no cutoff measured here both saves "
+                f"attention work at {self.work_length:,} tokens and stays within {tolerances}.\n"
+            )
+        return (
+            f"Recommended: alibi_window_cutoff={chosen.cutoff:g}, the least attention work within {tolerances}: "
+            f"{chosen.work_ratio:.0%} of dense attention's scores at {self.work_length:,} tokens "
+            f"(up to {1 / chosen.work_ratio:.1f}x less attention work), dropped mass {chosen.max_dropped_mass:.1e}, "
+            f"perplexity {chosen.ppl_relative_diff:+.3%}, greedy tokens "
+            f"{'identical' if chosen.greedy_identical else 'differ'} to {self.generate_tokens}.\n"
+            f"Set it: AutoModelForCausalLM.from_pretrained({model_path!r}, alibi_window_cutoff={chosen.cutoff:g})"
+            f'  (or "alibi_window_cutoff": {chosen.cutoff:g} in config.json)\n'
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for row, cutoff in zip(data["cutoffs"], self.cutoffs):
             row["ppl_relative_diff"] = cutoff.ppl_relative_diff
+        chosen = self.recommend()
+        data["recommended_cutoff"] = chosen.cutoff if chosen is not None else None
         return data
 
     def to_markdown(self) -> str:
@@ -81,6 +128,7 @@ class WindowReport:
         head = ["cutoff T", "windows (tokens, per head)", "max dropped mass"]
         head += [f"max logit diff @ {n}" for n in lengths]
         head += [f"ppl @ {self.ppl_length}: exact dense", "this row", "relative", f"greedy to {self.generate_tokens}"]
+        head += [f"attention work @ {self.work_length}"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
         for c in self.cutoffs:
             greedy = "identical" if c.greedy_identical else f"differs at token {c.greedy_first_difference}"
@@ -90,6 +138,7 @@ class WindowReport:
                 row = [f"{c.cutoff:g}", ", ".join(map(str, c.windows)), f"{c.max_dropped_mass:.1e}"]
             row += [f"{c.max_logit_diff[n]:.1e}" for n in lengths]
             row += [f"{c.ppl_dense:.4f}", f"{c.ppl_windowed:.4f}", f"{c.ppl_relative_diff:+.4%}", greedy]
+            row += [f"{c.work_ratio:.0%}"]
             lines.append("| " + " | ".join(row) + " |")
         return "\n".join(lines) + "\n"
 
@@ -177,7 +226,7 @@ def measure_cutoffs(
 
     report = WindowReport(
         model_name, training_length, slopes.tolist(), min(token_ids.numel(), max_eval_tokens), ppl_length,
-        generate_multiple * training_length,
+        generate_multiple * training_length, work_length=max(lengths),
     )  # fmt: skip
     try:
         for cutoff in progress_bar([None, *cutoffs], desc="cutoffs", disable=not progress):
@@ -208,6 +257,7 @@ def measure_cutoffs(
                     ppl_windowed=ppl,
                     greedy_identical=differs.numel() == 0,
                     greedy_first_difference=int(differs[0]) if differs.numel() else None,
+                    work_ratio=windowed_work_ratio(windows, max(lengths)) if windows else 1.0,
                 )
             )
     finally:
@@ -216,6 +266,11 @@ def measure_cutoffs(
 
 
 def run(args: argparse.Namespace) -> int:
+    if not (args.max_dropped_mass >= 0 and args.max_ppl_change >= 0):
+        raise ValueError(
+            f"--max-dropped-mass and --max-ppl-change are tolerances, at least 0; got {args.max_dropped_mass:g} and "
+            f"{args.max_ppl_change:g}."
+        )
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"model folder not found: {args.model}")
     model, tokenizer = load_model_and_tokenizer(args.model, args.device)
@@ -229,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
         model_name=args.model,
         progress=not args.no_progress,
     )
-    markdown = report.to_markdown()
+    markdown = report.to_markdown() + "\n" + report.advice(args.model, args.max_dropped_mass, args.max_ppl_change)
     print(markdown, end="")
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
@@ -251,6 +306,12 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--data", default="wikipedia", help="a .txt/.json/.jsonl file, or 'wikipedia' (default)")
     parser.add_argument("--max-eval-tokens", type=int, default=16_384, help="held-out tokens per length")
+    parser.add_argument(
+        "--max-dropped-mass", type=float, default=MAX_DROPPED_MASS, help="tolerance of the recommendation"
+    )
+    parser.add_argument(
+        "--max-ppl-change", type=float, default=MAX_PPL_CHANGE, help="relative perplexity change it tolerates"
+    )
     parser.add_argument("--device", help="default: cpu")
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--markdown", metavar="FILE")
