@@ -121,8 +121,7 @@ def markdown(results: dict, argv: list[str]) -> str:
     lines = [
         "# A long generation: windowed ALiBi's sliding cache against a full cache and dense ALiBi",
         "",
-        f"Made by `python recipes/experiments/sliding_cache.py {' '.join(argv)}`".rstrip()
-        + f" on {results['machine']}, "
+        f"Made by `{' '.join(['python recipes/experiments/sliding_cache.py', *argv])}`" + f" on {results['machine']}, "
         f"torch {results['torch']}: a random-weight model (hidden 128, 2 layers, 8 heads, fp32), greedy, after a "
         f"64-token prompt. Cutoff T = {results['cutoff']:g}: the widest head sees {results['sliding_window'] - 1:,} "
         "tokens back, so the sliding cache keeps that many keys per layer.",
