@@ -3,7 +3,7 @@
 safetensors validates its header and the file's length, but not the tensor bytes: a flipped bit inside a
 tensor loads without complaint and the model generates from it. So every folder this package saves (final
 model and checkpoints) gets `SHA256SUMS`, one `<hex digest>  <file name>` line per weights file, the format
-`sha256sum` writes and `sha256sum -c SHA256SUMS` checks. Our loaders (`alibi_lm.hub.load_model`, resume,
+`sha256sum` writes and `sha256sum -c SHA256SUMS` checks. Our loaders (`alibi_lm.loading.load_model`, resume,
 `alibi-lm eval`, `generate`, `push`) and `alibi-lm verify DIR` compare the files against it.
 
 What the Hub already does: weights are stored with Git LFS, whose object id is the sha256 of the file; the

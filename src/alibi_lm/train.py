@@ -452,7 +452,7 @@ def _train(
     # Trainer's default leaves NaN and infinite losses out of the logged mean, so a diverged run logs 0.
     training_args.logging_nan_inf_filter = False
     # Trainer's own push uploads the whole output_dir (training_args.bin, results, any stray file) at every save;
-    # the final model goes up once, at the end, through `alibi_lm.hub.push_to_hub` and its allow-list.
+    # the final model goes up once, at the end, through `alibi_lm.push.push_to_hub` and its allow-list.
     # Off a terminal (a log file, CI) tqdm's redraws would all stay: a line every few percent instead, and Trainer
     # prints each log dict as a line (its PrinterCallback).
     line_progress = not training_args.disable_tqdm and not is_terminal()
