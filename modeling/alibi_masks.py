@@ -364,6 +364,11 @@ def windowed_block_size(window: int) -> int:
 # 16k tokens it did 20% of the dense work in 36% of the time, recipes/results/bench_cpu-long.md), so it runs only
 # where the windows cut the work at least in half.
 WINDOWED_WORK_LIMIT = 0.5
+# Where the windows hold most of the sequence, the CPU fast path runs windowed ALiBi as dense (faster there) only for
+# cutoffs of at least this: a key past a window then weighs under e^-16 = 1.1e-7 of the nearest key with an equal
+# score (T = 20 moved logits by less than 1e-5 on the demo model). A smaller cutoff is a window that matters (a
+# model trained with it, or transformers' `sliding_window` set small), and is applied exactly on every path.
+DENSE_SHORTCUT_CUTOFF = 16.0
 _windowed_work_limit = WINDOWED_WORK_LIMIT  # what `create_alibi_mask` applies; `blocked_windows_everywhere` lifts it
 
 
@@ -558,11 +563,12 @@ def create_alibi_mask(
             saves_work = windows is not None and (
                 windowed_work_ratio(windows.tolist(), layout.key_length) <= _windowed_work_limit
             )
+            exact = saves_work or (windows is not None and config.alibi_window_cutoff < DENSE_SHORTCUT_CUTOFF)
             if key_only_exact(device, dtype, fused.dropout):
                 # The CPU default: heads that see the whole sequence run fused with the key-only bias; steeper
                 # heads stop where their bias has silenced a key (no denormals, no large biases).
                 reach = alibi_windows(slopes.cpu(), ALIBI_UNDERFLOW_CUTOFF)
-                if saves_work:
+                if exact:
                     reach = torch.minimum(reach, windows.cpu())
                 return WindowedAlibi(slopes.tolist(), reach.tolist())
             if saves_work:

@@ -209,6 +209,20 @@ class AlibiConfig(PreTrainedConfig):
         slopes = get_alibi_slopes(self.num_attention_heads, self.alibi_max_bias)
         return int(alibi_windows(slopes, self.alibi_window_cutoff).max()) + 1
 
+    @sliding_window.setter
+    def sliding_window(self, value: int | None) -> None:
+        """transformers' name for the look-back, set as it sets it on a sliding-window model: ALiBi becomes windowed
+        with the cutoff whose widest window is `value - 1` tokens (steeper heads see proportionally less); None:
+        dense."""
+        if value is None:
+            self.alibi_window_cutoff = None
+            return
+        if not _is_count(value):
+            raise ValueError(f"AlibiConfig.sliding_window must be a positive int or None, got {value!r}.")
+        shallowest = float(get_alibi_slopes(self.num_attention_heads, self.alibi_max_bias).min())
+        self.alibi_window_cutoff = (value - 0.5) * shallowest  # floor((value - 0.5)) = value - 1 for that head
+        self._validate()
+
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads

@@ -93,9 +93,12 @@ def test_sdpa_takes_the_blocked_path_where_it_saves_work_and_agrees_with_eager()
         < windowed_work_ratio([8, 32, 128, 512], 300)
     )
     assert isinstance(mask_for(sdpa, 2048), WindowedAlibi) and mask_for(sdpa, 2048).windows == [8, 32, 128, 512]
-    # At 300 tokens the user's windows would cost more than the triangle: dense ALiBi, all four heads in one fused
-    # call (each head's reach before its bias silences a key, 80 / m_h >= 320 tokens, holds the whole sequence).
-    assert all(window >= 299 for window in mask_for(sdpa, 300).windows)
+    # At 300 tokens the windows would cost more than the triangle. A cutoff of 2 is a window that matters: applied
+    # exactly all the same (the two heads that see the whole sequence fused, the others in blocks) ...
+    assert mask_for(sdpa, 300).windows == [8, 32, 128, 512]
+    # ... while from DENSE_SHORTCUT_CUTOFF (16) on, dense ALiBi runs there, all four heads in one fused call (each
+    # head's reach before its bias silences a key, 80 / m_h >= 320 tokens, holds the whole sequence).
+    assert all(window >= 299 for window in mask_for(windowed_model(20.0), 300).windows)
     ids = random_ids(1, 2048)
     with torch.no_grad():
         windowed, reference = sdpa(ids).logits, eager(ids).logits
@@ -257,6 +260,11 @@ def test_sliding_window_is_one_past_the_widest_window_and_never_saved(tmp_path):
     assert "sliding_window" not in (tmp_path / "config.json").read_text()
     model.config.alibi_window_cutoff = None  # switched off on a loaded model: the cache is full again
     assert model.config.sliding_window is None
+    model.config.sliding_window = 100  # transformers' way to ask for a window: the widest head sees 99 tokens back
+    assert model.config.sliding_window == 100
+    assert alibi_windows(get_alibi_slopes(4), model.config.alibi_window_cutoff).tolist() == [1, 6, 24, 99]
+    with pytest.raises(ValueError, match="sliding_window must be a positive int"):
+        model.config.sliding_window = 0
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "eager"])
@@ -293,3 +301,16 @@ def test_a_sliding_cache_gives_the_logits_of_a_full_one_step_by_step():
             worst = max(worst, float((a - b).abs().max()))
     assert worst < 1e-5
     assert sliding.layers[0].keys.shape[-2] == 256 and full.layers[0].keys.shape[-2] == 400
+
+
+@pytest.mark.parametrize("cutoff", [0.01, 1.0, 8.0])
+def test_a_small_cutoff_is_applied_exactly_on_the_cpu_fast_path(cutoff):
+    # Short sequences, where the windows hold most of the sequence and a cutoff of 16 or more would run dense ALiBi
+    # (faster, and within e^-16 of it): a small cutoff is a window that matters, so sdpa's default CPU path must
+    # give eager's windowed logits (it gave dense ALiBi's, 0.29 off at a window of 0 to 1 tokens).
+    model = tiny_model(alibi_window_cutoff=cutoff, attn_implementation="eager").eval()
+    ids = random_ids(2, 50)
+    with torch.no_grad():
+        eager = model(ids).logits
+        model.set_attn_implementation("sdpa")
+        torch.testing.assert_close(model(ids).logits, eager, atol=1e-5, rtol=0)
