@@ -34,8 +34,6 @@ check_transformers_version()
 
 from transformers import PreTrainedConfig, TokenizersBackend  # noqa: E402
 
-from .alibi_masks import alibi_windows, get_alibi_slopes  # noqa: E402
-
 logger = logging.get_logger(__name__)
 
 POSITION_ENCODINGS = ("alibi", "sinusoidal", "rotary", "t5", "none")
@@ -194,33 +192,6 @@ class AlibiConfig(PreTrainedConfig):
         self.max_position_embeddings = (
             CONTEXT_MULTIPLE * length if derived else max(self.max_position_embeddings, length)
         )
-        self._validate()
-
-    @property
-    def sliding_window(self) -> int | None:
-        """With windowed ALiBi, one more than the widest head's window (`floor(T / m_h)` tokens); None when dense.
-
-        transformers' caches read it: a cache built from this config (as `generate` builds one) keeps only the last
-        `sliding_window - 1` keys of each layer, so a long generation holds no key that no head can see, and its
-        memory stops growing once past the widest window. Derived from `alibi_window_cutoff`; never saved.
-        """
-        if self.alibi_window_cutoff is None or self.position_encoding != "alibi":
-            return None
-        slopes = get_alibi_slopes(self.num_attention_heads, self.alibi_max_bias)
-        return int(alibi_windows(slopes, self.alibi_window_cutoff).max()) + 1
-
-    @sliding_window.setter
-    def sliding_window(self, value: int | None) -> None:
-        """transformers' name for the look-back, set as it sets it on a sliding-window model: ALiBi becomes windowed
-        with the cutoff whose widest window is `value - 1` tokens (steeper heads see proportionally less); None:
-        dense."""
-        if value is None:
-            self.alibi_window_cutoff = None
-            return
-        if not _is_count(value):
-            raise ValueError(f"AlibiConfig.sliding_window must be a positive int or None, got {value!r}.")
-        shallowest = float(get_alibi_slopes(self.num_attention_heads, self.alibi_max_bias).min())
-        self.alibi_window_cutoff = (value - 0.5) * shallowest  # floor((value - 0.5)) = value - 1 for that head
         self._validate()
 
     @property

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from torch.nn.attention.flex_attention import BlockMask
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -427,6 +427,26 @@ class AlibiModel(AlibiPreTrainedModel):
             self.config, layout, self.position_encoding, dtype, self.local_heads(), fused, self._block_mask_cache
         )
 
+    def widest_window(self) -> int | None:
+        """With windowed ALiBi, how far back the widest head sees (`floor(T / m_h)` tokens); None when dense."""
+        windows = self.position_encoding.windows(torch.device("cpu"))
+        return int(windows.max()) if windows is not None else None
+
+    def forget_what_no_head_sees(self, cache: Cache | None) -> None:
+        """Give an empty `DynamicCache` sliding layers when ALiBi is windowed: keys older than the widest window are
+        never read again, so each layer keeps only the last `widest_window` of them and a long generation's memory
+        stops growing there. Positions and padding are still counted over every token (`build_layout`'s
+        `key_offset`), so the bias, the logits and greedy tokens are those of a full cache. A cache of another class
+        (a static cache, a subclass) is left as it is.
+        """
+        window = self.widest_window()
+        if window is None or type(cache) is not DynamicCache or cache.get_seq_length() > 0:
+            return
+        if not all(type(layer) is DynamicLayer for layer in cache.layers):
+            return  # already sliding (or a layer type of transformers' own choosing)
+        cache.layers = [DynamicSlidingWindowLayer(sliding_window=window + 1) for _ in range(len(self.layers))]
+        cache.layer_class_to_replicate = None
+
     def local_heads(self) -> tuple[int, int]:
         """`(first, count)`: the attention heads this process computes.
 
@@ -496,6 +516,8 @@ class AlibiModel(AlibiPreTrainedModel):
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         compiling = torch.compiler.is_compiling()
+        if not compiling:
+            self.forget_what_no_head_sees(cache)
         if not compiling:  # the checks read values, which would break a compiled graph
             self.validate_inputs(inputs, attention_mask, document_ids, cache)
         batch_size, query_length = inputs.shape[:2]

@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 from torch.nn import functional as F
+from transformers import DynamicCache
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
 from alibi_lm.modeling.alibi_attention import windowed_alibi_attention
@@ -251,33 +252,38 @@ def test_window_cli_writes_its_table_and_refuses_bad_input(tmp_path, capsys):
 # The cache that forgets what no head can see
 
 
-def test_sliding_window_is_one_past_the_widest_window_and_never_saved(tmp_path):
+class FullCache(DynamicCache):
+    """A cache of another class: the model leaves it as it is, so it keeps every key (the reference)."""
+
+
+def test_the_widest_window_and_an_empty_dynamic_cache_made_sliding():
     model = tiny_model(alibi_window_cutoff=2.0)  # slopes 1/4 ... 1/256: windows 8, 32, 128, 512
-    assert model.config.sliding_window == 513
-    assert tiny_model().config.sliding_window is None
-    assert tiny_model(position_encoding="rotary").config.sliding_window is None
-    model.save_pretrained(tmp_path)
-    assert "sliding_window" not in (tmp_path / "config.json").read_text()
-    model.config.alibi_window_cutoff = None  # switched off on a loaded model: the cache is full again
-    assert model.config.sliding_window is None
-    model.config.sliding_window = 100  # transformers' way to ask for a window: the widest head sees 99 tokens back
-    assert model.config.sliding_window == 100
-    assert alibi_windows(get_alibi_slopes(4), model.config.alibi_window_cutoff).tolist() == [1, 6, 24, 99]
-    with pytest.raises(ValueError, match="sliding_window must be a positive int"):
-        model.config.sliding_window = 0
+    assert model.model.widest_window() == 512
+    assert tiny_model().model.widest_window() is None
+    cache = DynamicCache()
+    model.model.forget_what_no_head_sees(cache)
+    assert [(type(layer).__name__, layer.sliding_window) for layer in cache.layers] == [
+        ("DynamicSlidingWindowLayer", 513)
+    ] * 2
+    for untouched in (FullCache(), DynamicCache()):
+        if type(untouched) is DynamicCache:
+            tiny_model().model.forget_what_no_head_sees(untouched)  # dense ALiBi: nothing to forget
+        assert untouched.layers == []
+    model.config.alibi_window_cutoff = None  # switched off on a loaded model: caches stay full
+    fresh = DynamicCache()
+    model.model.forget_what_no_head_sees(fresh)
+    assert fresh.layers == []
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "eager"])
 def test_a_windowed_generation_drops_old_keys_and_keeps_its_tokens(backend):
-    from transformers import DynamicCache
-
     model = tiny_model(alibi_window_cutoff=2.0, attn_implementation=backend).eval()
     ids = random_ids(2, 30)
     mask = torch.ones_like(ids)
     mask[1, :5] = 0  # left padding
     settings = dict(attention_mask=mask, max_new_tokens=600, min_new_tokens=600, do_sample=False)
     with torch.no_grad():
-        full = model.generate(ids, cache=DynamicCache(), **settings)  # every key kept, as before
+        full = model.generate(ids, cache=FullCache(), **settings)  # every key kept, as before
         out = model.generate(ids, return_dict_in_generate=True, **settings)  # the cache generate builds itself
     cache = out.past_key_values
     assert {type(layer).__name__ for layer in cache.layers} == {"DynamicSlidingWindowLayer"}
@@ -286,11 +292,9 @@ def test_a_windowed_generation_drops_old_keys_and_keeps_its_tokens(backend):
 
 
 def test_a_sliding_cache_gives_the_logits_of_a_full_one_step_by_step():
-    from transformers import DynamicCache
-
-    model = tiny_model(alibi_window_cutoff=1.0).eval()  # windows 4, 16, 64, 256: sliding_window 257
+    model = tiny_model(alibi_window_cutoff=1.0).eval()  # windows 4, 16, 64, 256: 256 keys kept
     ids = random_ids(1, 400)
-    full, sliding = DynamicCache(), DynamicCache(config=model.config)
+    full, sliding = FullCache(), DynamicCache(config=model.config)
     with torch.no_grad():
         for cache in (full, sliding):
             model(ids[:, :100], cache=cache)  # prefill in one chunk
@@ -314,3 +318,22 @@ def test_a_small_cutoff_is_applied_exactly_on_the_cpu_fast_path(cutoff):
         eager = model(ids).logits
         model.set_attn_implementation("sdpa")
         torch.testing.assert_close(model(ids).logits, eager, atol=1e-5, rtol=0)
+
+
+def test_a_windowed_model_decodes_compiled_with_a_static_cache():
+    # A static cache is left full (its size is fixed anyway): transformers' sliding static layers would move the key
+    # offset at every step, a recompile per token under fullgraph=True.
+    from transformers import CompileConfig
+
+    model = tiny_model(alibi_window_cutoff=0.25).eval()  # windows 1, 4, 16, 64
+    ids = random_ids(2, 6)
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    options = dict(attention_mask=mask, max_new_tokens=100, min_new_tokens=100, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        dynamic = model.generate(ids, **options)
+        compile_config = CompileConfig(fullgraph=True, dynamic=False)
+        compile_config._compile_all_devices = True  # transformers compiles only on accelerators unless told
+        torch.compiler.reset()
+        static = model.generate(ids, cache_implementation="static", compile_config=compile_config, **options)
+    assert hasattr(model, "_compiled_call") and torch.equal(static, dynamic)

@@ -4,7 +4,8 @@
 
 One random-weight model (hidden 128, 2 layers, 8 heads, fp32) generates greedily three ways, in one process, one
 after the other: windowed ALiBi (`alibi_window_cutoff`, T = 8: the widest head sees 2,048 tokens back) with the
-cache `generate` builds from its config (transformers' sliding layers keep the last `sliding_window - 1` keys), to
+cache `generate` builds from its config (the model gives an empty `DynamicCache` transformers' sliding layers, which keep the last keys the widest head
+can see), to
 `--tokens`; then, to `--compare-tokens`, the same windowed model with a full `DynamicCache` (what it did before) and
 dense ALiBi. A full cache is copied whole at every step (transformers' `DynamicLayer` concatenates), so those two
 slow down as they grow: on a 2-core CPU they are run to a shorter length. Every `--every` tokens it records the
@@ -35,6 +36,10 @@ def resident_peak_mib() -> float:
     return float("nan")
 
 
+class FullCache(DynamicCache):
+    """A cache of another class, which the model leaves as it is: it keeps every key (what the model did before)."""
+
+
 def cache_bytes(cache) -> int:
     return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers if layer.is_initialized)
 
@@ -63,7 +68,7 @@ def run(model, prompt, tokens: int, every: int, full_cache: bool) -> dict:
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # each run's own resident peak (VmHWM), not the process's so far
     recorder = Recorder(every, prompt.shape[1])
-    cache = DynamicCache() if full_cache else DynamicCache(config=model.config)
+    cache = FullCache() if full_cache else DynamicCache(config=model.config)
     recorder.cache = cache
     start = time.perf_counter()
     with torch.no_grad():
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"machine": f"{describe('cpu')}", "torch": torch.__version__, "tokens": args.tokens,
                "cutoff": args.cutoff, "threads": torch.get_num_threads(), "runs": {}}  # fmt: skip
     model.config.alibi_window_cutoff = args.cutoff
-    results["sliding_window"] = model.config.sliding_window
+    results["widest_window"] = model.model.widest_window()
     results["compare_tokens"] = args.compare_tokens
     runs = (
         ("windowed, sliding cache", args.cutoff, False, args.tokens),
@@ -123,7 +128,7 @@ def markdown(results: dict, argv: list[str]) -> str:
         "",
         f"Made by `{' '.join(['python recipes/experiments/sliding_cache.py', *argv])}`" + f" on {results['machine']}, "
         f"torch {results['torch']}: a random-weight model (hidden 128, 2 layers, 8 heads, fp32), greedy, after a "
-        f"64-token prompt. Cutoff T = {results['cutoff']:g}: the widest head sees {results['sliding_window'] - 1:,} "
+        f"64-token prompt. Cutoff T = {results['cutoff']:g}: the widest head sees {results['widest_window']:,} "
         "tokens back, so the sliding cache keeps that many keys per layer.",
         "",
         "| run | cache layers | tokens generated | tokens/s | cache at the end (MiB) | resident peak of the run (MiB) |",
@@ -139,7 +144,7 @@ def markdown(results: dict, argv: list[str]) -> str:
     lines += ["", f"Windowed greedy tokens, sliding against full cache, over the first {results['compare_tokens']:,}: "
               f"{'identical' if results['windowed_tokens_identical'] else 'DIFFER'}.", ""]  # fmt: skip
     sliding = results["runs"]["windowed, sliding cache"]["curve"]
-    past = [row["cache_mib"] for row in sliding if row["tokens"] > results["sliding_window"]]
+    past = [row["cache_mib"] for row in sliding if row["tokens"] > results["widest_window"]]
     if past:
         lines.append(f"Sliding cache once past the widest window: {min(past):.2f} to {max(past):.2f} MiB (flat).")
     return "\n".join(lines) + "\n"
@@ -157,7 +162,7 @@ def plot(results: dict, path: Path) -> None:
         memory.plot(tokens, [row["cache_mib"] for row in run_["curve"]], label=name)
         rates = [row["tokens"] / row["seconds"] for row in run_["curve"]]
         speed.plot(tokens, rates, label=name)
-    memory.axvline(results["sliding_window"], color="grey", linestyle=":", label="widest window")
+    memory.axvline(results["widest_window"], color="grey", linestyle=":", label="widest window")
     memory.set(xlabel="generated tokens", ylabel="KV cache (MiB)", title="Cache memory during generation")
     speed.set(xlabel="generated tokens", ylabel="tokens/s so far", title="Decoding speed")
     memory.legend()
