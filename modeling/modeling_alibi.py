@@ -433,19 +433,30 @@ class AlibiModel(AlibiPreTrainedModel):
         return int(windows.max()) if windows is not None else None
 
     def forget_what_no_head_sees(self, cache: Cache | None) -> None:
-        """Give an empty `DynamicCache` sliding layers when ALiBi is windowed: keys older than the widest window are
-        never read again, so each layer keeps only the last `widest_window` of them and a long generation's memory
-        stops growing there. Positions and padding are still counted over every token (`build_layout`'s
-        `key_offset`), so the bias, the logits and greedy tokens are those of a full cache. A cache of another class
-        (a static cache, a subclass) is left as it is.
+        """Keep a windowed model's `DynamicCache` to the keys some head can still see.
+
+        Keys older than the widest window are never read again. On its first forward an empty `DynamicCache` gets
+        transformers' sliding layers (`DynamicSlidingWindowLayer`), recording past states so that assisted decoding
+        can still roll back rejected tokens; at the start of each forward those layers are cut back to the last
+        `widest_window()` keys (transformers' own `crop(0)`), so a long generation's memory stops growing there.
+        Positions and padding are still counted over every token (`build_layout`'s `key_offset`), so the bias, the
+        logits and greedy tokens are those of a full cache. A cache of another class (a static cache, a subclass) is
+        left as it is.
         """
-        window = self.widest_window()
-        if window is None or type(cache) is not DynamicCache or cache.get_seq_length() > 0:
+        if type(cache) is not DynamicCache:
             return
-        if not all(type(layer) is DynamicLayer for layer in cache.layers):
-            return  # already sliding (or a layer type of transformers' own choosing)
+        if cache.get_seq_length() > 0:
+            for layer in cache.layers:
+                sliding = isinstance(layer, DynamicSlidingWindowLayer) and layer.record_past
+                if sliding and layer.get_seq_length() >= layer.sliding_window:
+                    layer.crop(0)  # back to the last sliding_window - 1 keys
+            return
+        window = self.widest_window()
+        if window is None or not all(type(layer) is DynamicLayer for layer in cache.layers):
+            return  # dense ALiBi, or layers of transformers' own choosing
         cache.layers = [DynamicSlidingWindowLayer(sliding_window=window + 1) for _ in range(len(self.layers))]
         cache.layer_class_to_replicate = None
+        cache.activate_past_recording()
 
     def local_heads(self) -> tuple[int, int]:
         """`(first, count)`: the attention heads this process computes.

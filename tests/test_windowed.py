@@ -287,7 +287,8 @@ def test_a_windowed_generation_drops_old_keys_and_keeps_its_tokens(backend):
         out = model.generate(ids, return_dict_in_generate=True, **settings)  # the cache generate builds itself
     cache = out.past_key_values
     assert {type(layer).__name__ for layer in cache.layers} == {"DynamicSlidingWindowLayer"}
-    assert cache.layers[0].keys.shape[-2] == 512 < out.sequences.shape[1]  # past the widest window: 512 keys kept
+    # past the widest window: the 512 keys some head can see, and the one the last step added
+    assert cache.layers[0].keys.shape[-2] == 513 < out.sequences.shape[1]
     assert torch.equal(out.sequences, full)
 
 
@@ -304,7 +305,7 @@ def test_a_sliding_cache_gives_the_logits_of_a_full_one_step_by_step():
             b = model(ids[:, t : t + 1], cache=sliding).logits
             worst = max(worst, float((a - b).abs().max()))
     assert worst < 1e-5
-    assert sliding.layers[0].keys.shape[-2] == 256 and full.layers[0].keys.shape[-2] == 400
+    assert sliding.layers[0].keys.shape[-2] == 257 and full.layers[0].keys.shape[-2] == 400
 
 
 @pytest.mark.parametrize("cutoff", [0.01, 1.0, 8.0])
@@ -318,6 +319,20 @@ def test_a_small_cutoff_is_applied_exactly_on_the_cpu_fast_path(cutoff):
         eager = model(ids).logits
         model.set_attn_implementation("sdpa")
         torch.testing.assert_close(model(ids).logits, eager, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("helper", ["assistant_model", "prompt_lookup_num_tokens"])
+def test_assisted_decoding_rolls_a_windowed_models_sliding_cache_back(helper):
+    model = tiny_model(alibi_window_cutoff=1.0).eval()  # widest window 256
+    extra = (
+        {"assistant_model": tiny_model(alibi_window_cutoff=1.0, seed=1).eval()} if helper == "assistant_model" else {}
+    )
+    extra |= {"prompt_lookup_num_tokens": 5} if helper == "prompt_lookup_num_tokens" else {}
+    ids = random_ids(1, 20)
+    settings = dict(max_new_tokens=400, min_new_tokens=400, do_sample=False)
+    with torch.no_grad():
+        greedy = model.generate(ids, **settings)
+        assert torch.equal(model.generate(ids, **extra, **settings), greedy)
 
 
 def test_a_windowed_model_decodes_compiled_with_a_static_cache():
