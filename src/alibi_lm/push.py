@@ -3,9 +3,9 @@
 ALiBi: Press, Smith & Lewis, "Train Short, Test Long: Attention with Linear Biases Enables Input Length
 Extrapolation", ICLR 2022. https://arxiv.org/abs/2108.12409
 
-A pushed repo carries `configuration_alibi.py` and `modeling_alibi.py` and a `config.json` whose `auto_map` names
-AutoConfig, AutoModel and AutoModelForCausalLM, so `from_pretrained("user/repo", trust_remote_code=True)` works with
-nothing but transformers installed. Its README.md is a model card with the training length and, where the evaluation
+A pushed repo carries the remote code (`model_files.MODELING_FILES`: `modeling_alibi.py` and the modules it imports)
+and a `config.json` whose `auto_map` names AutoConfig, AutoModel and AutoModelForCausalLM, so
+`from_pretrained("user/repo", trust_remote_code=True)` works with nothing but transformers installed. Its README.md is a model card with the training length and, where the evaluation
 harness left one, the extrapolation table.
 
 A training folder collects more than the model: notes, credentials, `training_args.bin`, optimizer state,
