@@ -5,7 +5,8 @@ What `integrations/sdpa_attention.py`, `flex_attention.py` and `flash_attention.
 computes queries, keys and values and calls the kernel `ALL_ATTENTION_FUNCTIONS` (our instance of transformers' registry) holds for
 `config._attn_implementation`.
 sdpa takes a 4-D tensor, or `WindowedAlibi` (blocked, for windowed ALiBi and the CPU default); flex_attention a
-`BlockMask` and `score_mod`; flash_attention_2 the slopes. Hub remote code like the rest of the model.
+`BlockMask` and `score_mod`; flash_attention_2 the slopes; alibi_triton (`alibi_triton.py`) slopes and layout tensors.
+Hub remote code like the rest of the model.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from transformers.models.llama.modeling_llama import eager_attention_forward, re
 
 from .alibi_masks import (
     ALIBI_FUSED,
+    ALIBI_TRITON,
     ALIBI_UNDERFLOW_CUTOFF,
     UNCOMPILED_FLEX,
     AttentionLayout,
     FlashAlibiMask,
     FlexAlibiMask,
+    TritonAlibiMask,
     WindowedAlibi,
     alibi_bias,
     compiled,
@@ -35,6 +38,7 @@ from .alibi_masks import (
     key_only_exact,
     windowed_block_size,
 )
+from .alibi_triton import alibi_flash_attention
 
 
 def windowed_alibi_attention(
@@ -226,6 +230,27 @@ def flash_attention_forward(
     return out, None
 
 
+def triton_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: TritonAlibiMask | torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """The Triton flash kernel with the bias per tile (`alibi_triton`); single-token decoding uses sdpa."""
+    if not isinstance(attention_mask, TritonAlibiMask):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
+    if dropout > 0.0:
+        raise ValueError(f"{ALIBI_TRITON} has no attention dropout; set attention_dropout=0.0 to train with it.")
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
+    attn_output = alibi_flash_attention(query, key, value, attention_mask, scaling)
+    return attn_output.transpose(1, 2).contiguous(), None
+
+
 def alibi_fused_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -251,13 +276,15 @@ ALIBI_KERNELS: dict[str, Callable] = {
     "flex_attention": flex_attention_forward,
     "flash_attention_2": flash_attention_forward,
     ALIBI_FUSED: alibi_fused_attention_forward,
+    ALIBI_TRITON: triton_attention_forward,
 }
 # transformers' public registries: the fused default becomes a name `attn_implementation` accepts (and that
 # transformers' mask helpers can look up, should one be asked for this config: sdpa's mask), and a local interface
 # holds our kernels on top of the global ones, as transformers documents for a model that overrides a backend. Any
 # other registered name (a kernel a user registers with `AttentionInterface.register`) comes from the global registry.
-AttentionInterface.register(ALIBI_FUSED, alibi_fused_attention_forward)
-AttentionMaskInterface.register(ALIBI_FUSED, sdpa_mask)
+for _name in (ALIBI_FUSED, ALIBI_TRITON):
+    AttentionInterface.register(_name, ALIBI_KERNELS[_name])
+    AttentionMaskInterface.register(_name, sdpa_mask)
 ALL_ATTENTION_FUNCTIONS = AttentionInterface()  # transformers' name, our instance (its documented idiom)
 for _name, _kernel in ALIBI_KERNELS.items():
     ALL_ATTENTION_FUNCTIONS[_name] = _kernel

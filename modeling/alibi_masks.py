@@ -104,6 +104,25 @@ class FlashAlibiMask:
     max_seqlen_k: int = 0
 
 
+@dataclass
+class TritonAlibiMask:
+    """The `alibi_triton` mask: the slopes, windows and layout tensors the Triton kernel reads per tile.
+
+    Nothing is Q x K: the kernel computes each tile's bias and visibility from these (`alibi_triton`). Layout tensors
+    are `[B, K]` int32 (`key_valid` int8), all with the same strides; None where the layout is plain.
+    `document_start`/`document_end`: the first and one-past-last slot of each slot's document, for skipping tiles.
+    """
+
+    slopes: torch.Tensor  # [H] fp32; zeros for position encodings without a bias
+    windows: torch.Tensor | None  # [H] int32
+    past_length: int
+    key_positions: torch.Tensor | None = None
+    key_valid: torch.Tensor | None = None
+    document_ids: torch.Tensor | None = None
+    document_start: torch.Tensor | None = None
+    document_end: torch.Tensor | None = None
+
+
 def packed_document_ids(
     position_ids: torch.Tensor | None, cu_seq_lens: torch.Tensor | None, batch_size: int, length: int
 ) -> torch.Tensor | None:
@@ -352,7 +371,7 @@ def flash_varlen_boundaries(
 
 
 # What `AlibiModel` hands every layer as `attention_mask`, by backend (None: plain causal attention).
-AlibiMask = torch.Tensor | WindowedAlibi | FlexAlibiMask | FlashAlibiMask | None
+AlibiMask = torch.Tensor | WindowedAlibi | FlexAlibiMask | FlashAlibiMask | TritonAlibiMask | None
 
 
 def windowed_block_size(window: int) -> int:
@@ -471,6 +490,8 @@ def compiled(function: Callable, signature: tuple) -> Callable:
 # L x L tensor where one can be avoided. Multi-token forwards on `fused_devices` (CUDA) run flex_attention; everything
 # else runs sdpa, with the key-only bias and blocked heads on the CPU and the small `[B, H, 1, K]` mask when decoding.
 ALIBI_FUSED = "alibi_fused"
+# Flash attention in Triton with the bias added per tile (`alibi_triton`): multi-token forwards on CUDA devices.
+ALIBI_TRITON = "alibi_triton"
 
 
 def alibi_bias(slopes: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
@@ -547,11 +568,22 @@ def create_alibi_mask(
         # flash-attn has one window for all heads: the widest, so no head loses a key it would see.
         window = int(windows.max()) if windows is not None else -1
         return FlashAlibiMask(slopes, window) if layout.is_plain else flash_varlen_boundaries(layout, slopes, window)
+    if implementation == ALIBI_TRITON and layout.query_length > 1 and layout.custom_visible is None:
+        if bias is not None and slopes is None:
+            raise ValueError(
+                f"{ALIBI_TRITON} adds ALiBi's slopes (or no bias) per tile and cannot take "
+                f"position_encoding={config.position_encoding!r}; use sdpa, eager or flex_attention."
+            )
+        return triton_alibi_mask(layout, slopes, windows, count)
     if runs_flex(implementation, layout, bias, fused):
         return flex_alibi_mask(layout, bias, windows, block_masks)
     sdpa = implementation in ("sdpa", ALIBI_FUSED)
-    # The sdpa-style kernels (flex decodes through sdpa) know `is_causal`; eager needs a tensor.
-    if (sdpa or implementation == "flex_attention") and layout.is_plain and not torch.compiler.is_compiling():
+    # The sdpa-style kernels (flex and Triton decode through sdpa) know `is_causal`; eager needs a tensor.
+    if (
+        (sdpa or implementation in ("flex_attention", ALIBI_TRITON))
+        and layout.is_plain
+        and not torch.compiler.is_compiling()
+    ):
         every_key = layout.query_length == layout.key_length or (
             layout.query_length == 1 and layout.past_length + 1 == layout.key_length
         )
@@ -621,3 +653,49 @@ def flex_alibi_mask(
         return score + bias(h, layout.distance(b, q_idx, kv_idx))
 
     return FlexAlibiMask(block_mask, score_mod if bias is not None else None, length)
+
+
+# The largest window the Triton kernel takes (int32 arithmetic on slot + window must not overflow).
+TRITON_WINDOW_LIMIT = 2**30
+
+
+def document_bounds(document_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[B, K]` first slot and one past the last slot of each slot's document id in its row (ids need not be runs).
+
+    Not while compiling (`torch.unique` has a data-dependent size): the caller then skips no tiles by document.
+    """
+    batch, length = document_ids.shape
+    rows = torch.arange(batch, device=document_ids.device)[:, None].expand(batch, length)
+    pairs = torch.stack([rows, document_ids], -1).reshape(-1, 2)
+    _, inverse = torch.unique(pairs, dim=0, return_inverse=True)
+    slots = torch.arange(length, device=document_ids.device).expand(batch, length).reshape(-1)
+    count = int(inverse.max()) + 1
+    first = torch.full((count,), length, device=slots.device).scatter_reduce(0, inverse, slots, "amin")
+    last = torch.full((count,), -1, device=slots.device).scatter_reduce(0, inverse, slots, "amax")
+    return first[inverse].view(batch, length), (last[inverse] + 1).view(batch, length)
+
+
+def triton_alibi_mask(
+    layout: AttentionLayout, slopes: torch.Tensor | None, windows: torch.Tensor | None, num_heads: int
+) -> TritonAlibiMask:
+    """The `TritonAlibiMask` of a layout: `slopes` None for a position encoding without a bias (all zero)."""
+    device = layout.device
+    if slopes is None:
+        slopes = torch.zeros(num_heads, device=device)
+    if windows is not None:
+        windows = windows.clamp(max=TRITON_WINDOW_LIMIT).to(device=device, dtype=torch.int32)
+    mask = TritonAlibiMask(slopes.float(), windows, int(layout.past_length))
+    if layout.is_plain:
+        return mask
+
+    def slots(tensor: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+        return None if tensor is None else tensor.to(device=device, dtype=dtype).contiguous()
+
+    mask.key_positions = slots(layout.key_positions, torch.int32)
+    mask.key_valid = slots(layout.key_valid, torch.int8)
+    if layout.document_ids is not None:
+        mask.document_ids = slots(layout.document_ids, torch.int32)
+        if not torch.compiler.is_compiling():
+            start, end = document_bounds(layout.document_ids)
+            mask.document_start, mask.document_end = slots(start, torch.int32), slots(end, torch.int32)
+    return mask

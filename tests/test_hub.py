@@ -77,6 +77,7 @@ def test_push_uploads_weights_config_and_remote_code(hub_server: HubServer, push
     assert model_files.MODELING_FILES == (
         "alibi_attention.py",
         "alibi_masks.py",
+        "alibi_triton.py",
         "configuration_alibi.py",
         "modeling_alibi.py",
     )

@@ -1,0 +1,512 @@
+# Copyright 2026 The alibi-lm authors. Licensed under the Apache License, Version 2.0.
+"""Flash attention with the ALiBi bias added in registers: a Triton kernel, forward and backward.
+
+What flash-attn 2's `alibi_slopes` does inside its CUDA kernel, written in Triton so it runs wherever torch's GPU build
+does (no extra wheel): each tile of scores gets `-m_h * (pos_q - pos_k)` from the slope and the two positions, so no
+bias tensor exists, not even a `BlockMask`. Tiles above the causal diagonal, before the query block's document start
+and past a head's window are never visited. Padding, packed documents and windows are the layout's rule
+(`alibi_masks.AttentionLayout.visible_within`) evaluated per tile.
+
+On the CPU it runs only in Triton's interpreter (`TRITON_INTERPRET=1`): slow, for testing the kernel. No
+`from __future__ import annotations` here: Triton reads `tl.constexpr` from the live annotations.
+"""
+
+import functools
+import importlib
+import math
+import types
+
+import torch
+
+try:  # Hub remote code must import without Triton: only the `alibi_triton` backend needs it.
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+    constexpr = int  # what the annotations below name when Triton is absent; nothing is compiled then
+else:
+    constexpr = tl.constexpr
+
+LOG2E = math.log2(math.e)  # the kernels work in base 2: exp2 is one instruction
+
+TRITON_MISSING = (
+    "attn_implementation='alibi_triton' needs Triton (`pip install triton`; torch's CUDA wheels carry it)."
+)
+TRITON_ON_CPU = (
+    "attn_implementation='alibi_triton' runs on CUDA devices; on the CPU only in Triton's interpreter (start Python "
+    "with TRITON_INTERPRET=1: Triton reads it when imported; slow, meant for testing the kernel)."
+)
+
+
+def interpreting() -> bool:
+    """Whether Triton was imported in its interpreter mode (`TRITON_INTERPRET=1` before the import, Triton's switch:
+    its own library functions are built then, and cannot change mode later)."""
+    return triton is not None and type(tl.sum).__name__ == "InterpretedFunction"
+
+
+def check_device(device: torch.device) -> None:
+    """A clear error where the kernel cannot run: no Triton, or a CPU tensor outside the interpreter."""
+    if triton is None:
+        raise ImportError(TRITON_MISSING)
+    if device.type == "cpu" and not interpreting():
+        raise ValueError(TRITON_ON_CPU)
+
+
+def _alibi_scores(
+    q, k, offs_m, offs_n, q_pos, q_doc, key_rows, slope, window, qk_scale,
+    POS, VALID, DOCS, stride_ls, PAST, KLEN,
+    MASKED: constexpr, PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr, HAS_WINDOW: constexpr,
+    PRECISION: constexpr,
+):  # fmt: skip
+    """One `[BLOCK_M, BLOCK_N]` tile of base-2 scores with the bias added and, if `MASKED`, hidden pairs at -inf.
+
+    `key_rows` points at this batch row of the `[B, K]` layout tensors; `q_pos`, `q_doc` are the queries' positions
+    and documents (loaded once per query block by the caller). Unmasked tiles are those every query sees whole.
+    """
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+    key_in = offs_n < KLEN
+    if PLAIN:
+        k_pos = offs_n
+    else:
+        k_pos = tl.load(POS + key_rows + offs_n * stride_ls, mask=key_in, other=0)
+    distance = q_pos[:, None] - k_pos[None, :]
+    s = s - slope * distance.to(tl.float32)
+    if MASKED:
+        q_slot = offs_m + PAST
+        visible = (offs_n[None, :] <= q_slot[:, None]) & key_in[None, :]
+        if HAS_VALID:
+            valid = tl.load(VALID + key_rows + offs_n * stride_ls, mask=key_in, other=0)
+            visible = visible & (valid != 0)[None, :]
+        if HAS_DOCS:
+            k_doc = tl.load(DOCS + key_rows + offs_n * stride_ls, mask=key_in, other=-2)
+            visible = visible & (k_doc[None, :] == q_doc[:, None])
+        if HAS_WINDOW:
+            visible = visible & (distance <= window)
+        visible = visible | (offs_n[None, :] == q_slot[:, None])  # a query always sees its own slot
+        s = tl.where(visible, s, float("-inf"))
+    return s
+
+
+def _query_layout(POS, DOCS, key_rows, offs_m, stride_ls, PAST, QLEN, PLAIN: constexpr, HAS_DOCS: constexpr):
+    """The positions and documents of a block of queries (slots `PAST + offs_m`)."""
+    q_slot = offs_m + PAST
+    q_in = offs_m < QLEN
+    if PLAIN:
+        q_pos = q_slot
+    else:
+        q_pos = tl.load(POS + key_rows + q_slot * stride_ls, mask=q_in, other=0)
+    q_doc = q_pos  # unused without documents
+    if HAS_DOCS:
+        q_doc = tl.load(DOCS + key_rows + q_slot * stride_ls, mask=q_in, other=-1)
+    return q_pos, q_doc
+
+
+def _key_range(DSTART, key_rows, first_slot, window, stride_ls, KLEN, BLOCK_M: constexpr, BLOCK_N: constexpr,
+               PLAIN: constexpr, HAS_WINDOW: constexpr, DOCUMENT_SKIP: constexpr, WINDOW_SKIP: constexpr):  # fmt: skip
+    """The key blocks a query block starting at slot `first_slot` visits: `[lo, mid)` whole, `[mid, hi)` masked.
+
+    Not before its document's start or its window; nothing after its last query (causal). Whole blocks (every key
+    at or before the block's first query) exist only in plain layouts without windows.
+    """
+    lo = 0
+    if DOCUMENT_SKIP:  # the earliest document start among the block's queries (ids may return after a gap)
+        slots = first_slot + tl.arange(0, BLOCK_M)
+        lo = tl.min(tl.load(DSTART + key_rows + slots * stride_ls, mask=slots < KLEN, other=KLEN), 0)
+    if WINDOW_SKIP:
+        lo = tl.maximum(lo, first_slot - window)
+    lo = lo // BLOCK_N * BLOCK_N
+    hi = tl.minimum(KLEN, first_slot + BLOCK_M)
+    mid = lo
+    if PLAIN and not HAS_WINDOW:
+        mid = tl.maximum(lo, tl.minimum(hi, (first_slot + 1) // BLOCK_N * BLOCK_N))
+    return lo, mid, hi
+
+
+def _forward_tiles(
+    acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, lo, hi, d_in,
+    offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, POS, VALID, DOCS, stride_ls, PAST, KLEN,
+    BLOCK_N: constexpr, MASKED: constexpr, PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr,
+    HAS_WINDOW: constexpr, PRECISION: constexpr,
+):  # fmt: skip
+    """The online softmax over key blocks `[lo, hi)`: running max `m_i`, sum `l_i` and output `acc`, base 2."""
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kv_mask = (offs_n < KLEN)[:, None] & d_in[None, :]
+        k = tl.load(k_base + offs_n[:, None] * stride_kn, mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vn, mask=kv_mask, other=0.0)
+        s = _alibi_scores(
+            q, k, offs_m, offs_n, q_pos, q_doc, key_rows, slope, window, qk_scale, POS, VALID, DOCS, stride_ls,
+            PAST, KLEN, MASKED, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, PRECISION,
+        )  # fmt: skip
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+def _forward(
+    Q, K, V, OUT, LSE, SLOPES, WINDOWS, POS, VALID, DOCS, DSTART,
+    stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od, stride_lb, stride_ls,
+    H, QLEN, KLEN, PAST, qk_scale, LEN_BUCKET,
+    HEAD_DIM: constexpr, BLOCK_D: constexpr, BLOCK_M: constexpr, BLOCK_N: constexpr,
+    PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr, HAS_WINDOW: constexpr, DOCUMENT_SKIP: constexpr,
+    WINDOW_SKIP: constexpr, PRECISION: constexpr,
+):  # fmt: skip
+    """One block of queries for one (batch row, head): the output and the log-sum-exp (base 2) of its scores."""
+    start_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // H, bh % H
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_in, d_in = offs_m < QLEN, offs_d < HEAD_DIM
+    q = tl.load(
+        Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+        mask=q_in[:, None] & d_in[None, :], other=0.0,
+    )  # fmt: skip
+    slope = tl.load(SLOPES + h)
+    window = 0
+    if HAS_WINDOW:
+        window = tl.load(WINDOWS + h)
+    key_rows = b * stride_lb
+    q_pos, q_doc = _query_layout(POS, DOCS, key_rows, offs_m, stride_ls, PAST, QLEN, PLAIN, HAS_DOCS)
+    lo, mid, hi = _key_range(
+        DSTART, key_rows, PAST + start_m * BLOCK_M, window, stride_ls, KLEN, BLOCK_M, BLOCK_N,
+        PLAIN, HAS_WINDOW, DOCUMENT_SKIP, WINDOW_SKIP,
+    )  # fmt: skip
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    k_base = K + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
+    v_base = V + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
+    for masked in tl.static_range(2):  # the whole blocks, then the masked ones
+        acc, l_i, m_i = _forward_tiles(
+            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, mid if masked else lo, hi if masked else mid,
+            d_in, offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, POS, VALID, DOCS, stride_ls, PAST, KLEN,
+            BLOCK_N, masked == 1, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, PRECISION,
+        )  # fmt: skip
+
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # only rows past QLEN, which are not stored
+    out = acc / l_safe[:, None]
+    tl.store(
+        OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+        out.to(OUT.dtype.element_ty), mask=q_in[:, None] & d_in[None, :],
+    )  # fmt: skip
+    tl.store(LSE + bh * QLEN + offs_m, m_i + tl.log2(l_safe), mask=q_in)
+
+
+def _dkdv_tiles(
+    dk, dv, k, v, q_base, do_base, stride_qm, stride_om, LSE, DELTA, bh, lo, hi, d_in,
+    offs_n, key_rows, slope, window, qk_scale, POS, VALID, DOCS, stride_ls, PAST, QLEN, KLEN,
+    BLOCK_M: constexpr, MASKED: constexpr, PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr,
+    HAS_WINDOW: constexpr, PRECISION: constexpr,
+):  # fmt: skip
+    """dK and dV of one key block, summed over query blocks `[lo, hi)` (dK still to be scaled by `sm_scale`)."""
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        q_in = offs_m < QLEN
+        q_mask = q_in[:, None] & d_in[None, :]
+        q = tl.load(q_base + offs_m[:, None] * stride_qm, mask=q_mask, other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * stride_om, mask=q_mask, other=0.0)
+        lse = tl.load(LSE + bh * QLEN + offs_m, mask=q_in, other=float("inf"))  # rows past QLEN: p = 0
+        delta = tl.load(DELTA + bh * QLEN + offs_m, mask=q_in, other=0.0)
+        q_pos, q_doc = _query_layout(POS, DOCS, key_rows, offs_m, stride_ls, PAST, QLEN, PLAIN, HAS_DOCS)
+        s = _alibi_scores(
+            q, k, offs_m, offs_n, q_pos, q_doc, key_rows, slope, window, qk_scale, POS, VALID, DOCS, stride_ls,
+            PAST, KLEN, MASKED, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, PRECISION,
+        )  # fmt: skip
+        p = tl.exp2(s - lse[:, None])
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+    return dk, dv
+
+
+def _backward_dkdv(
+    Q, K, V, DO, LSE, DELTA, DK, DV, SLOPES, WINDOWS, POS, VALID, DOCS, DEND,
+    stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od, stride_lb, stride_ls,
+    H, QLEN, KLEN, PAST, qk_scale, sm_scale, LEN_BUCKET,
+    HEAD_DIM: constexpr, BLOCK_D: constexpr, BLOCK_M: constexpr, BLOCK_N: constexpr,
+    PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr, HAS_WINDOW: constexpr, DOCUMENT_SKIP: constexpr,
+    WINDOW_SKIP: constexpr, PRECISION: constexpr,
+):  # fmt: skip
+    """dK and dV of one block of keys for one (batch row, head): a loop over the query blocks that see it.
+
+    `DO`, `DK`, `DV` are laid out as Q, K and V (strides `stride_o*` for dO, `stride_k*`/`stride_v*` for dK/dV).
+    """
+    start_n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // H, bh % H
+    offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_in = offs_d < HEAD_DIM
+    kv_mask = (offs_n < KLEN)[:, None] & d_in[None, :]
+    k = tl.load(
+        K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+        mask=kv_mask, other=0.0,
+    )  # fmt: skip
+    v = tl.load(
+        V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+        mask=kv_mask, other=0.0,
+    )  # fmt: skip
+    slope = tl.load(SLOPES + h)
+    window = 0
+    if HAS_WINDOW:
+        window = tl.load(WINDOWS + h)
+    key_rows = b * stride_lb
+    first_key = start_n * BLOCK_N
+    last_key = tl.minimum(first_key + BLOCK_N, KLEN) - 1
+    lo = tl.maximum(first_key - PAST, 0) // BLOCK_M * BLOCK_M  # causal: no query before the block's first key
+    hi = QLEN
+    if DOCUMENT_SKIP:  # nor after the last of its keys' documents ends
+        ends = tl.load(DEND + key_rows + offs_n * stride_ls, mask=offs_n < KLEN, other=0)
+        hi = tl.minimum(hi, tl.max(ends, 0) - PAST)
+    if WINDOW_SKIP:  # nor past the head's window
+        hi = tl.minimum(hi, last_key + window + 1 - PAST)
+    # Query blocks from `mid` on see the whole key block (plain layouts without windows): no mask.
+    mid = hi
+    if PLAIN and not HAS_WINDOW:
+        mid = tl.maximum(lo, tl.minimum(hi, tl.cdiv(first_key + BLOCK_N - 1 - PAST, BLOCK_M) * BLOCK_M))
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    q_base = Q + b * stride_qb + h * stride_qh + offs_d[None, :] * stride_qd
+    do_base = DO + b * stride_ob + h * stride_oh + offs_d[None, :] * stride_od
+    for whole in tl.static_range(2):  # the masked blocks on the diagonal, then the whole ones
+        dk, dv = _dkdv_tiles(
+            dk, dv, k, v, q_base, do_base, stride_qm, stride_om, LSE, DELTA, bh, mid if whole else lo,
+            hi if whole else mid, d_in, offs_n, key_rows, slope, window, qk_scale, POS, VALID, DOCS, stride_ls,
+            PAST, QLEN, KLEN, BLOCK_M, whole == 0, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, PRECISION,
+        )  # fmt: skip
+
+    tl.store(
+        DK + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+        (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask,
+    )  # fmt: skip
+    tl.store(
+        DV + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+        dv.to(DV.dtype.element_ty), mask=kv_mask,
+    )  # fmt: skip
+
+
+def _dq_tiles(
+    dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, lo, hi, d_in,
+    offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, POS, VALID, DOCS, stride_ls, PAST, KLEN,
+    BLOCK_N: constexpr, MASKED: constexpr, PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr,
+    HAS_WINDOW: constexpr, PRECISION: constexpr,
+):  # fmt: skip
+    """dQ of one query block, summed over key blocks `[lo, hi)` (still to be scaled by `sm_scale`)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kv_mask = (offs_n < KLEN)[:, None] & d_in[None, :]
+        k = tl.load(k_base + offs_n[:, None] * stride_kn, mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vn, mask=kv_mask, other=0.0)
+        s = _alibi_scores(
+            q, k, offs_m, offs_n, q_pos, q_doc, key_rows, slope, window, qk_scale, POS, VALID, DOCS, stride_ls,
+            PAST, KLEN, MASKED, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, PRECISION,
+        )  # fmt: skip
+        p = tl.exp2(s - lse[:, None])
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    return dq
+
+
+def _backward_dq(
+    Q, K, V, DO, LSE, DELTA, DQ, SLOPES, WINDOWS, POS, VALID, DOCS, DSTART,
+    stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od, stride_lb, stride_ls,
+    H, QLEN, KLEN, PAST, qk_scale, sm_scale, LEN_BUCKET,
+    HEAD_DIM: constexpr, BLOCK_D: constexpr, BLOCK_M: constexpr, BLOCK_N: constexpr,
+    PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr, HAS_WINDOW: constexpr, DOCUMENT_SKIP: constexpr,
+    WINDOW_SKIP: constexpr, PRECISION: constexpr,
+):  # fmt: skip
+    """dQ of one block of queries for one (batch row, head): the forward's loop over keys, again. `DQ` is laid out
+    as Q."""
+    start_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // H, bh % H
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_in, d_in = offs_m < QLEN, offs_d < HEAD_DIM
+    q_mask = q_in[:, None] & d_in[None, :]
+    q = tl.load(
+        Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+        mask=q_mask, other=0.0,
+    )  # fmt: skip
+    do = tl.load(
+        DO + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+        mask=q_mask, other=0.0,
+    )  # fmt: skip
+    lse = tl.load(LSE + bh * QLEN + offs_m, mask=q_in, other=float("inf"))
+    delta = tl.load(DELTA + bh * QLEN + offs_m, mask=q_in, other=0.0)
+    slope = tl.load(SLOPES + h)
+    window = 0
+    if HAS_WINDOW:
+        window = tl.load(WINDOWS + h)
+    key_rows = b * stride_lb
+    q_pos, q_doc = _query_layout(POS, DOCS, key_rows, offs_m, stride_ls, PAST, QLEN, PLAIN, HAS_DOCS)
+    lo, mid, hi = _key_range(
+        DSTART, key_rows, PAST + start_m * BLOCK_M, window, stride_ls, KLEN, BLOCK_M, BLOCK_N,
+        PLAIN, HAS_WINDOW, DOCUMENT_SKIP, WINDOW_SKIP,
+    )  # fmt: skip
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    k_base = K + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
+    v_base = V + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
+    for masked in tl.static_range(2):
+        dq = _dq_tiles(
+            dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, mid if masked else lo, hi if masked else mid,
+            d_in, offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, POS, VALID, DOCS, stride_ls, PAST, KLEN,
+            BLOCK_N, masked == 1, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, PRECISION,
+        )  # fmt: skip
+
+    tl.store(
+        DQ + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+        (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask,
+    )  # fmt: skip
+
+
+_HELPERS = ("_alibi_scores", "_query_layout", "_key_range", "_forward_tiles", "_dkdv_tiles", "_dq_tiles")
+# Tile shapes tried once per (head dimension, length bucket, layout kind) by `triton.autotune` on the GPU:
+# (BLOCK_M, BLOCK_N, warps, stages). The forward and dQ loop over keys for a block of queries; dK/dV the other way.
+FORWARD_CONFIGS = ((128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3), (64, 32, 4, 4))
+DKDV_CONFIGS = ((32, 128, 4, 4), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (128, 128, 8, 2))
+DQ_CONFIGS = ((128, 32, 4, 4), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (128, 128, 8, 2))
+TUNING_KEY = ["HEAD_DIM", "LEN_BUCKET", "PLAIN", "HAS_DOCS", "HAS_WINDOW"]
+INTERPRETER_BLOCK = 16  # tl.dot's smallest tile; the interpreter runs one config
+
+
+@functools.cache
+def kernels(interpret: bool) -> types.SimpleNamespace:
+    """The three kernels, built once per mode: interpreted (CPU tensors, numpy) or compiled and autotuned (GPU).
+
+    Each kernel and helper is rebuilt over a namespace of its own, so the kernels call the helpers in the same mode
+    (a compiled helper cannot be called from an interpreted kernel, nor the reverse).
+    """
+    namespace = dict(globals())
+    if interpret:
+        # By name: a literal import would make transformers' remote-code loader require Triton (it skips only
+        # imports inside `try`).
+        decorate = importlib.import_module("triton.runtime.interpreter").InterpretedFunction
+    else:
+        decorate = triton.jit
+    built = {}
+    for name in (*_HELPERS, "_forward", "_backward_dkdv", "_backward_dq"):
+        function = globals()[name]
+        namespace[name] = built[name] = decorate(types.FunctionType(function.__code__, namespace, name))
+    if interpret:
+        return types.SimpleNamespace(forward=built["_forward"], dkdv=built["_backward_dkdv"], dq=built["_backward_dq"])
+
+    def tuned(kernel, shapes):
+        configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+        return triton.autotune(configs=configs, key=TUNING_KEY)(kernel)
+
+    return types.SimpleNamespace(
+        forward=tuned(built["_forward"], FORWARD_CONFIGS),
+        dkdv=tuned(built["_backward_dkdv"], DKDV_CONFIGS),
+        dq=tuned(built["_backward_dq"], DQ_CONFIGS),
+    )
+
+
+def _length_bucket(length: int) -> int:
+    return 1 << max(0, length - 1).bit_length()
+
+
+def _layout_arguments(query: torch.Tensor, mask) -> tuple[list, dict]:
+    """Pointer arguments (dummies for what a plain layout lacks) and flags for the tensors of a `TritonAlibiMask`."""
+    device = query.device
+    dummy = torch.zeros(1, dtype=torch.int32, device=device)
+    positions = mask.key_positions
+    plain = positions is None
+    stride_lb, stride_ls = (0, 0) if plain else positions.stride()
+    tensors = [
+        mask.slopes.to(device=device, dtype=torch.float32).mul(LOG2E).contiguous(),
+        mask.windows if mask.windows is not None else dummy,
+        positions if positions is not None else dummy,
+        mask.key_valid if mask.key_valid is not None else dummy,
+        mask.document_ids if mask.document_ids is not None else dummy,
+    ]
+    flags = dict(
+        PLAIN=plain,
+        HAS_VALID=mask.key_valid is not None,
+        HAS_DOCS=mask.document_ids is not None,
+        HAS_WINDOW=mask.windows is not None,
+        DOCUMENT_SKIP=mask.document_start is not None,
+        # Slot distance is position distance unless padding sits between a query and its keys.
+        WINDOW_SKIP=mask.windows is not None and mask.key_valid is None,
+    )
+    return tensors, dict(flags, stride_lb=stride_lb, stride_ls=stride_ls)
+
+
+def _strides(*tensors: torch.Tensor) -> list[int]:
+    return [stride for tensor in tensors for stride in tensor.stride()]
+
+
+class AlibiFlashAttention(torch.autograd.Function):
+    """`[B, H, Q, D]` attention of queries on `[B, H, K, D]` keys under a `TritonAlibiMask`, with its backward."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, mask, scale):
+        check_device(query.device)
+        batch, heads, query_length, head_dim = query.shape
+        key_length = key.shape[2]
+        tensors, flags = _layout_arguments(query, mask)
+        dummy = tensors[2] if flags["PLAIN"] else torch.zeros(1, dtype=torch.int32, device=query.device)
+        start = mask.document_start if mask.document_start is not None else dummy
+        end = mask.document_end if mask.document_end is not None else dummy
+        out = torch.empty_like(query)
+        lse = torch.empty(batch, heads, query_length, dtype=torch.float32, device=query.device)
+        interpret = interpreting()
+        kernel = kernels(interpret).forward
+        common = dict(
+            H=heads, QLEN=query_length, KLEN=key_length, PAST=mask.past_length, qk_scale=scale * LOG2E,
+            LEN_BUCKET=_length_bucket(key_length), HEAD_DIM=head_dim, BLOCK_D=max(16, _length_bucket(head_dim)),
+            PRECISION="ieee" if query.dtype == torch.float32 else "tf32", **flags,
+        )  # fmt: skip
+        blocks = dict(BLOCK_M=INTERPRETER_BLOCK, BLOCK_N=INTERPRETER_BLOCK) if interpret else {}
+        grid = lambda meta: (triton.cdiv(query_length, meta["BLOCK_M"]), batch * heads)  # noqa: E731
+        kernel[grid](
+            query, key, value, out, lse, *tensors, start,
+            *_strides(query, key, value, out), **common, **blocks,
+        )  # fmt: skip
+        ctx.save_for_backward(query, key, value, out, lse, *tensors, start, end)
+        ctx.common, ctx.scale, ctx.interpret = common, scale, interpret
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, key, value, out, lse, *tensors, start, end = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        delta = (out.float() * grad_out.float()).sum(-1)  # [B, H, Q]: rowsum(dO * O), the softmax's backward term
+        dq, dk, dv = torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+        batch, heads, query_length = query.shape[:3]
+        key_length = key.shape[2]
+        found = kernels(ctx.interpret)
+        blocks = dict(BLOCK_M=INTERPRETER_BLOCK, BLOCK_N=INTERPRETER_BLOCK) if ctx.interpret else {}
+        common = dict(ctx.common, sm_scale=ctx.scale)
+        # dO shares Q's shape but not necessarily its strides; dK/dV are laid out as K/V (`empty_like`).
+        found.dkdv[lambda meta: (triton.cdiv(key_length, meta["BLOCK_N"]), batch * heads)](
+            query, key, value, grad_out, lse, delta, dk, dv, *tensors, end,
+            *_strides(query, key, value, grad_out), **common, **blocks,
+        )  # fmt: skip
+        found.dq[lambda meta: (triton.cdiv(query_length, meta["BLOCK_M"]), batch * heads)](
+            query, key, value, grad_out, lse, delta, dq, *tensors, start,
+            *_strides(query, key, value, grad_out), **common, **blocks,
+        )  # fmt: skip
+        return dq, dk, dv, None, None
+
+
+# Under torch.compile the kernel runs as one opaque call (a graph break around attention): dynamo traces Triton
+# launches only on some paths, and a failed trace raises instead of falling back. Correct under compile, not fused.
+@torch.compiler.disable
+def alibi_flash_attention(query, key, value, mask, scale: float) -> torch.Tensor:
+    """`AlibiFlashAttention.apply`: ALiBi attention `[B, H, Q, D]` with no bias tensor (see the module's doc)."""
+    return AlibiFlashAttention.apply(query, key, value, mask, scale)

@@ -1,0 +1,224 @@
+"""Dense ALiBi against the flash limit: the Triton kernel (`alibi_triton`), flex (the default) and no bias on sdpa.
+
+    python recipes/experiments/flash_limit.py --out recipes/results/flash-limit            # a CUDA machine
+    TRITON_INTERPRET=1 python recipes/experiments/flash_limit.py --device cpu --small --out /tmp/fl  # the same code
+
+1. Exactness in fp32 on the device: `alibi_triton` logits and gradients against eager with left padding, packed
+   documents and windows; greedy tokens against eager; the model under `torch.compile`, forward and backward.
+2. The issue's two tables side by side (gpu-350m: hidden 1024, 24 layers, 16 heads, bf16): training tokens/s at
+   8 x 2,048 and 1 x 8,192, prefill seconds at 16k and 64k; every row over the limit (no bias on sdpa's flash
+   kernel). Interleaved repeats (`alibi_lm.measure.run_interleaved`), medians.
+3. Many lengths in one process: prefill at 12 lengths on `alibi_triton`, the peak memory of each (never L x L) and
+   the seconds the first call at each length bucket spends autotuning.
+The fastest exact kernel per column is printed as the recommendation for `alibi_fused` on this device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from alibi_lm import AlibiConfig, AlibiForCausalLM
+from alibi_lm.bench import build_model, environment
+from alibi_lm.bench_presets import PRESETS, Preset
+from alibi_lm.measure import peak_memory, prefill, release, run_interleaved, train_step
+from alibi_lm.modeling import alibi_triton
+from alibi_lm.modeling.alibi_masks import ALIBI_FUSED, ALIBI_TRITON
+
+# (row name, model family, attn_implementation): the kernels compared, the limit and Falcon's L x L mask.
+ROWS = (
+    ("alibi-lm default (flex)", "alibi", ALIBI_FUSED),
+    ("alibi-lm, alibi_triton", "alibi", ALIBI_TRITON),
+    ("no bias, sdpa (flash): the limit", "none", "sdpa"),
+    ("Falcon-alibi, sdpa with an L x L mask", "falcon", "sdpa"),
+    ("windowed T = 20, default", "windowed", ALIBI_FUSED),
+    ("windowed T = 20, alibi_triton", "windowed", ALIBI_TRITON),
+)
+LIMIT = "no bias, sdpa (flash): the limit"
+EXACT = ("alibi-lm default (flex)", "alibi-lm, alibi_triton")  # the dense exact kernels the default chooses from
+
+
+def small_model(device: torch.device, **overrides) -> AlibiForCausalLM:
+    """A seeded fp32 model small enough to compare against eager: 2 layers, 4 heads sharing 2 KV heads."""
+    torch.manual_seed(0)
+    config = AlibiConfig(
+        vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=128, train_length=64, **overrides,
+    )  # fmt: skip
+    return AlibiForCausalLM._from_config(config, attn_implementation="eager").to(device).eval()
+
+
+def exactness(device: torch.device) -> dict:
+    """fp32: alibi_triton against eager on the device (padding, packed documents, windows, compile, generation)."""
+    out = {}
+    ids = torch.randint(1, 256, (2, 300), generator=torch.Generator().manual_seed(0)).to(device)
+    mask = torch.ones_like(ids)
+    mask[0, :37] = 0
+    positions = torch.cat([torch.arange(100), torch.arange(120), torch.arange(80)])[None].to(device)
+    for name, overrides in {"dense": {}, "windowed T=3": {"alibi_window_cutoff": 3.0}}.items():
+        model = small_model(device, **overrides)
+        eager = model(ids, attention_mask=mask).logits
+        packed = model(ids[:1], position_ids=positions).logits
+        model.train()
+        model(ids, attention_mask=mask, labels=ids).loss.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        model.set_attn_implementation(ALIBI_TRITON)
+        model(ids, attention_mask=mask, labels=ids).loss.backward()
+        grad_error = max((p.grad - g).abs().max().item() for p, g in zip(model.parameters(), grads))
+        model.zero_grad()
+        model.eval()
+        with torch.no_grad():
+            logits = model(ids, attention_mask=mask).logits
+            packed_triton = model(ids[:1], position_ids=positions).logits
+        compiled = torch.compile(model)
+        compiled.train()
+        compiled(ids, attention_mask=mask, labels=ids).loss.backward()
+        compiled_grad_error = max((p.grad - g).abs().max().item() for p, g in zip(model.parameters(), grads))
+        model.zero_grad()
+        model.eval()
+        tokens = model.generate(ids[:, -40:], max_new_tokens=24, do_sample=False, pad_token_id=0)
+        model.set_attn_implementation("eager")
+        eager_tokens = model.generate(ids[:, -40:], max_new_tokens=24, do_sample=False, pad_token_id=0)
+        out[name] = {
+            "logits_max_abs_diff_padded": (logits - eager)[mask.bool()].abs().max().item(),
+            "logits_max_abs_diff_packed": (packed_triton - packed).abs().max().item(),
+            "grad_max_abs_diff": grad_error,
+            "compiled_grad_max_abs_diff": compiled_grad_error,
+            "greedy_tokens_equal": bool(torch.equal(tokens, eager_tokens)),
+        }
+        print(name, out[name], flush=True)
+    return out
+
+
+def tables(preset: Preset, device: torch.device, prefill_lengths: tuple[int, ...]) -> dict:
+    """Training tokens/s and prefill seconds, every row interleaved per shape."""
+    vocab = preset.vocab_size
+    models = {row: build_model(family, attn, preset, device) for row, family, attn in ROWS}
+    train, prefills = {}, {}
+    for batch, length in preset.train_shapes:
+        inputs = torch.randint(1, vocab, (batch, length), device=device)
+        calls = {row: (lambda m=model, x=inputs: train_step(m, x)) for row, model in models.items()}
+        measured = run_interleaved(calls, device, repeats=preset.repeats, measure_memory=False)
+        train[f"{batch} x {length}"] = {
+            row: (batch * length / statistics.median(m.times) if m.times else m.error) for row, m in measured.items()
+        }
+        print("train", batch, length, train[f"{batch} x {length}"], flush=True)
+        release(device)
+    for length in prefill_lengths:
+        inputs = torch.randint(1, vocab, (1, length), device=device)
+        calls = {row: (lambda m=model, x=inputs: prefill(m, x)) for row, model in models.items()}
+        measured = run_interleaved(calls, device, repeats=preset.repeats, measure_memory=False)
+        prefills[str(length)] = {
+            row: (statistics.median(m.times) if m.times else m.error) for row, m in measured.items()
+        }
+        print("prefill", length, prefills[str(length)], flush=True)
+        release(device)
+    return {"train_tokens_per_s": train, "prefill_seconds": prefills}
+
+
+def many_lengths(preset: Preset, device: torch.device, lengths: list[int]) -> list[dict]:
+    """Prefill at many lengths in one process on alibi_triton: time of the first call (autotuning) and peak memory."""
+    model = build_model("alibi", ALIBI_TRITON, preset, device)
+    rows = []
+    for length in lengths:
+        inputs = torch.randint(1, preset.vocab_size, (1, length), device=device)
+        start = time.perf_counter()
+        prefill(model, inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        first = time.perf_counter() - start
+        rows.append(
+            {
+                "length": length,
+                "first_call_s": first,
+                "peak_bytes": peak_memory(lambda x=inputs: prefill(model, x), device),
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def ratios(result: dict) -> dict:
+    """Each row over the limit (tokens/s: row / limit; seconds: limit / row), and the fastest exact kernel."""
+    out = {}
+    for table, higher_is_better in (("train_tokens_per_s", True), ("prefill_seconds", False)):
+        for column, rows in result[table].items():
+            limit = rows.get(LIMIT)
+            if not isinstance(limit, float):
+                continue
+            speed = {
+                row: (value / limit if higher_is_better else limit / value)
+                for row, value in rows.items()
+                if isinstance(value, float)
+            }
+            exact = {row: speed[row] for row in EXACT if row in speed}
+            out[f"{table} {column}"] = {"over_limit": speed, "fastest_exact": max(exact, key=exact.get, default=None)}
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Dense ALiBi against the flash limit ({result['environment'].get('device_name', '')})", ""]
+    lines += ["Made by `python recipes/experiments/flash_limit.py --out recipes/results/flash-limit`.", ""]
+    for table, unit in (("train_tokens_per_s", "training step, tokens/s"), ("prefill_seconds", "prefill, seconds")):
+        columns = list(result[table])
+        lines += [f"| {unit} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        for row, *_ in ROWS:
+            cells = []
+            for column in columns:
+                value = result[table][column].get(row)
+                cells.append(f"{value:,.3f}" if isinstance(value, float) and value < 100 else
+                             f"{value:,.0f}" if isinstance(value, float) else str(value))  # fmt: skip
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["| column | default / limit | alibi_triton / limit | fastest exact |", "|---|---|---|---|"]
+    for column, entry in result["ratios"].items():
+        over = entry["over_limit"]
+        lines.append(
+            f"| {column} | {over.get(EXACT[0], float('nan')):.2f}x | {over.get(EXACT[1], float('nan')):.2f}x | "
+            f"{entry['fastest_exact']} |"
+        )
+    lines += ["", "Exactness (fp32, on the device):", "", "```", json.dumps(result["exactness"], indent=1), "```"]
+    lines += ["", "Many lengths in one process (alibi_triton prefill):", "", "| length | first call s | peak MiB |"]
+    lines += ["|---|---|---|"] + [
+        f"| {r['length']} | {r['first_call_s']:.2f} | {r['peak_bytes'] / 2**20:.0f} |" for r in result["many_lengths"]
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--small", action="store_true", help="tiny sizes, to check the script on a CPU")
+    parser.add_argument("--out", type=Path, required=True, help="folder for flash-limit.json and flash-limit.md")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    alibi_triton.check_device(device)
+    if args.small:
+        base = PRESETS["cpu-small"]
+        preset = Preset(
+            hidden_size=64, num_layers=2, num_heads=4, vocab_size=256, dtype="float32",
+            train_shapes=((2, 64), (1, 128)), prefill_lengths=(128,), decode_prompt=8, decode_new_tokens=4,
+            backends=base.backends, repeats=1, targets=base.targets,
+        )  # fmt: skip
+        prefill_lengths, lengths = (128, 256), [40, 100, 130]
+    else:
+        preset, prefill_lengths = PRESETS["gpu-350m"], (16384, 65536)
+        lengths = [300, 700, 1500, 2047, 2049, 3000, 5000, 8191, 9000, 12000, 16384, 20000]
+    result = {"environment": environment(device), "exactness": exactness(device)}
+    result.update(tables(preset, device, prefill_lengths))
+    result["many_lengths"] = many_lengths(preset, device, lengths)
+    result["ratios"] = ratios(result)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "flash-limit.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "flash-limit.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

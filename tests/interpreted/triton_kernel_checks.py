@@ -1,0 +1,140 @@
+"""The Triton flash kernel with ALiBi per tile (`alibi_triton`), run on the CPU in Triton's interpreter.
+
+Run by tests/test_triton_kernel.py in a process started with TRITON_INTERPRET=1 (Triton reads it when imported).
+Forward and backward against a float64 reference built from the layout's own rule (`build_dense_mask`, which the
+eager path uses): padding, packed documents (also ids that come back after another document), windows, a cache
+before the queries, head dimensions that are not a power of two. Tiles the kernel must skip are filled with NaN: one
+visit would make the output NaN.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alibi_lm.modeling import alibi_triton
+from alibi_lm.modeling.alibi_masks import (
+    ALIBI_TRITON,
+    alibi_bias,
+    alibi_windows,
+    build_dense_mask,
+    build_layout,
+    get_alibi_slopes,
+    triton_alibi_mask,
+)
+from alibi_lm.modeling.alibi_triton import alibi_flash_attention
+from tests.tiny import random_ids, tiny_model
+
+CPU = torch.device("cpu")
+HEADS = 4
+SLOPES = get_alibi_slopes(HEADS)
+
+
+pytestmark = pytest.mark.skipif(not alibi_triton.interpreting(), reason="needs TRITON_INTERPRET=1 at startup")
+
+
+def reference(query, key, value, layout, slopes, windows, scale):
+    """Attention in float64 with the dense additive mask of `layout` (the eager path's mask)."""
+    bias = None if slopes is None else (lambda h, distance: alibi_bias(slopes[h].double(), distance.double()))
+    mask = build_dense_mask(layout, bias, query.shape[1], torch.float32, windows).double()
+    scores = query.double() @ key.double().transpose(-1, -2) * scale + mask
+    return torch.softmax(scores, -1) @ value.double()
+
+
+def leaves(batch, query_length, key_length, head_dim, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [(batch, HEADS, query_length, head_dim)] + [(batch, HEADS, key_length, head_dim)] * 2
+    return [torch.randn(shape, generator=generator).requires_grad_() for shape in shapes]
+
+
+def padding(batch, length, left=(7, 0)):
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for row, count in enumerate(left):
+        mask[row, :count] = 0
+    return mask
+
+
+DOCUMENTS = torch.tensor([[0] * 10 + [1] * 17 + [2] * 13, [0] * 25 + [1] * 15])
+# Document 0 comes back after document 1: its tokens must see each other across the gap.
+RETURNING = torch.tensor([[0] * 12 + [1] * 9 + [0] * 19, [3] * 40])
+WINDOWS = alibi_windows(SLOPES, 3.0)  # 12, 48, 192, 768 tokens
+
+CASES = {
+    # name: (attention_mask, document_ids, query_length, key_length, windows, slopes, head_dim)
+    "plain": (None, None, 40, 40, None, SLOPES, 24),
+    "left padding": (padding(2, 40), None, 40, 40, None, SLOPES, 16),
+    "packed documents": (None, DOCUMENTS, 40, 40, None, SLOPES, 32),
+    "a document that returns": (None, RETURNING, 40, 40, None, SLOPES, 16),
+    "windows": (None, None, 40, 40, WINDOWS, SLOPES, 16),
+    "windows with padding": (padding(2, 40), None, 40, 40, WINDOWS, SLOPES, 16),
+    "a cache before the queries": (None, None, 20, 50, None, SLOPES, 16),
+    "everything at once": (padding(2, 37), DOCUMENTS[:, :37], 17, 37, WINDOWS, SLOPES, 16),
+    "no bias": (padding(2, 40), None, 40, 40, None, None, 64),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_forward_and_backward_match_the_dense_mask_in_float64(case):
+    attention_mask, document_ids, query_length, key_length, windows, slopes, head_dim = CASES[case]
+    layout = build_layout(attention_mask, document_ids, 2, query_length, key_length, key_length - query_length, CPU)
+    query, key, value = leaves(2, query_length, key_length, head_dim)
+    scale = head_dim**-0.5
+    expected = reference(query, key, value, layout, slopes, windows, scale)
+    mask = triton_alibi_mask(layout, slopes, windows, HEADS)
+    out = alibi_flash_attention(query, key, value, mask, scale)
+    assert out.dtype == torch.float32 and out.shape == query.shape
+    assert (out - expected).abs().max() < 1e-5
+
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    expected_grads = torch.autograd.grad(expected, (query, key, value), grad.double())
+    grads = torch.autograd.grad(out, (query, key, value), grad)
+    for name, got, want in zip("qkv", grads, expected_grads):
+        assert (got - want).abs().max() < 1e-5, f"d{name}"
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")
+def test_tiles_before_a_document_or_past_a_window_are_never_read():
+    """NaN keys and values where no query of a block may look: one visited tile would make its rows NaN."""
+    length, block = 64, alibi_triton.INTERPRETER_BLOCK
+    query, key, value = (tensor.detach() for tensor in leaves(1, length, length, 16))
+    key[:, :, :32], value[:, :, :32] = float("nan"), float("nan")  # document 0, two whole tiles
+
+    documents = torch.tensor([[0] * 32 + [1] * 32])
+    layout = build_layout(None, documents, 1, length, length, 0, CPU)
+    out = alibi_flash_attention(query, key, value, triton_alibi_mask(layout, SLOPES, None, HEADS), 0.25)
+    assert out[:, :, 32:].isfinite().all()  # document 1 never visits document 0's tiles
+
+    # Head 0 sees 12 tokens back: query blocks from slot 48 on start at key 48 - 12 = 36, in tile 32.
+    layout = build_layout(None, None, 1, length, length, 0, CPU)
+    out = alibi_flash_attention(query, key, value, triton_alibi_mask(layout, SLOPES, WINDOWS, HEADS), 0.25)
+    assert out[:, 0, 48:].isfinite().all()
+    assert out[:, 0, 32:48].isnan().any()  # the block at 32 does read tile 16 (and the NaN check can fail)
+    assert block == 16
+
+
+def test_the_model_on_alibi_triton_matches_eager_in_logits_gradients_and_generation():
+    """Padding and packed sequences through the model, GQA included; greedy generation decodes through sdpa."""
+    model = tiny_model(num_key_value_heads=2)
+    ids = random_ids(2, 40)
+    attention_mask = padding(2, 40)
+    eager = model(ids, attention_mask=attention_mask).logits
+    model.set_attn_implementation(ALIBI_TRITON)
+    triton_logits = model(ids, attention_mask=attention_mask).logits
+    assert (triton_logits - eager)[attention_mask.bool()].abs().max() < 1e-5
+
+    positions = torch.cat([torch.arange(15), torch.arange(25)])[None]  # two documents packed in one row
+    packed = model(ids[:1], position_ids=positions).logits
+    model.set_attn_implementation("eager")
+    assert (packed - model(ids[:1], position_ids=positions).logits).abs().max() < 1e-5
+
+    expected_tokens = model.generate(ids[:, :12], max_new_tokens=6, do_sample=False)
+    model.train()
+    model(ids, labels=ids).loss.backward()
+    expected_grads = [parameter.grad.clone() for parameter in model.parameters()]
+    model.zero_grad()
+    model.set_attn_implementation(ALIBI_TRITON)
+    model(ids, labels=ids).loss.backward()
+    for parameter, expected in zip(model.parameters(), expected_grads):
+        assert (parameter.grad - expected).abs().max() < 1e-5
+    model.eval()
+    assert torch.equal(model.generate(ids[:, :12], max_new_tokens=6, do_sample=False), expected_tokens)

@@ -1,0 +1,99 @@
+"""The Triton flash kernel with ALiBi per tile (`alibi_triton`): its checks in Triton's interpreter, its compilation
+for the GPU, and the errors where it cannot run.
+
+The interpreter needs TRITON_INTERPRET=1 before Triton is imported, so its checks (tests/interpreted/) run in a
+process of their own. The kernels are compiled for Hopper and Ampere with Triton's bundled toolchain, which needs no
+GPU: a kernel that only the interpreter accepts fails there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+triton = pytest.importorskip("triton")
+
+from alibi_lm.modeling import alibi_triton  # noqa: E402
+from alibi_lm.modeling.alibi_masks import ALIBI_TRITON  # noqa: E402
+from tests.tiny import random_ids, tiny_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKS = ROOT / "tests" / "interpreted" / "triton_kernel_checks.py"
+
+
+def test_the_kernel_matches_the_reference_in_triton_s_interpreter():
+    """Forward, backward, tile skipping and the model on `alibi_triton` (tests/interpreted/), all passing."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(CHECKS)]
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    report = run.stdout[-6000:] + run.stderr[-2000:]
+    assert run.returncode == 0, report
+    summary = run.stdout.strip().splitlines()[-1]
+    assert re.match(r"\d+ passed", summary) and int(summary.split()[0]) == 11, report  # nothing skipped
+
+
+def test_where_it_cannot_run_it_says_why(monkeypatch):
+    model = tiny_model(attn_implementation=ALIBI_TRITON)
+    ids = random_ids(1, 20)
+    with pytest.raises(ValueError, match="runs on CUDA devices.*TRITON_INTERPRET=1"):
+        model(ids)
+    monkeypatch.setattr(alibi_triton, "triton", None)
+    with pytest.raises(ImportError, match="needs Triton"):
+        model(ids)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="cannot take position_encoding='t5'"):
+        tiny_model(attn_implementation=ALIBI_TRITON, position_encoding="t5")(ids)
+    training = tiny_model(attn_implementation=ALIBI_TRITON, attention_dropout=0.1).train()
+    with pytest.raises(ValueError, match="no attention dropout"):
+        training(ids)
+
+
+def compile_for(kernel, arch: int, dtype: str, **flags):
+    """Compile one autotuned kernel for `arch` (90: Hopper, 80: Ampere) with Triton's bundled toolchain."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    jit = kernel.fn
+    names = [parameter.name for parameter in jit.params]
+    constants = dict(
+        HEAD_DIM=64, BLOCK_D=64, BLOCK_M=128, BLOCK_N=64, PLAIN=True, HAS_VALID=False, HAS_DOCS=False,
+        HAS_WINDOW=False, DOCUMENT_SKIP=False, WINDOW_SKIP=False, PRECISION="ieee" if dtype == "fp32" else "tf32",
+    )  # fmt: skip
+    constants.update(flags)
+    kinds = {"Q": dtype, "K": dtype, "V": dtype, "OUT": dtype, "DO": dtype, "DQ": dtype, "DK": dtype, "DV": dtype}
+    kinds.update(LSE="fp32", DELTA="fp32", SLOPES="fp32", VALID="i8")
+
+    def kind(name):
+        if name in constants:
+            return "constexpr"
+        if name in kinds:
+            return "*" + kinds[name]
+        if name in ("WINDOWS", "POS", "DOCS", "DSTART", "DEND"):
+            return "*i32"
+        return "fp32" if name.endswith("scale") else "i32"
+
+    source = ASTSource(jit, {name: kind(name) for name in names}, {(names.index(k),): v for k, v in constants.items()})
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=4, num_stages=3))
+
+
+GENERAL = dict(PLAIN=False, HAS_VALID=True, HAS_DOCS=True, HAS_WINDOW=True, DOCUMENT_SKIP=True)
+
+
+@pytest.mark.parametrize(
+    "arch, dtype, flags",
+    [(90, "bf16", {}), (90, "fp32", GENERAL), (80, "fp16", dict(HAS_WINDOW=True, WINDOW_SKIP=True))],
+    ids=["hopper-bf16-plain", "hopper-fp32-everything", "ampere-fp16-windows"],
+)
+def test_the_kernels_compile_for_the_gpu(arch, dtype, flags):
+    """Every kernel compiles to a cubin; on Hopper, the 16-bit matmuls use its warpgroup tensor-core instructions."""
+    built = alibi_triton.kernels(interpret=False)
+    for kernel in (built.forward, built.dkdv, built.dq):
+        compiled = compile_for(kernel, arch, dtype, **flags)
+        assert compiled.asm["cubin"]
+        if arch == 90 and dtype == "bf16":
+            assert "wgmma.mma_async" in compiled.asm["ptx"]
