@@ -53,24 +53,32 @@ def check_device(device: torch.device) -> None:
 
 
 def _alibi_scores(
-    q, k, offs_m, offs_n, q_pos, q_doc, key_rows, slope, window, qk_scale,
+    q, k, offs_m, offs_n, q_pos, q_doc, key_rows, slope, window, qk_scale, q_base,
     POS, VALID, DOCS, stride_ls, PAST, KLEN,
     MASKED: constexpr, PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr, HAS_WINDOW: constexpr,
-    PRECISION: constexpr,
+    ROW_SHIFT: constexpr, PRECISION: constexpr,
 ):  # fmt: skip
     """One `[BLOCK_M, BLOCK_N]` tile of base-2 scores with the bias added and, if `MASKED`, hidden pairs at -inf.
 
     `key_rows` points at this batch row of the `[B, K]` layout tensors; `q_pos`, `q_doc` are the queries' positions
     and documents (loaded once per query block by the caller). Unmasked tiles are those every query sees whole.
+
+    With `ROW_SHIFT` (plain layouts, 16-bit inputs) the bias is `m * (pos_k - q_base)`, a vector per tile: one
+    multiply-add per score instead of four operations. It differs from `-m * (pos_q - pos_k)` by `m * (pos_q - q_base)`
+    per row (`_row_shift`, at most m * BLOCK_M), which leaves the softmax unchanged; callers take it out of the
+    log-sum-exp they store and put it back into the one they load.
     """
-    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
     key_in = offs_n < KLEN
     if PLAIN:
         k_pos = offs_n
     else:
         k_pos = tl.load(POS + key_rows + offs_n * stride_ls, mask=key_in, other=0)
-    distance = q_pos[:, None] - k_pos[None, :]
-    s = s - slope * distance.to(tl.float32)
+    if ROW_SHIFT:
+        key_bias = slope * (k_pos - q_base).to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale + key_bias[None, :]
+    else:
+        distance = q_pos[:, None] - k_pos[None, :]
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale - slope * distance.to(tl.float32)
     if MASKED:
         q_slot = offs_m + PAST
         visible = (offs_n[None, :] <= q_slot[:, None]) & key_in[None, :]
@@ -81,10 +89,20 @@ def _alibi_scores(
             k_doc = tl.load(DOCS + key_rows + offs_n * stride_ls, mask=key_in, other=-2)
             visible = visible & (k_doc[None, :] == q_doc[:, None])
         if HAS_WINDOW:
-            visible = visible & (distance <= window)
+            visible = visible & ((q_pos[:, None] - k_pos[None, :]) <= window)
         visible = visible | (offs_n[None, :] == q_slot[:, None])  # a query always sees its own slot
         s = tl.where(visible, s, float("-inf"))
     return s
+
+
+def _row_shift(slope, offs_m, first_row, ROW_SHIFT: constexpr):
+    """What `ROW_SHIFT` scores add to each row, `m * (pos_q - q_base)` for queries `offs_m` from `first_row` on."""
+    shift = (offs_m - first_row).to(tl.float32)
+    if ROW_SHIFT:
+        shift = shift * slope
+    else:
+        shift = tl.zeros_like(shift)
+    return shift  # one return: Triton's compiler wants one type from every branch
 
 
 def _query_layout(POS, DOCS, key_rows, offs_m, stride_ls, PAST, QLEN, PLAIN: constexpr, HAS_DOCS: constexpr):
@@ -124,9 +142,9 @@ def _key_range(DSTART, key_rows, first_slot, window, stride_ls, KLEN, BLOCK_M: c
 
 def _forward_tiles(
     acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, lo, hi, d_in,
-    offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, POS, VALID, DOCS, stride_ls, PAST, KLEN,
+    offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, q_base, POS, VALID, DOCS, stride_ls, PAST, KLEN,
     BLOCK_N: constexpr, MASKED: constexpr, PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr,
-    HAS_WINDOW: constexpr, PRECISION: constexpr,
+    HAS_WINDOW: constexpr, ROW_SHIFT: constexpr, PRECISION: constexpr,
 ):  # fmt: skip
     """The online softmax over key blocks `[lo, hi)`: running max `m_i`, sum `l_i` and output `acc`, base 2."""
     for start_n in range(lo, hi, BLOCK_N):
@@ -135,8 +153,8 @@ def _forward_tiles(
         k = tl.load(k_base + offs_n[:, None] * stride_kn, mask=kv_mask, other=0.0)
         v = tl.load(v_base + offs_n[:, None] * stride_vn, mask=kv_mask, other=0.0)
         s = _alibi_scores(
-            q, k, offs_m, offs_n, q_pos, q_doc, key_rows, slope, window, qk_scale, POS, VALID, DOCS, stride_ls,
-            PAST, KLEN, MASKED, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, PRECISION,
+            q, k, offs_m, offs_n, q_pos, q_doc, key_rows, slope, window, qk_scale, q_base, POS, VALID, DOCS,
+            stride_ls, PAST, KLEN, MASKED, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
         )  # fmt: skip
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
@@ -155,7 +173,7 @@ def _forward(
     H, QLEN, KLEN, PAST, qk_scale, LEN_BUCKET,
     HEAD_DIM: constexpr, BLOCK_D: constexpr, BLOCK_M: constexpr, BLOCK_N: constexpr,
     PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr, HAS_WINDOW: constexpr, DOCUMENT_SKIP: constexpr,
-    WINDOW_SKIP: constexpr, PRECISION: constexpr,
+    WINDOW_SKIP: constexpr, ROW_SHIFT: constexpr, PRECISION: constexpr,
 ):  # fmt: skip
     """One block of queries for one (batch row, head): the output and the log-sum-exp (base 2) of its scores."""
     start_m = tl.program_id(0)
@@ -184,11 +202,12 @@ def _forward(
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     k_base = K + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
     v_base = V + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
+    q_base = PAST + start_m * BLOCK_M
     for masked in tl.static_range(2):  # the whole blocks, then the masked ones
         acc, l_i, m_i = _forward_tiles(
             acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, mid if masked else lo, hi if masked else mid,
-            d_in, offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, POS, VALID, DOCS, stride_ls, PAST, KLEN,
-            BLOCK_N, masked == 1, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, PRECISION,
+            d_in, offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, q_base, POS, VALID, DOCS, stride_ls, PAST,
+            KLEN, BLOCK_N, masked == 1, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
         )  # fmt: skip
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # only rows past QLEN, which are not stored
@@ -197,14 +216,15 @@ def _forward(
         OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
         out.to(OUT.dtype.element_ty), mask=q_in[:, None] & d_in[None, :],
     )  # fmt: skip
-    tl.store(LSE + bh * QLEN + offs_m, m_i + tl.log2(l_safe), mask=q_in)
+    lse = m_i + tl.log2(l_safe) - _row_shift(slope, offs_m, start_m * BLOCK_M, ROW_SHIFT)  # the true LSE
+    tl.store(LSE + bh * QLEN + offs_m, lse, mask=q_in)
 
 
 def _dkdv_tiles(
     dk, dv, k, v, q_base, do_base, stride_qm, stride_om, LSE, DELTA, bh, lo, hi, d_in,
     offs_n, key_rows, slope, window, qk_scale, POS, VALID, DOCS, stride_ls, PAST, QLEN, KLEN,
     BLOCK_M: constexpr, MASKED: constexpr, PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr,
-    HAS_WINDOW: constexpr, PRECISION: constexpr,
+    HAS_WINDOW: constexpr, ROW_SHIFT: constexpr, PRECISION: constexpr,
 ):  # fmt: skip
     """dK and dV of one key block, summed over query blocks `[lo, hi)` (dK still to be scaled by `sm_scale`)."""
     for start_m in range(lo, hi, BLOCK_M):
@@ -214,11 +234,13 @@ def _dkdv_tiles(
         q = tl.load(q_base + offs_m[:, None] * stride_qm, mask=q_mask, other=0.0)
         do = tl.load(do_base + offs_m[:, None] * stride_om, mask=q_mask, other=0.0)
         lse = tl.load(LSE + bh * QLEN + offs_m, mask=q_in, other=float("inf"))  # rows past QLEN: p = 0
+        lse += _row_shift(slope, offs_m, start_m, ROW_SHIFT)
         delta = tl.load(DELTA + bh * QLEN + offs_m, mask=q_in, other=0.0)
         q_pos, q_doc = _query_layout(POS, DOCS, key_rows, offs_m, stride_ls, PAST, QLEN, PLAIN, HAS_DOCS)
+        first_query = PAST + start_m
         s = _alibi_scores(
-            q, k, offs_m, offs_n, q_pos, q_doc, key_rows, slope, window, qk_scale, POS, VALID, DOCS, stride_ls,
-            PAST, KLEN, MASKED, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, PRECISION,
+            q, k, offs_m, offs_n, q_pos, q_doc, key_rows, slope, window, qk_scale, first_query, POS, VALID, DOCS,
+            stride_ls, PAST, KLEN, MASKED, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
         )  # fmt: skip
         p = tl.exp2(s - lse[:, None])
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
@@ -235,7 +257,7 @@ def _backward_dkdv(
     H, QLEN, KLEN, PAST, qk_scale, sm_scale, LEN_BUCKET,
     HEAD_DIM: constexpr, BLOCK_D: constexpr, BLOCK_M: constexpr, BLOCK_N: constexpr,
     PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr, HAS_WINDOW: constexpr, DOCUMENT_SKIP: constexpr,
-    WINDOW_SKIP: constexpr, PRECISION: constexpr,
+    WINDOW_SKIP: constexpr, ROW_SHIFT: constexpr, PRECISION: constexpr,
 ):  # fmt: skip
     """dK and dV of one block of keys for one (batch row, head): a loop over the query blocks that see it.
 
@@ -283,7 +305,7 @@ def _backward_dkdv(
         dk, dv = _dkdv_tiles(
             dk, dv, k, v, q_base, do_base, stride_qm, stride_om, LSE, DELTA, bh, mid if whole else lo,
             hi if whole else mid, d_in, offs_n, key_rows, slope, window, qk_scale, POS, VALID, DOCS, stride_ls,
-            PAST, QLEN, KLEN, BLOCK_M, whole == 0, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, PRECISION,
+            PAST, QLEN, KLEN, BLOCK_M, whole == 0, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
         )  # fmt: skip
 
     tl.store(
@@ -298,9 +320,9 @@ def _backward_dkdv(
 
 def _dq_tiles(
     dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, lo, hi, d_in,
-    offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, POS, VALID, DOCS, stride_ls, PAST, KLEN,
+    offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, q_base, POS, VALID, DOCS, stride_ls, PAST, KLEN,
     BLOCK_N: constexpr, MASKED: constexpr, PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr,
-    HAS_WINDOW: constexpr, PRECISION: constexpr,
+    HAS_WINDOW: constexpr, ROW_SHIFT: constexpr, PRECISION: constexpr,
 ):  # fmt: skip
     """dQ of one query block, summed over key blocks `[lo, hi)` (still to be scaled by `sm_scale`)."""
     for start_n in range(lo, hi, BLOCK_N):
@@ -309,8 +331,8 @@ def _dq_tiles(
         k = tl.load(k_base + offs_n[:, None] * stride_kn, mask=kv_mask, other=0.0)
         v = tl.load(v_base + offs_n[:, None] * stride_vn, mask=kv_mask, other=0.0)
         s = _alibi_scores(
-            q, k, offs_m, offs_n, q_pos, q_doc, key_rows, slope, window, qk_scale, POS, VALID, DOCS, stride_ls,
-            PAST, KLEN, MASKED, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, PRECISION,
+            q, k, offs_m, offs_n, q_pos, q_doc, key_rows, slope, window, qk_scale, q_base, POS, VALID, DOCS,
+            stride_ls, PAST, KLEN, MASKED, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
         )  # fmt: skip
         p = tl.exp2(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
@@ -326,7 +348,7 @@ def _backward_dq(
     H, QLEN, KLEN, PAST, qk_scale, sm_scale, LEN_BUCKET,
     HEAD_DIM: constexpr, BLOCK_D: constexpr, BLOCK_M: constexpr, BLOCK_N: constexpr,
     PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr, HAS_WINDOW: constexpr, DOCUMENT_SKIP: constexpr,
-    WINDOW_SKIP: constexpr, PRECISION: constexpr,
+    WINDOW_SKIP: constexpr, ROW_SHIFT: constexpr, PRECISION: constexpr,
 ):  # fmt: skip
     """dQ of one block of queries for one (batch row, head): the forward's loop over keys, again. `DQ` is laid out
     as Q."""
@@ -345,9 +367,10 @@ def _backward_dq(
         DO + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
         mask=q_mask, other=0.0,
     )  # fmt: skip
-    lse = tl.load(LSE + bh * QLEN + offs_m, mask=q_in, other=float("inf"))
-    delta = tl.load(DELTA + bh * QLEN + offs_m, mask=q_in, other=0.0)
     slope = tl.load(SLOPES + h)
+    lse = tl.load(LSE + bh * QLEN + offs_m, mask=q_in, other=float("inf"))
+    lse += _row_shift(slope, offs_m, start_m * BLOCK_M, ROW_SHIFT)
+    delta = tl.load(DELTA + bh * QLEN + offs_m, mask=q_in, other=0.0)
     window = 0
     if HAS_WINDOW:
         window = tl.load(WINDOWS + h)
@@ -361,11 +384,12 @@ def _backward_dq(
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     k_base = K + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
     v_base = V + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
+    q_base = PAST + start_m * BLOCK_M
     for masked in tl.static_range(2):
         dq = _dq_tiles(
             dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, mid if masked else lo, hi if masked else mid,
-            d_in, offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, POS, VALID, DOCS, stride_ls, PAST, KLEN,
-            BLOCK_N, masked == 1, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, PRECISION,
+            d_in, offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, q_base, POS, VALID, DOCS, stride_ls, PAST,
+            KLEN, BLOCK_N, masked == 1, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
         )  # fmt: skip
 
     tl.store(
@@ -374,13 +398,17 @@ def _backward_dq(
     )  # fmt: skip
 
 
-_HELPERS = ("_alibi_scores", "_query_layout", "_key_range", "_forward_tiles", "_dkdv_tiles", "_dq_tiles")
+_HELPERS = ("_alibi_scores", "_row_shift", "_query_layout", "_key_range", "_forward_tiles", "_dkdv_tiles", "_dq_tiles")
 # Tile shapes tried once per (head dimension, length bucket, layout kind) by `triton.autotune` on the GPU:
 # (BLOCK_M, BLOCK_N, warps, stages). The forward and dQ loop over keys for a block of queries; dK/dV the other way.
 FORWARD_CONFIGS = ((128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3), (64, 32, 4, 4))
 DKDV_CONFIGS = ((32, 128, 4, 4), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (128, 128, 8, 2))
 DQ_CONFIGS = ((128, 32, 4, 4), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (128, 128, 8, 2))
 TUNING_KEY = ["HEAD_DIM", "LEN_BUCKET", "PLAIN", "HAS_DOCS", "HAS_WINDOW"]
+# Inputs whose scores take the bias as one vector per tile (`_alibi_scores`, plain layouts): 16-bit ones, whose
+# probabilities are rounded to 8 or 11 bits before the second matmul anyway. fp32 keeps the per-score distance, exact
+# to the last bit the reference has.
+ROW_SHIFT_DTYPES = (torch.float16, torch.bfloat16)
 INTERPRETER_BLOCK = 16  # tl.dot's smallest tile; the interpreter runs one config
 
 
@@ -440,6 +468,7 @@ def _layout_arguments(query: torch.Tensor, mask) -> tuple[list, dict]:
         HAS_DOCS=mask.document_ids is not None,
         HAS_WINDOW=mask.windows is not None,
         DOCUMENT_SKIP=mask.document_start is not None,
+        ROW_SHIFT=plain and query.dtype in ROW_SHIFT_DTYPES,
         # Slot distance is position distance unless padding sits between a query and its keys.
         WINDOW_SKIP=mask.windows is not None and mask.key_valid is None,
     )

@@ -92,6 +92,27 @@ def test_forward_and_backward_match_the_dense_mask_in_float64(case):
         assert (got - want).abs().max() < 1e-5, f"d{name}"
 
 
+@pytest.mark.parametrize("case", ["plain", "windows", "a cache before the queries"])
+def test_the_bias_as_one_vector_per_tile_is_exact_too(case, monkeypatch):
+    """The 16-bit inputs' form (`ROW_SHIFT`), forced onto fp32: the row shift must come out of the stored LSE."""
+    monkeypatch.setattr(alibi_triton, "ROW_SHIFT_DTYPES", (torch.float32,))
+    test_forward_and_backward_match_the_dense_mask_in_float64(case)
+
+
+def test_half_precision_inputs_round_as_half_precision():
+    """fp16 in and out (the GPU's 16-bit path; numpy has no bf16): errors at fp16's resolution, not more."""
+    layout = build_layout(None, None, 2, 70, 70, 0, CPU)
+    query, key, value = (tensor.detach().half().requires_grad_() for tensor in leaves(2, 70, 70, 32))
+    expected = reference(query, key, value, layout, SLOPES, None, 32**-0.5)
+    out = alibi_flash_attention(query, key, value, triton_alibi_mask(layout, SLOPES, None, HEADS), 32**-0.5)
+    assert out.dtype == torch.float16
+    assert (out.double() - expected).abs().max() < 2e-3
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    expected_grads = torch.autograd.grad(expected, (query, key, value), grad.double())
+    for got, want in zip(torch.autograd.grad(out, (query, key, value), grad.half()), expected_grads):
+        assert got.dtype == torch.float16 and (got.double() - want).abs().max() < 4e-3
+
+
 @pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")
 def test_tiles_before_a_document_or_past_a_window_are_never_read():
     """NaN keys and values where no query of a block may look: one visited tile would make its rows NaN."""
