@@ -70,11 +70,12 @@ from .measure import (
     run_interleaved,
     train_step,
 )
+from .modeling.alibi_masks import ALIBI_TRITON
 from .modeling.configuration_alibi import AlibiConfig
 from .modeling.modeling_alibi import AlibiForCausalLM
 from .progress import progress_bar
 
-OUR_BACKENDS = ("eager", "sdpa", "flex_attention", "flash_attention_2")
+OUR_BACKENDS = ("eager", "sdpa", "flex_attention", "flash_attention_2", ALIBI_TRITON)
 # What transformers 5.24 lets each baseline build: Bloom and MPT raise for sdpa and flex_attention, Falcon
 # raises for flex_attention, and Falcon's flash_attention_2 raises "`alibi` is not supported".
 BASELINE_BACKENDS = {"bloom": ("eager",), "mpt": ("eager",), "falcon": ("eager", "sdpa")}
@@ -177,8 +178,10 @@ def _our_backends(kind: str, device: torch.device, requested: tuple[str, ...]) -
             continue  # needs the flash_attn package and a GPU
         if backend == "flex_attention" and device.type == "cpu" and kind == "train":
             continue  # flex_attention's backward raises NotImplementedError on the CPU
-        if backend == "flex_attention" and kind == "decode":
-            continue  # our flex path decodes single tokens with sdpa: the row would repeat sdpa's
+        if backend in ("flex_attention", ALIBI_TRITON) and kind == "decode":
+            continue  # flex and the Triton kernel decode single tokens with sdpa: the row would repeat sdpa's
+        if backend == ALIBI_TRITON and not (device.type == "cuda" and importlib.util.find_spec("triton")):
+            continue  # a CUDA kernel (on the CPU it runs only in Triton's interpreter)
         backends.append(backend)
     return tuple(backends)
 

@@ -156,7 +156,7 @@ PRESETS: dict[str, Preset] = {
         prefill_lengths=(16384,),
         decode_prompt=512,
         decode_new_tokens=64,
-        backends=("sdpa", "flex_attention", "flash_attention_2"),
+        backends=("sdpa", "flex_attention", "flash_attention_2", "alibi_triton"),
         device="cuda",
         targets=_gpu_targets(),
     ),
