@@ -8,7 +8,9 @@
 2. The issue's two tables side by side (gpu-350m: hidden 1024, 24 layers, 16 heads, bf16): training tokens/s at
    8 x 2,048 and 1 x 8,192, prefill seconds at 16k and 64k; every row over the limit (no bias on sdpa's flash
    kernel). Interleaved repeats (`alibi_lm.measure.run_interleaved`), medians.
-3. Many lengths in one process: prefill at 12 lengths on `alibi_triton`, the peak memory of each (never L x L) and
+3. Attention alone (forward + backward) on the routes the issue names: the limit, alibi_triton, flex with its
+   default kernel, with `kernel_options`, and with max-autotune.
+4. Many lengths in one process: prefill at 12 lengths on `alibi_triton`, the peak memory of each (never L x L) and
    the seconds the first call at each length bucket spends autotuning.
 The fastest exact kernel per column is printed as the recommendation for `alibi_fused` on this device.
 """
@@ -122,6 +124,54 @@ def tables(preset: Preset, device: torch.device, prefill_lengths: tuple[int, ...
     return {"train_tokens_per_s": train, "prefill_seconds": prefills}
 
 
+def attention_alone(device: torch.device, shape: tuple[int, int, int, int], dtype: torch.dtype) -> dict:
+    """Forward + backward of attention alone `[B, H, L, D]`, ms: the routes the issue names, side by side.
+
+    sdpa causal without bias (the limit), alibi_triton, and flex_attention with an ALiBi `score_mod` three ways:
+    default kernel, `kernel_options` BLOCK_M=128 / BLOCK_N=64, and `mode="max-autotune-no-cudagraphs"`.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.functional import scaled_dot_product_attention
+
+    from alibi_lm.modeling.alibi_masks import AttentionLayout, get_alibi_slopes, triton_alibi_mask
+    from alibi_lm.modeling.alibi_triton import alibi_flash_attention
+
+    batch, heads, length, dim = shape
+    slopes = get_alibi_slopes(heads).to(device)
+    leaves = [torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in "qkv"]
+    grad = torch.randn(shape, device=device, dtype=dtype)
+    mask = triton_alibi_mask(AttentionLayout(batch, length, length, 0, device), slopes, None, heads)
+    block_mask = create_block_mask(lambda b, h, q, k: k <= q, None, None, length, length, device=device)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score - slopes[h] * (q_idx - kv_idx)
+
+    default_flex = torch.compile(flex_attention)
+    tuned_flex = torch.compile(flex_attention, mode="max-autotune-no-cudagraphs")
+    blocks = {"BLOCK_M": 128, "BLOCK_N": 64}
+    kernels = {
+        "no bias, sdpa (flash)": lambda q, k, v: scaled_dot_product_attention(q, k, v, is_causal=True),
+        "alibi_triton": lambda q, k, v: alibi_flash_attention(q, k, v, mask, dim**-0.5),
+        "flex, default": lambda q, k, v: default_flex(q, k, v, score_mod=score_mod, block_mask=block_mask),
+        "flex, BLOCK_M=128 BLOCK_N=64": lambda q, k, v: default_flex(
+            q, k, v, score_mod=score_mod, block_mask=block_mask, kernel_options=blocks
+        ),
+        "flex, max-autotune": lambda q, k, v: tuned_flex(q, k, v, score_mod=score_mod, block_mask=block_mask),
+    }
+
+    def step(kernel):
+        kernel(*leaves).backward(grad)
+        for leaf in leaves:
+            leaf.grad = None
+
+    calls = {name: (lambda kernel=kernel: step(kernel)) for name, kernel in kernels.items()}
+    measured = run_interleaved(calls, device, repeats=5, measure_memory=False)
+    out = {name: (statistics.median(m.times) * 1e3 if m.times else m.error) for name, m in measured.items()}
+    print("attention alone, ms", shape, out, flush=True)
+    release(device)
+    return out
+
+
 def many_lengths(preset: Preset, device: torch.device, lengths: list[int]) -> list[dict]:
     """Prefill at many lengths in one process on alibi_triton: time of the first call (autotuning) and peak memory."""
     model = build_model("alibi", ALIBI_TRITON, preset, device)
@@ -183,6 +233,16 @@ def markdown(result: dict) -> str:
             f"| {column} | {over.get(EXACT[0], float('nan')):.2f}x | {over.get(EXACT[1], float('nan')):.2f}x | "
             f"{entry['fastest_exact']} |"
         )
+    lines += ["", "Attention alone, forward + backward, ms (medians of 5):", ""]
+    for shape, rows in result["attention_alone_ms"].items():
+        lines += [f"| {shape} | ms | over the limit |", "|---|---|---|"]
+        limit = rows.get("no bias, sdpa (flash)")
+        for name, value in rows.items():
+            ratio = f"{value / limit:.2f}x" if isinstance(value, float) and isinstance(limit, float) else ""
+            lines.append(
+                f"| {name} | {value:.3f} | {ratio} |" if isinstance(value, float) else f"| {name} | {value} | |"
+            )
+        lines.append("")
     lines += ["", "Exactness (fp32, on the device):", "", "```", json.dumps(result["exactness"], indent=1), "```"]
     lines += ["", "Many lengths in one process (alibi_triton prefill):", "", "| length | first call s | peak MiB |"]
     lines += ["|---|---|---|"] + [
@@ -207,10 +267,16 @@ def main() -> None:
             backends=base.backends, repeats=1, targets=base.targets,
         )  # fmt: skip
         prefill_lengths, lengths = (128, 256), [40, 100, 130]
+        alone_shapes = ((1, 4, 128, 16),)
     else:
         preset, prefill_lengths = PRESETS["gpu-350m"], (16384, 65536)
         lengths = [300, 700, 1500, 2047, 2049, 3000, 5000, 8191, 9000, 12000, 16384, 20000]
+        alone_shapes = ((8, 16, 2048, 64), (1, 16, 8192, 64))  # the 350M model's attention (DESIGN.md's table)
     result = {"environment": environment(device), "exactness": exactness(device)}
+    dtype = torch.float32 if args.small else torch.bfloat16
+    result["attention_alone_ms"] = {
+        " x ".join(map(str, shape)): attention_alone(device, shape, dtype) for shape in alone_shapes
+    }
     result.update(tables(preset, device, prefill_lengths))
     result["many_lengths"] = many_lengths(preset, device, lengths)
     result["ratios"] = ratios(result)
