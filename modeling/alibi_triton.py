@@ -121,10 +121,11 @@ def _query_layout(POS, DOCS, key_rows, offs_m, stride_ls, PAST, QLEN, PLAIN: con
 
 def _key_range(DSTART, key_rows, first_slot, window, stride_ls, KLEN, BLOCK_M: constexpr, BLOCK_N: constexpr,
                PLAIN: constexpr, HAS_WINDOW: constexpr, DOCUMENT_SKIP: constexpr, WINDOW_SKIP: constexpr):  # fmt: skip
-    """The key blocks a query block starting at slot `first_slot` visits: `[lo, mid)` whole, `[mid, hi)` masked.
+    """The key blocks a query block starting at slot `first_slot` visits, `lo <= whole_start <= whole_stop <= hi`.
 
-    Not before its document's start or its window; nothing after its last query (causal). Whole blocks (every key
-    at or before the block's first query) exist only in plain layouts without windows.
+    Not before its document's start or its window; nothing after its last query (causal). `[whole_start, whole_stop)`
+    are the blocks every query of the block sees whole (at or before its first query, inside its last query's
+    window): plain layouts only, run without mask arithmetic; the blocks on either side are masked.
     """
     lo = 0
     if DOCUMENT_SKIP:  # the earliest document start among the block's queries (ids may return after a gap)
@@ -134,10 +135,14 @@ def _key_range(DSTART, key_rows, first_slot, window, stride_ls, KLEN, BLOCK_M: c
         lo = tl.maximum(lo, first_slot - window)
     lo = lo // BLOCK_N * BLOCK_N
     hi = tl.minimum(KLEN, first_slot + BLOCK_M)
-    mid = lo
-    if PLAIN and not HAS_WINDOW:
-        mid = tl.maximum(lo, tl.minimum(hi, (first_slot + 1) // BLOCK_N * BLOCK_N))
-    return lo, mid, hi
+    whole_start = lo
+    whole_stop = lo
+    if PLAIN:
+        whole_stop = tl.maximum(lo, tl.minimum(hi, (first_slot + 1) // BLOCK_N * BLOCK_N))
+        if HAS_WINDOW:  # from the first key inside every query's window
+            reach = tl.maximum(first_slot + BLOCK_M - 1 - window, 0)
+            whole_start = tl.minimum(whole_stop, tl.maximum(lo, tl.cdiv(reach, BLOCK_N) * BLOCK_N))
+    return lo, whole_start, whole_stop, hi
 
 
 def _forward_tiles(
@@ -192,7 +197,7 @@ def _forward(
         window = tl.load(WINDOWS + h)
     key_rows = b * stride_lb
     q_pos, q_doc = _query_layout(POS, DOCS, key_rows, offs_m, stride_ls, PAST, QLEN, PLAIN, HAS_DOCS)
-    lo, mid, hi = _key_range(
+    lo, whole_start, whole_stop, hi = _key_range(
         DSTART, key_rows, PAST + start_m * BLOCK_M, window, stride_ls, KLEN, BLOCK_M, BLOCK_N,
         PLAIN, HAS_WINDOW, DOCUMENT_SKIP, WINDOW_SKIP,
     )  # fmt: skip
@@ -203,11 +208,12 @@ def _forward(
     k_base = K + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
     v_base = V + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
     q_base = PAST + start_m * BLOCK_M
-    for masked in tl.static_range(2):  # the whole blocks, then the masked ones
+    for part in tl.static_range(3):  # a window's edge (masked), the whole blocks, the diagonal (masked)
         acc, l_i, m_i = _forward_tiles(
-            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, mid if masked else lo, hi if masked else mid,
-            d_in, offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, q_base, POS, VALID, DOCS, stride_ls, PAST,
-            KLEN, BLOCK_N, masked == 1, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
+            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn,
+            lo if part == 0 else (whole_start if part == 1 else whole_stop),
+            whole_start if part == 0 else (whole_stop if part == 1 else hi), d_in, offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, q_base, POS, VALID, DOCS, stride_ls, PAST,
+            KLEN, BLOCK_N, part != 1, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
         )  # fmt: skip
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # only rows past QLEN, which are not stored
@@ -292,20 +298,27 @@ def _backward_dkdv(
         hi = tl.minimum(hi, tl.max(ends, 0) - PAST)
     if WINDOW_SKIP:  # nor past the head's window
         hi = tl.minimum(hi, last_key + window + 1 - PAST)
-    # Query blocks from `mid` on see the whole key block (plain layouts without windows): no mask.
-    mid = hi
-    if PLAIN and not HAS_WINDOW:
-        mid = tl.maximum(lo, tl.minimum(hi, tl.cdiv(first_key + BLOCK_N - 1 - PAST, BLOCK_M) * BLOCK_M))
+    # Query blocks in [whole_start, whole_stop) see the whole key block (plain layouts): after its last key, and
+    # (with a window) ending within the window of its first key. No mask arithmetic there.
+    whole_start = hi
+    whole_stop = hi
+    if PLAIN:
+        whole_start = tl.maximum(lo, tl.minimum(hi, tl.cdiv(first_key + BLOCK_N - 1 - PAST, BLOCK_M) * BLOCK_M))
+        if HAS_WINDOW:
+            reach = tl.maximum(first_key + window + 1 - PAST, 0)
+            whole_stop = tl.maximum(whole_start, tl.minimum(hi, reach // BLOCK_M * BLOCK_M))
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     q_base = Q + b * stride_qb + h * stride_qh + offs_d[None, :] * stride_qd
     do_base = DO + b * stride_ob + h * stride_oh + offs_d[None, :] * stride_od
-    for whole in tl.static_range(2):  # the masked blocks on the diagonal, then the whole ones
+    for part in tl.static_range(3):  # the diagonal (masked), the whole blocks, a window's edge (masked)
         dk, dv = _dkdv_tiles(
-            dk, dv, k, v, q_base, do_base, stride_qm, stride_om, LSE, DELTA, bh, mid if whole else lo,
-            hi if whole else mid, d_in, offs_n, key_rows, slope, window, qk_scale, POS, VALID, DOCS, stride_ls,
-            PAST, QLEN, KLEN, BLOCK_M, whole == 0, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
+            dk, dv, k, v, q_base, do_base, stride_qm, stride_om, LSE, DELTA, bh,
+            lo if part == 0 else (whole_start if part == 1 else whole_stop),
+            whole_start if part == 0 else (whole_stop if part == 1 else hi), d_in, offs_n, key_rows, slope, window,
+            qk_scale, POS, VALID, DOCS, stride_ls, PAST, QLEN, KLEN, BLOCK_M, part != 1, PLAIN, HAS_VALID, HAS_DOCS,
+            HAS_WINDOW, ROW_SHIFT, PRECISION,
         )  # fmt: skip
 
     tl.store(
@@ -376,7 +389,7 @@ def _backward_dq(
         window = tl.load(WINDOWS + h)
     key_rows = b * stride_lb
     q_pos, q_doc = _query_layout(POS, DOCS, key_rows, offs_m, stride_ls, PAST, QLEN, PLAIN, HAS_DOCS)
-    lo, mid, hi = _key_range(
+    lo, whole_start, whole_stop, hi = _key_range(
         DSTART, key_rows, PAST + start_m * BLOCK_M, window, stride_ls, KLEN, BLOCK_M, BLOCK_N,
         PLAIN, HAS_WINDOW, DOCUMENT_SKIP, WINDOW_SKIP,
     )  # fmt: skip
@@ -385,11 +398,12 @@ def _backward_dq(
     k_base = K + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
     v_base = V + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
     q_base = PAST + start_m * BLOCK_M
-    for masked in tl.static_range(2):
+    for part in tl.static_range(3):  # as in the forward
         dq = _dq_tiles(
-            dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, mid if masked else lo, hi if masked else mid,
-            d_in, offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, q_base, POS, VALID, DOCS, stride_ls, PAST,
-            KLEN, BLOCK_N, masked == 1, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
+            dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn,
+            lo if part == 0 else (whole_start if part == 1 else whole_stop),
+            whole_start if part == 0 else (whole_stop if part == 1 else hi), d_in, offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, q_base, POS, VALID, DOCS, stride_ls, PAST,
+            KLEN, BLOCK_N, part != 1, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
         )  # fmt: skip
 
     tl.store(

@@ -66,6 +66,8 @@ CASES = {
     "packed documents": (None, DOCUMENTS, 40, 40, None, SLOPES, 32),
     "a document that returns": (None, RETURNING, 40, 40, None, SLOPES, 16),
     "windows": (None, None, 40, 40, WINDOWS, SLOPES, 16),
+    # Head 1 sees 48 back: query blocks past 64 have whole key blocks inside the window and masked ones at its edge.
+    "windows past a block": (None, None, 100, 100, WINDOWS, SLOPES, 16),
     "windows with padding": (padding(2, 40), None, 40, 40, WINDOWS, SLOPES, 16),
     "a cache before the queries": (None, None, 20, 50, None, SLOPES, 16),
     "everything at once": (padding(2, 37), DOCUMENTS[:, :37], 17, 37, WINDOWS, SLOPES, 16),
@@ -92,7 +94,7 @@ def test_forward_and_backward_match_the_dense_mask_in_float64(case):
         assert (got - want).abs().max() < 1e-5, f"d{name}"
 
 
-@pytest.mark.parametrize("case", ["plain", "windows", "a cache before the queries"])
+@pytest.mark.parametrize("case", ["plain", "windows past a block", "a cache before the queries"])
 def test_the_bias_as_one_vector_per_tile_is_exact_too(case, monkeypatch):
     """The 16-bit inputs' form (`ROW_SHIFT`), forced onto fp32: the row shift must come out of the stored LSE."""
     monkeypatch.setattr(alibi_triton, "ROW_SHIFT_DTYPES", (torch.float32,))
