@@ -245,9 +245,7 @@ def triton_attention_forward(
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
     if dropout > 0.0:
         raise ValueError(f"{ALIBI_TRITON} has no attention dropout; set attention_dropout=0.0 to train with it.")
-    key = repeat_kv(key, module.num_key_value_groups)
-    value = repeat_kv(value, module.num_key_value_groups)
-    attn_output = alibi_flash_attention(query, key, value, attention_mask, scaling)
+    attn_output = alibi_flash_attention(query, key, value, attention_mask, scaling)  # grouped KV heads as they are
     return attn_output.transpose(1, 2).contiguous(), None
 
 

@@ -175,7 +175,7 @@ def _forward(
     Q, K, V, OUT, LSE, SLOPES, WINDOWS, POS, VALID, DOCS, DSTART,
     stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od, stride_lb, stride_ls,
-    H, QLEN, KLEN, PAST, qk_scale, LEN_BUCKET,
+    H, GROUPS, QLEN, KLEN, PAST, qk_scale, LEN_BUCKET,
     HEAD_DIM: constexpr, BLOCK_D: constexpr, BLOCK_M: constexpr, BLOCK_N: constexpr,
     PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr, HAS_WINDOW: constexpr, DOCUMENT_SKIP: constexpr,
     WINDOW_SKIP: constexpr, ROW_SHIFT: constexpr, PRECISION: constexpr,
@@ -205,8 +205,8 @@ def _forward(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    k_base = K + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
-    v_base = V + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
+    k_base = K + b * stride_kb + (h // GROUPS) * stride_kh + offs_d[None, :] * stride_kd
+    v_base = V + b * stride_vb + (h // GROUPS) * stride_vh + offs_d[None, :] * stride_vd
     q_base = PAST + start_m * BLOCK_M
     for part in tl.static_range(3):  # a window's edge (masked), the whole blocks, the diagonal (masked)
         acc, l_i, m_i = _forward_tiles(
@@ -260,14 +260,16 @@ def _backward_dkdv(
     Q, K, V, DO, LSE, DELTA, DK, DV, SLOPES, WINDOWS, POS, VALID, DOCS, DEND,
     stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od, stride_lb, stride_ls,
-    H, QLEN, KLEN, PAST, qk_scale, sm_scale, LEN_BUCKET,
+    stride_gb, stride_gh, stride_gn, stride_gd,
+    H, GROUPS, QLEN, KLEN, PAST, qk_scale, sm_scale, LEN_BUCKET,
     HEAD_DIM: constexpr, BLOCK_D: constexpr, BLOCK_M: constexpr, BLOCK_N: constexpr,
     PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr, HAS_WINDOW: constexpr, DOCUMENT_SKIP: constexpr,
     WINDOW_SKIP: constexpr, ROW_SHIFT: constexpr, PRECISION: constexpr,
 ):  # fmt: skip
-    """dK and dV of one block of keys for one (batch row, head): a loop over the query blocks that see it.
+    """dK and dV of one block of keys for one (batch row, query head): a loop over the query blocks that see it.
 
-    `DO`, `DK`, `DV` are laid out as Q, K and V (strides `stride_o*` for dO, `stride_k*`/`stride_v*` for dK/dV).
+    `DO` is laid out as Q (strides `stride_o*`); `DK`, `DV` are `[B, H, K, D]` (strides `stride_g*`), one slice per
+    query head: with grouped KV heads the caller sums each group's slices.
     """
     start_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -277,11 +279,11 @@ def _backward_dkdv(
     d_in = offs_d < HEAD_DIM
     kv_mask = (offs_n < KLEN)[:, None] & d_in[None, :]
     k = tl.load(
-        K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+        K + b * stride_kb + (h // GROUPS) * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
         mask=kv_mask, other=0.0,
     )  # fmt: skip
     v = tl.load(
-        V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+        V + b * stride_vb + (h // GROUPS) * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
         mask=kv_mask, other=0.0,
     )  # fmt: skip
     slope = tl.load(SLOPES + h)
@@ -322,11 +324,11 @@ def _backward_dkdv(
         )  # fmt: skip
 
     tl.store(
-        DK + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+        DK + b * stride_gb + h * stride_gh + offs_n[:, None] * stride_gn + offs_d[None, :] * stride_gd,
         (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask,
     )  # fmt: skip
     tl.store(
-        DV + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+        DV + b * stride_gb + h * stride_gh + offs_n[:, None] * stride_gn + offs_d[None, :] * stride_gd,
         dv.to(DV.dtype.element_ty), mask=kv_mask,
     )  # fmt: skip
 
@@ -358,7 +360,7 @@ def _backward_dq(
     Q, K, V, DO, LSE, DELTA, DQ, SLOPES, WINDOWS, POS, VALID, DOCS, DSTART,
     stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od, stride_lb, stride_ls,
-    H, QLEN, KLEN, PAST, qk_scale, sm_scale, LEN_BUCKET,
+    H, GROUPS, QLEN, KLEN, PAST, qk_scale, sm_scale, LEN_BUCKET,
     HEAD_DIM: constexpr, BLOCK_D: constexpr, BLOCK_M: constexpr, BLOCK_N: constexpr,
     PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr, HAS_WINDOW: constexpr, DOCUMENT_SKIP: constexpr,
     WINDOW_SKIP: constexpr, ROW_SHIFT: constexpr, PRECISION: constexpr,
@@ -395,8 +397,8 @@ def _backward_dq(
     )  # fmt: skip
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    k_base = K + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
-    v_base = V + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
+    k_base = K + b * stride_kb + (h // GROUPS) * stride_kh + offs_d[None, :] * stride_kd
+    v_base = V + b * stride_vb + (h // GROUPS) * stride_vh + offs_d[None, :] * stride_vd
     q_base = PAST + start_m * BLOCK_M
     for part in tl.static_range(3):  # as in the forward
         dq = _dq_tiles(
@@ -494,13 +496,16 @@ def _strides(*tensors: torch.Tensor) -> list[int]:
 
 
 class AlibiFlashAttention(torch.autograd.Function):
-    """`[B, H, Q, D]` attention of queries on `[B, H, K, D]` keys under a `TritonAlibiMask`, with its backward."""
+    """`[B, H, Q, D]` attention of queries on `[B, H_kv, K, D]` keys and values under a `TritonAlibiMask`, with its
+    backward. Query head h reads KV head `h // (H / H_kv)` (grouped-query attention, no copies)."""
 
     @staticmethod
     def forward(ctx, query, key, value, mask, scale):
         check_device(query.device)
         batch, heads, query_length, head_dim = query.shape
-        key_length = key.shape[2]
+        key_heads, key_length = key.shape[1:3]
+        if heads % key_heads:
+            raise ValueError(f"{heads} query heads cannot share {key_heads} key/value heads evenly.")
         tensors, flags = _layout_arguments(query, mask)
         dummy = tensors[2] if flags["PLAIN"] else torch.zeros(1, dtype=torch.int32, device=query.device)
         start = mask.document_start if mask.document_start is not None else dummy
@@ -510,7 +515,7 @@ class AlibiFlashAttention(torch.autograd.Function):
         interpret = interpreting()
         kernel = kernels(interpret).forward
         common = dict(
-            H=heads, QLEN=query_length, KLEN=key_length, PAST=mask.past_length, qk_scale=scale * LOG2E,
+            H=heads, GROUPS=heads // key_heads, QLEN=query_length, KLEN=key_length, PAST=mask.past_length, qk_scale=scale * LOG2E,
             LEN_BUCKET=_length_bucket(key_length), HEAD_DIM=head_dim, BLOCK_D=max(16, _length_bucket(head_dim)),
             PRECISION="ieee" if query.dtype == torch.float32 else "tf32", **flags,
         )  # fmt: skip
@@ -529,21 +534,28 @@ class AlibiFlashAttention(torch.autograd.Function):
         query, key, value, out, lse, *tensors, start, end = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         delta = (out.float() * grad_out.float()).sum(-1)  # [B, H, Q]: rowsum(dO * O), the softmax's backward term
-        dq, dk, dv = torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
-        batch, heads, query_length = query.shape[:3]
-        key_length = key.shape[2]
+        batch, heads, query_length, head_dim = query.shape
+        key_heads, key_length = key.shape[1:3]
+        dq = torch.empty_like(query)
+        # One dK/dV slice per query head; a group of query heads sharing a KV head sums its slices below.
+        dk = torch.empty(batch, heads, key_length, head_dim, dtype=key.dtype, device=key.device)
+        dv = torch.empty_like(dk)
         found = kernels(ctx.interpret)
         blocks = dict(BLOCK_M=INTERPRETER_BLOCK, BLOCK_N=INTERPRETER_BLOCK) if ctx.interpret else {}
         common = dict(ctx.common, sm_scale=ctx.scale)
-        # dO shares Q's shape but not necessarily its strides; dK/dV are laid out as K/V (`empty_like`).
+        # dO shares Q's shape but not necessarily its strides; dK and dV share theirs (`stride_g*`).
+        gradient_strides = dict(zip(("stride_gb", "stride_gh", "stride_gn", "stride_gd"), dk.stride()))
         found.dkdv[lambda meta: (triton.cdiv(key_length, meta["BLOCK_N"]), batch * heads)](
             query, key, value, grad_out, lse, delta, dk, dv, *tensors, end,
-            *_strides(query, key, value, grad_out), **common, **blocks,
+            *_strides(query, key, value, grad_out), **gradient_strides, **common, **blocks,
         )  # fmt: skip
         found.dq[lambda meta: (triton.cdiv(query_length, meta["BLOCK_M"]), batch * heads)](
             query, key, value, grad_out, lse, delta, dq, *tensors, start,
             *_strides(query, key, value, grad_out), **common, **blocks,
         )  # fmt: skip
+        if key_heads != heads:
+            dk = dk.view(batch, key_heads, heads // key_heads, key_length, head_dim).sum(2)
+            dv = dv.view(batch, key_heads, heads // key_heads, key_length, head_dim).sum(2)
         return dq, dk, dv, None, None
 
 

@@ -94,6 +94,22 @@ def test_forward_and_backward_match_the_dense_mask_in_float64(case):
         assert (got - want).abs().max() < 1e-5, f"d{name}"
 
 
+def test_grouped_kv_heads_are_read_in_place_and_their_gradients_summed():
+    """4 query heads on 2 KV heads, padded: against the reference on repeated keys (whose backward sums the group)."""
+    generator = torch.Generator().manual_seed(2)
+    query = torch.randn(2, HEADS, 40, 16, generator=generator).requires_grad_()
+    key, value = (torch.randn(2, 2, 40, 16, generator=generator).requires_grad_() for _ in "kv")
+    layout = build_layout(padding(2, 40), None, 2, 40, 40, 0, CPU)
+    repeated = [tensor.repeat_interleave(2, dim=1) for tensor in (key, value)]
+    expected = reference(query, *repeated, layout, SLOPES, None, 0.25)
+    out = alibi_flash_attention(query, key, value, triton_alibi_mask(layout, SLOPES, None, HEADS), 0.25)
+    assert (out - expected).abs().max() < 1e-5
+    grad = torch.randn(out.shape, generator=generator)
+    expected_grads = torch.autograd.grad(expected, (query, key, value), grad.double())
+    for name, got, want in zip("qkv", torch.autograd.grad(out, (query, key, value), grad), expected_grads):
+        assert got.shape == want.shape and (got - want).abs().max() < 1e-5, f"d{name}"
+
+
 @pytest.mark.parametrize("case", ["plain", "windows past a block", "a cache before the queries"])
 def test_the_bias_as_one_vector_per_tile_is_exact_too(case, monkeypatch):
     """The 16-bit inputs' form (`ROW_SHIFT`), forced onto fp32: the row shift must come out of the stored LSE."""
