@@ -444,8 +444,11 @@ def kernels(interpret: bool) -> types.SimpleNamespace:
         decorate = triton.jit
     built = {}
     for name in (*_HELPERS, "_forward", "_backward_dkdv", "_backward_dq"):
-        function = globals()[name]
-        namespace[name] = built[name] = decorate(types.FunctionType(function.__code__, namespace, name))
+        function = types.FunctionType(globals()[name].__code__, namespace, name)
+        if interpret or name in _HELPERS:
+            namespace[name] = built[name] = decorate(function)
+        else:  # lengths vary call to call: one compiled kernel for all, not one per divisibility by 16
+            namespace[name] = built[name] = decorate(function, do_not_specialize=["QLEN", "KLEN", "PAST"])
     if interpret:
         return types.SimpleNamespace(forward=built["_forward"], dkdv=built["_backward_dkdv"], dq=built["_backward_dq"])
 
