@@ -177,3 +177,21 @@ def test_the_model_on_alibi_triton_matches_eager_in_logits_gradients_and_generat
         assert (parameter.grad - expected).abs().max() < 1e-5
     model.eval()
     assert torch.equal(model.generate(ids[:, :12], max_new_tokens=6, do_sample=False), expected_tokens)
+
+
+def test_under_torch_compile_the_kernel_is_one_opaque_call_and_the_model_stays_exact():
+    """dynamo cannot trace Triton's interpreter (nor, reliably, an autotuned launch): the call is left out of the
+    graph, and a compiled training step gives eager's loss and gradients."""
+    model = tiny_model(num_key_value_heads=2)
+    ids = random_ids(2, 40)
+    model.train()
+    expected_loss = model(ids, labels=ids).loss
+    expected_loss.backward()
+    expected_grads = [parameter.grad.clone() for parameter in model.parameters()]
+    model.zero_grad()
+    model.set_attn_implementation(ALIBI_TRITON)
+    loss = torch.compile(model)(ids, labels=ids).loss
+    loss.backward()
+    assert abs(loss.item() - expected_loss.item()) < 1e-5
+    for parameter, expected in zip(model.parameters(), expected_grads):
+        assert (parameter.grad - expected).abs().max() < 1e-5
