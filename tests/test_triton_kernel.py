@@ -87,8 +87,20 @@ GENERAL = dict(PLAIN=False, HAS_VALID=True, HAS_DOCS=True, HAS_WINDOW=True, DOCU
 
 @pytest.mark.parametrize(
     "arch, dtype, flags",
-    [(90, "bf16", {}), (90, "fp32", GENERAL), (80, "fp16", dict(HAS_WINDOW=True, WINDOW_SKIP=True))],
-    ids=["hopper-bf16-plain", "hopper-fp32-everything", "ampere-fp16-windows"],
+    [
+        (90, "bf16", {}),
+        (90, "bf16", dict(HAS_WINDOW=True, WINDOW_SKIP=True)),
+        (90, "bf16", dict(GENERAL, ROW_SHIFT=False)),
+        (90, "fp32", GENERAL),
+        (80, "fp16", dict(HAS_WINDOW=True, WINDOW_SKIP=True)),
+    ],
+    ids=[
+        "hopper-bf16-plain",
+        "hopper-bf16-windows",
+        "hopper-bf16-packed",
+        "hopper-fp32-everything",
+        "ampere-fp16-windows",
+    ],
 )
 def test_the_kernels_compile_for_the_gpu(arch, dtype, flags):
     """Every kernel compiles to a cubin; on Hopper, the 16-bit matmuls use its warpgroup tensor-core instructions."""
