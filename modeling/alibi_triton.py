@@ -7,6 +7,11 @@ bias tensor exists, not even a `BlockMask`. Tiles above the causal diagonal, bef
 and past a head's window are never visited. Padding, packed documents and windows are the layout's rule
 (`alibi_masks.AttentionLayout.visible_within`) evaluated per tile.
 
+The kernels follow the FlashAttention-2 algorithm (Dao, 2023) and the layout of Triton's fused-attention tutorial
+(`python/tutorials/06-fused-attention.py`): online softmax in base 2, the log-sum-exp saved for a backward that
+computes dK/dV per key block and dQ per query block. ALiBi: Press, Smith & Lewis, "Train Short, Test Long", ICLR 2022.
+Kernel arguments are untyped and upper case where Triton's convention has them so (pointers, compile-time constants).
+
 On the CPU it runs only in Triton's interpreter (`TRITON_INTERPRET=1`): slow, for testing the kernel. No
 `from __future__ import annotations` here: Triton reads `tl.constexpr` from the live annotations.
 """
@@ -15,8 +20,12 @@ import functools
 import importlib
 import math
 import types
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .alibi_masks import TritonAlibiMask
 
 try:  # Hub remote code must import without Triton: only the `alibi_triton` backend needs it.
     import triton
@@ -464,10 +473,11 @@ def kernels(interpret: bool) -> types.SimpleNamespace:
 
 
 def _length_bucket(length: int) -> int:
+    """The power of two at or above `length`: lengths in one bucket share an autotuned configuration."""
     return 1 << max(0, length - 1).bit_length()
 
 
-def _layout_arguments(query: torch.Tensor, mask) -> tuple[list, dict]:
+def _layout_arguments(query: torch.Tensor, mask: "TritonAlibiMask") -> tuple[list[torch.Tensor], dict]:
     """Pointer arguments (dummies for what a plain layout lacks) and flags for the tensors of a `TritonAlibiMask`."""
     device = query.device
     dummy = torch.zeros(1, dtype=torch.int32, device=device)
@@ -503,7 +513,9 @@ class AlibiFlashAttention(torch.autograd.Function):
     backward. Query head h reads KV head `h // (H / H_kv)` (grouped-query attention, no copies)."""
 
     @staticmethod
-    def forward(ctx, query, key, value, mask, scale):
+    def forward(
+        ctx, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: "TritonAlibiMask", scale: float
+    ) -> torch.Tensor:
         check_device(query.device)
         batch, heads, query_length, head_dim = query.shape
         key_heads, key_length = key.shape[1:3]
@@ -533,7 +545,7 @@ class AlibiFlashAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         query, key, value, out, lse, *tensors, start, end = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         delta = (out.float() * grad_out.float()).sum(-1)  # [B, H, Q]: rowsum(dO * O), the softmax's backward term
@@ -565,6 +577,18 @@ class AlibiFlashAttention(torch.autograd.Function):
 # Under torch.compile the kernel runs as one opaque call (a graph break around attention): dynamo traces Triton
 # launches only on some paths, and a failed trace raises instead of falling back. Correct under compile, not fused.
 @torch.compiler.disable
-def alibi_flash_attention(query, key, value, mask, scale: float) -> torch.Tensor:
-    """`AlibiFlashAttention.apply`: ALiBi attention `[B, H, Q, D]` with no bias tensor (see the module's doc)."""
+def alibi_flash_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: "TritonAlibiMask", scale: float
+) -> torch.Tensor:
+    """ALiBi attention with no bias tensor (see the module's doc), differentiable in query, key and value.
+
+    Args:
+        query: `[B, H, Q, D]`, any strides.
+        key, value: `[B, H_kv, K, D]`, H a multiple of H_kv; K >= `mask.past_length` + Q (the cache, then the queries).
+        mask: the layout, slopes and windows (`alibi_masks.triton_alibi_mask`).
+        scale: the score scale, `D ** -0.5` for the model.
+
+    Returns:
+        `[B, H, Q, D]` in the query's dtype.
+    """
     return AlibiFlashAttention.apply(query, key, value, mask, scale)
