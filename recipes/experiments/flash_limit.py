@@ -198,7 +198,7 @@ def ratios(result: dict) -> dict:
     """Each row over the limit (tokens/s: row / limit; seconds: limit / row), and the fastest exact kernel."""
     out = {}
     for table, higher_is_better in (("train_tokens_per_s", True), ("prefill_seconds", False)):
-        for column, rows in result[table].items():
+        for column, rows in result.get(table, {}).items():
             limit = rows.get(LIMIT)
             if not isinstance(limit, float):
                 continue
@@ -216,6 +216,8 @@ def markdown(result: dict) -> str:
     lines = [f"# Dense ALiBi against the flash limit ({result['environment'].get('device_name', '')})", ""]
     lines += ["Made by `python recipes/experiments/flash_limit.py --out recipes/results/flash-limit`.", ""]
     for table, unit in (("train_tokens_per_s", "training step, tokens/s"), ("prefill_seconds", "prefill, seconds")):
+        if table not in result:
+            continue
         columns = list(result[table])
         lines += [f"| {unit} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
         for row, *_ in ROWS:
@@ -234,7 +236,7 @@ def markdown(result: dict) -> str:
             f"{entry['fastest_exact']} |"
         )
     lines += ["", "Attention alone, forward + backward, ms (medians of 5):", ""]
-    for shape, rows in result["attention_alone_ms"].items():
+    for shape, rows in result.get("attention_alone_ms", {}).items():
         lines += [f"| {shape} | ms | over the limit |", "|---|---|---|"]
         limit = rows.get("no bias, sdpa (flash)")
         for name, value in rows.items():
@@ -243,10 +245,11 @@ def markdown(result: dict) -> str:
                 f"| {name} | {value:.3f} | {ratio} |" if isinstance(value, float) else f"| {name} | {value} | |"
             )
         lines.append("")
-    lines += ["", "Exactness (fp32, on the device):", "", "```", json.dumps(result["exactness"], indent=1), "```"]
+    lines += ["", "Exactness (fp32, on the device):", "", "```", json.dumps(result.get("exactness"), indent=1), "```"]
     lines += ["", "Many lengths in one process (alibi_triton prefill):", "", "| length | first call s | peak MiB |"]
     lines += ["|---|---|---|"] + [
-        f"| {r['length']} | {r['first_call_s']:.2f} | {r['peak_bytes'] / 2**20:.0f} |" for r in result["many_lengths"]
+        f"| {r['length']} | {r['first_call_s']:.2f} | {r['peak_bytes'] / 2**20:.0f} |"
+        for r in result.get("many_lengths", [])
     ]
     return "\n".join(lines) + "\n"
 
@@ -256,6 +259,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--small", action="store_true", help="tiny sizes, to check the script on a CPU")
     parser.add_argument("--out", type=Path, required=True, help="folder for flash-limit.json and flash-limit.md")
+    parser.add_argument(
+        "--sections", nargs="+", default=["exactness", "alone", "tables", "lengths"],
+        choices=["exactness", "alone", "tables", "lengths"], help="what to run (default: all, in this order)",
+    )  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)
     alibi_triton.check_device(device)
@@ -272,15 +279,22 @@ def main() -> None:
         preset, prefill_lengths = PRESETS["gpu-350m"], (16384, 65536)
         lengths = [300, 700, 1500, 2047, 2049, 3000, 5000, 8191, 9000, 12000, 16384, 20000]
         alone_shapes = ((8, 16, 2048, 64), (1, 16, 8192, 64))  # the 350M model's attention (DESIGN.md's table)
-    result = {"environment": environment(device), "exactness": exactness(device)}
-    dtype = torch.float32 if args.small else torch.bfloat16
-    result["attention_alone_ms"] = {
-        " x ".join(map(str, shape)): attention_alone(device, shape, dtype) for shape in alone_shapes
-    }
-    result.update(tables(preset, device, prefill_lengths))
-    result["many_lengths"] = many_lengths(preset, device, lengths)
-    result["ratios"] = ratios(result)
     args.out.mkdir(parents=True, exist_ok=True)
+    dtype = torch.float32 if args.small else torch.bfloat16
+    sections = {
+        "exactness": lambda: {"exactness": exactness(device)},
+        "alone": lambda: {
+            "attention_alone_ms": {" x ".join(map(str, s)): attention_alone(device, s, dtype) for s in alone_shapes}
+        },
+        "tables": lambda: tables(preset, device, prefill_lengths),
+        "lengths": lambda: {"many_lengths": many_lengths(preset, device, lengths)},
+    }
+    result = {"environment": environment(device)}
+    for name in args.sections:
+        result.update(sections[name]())
+        # Written after every section: a run cut off by a time limit still leaves what it measured.
+        (args.out / "flash-limit.json").write_text(json.dumps(result, indent=1) + "\n")
+    result["ratios"] = ratios(result)
     (args.out / "flash-limit.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "flash-limit.md").write_text(markdown(result))
     print(markdown(result))
