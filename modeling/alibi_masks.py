@@ -121,6 +121,9 @@ class TritonAlibiMask:
     document_ids: torch.Tensor | None = None
     document_start: torch.Tensor | None = None
     document_end: torch.Tensor | None = None
+    # The kernels' arguments, by (device, dtype): built by the first layer and reused by the others, as this object
+    # is made once per forward and shared by every layer.
+    arguments: dict[tuple, tuple] = field(default_factory=dict)
 
 
 def packed_document_ids(

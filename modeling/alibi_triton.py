@@ -62,7 +62,7 @@ def check_device(device: torch.device) -> None:
 
 
 def _alibi_scores(
-    q, k, offs_m, offs_n, q_pos, q_doc, key_rows, slope, window, qk_scale, q_base,
+    q, k, offs_m, offs_n, q_pos, q_doc, key_rows, slope, window, qk_scale, first_query,
     POS, VALID, DOCS, stride_ls, PAST, KLEN,
     MASKED: constexpr, PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr, HAS_WINDOW: constexpr,
     ROW_SHIFT: constexpr, PRECISION: constexpr,
@@ -72,10 +72,10 @@ def _alibi_scores(
     `key_rows` points at this batch row of the `[B, K]` layout tensors; `q_pos`, `q_doc` are the queries' positions
     and documents (loaded once per query block by the caller). Unmasked tiles are those every query sees whole.
 
-    With `ROW_SHIFT` (plain layouts, 16-bit inputs) the bias is `m * (pos_k - q_base)`, a vector per tile: one
-    multiply-add per score instead of four operations. It differs from `-m * (pos_q - pos_k)` by `m * (pos_q - q_base)`
-    per row (`_row_shift`, at most m * BLOCK_M), which leaves the softmax unchanged; callers take it out of the
-    log-sum-exp they store and put it back into the one they load.
+    With `ROW_SHIFT` (plain layouts, 16-bit inputs) the bias is `m * (pos_k - first_query)`, a vector per tile: one
+    multiply-add per score instead of four operations. It differs from `-m * (pos_q - pos_k)` by
+    `m * (pos_q - first_query)` per row (`_row_shift`, at most m * BLOCK_M), which leaves the softmax unchanged;
+    callers take it out of the log-sum-exp they store and put it back into the one they load.
     """
     key_in = offs_n < KLEN
     if PLAIN:
@@ -83,7 +83,7 @@ def _alibi_scores(
     else:
         k_pos = tl.load(POS + key_rows + offs_n * stride_ls, mask=key_in, other=0)
     if ROW_SHIFT:
-        key_bias = slope * (k_pos - q_base).to(tl.float32)
+        key_bias = slope * (k_pos - first_query).to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale + key_bias[None, :]
     else:
         distance = q_pos[:, None] - k_pos[None, :]
@@ -105,7 +105,7 @@ def _alibi_scores(
 
 
 def _row_shift(slope, offs_m, first_row, ROW_SHIFT: constexpr):
-    """What `ROW_SHIFT` scores add to each row, `m * (pos_q - q_base)` for queries `offs_m` from `first_row` on."""
+    """What `ROW_SHIFT` scores add to each row: `m * (pos_q - first_query)` for queries `offs_m` from `first_row`."""
     shift = (offs_m - first_row).to(tl.float32)
     if ROW_SHIFT:
         shift = shift * slope
@@ -154,20 +154,45 @@ def _key_range(DSTART, key_rows, first_slot, window, stride_ls, KLEN, BLOCK_M: c
     return lo, whole_start, whole_stop, hi
 
 
+def _head_constants(SLOPES, WINDOWS, h, HAS_WINDOW: constexpr):
+    """Head h's slope (base 2) and window (0 without windows)."""
+    window = 0
+    if HAS_WINDOW:
+        window = tl.load(WINDOWS + h)
+    return tl.load(SLOPES + h), window
+
+
+def _part(lo, whole_start, whole_stop, hi, PART: constexpr):
+    """`[start, stop)` of part 0, 1 or 2 of a loop split as `[lo, whole_start)`, `[whole_start, whole_stop)`,
+    `[whole_stop, hi)`."""
+    start, stop = whole_stop, hi
+    if PART == 0:
+        start, stop = lo, whole_start
+    if PART == 1:
+        start, stop = whole_start, whole_stop
+    return start, stop  # one return: Triton's compiler wants one type from every branch
+
+
+def _key_tile(k_base, v_base, stride_kn, stride_vn, offs_n, KLEN, d_in):
+    """The keys and values of slots `offs_n`, zeros past KLEN."""
+    kv_mask = (offs_n < KLEN)[:, None] & d_in[None, :]
+    k = tl.load(k_base + offs_n[:, None] * stride_kn, mask=kv_mask, other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * stride_vn, mask=kv_mask, other=0.0)
+    return k, v
+
+
 def _forward_tiles(
     acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, lo, hi, d_in,
-    offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, q_base, POS, VALID, DOCS, stride_ls, PAST, KLEN,
+    offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, first_query, POS, VALID, DOCS, stride_ls, PAST, KLEN,
     BLOCK_N: constexpr, MASKED: constexpr, PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr,
     HAS_WINDOW: constexpr, ROW_SHIFT: constexpr, PRECISION: constexpr,
 ):  # fmt: skip
     """The online softmax over key blocks `[lo, hi)`: running max `m_i`, sum `l_i` and output `acc`, base 2."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kv_mask = (offs_n < KLEN)[:, None] & d_in[None, :]
-        k = tl.load(k_base + offs_n[:, None] * stride_kn, mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn, mask=kv_mask, other=0.0)
+        k, v = _key_tile(k_base, v_base, stride_kn, stride_vn, offs_n, KLEN, d_in)
         s = _alibi_scores(
-            q, k, offs_m, offs_n, q_pos, q_doc, key_rows, slope, window, qk_scale, q_base, POS, VALID, DOCS,
+            q, k, offs_m, offs_n, q_pos, q_doc, key_rows, slope, window, qk_scale, first_query, POS, VALID, DOCS,
             stride_ls, PAST, KLEN, MASKED, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
         )  # fmt: skip
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -200,14 +225,12 @@ def _forward(
         Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
         mask=q_in[:, None] & d_in[None, :], other=0.0,
     )  # fmt: skip
-    slope = tl.load(SLOPES + h)
-    window = 0
-    if HAS_WINDOW:
-        window = tl.load(WINDOWS + h)
+    slope, window = _head_constants(SLOPES, WINDOWS, h, HAS_WINDOW)
     key_rows = b * stride_lb
     q_pos, q_doc = _query_layout(POS, DOCS, key_rows, offs_m, stride_ls, PAST, QLEN, PLAIN, HAS_DOCS)
+    first_query = PAST + start_m * BLOCK_M
     lo, whole_start, whole_stop, hi = _key_range(
-        DSTART, key_rows, PAST + start_m * BLOCK_M, window, stride_ls, KLEN, BLOCK_M, BLOCK_N,
+        DSTART, key_rows, first_query, window, stride_ls, KLEN, BLOCK_M, BLOCK_N,
         PLAIN, HAS_WINDOW, DOCUMENT_SKIP, WINDOW_SKIP,
     )  # fmt: skip
 
@@ -216,13 +239,12 @@ def _forward(
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     k_base = K + b * stride_kb + (h // GROUPS) * stride_kh + offs_d[None, :] * stride_kd
     v_base = V + b * stride_vb + (h // GROUPS) * stride_vh + offs_d[None, :] * stride_vd
-    q_base = PAST + start_m * BLOCK_M
     for part in tl.static_range(3):  # a window's edge (masked), the whole blocks, the diagonal (masked)
+        start, stop = _part(lo, whole_start, whole_stop, hi, part)
         acc, l_i, m_i = _forward_tiles(
-            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn,
-            lo if part == 0 else (whole_start if part == 1 else whole_stop),
-            whole_start if part == 0 else (whole_stop if part == 1 else hi), d_in, offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, q_base, POS, VALID, DOCS, stride_ls, PAST,
-            KLEN, BLOCK_N, part != 1, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
+            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, start, stop, d_in, offs_m, q_pos, q_doc,
+            key_rows, slope, window, qk_scale, first_query, POS, VALID, DOCS, stride_ls, PAST, KLEN,
+            BLOCK_N, part != 1, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
         )  # fmt: skip
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # only rows past QLEN, which are not stored
@@ -295,10 +317,7 @@ def _backward_dkdv(
         V + b * stride_vb + (h // GROUPS) * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
         mask=kv_mask, other=0.0,
     )  # fmt: skip
-    slope = tl.load(SLOPES + h)
-    window = 0
-    if HAS_WINDOW:
-        window = tl.load(WINDOWS + h)
+    slope, window = _head_constants(SLOPES, WINDOWS, h, HAS_WINDOW)
     key_rows = b * stride_lb
     first_key = start_n * BLOCK_N
     last_key = tl.minimum(first_key + BLOCK_N, KLEN) - 1
@@ -324,12 +343,11 @@ def _backward_dkdv(
     q_base = Q + b * stride_qb + h * stride_qh + offs_d[None, :] * stride_qd
     do_base = DO + b * stride_ob + h * stride_oh + offs_d[None, :] * stride_od
     for part in tl.static_range(3):  # the diagonal (masked), the whole blocks, a window's edge (masked)
+        start, stop = _part(lo, whole_start, whole_stop, hi, part)
         dk, dv = _dkdv_tiles(
-            dk, dv, k, v, q_base, do_base, stride_qm, stride_om, LSE, DELTA, bh,
-            lo if part == 0 else (whole_start if part == 1 else whole_stop),
-            whole_start if part == 0 else (whole_stop if part == 1 else hi), d_in, offs_n, key_rows, slope, window,
-            qk_scale, POS, VALID, DOCS, stride_ls, PAST, QLEN, KLEN, BLOCK_M, part != 1, PLAIN, HAS_VALID, HAS_DOCS,
-            HAS_WINDOW, ROW_SHIFT, PRECISION,
+            dk, dv, k, v, q_base, do_base, stride_qm, stride_om, LSE, DELTA, bh, start, stop, d_in, offs_n,
+            key_rows, slope, window, qk_scale, POS, VALID, DOCS, stride_ls, PAST, QLEN, KLEN, BLOCK_M, part != 1,
+            PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
         )  # fmt: skip
 
     tl.store(
@@ -344,18 +362,16 @@ def _backward_dkdv(
 
 def _dq_tiles(
     dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, lo, hi, d_in,
-    offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, q_base, POS, VALID, DOCS, stride_ls, PAST, KLEN,
+    offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, first_query, POS, VALID, DOCS, stride_ls, PAST, KLEN,
     BLOCK_N: constexpr, MASKED: constexpr, PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr,
     HAS_WINDOW: constexpr, ROW_SHIFT: constexpr, PRECISION: constexpr,
 ):  # fmt: skip
     """dQ of one query block, summed over key blocks `[lo, hi)` (still to be scaled by `sm_scale`)."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kv_mask = (offs_n < KLEN)[:, None] & d_in[None, :]
-        k = tl.load(k_base + offs_n[:, None] * stride_kn, mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn, mask=kv_mask, other=0.0)
+        k, v = _key_tile(k_base, v_base, stride_kn, stride_vn, offs_n, KLEN, d_in)
         s = _alibi_scores(
-            q, k, offs_m, offs_n, q_pos, q_doc, key_rows, slope, window, qk_scale, q_base, POS, VALID, DOCS,
+            q, k, offs_m, offs_n, q_pos, q_doc, key_rows, slope, window, qk_scale, first_query, POS, VALID, DOCS,
             stride_ls, PAST, KLEN, MASKED, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
         )  # fmt: skip
         p = tl.exp2(s - lse[:, None])
@@ -391,30 +407,27 @@ def _backward_dq(
         DO + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
         mask=q_mask, other=0.0,
     )  # fmt: skip
-    slope = tl.load(SLOPES + h)
+    slope, window = _head_constants(SLOPES, WINDOWS, h, HAS_WINDOW)
     lse = tl.load(LSE + bh * QLEN + offs_m, mask=q_in, other=float("inf"))
     lse += _row_shift(slope, offs_m, start_m * BLOCK_M, ROW_SHIFT)
     delta = tl.load(DELTA + bh * QLEN + offs_m, mask=q_in, other=0.0)
-    window = 0
-    if HAS_WINDOW:
-        window = tl.load(WINDOWS + h)
     key_rows = b * stride_lb
     q_pos, q_doc = _query_layout(POS, DOCS, key_rows, offs_m, stride_ls, PAST, QLEN, PLAIN, HAS_DOCS)
+    first_query = PAST + start_m * BLOCK_M
     lo, whole_start, whole_stop, hi = _key_range(
-        DSTART, key_rows, PAST + start_m * BLOCK_M, window, stride_ls, KLEN, BLOCK_M, BLOCK_N,
+        DSTART, key_rows, first_query, window, stride_ls, KLEN, BLOCK_M, BLOCK_N,
         PLAIN, HAS_WINDOW, DOCUMENT_SKIP, WINDOW_SKIP,
     )  # fmt: skip
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     k_base = K + b * stride_kb + (h // GROUPS) * stride_kh + offs_d[None, :] * stride_kd
     v_base = V + b * stride_vb + (h // GROUPS) * stride_vh + offs_d[None, :] * stride_vd
-    q_base = PAST + start_m * BLOCK_M
     for part in tl.static_range(3):  # as in the forward
+        start, stop = _part(lo, whole_start, whole_stop, hi, part)
         dq = _dq_tiles(
-            dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn,
-            lo if part == 0 else (whole_start if part == 1 else whole_stop),
-            whole_start if part == 0 else (whole_stop if part == 1 else hi), d_in, offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, q_base, POS, VALID, DOCS, stride_ls, PAST,
-            KLEN, BLOCK_N, part != 1, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
+            dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, start, stop, d_in, offs_m, q_pos, q_doc,
+            key_rows, slope, window, qk_scale, first_query, POS, VALID, DOCS, stride_ls, PAST, KLEN,
+            BLOCK_N, part != 1, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
         )  # fmt: skip
 
     tl.store(
@@ -423,7 +436,18 @@ def _backward_dq(
     )  # fmt: skip
 
 
-_HELPERS = ("_alibi_scores", "_row_shift", "_query_layout", "_key_range", "_forward_tiles", "_dkdv_tiles", "_dq_tiles")
+_HELPERS = (
+    "_alibi_scores",
+    "_row_shift",
+    "_query_layout",
+    "_head_constants",
+    "_part",
+    "_key_tile",
+    "_key_range",
+    "_forward_tiles",
+    "_dkdv_tiles",
+    "_dq_tiles",
+)
 # Tile shapes tried once per (head dimension, length bucket, layout kind) by `triton.autotune` on the GPU:
 # (BLOCK_M, BLOCK_N, warps, stages). The forward and dQ loop over keys for a block of queries; dK/dV the other way.
 FORWARD_CONFIGS = ((128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3), (64, 32, 4, 4))
@@ -478,18 +502,24 @@ def _length_bucket(length: int) -> int:
 
 
 def _layout_arguments(query: torch.Tensor, mask: "TritonAlibiMask") -> tuple[list[torch.Tensor], dict]:
-    """Pointer arguments (dummies for what a plain layout lacks) and flags for the tensors of a `TritonAlibiMask`."""
-    device = query.device
-    dummy = torch.zeros(1, dtype=torch.int32, device=device)
+    """The kernels' layout arguments for a `TritonAlibiMask`: pointers (a dummy for each tensor a plain layout lacks),
+    `[slopes, windows, positions, valid, documents, document start, document end]`, and the flags and strides.
+
+    Built by the first layer for the query's device and dtype and kept on the mask for the others.
+    """
+    cache_key = (query.device, query.dtype)
+    if cache_key in mask.arguments:
+        return mask.arguments[cache_key]
+    dummy = torch.zeros(1, dtype=torch.int32, device=query.device)
     positions = mask.key_positions
     plain = positions is None
     stride_lb, stride_ls = (0, 0) if plain else positions.stride()
+    optional = (
+        mask.windows, positions, mask.key_valid, mask.document_ids, mask.document_start, mask.document_end
+    )  # fmt: skip
     tensors = [
-        mask.slopes.to(device=device, dtype=torch.float32).mul(LOG2E).contiguous(),
-        mask.windows if mask.windows is not None else dummy,
-        positions if positions is not None else dummy,
-        mask.key_valid if mask.key_valid is not None else dummy,
-        mask.document_ids if mask.document_ids is not None else dummy,
+        mask.slopes.to(device=query.device, dtype=torch.float32).mul(LOG2E).contiguous(),
+        *(tensor if tensor is not None else dummy for tensor in optional),
     ]
     flags = dict(
         PLAIN=plain,
@@ -500,8 +530,11 @@ def _layout_arguments(query: torch.Tensor, mask: "TritonAlibiMask") -> tuple[lis
         ROW_SHIFT=plain and query.dtype in ROW_SHIFT_DTYPES,
         # Slot distance is position distance unless padding sits between a query and its keys.
         WINDOW_SKIP=mask.windows is not None and mask.key_valid is None,
+        stride_lb=stride_lb,
+        stride_ls=stride_ls,
     )
-    return tensors, dict(flags, stride_lb=stride_lb, stride_ls=stride_ls)
+    mask.arguments[cache_key] = tensors, flags
+    return tensors, flags
 
 
 def _strides(*tensors: torch.Tensor) -> list[int]:
@@ -521,16 +554,14 @@ class AlibiFlashAttention(torch.autograd.Function):
         key_heads, key_length = key.shape[1:3]
         if heads % key_heads:
             raise ValueError(f"{heads} query heads cannot share {key_heads} key/value heads evenly.")
-        tensors, flags = _layout_arguments(query, mask)
-        dummy = tensors[2] if flags["PLAIN"] else torch.zeros(1, dtype=torch.int32, device=query.device)
-        start = mask.document_start if mask.document_start is not None else dummy
-        end = mask.document_end if mask.document_end is not None else dummy
+        (*tensors, start, end), flags = _layout_arguments(query, mask)
         out = torch.empty_like(query)
         lse = torch.empty(batch, heads, query_length, dtype=torch.float32, device=query.device)
         interpret = interpreting()
         kernel = kernels(interpret).forward
         common = dict(
-            H=heads, GROUPS=heads // key_heads, QLEN=query_length, KLEN=key_length, PAST=mask.past_length, qk_scale=scale * LOG2E,
+            H=heads, GROUPS=heads // key_heads, QLEN=query_length, KLEN=key_length, PAST=mask.past_length,
+            qk_scale=scale * LOG2E,
             LEN_BUCKET=_length_bucket(key_length), HEAD_DIM=head_dim, BLOCK_D=max(16, _length_bucket(head_dim)),
             PRECISION="ieee" if query.dtype == torch.float32 else "tf32", **flags,
         )  # fmt: skip
