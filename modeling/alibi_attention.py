@@ -30,7 +30,6 @@ from .alibi_masks import (
     AttentionLayout,
     FlashAlibiMask,
     FlexAlibiMask,
-    TritonAlibiMask,
     WindowedAlibi,
     alibi_bias,
     compiled,
@@ -38,7 +37,7 @@ from .alibi_masks import (
     key_only_exact,
     windowed_block_size,
 )
-from .alibi_triton import alibi_flash_attention
+from .alibi_triton import TritonAlibiMask, alibi_flash_attention
 
 
 def windowed_alibi_attention(

@@ -26,6 +26,8 @@ from torch.nn import functional as F
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 from transformers.masking_utils import find_packed_sequence_indices
 
+from .alibi_triton import TritonAlibiMask, build_triton_mask
+
 # `bias(head, distance)`: the fp32 score bias for heads and distances `pos_q - pos_k`, broadcasting
 # over tensors or on the scalars flex_attention's `score_mod` gets.
 ScoreBias = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -102,28 +104,6 @@ class FlashAlibiMask:
     cu_seqlens_k: torch.Tensor | None = None  # [n + 1] int32
     max_seqlen_q: int = 0
     max_seqlen_k: int = 0
-
-
-@dataclass
-class TritonAlibiMask:
-    """The `alibi_triton` mask: the slopes, windows and layout tensors the Triton kernel reads per tile.
-
-    Nothing is Q x K: the kernel computes each tile's bias and visibility from these (`alibi_triton`). Layout tensors
-    are `[B, K]` int32 (`key_valid` int8), all with the same strides; None where the layout is plain.
-    `document_start`/`document_end`: the first and one-past-last slot of each slot's document, for skipping tiles.
-    """
-
-    slopes: torch.Tensor  # [H] fp32; zeros for position encodings without a bias
-    windows: torch.Tensor | None  # [H] int32
-    past_length: int
-    key_positions: torch.Tensor | None = None
-    key_valid: torch.Tensor | None = None
-    document_ids: torch.Tensor | None = None
-    document_start: torch.Tensor | None = None
-    document_end: torch.Tensor | None = None
-    # The kernels' arguments, by (device, dtype): built by the first layer and reused by the others, as this object
-    # is made once per forward and shared by every layer.
-    arguments: dict[tuple, tuple] = field(default_factory=dict)
 
 
 def packed_document_ids(
@@ -658,47 +638,11 @@ def flex_alibi_mask(
     return FlexAlibiMask(block_mask, score_mod if bias is not None else None, length)
 
 
-# The largest window the Triton kernel takes (int32 arithmetic on slot + window must not overflow).
-TRITON_WINDOW_LIMIT = 2**30
-
-
-def document_bounds(document_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`[B, K]` first slot and one past the last slot of each slot's document id in its row (ids need not be runs).
-
-    Not while compiling (`torch.unique` has a data-dependent size): the caller then skips no tiles by document.
-    """
-    batch, length = document_ids.shape
-    rows = torch.arange(batch, device=document_ids.device)[:, None].expand(batch, length)
-    pairs = torch.stack([rows, document_ids], -1).reshape(-1, 2)
-    _, inverse = torch.unique(pairs, dim=0, return_inverse=True)
-    slots = torch.arange(length, device=document_ids.device).expand(batch, length).reshape(-1)
-    count = int(inverse.max()) + 1
-    first = torch.full((count,), length, device=slots.device).scatter_reduce(0, inverse, slots, "amin")
-    last = torch.full((count,), -1, device=slots.device).scatter_reduce(0, inverse, slots, "amax")
-    return first[inverse].view(batch, length), (last[inverse] + 1).view(batch, length)
-
-
 def triton_alibi_mask(
     layout: AttentionLayout, slopes: torch.Tensor | None, windows: torch.Tensor | None, num_heads: int
 ) -> TritonAlibiMask:
-    """The `TritonAlibiMask` of a layout: `slopes` None for a position encoding without a bias (all zero)."""
-    device = layout.device
-    if slopes is None:
-        slopes = torch.zeros(num_heads, device=device)
-    if windows is not None:
-        windows = windows.clamp(max=TRITON_WINDOW_LIMIT).to(device=device, dtype=torch.int32)
-    mask = TritonAlibiMask(slopes.float(), windows, int(layout.past_length))
-    if layout.is_plain:
-        return mask
-
-    def slots(tensor: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-        return None if tensor is None else tensor.to(device=device, dtype=dtype).contiguous()
-
-    mask.key_positions = slots(layout.key_positions, torch.int32)
-    mask.key_valid = slots(layout.key_valid, torch.int8)
-    if layout.document_ids is not None:
-        mask.document_ids = slots(layout.document_ids, torch.int32)
-        if not torch.compiler.is_compiling():
-            start, end = document_bounds(layout.document_ids)
-            mask.document_start, mask.document_end = slots(start, torch.int32), slots(end, torch.int32)
-    return mask
+    """The `alibi_triton` form of a layout: its tensors (none when plain), the slopes and windows."""
+    tensors = {} if layout.is_plain else dict(
+        key_positions=layout.key_positions, key_valid=layout.key_valid, document_ids=layout.document_ids
+    )  # fmt: skip
+    return build_triton_mask(slopes, windows, num_heads, layout.device, layout.past_length, **tensors)

@@ -1,40 +1,22 @@
 # Copyright 2026 The alibi-lm authors. Licensed under the Apache License, Version 2.0.
-"""Flash attention with the ALiBi bias added in registers: a Triton kernel, forward and backward.
+"""Flash attention with the ALiBi bias added in registers (`attn_implementation="alibi_triton"`): the host side.
 
 What flash-attn 2's `alibi_slopes` does inside its CUDA kernel, written in Triton so it runs wherever torch's GPU build
-does (no extra wheel): each tile of scores gets `-m_h * (pos_q - pos_k)` from the slope and the two positions, so no
-bias tensor exists, not even a `BlockMask`. Tiles above the causal diagonal, before the query block's document start
-and past a head's window are never visited. Padding, packed documents and windows are the layout's rule
-(`alibi_masks.AttentionLayout.visible_within`) evaluated per tile.
+does (no extra wheel). The kernels are in `alibi_triton_kernels.py`; here are the mask form they read
+(`TritonAlibiMask`: slopes, windows and `[B, K]` layout tensors, nothing Q x K), the launches, and the two custom ops
+(forward, backward) that make the kernel one node of a `torch.compile` graph: no graph break around attention.
 
-The kernels follow the FlashAttention-2 algorithm (Dao, 2023) and the layout of Triton's fused-attention tutorial
-(`python/tutorials/06-fused-attention.py`): online softmax in base 2, the log-sum-exp saved for a backward that
-computes dK/dV per key block and dQ per query block. ALiBi: Press, Smith & Lewis, "Train Short, Test Long", ICLR 2022.
-Kernel arguments are untyped and upper case where Triton's convention has them so (pointers, compile-time constants).
-
-On the CPU it runs only in Triton's interpreter (`TRITON_INTERPRET=1`): slow, for testing the kernel. No
-`from __future__ import annotations` here: Triton reads `tl.constexpr` from the live annotations.
+On the CPU it runs only in Triton's interpreter (`TRITON_INTERPRET=1`): slow, for testing the kernel.
 """
 
 import functools
-import importlib
 import math
-import types
-from typing import TYPE_CHECKING
+import re
+from dataclasses import dataclass
 
 import torch
 
-if TYPE_CHECKING:
-    from .alibi_masks import TritonAlibiMask
-
-try:  # Hub remote code must import without Triton: only the `alibi_triton` backend needs it.
-    import triton
-    import triton.language as tl
-except ImportError:
-    triton = None
-    constexpr = int  # what the annotations below name when Triton is absent; nothing is compiled then
-else:
-    constexpr = tl.constexpr
+from .alibi_triton_kernels import INTERPRETER_BLOCK, interpreting, kernels, triton
 
 LOG2E = math.log2(math.e)  # the kernels work in base 2: exp2 is one instruction
 
@@ -45,12 +27,12 @@ TRITON_ON_CPU = (
     "attn_implementation='alibi_triton' runs on CUDA devices; on the CPU only in Triton's interpreter (start Python "
     "with TRITON_INTERPRET=1: Triton reads it when imported; slow, meant for testing the kernel)."
 )
-
-
-def interpreting() -> bool:
-    """Whether Triton was imported in its interpreter mode (`TRITON_INTERPRET=1` before the import, Triton's switch:
-    its own library functions are built then, and cannot change mode later)."""
-    return triton is not None and type(tl.sum).__name__ == "InterpretedFunction"
+# Inputs whose scores take the bias as one vector per tile (`_alibi_scores`, plain layouts): 16-bit ones, whose
+# probabilities are rounded to 8 or 11 bits before the second matmul anyway. fp32 keeps the per-score distance, exact
+# to the last bit the reference has.
+ROW_SHIFT_DTYPES = (torch.float16, torch.bfloat16)
+# The largest window the kernel takes (int32 arithmetic on slot + window must not overflow).
+TRITON_WINDOW_LIMIT = 2**30
 
 
 def check_device(device: torch.device) -> None:
@@ -61,439 +43,74 @@ def check_device(device: torch.device) -> None:
         raise ValueError(TRITON_ON_CPU)
 
 
-def _alibi_scores(
-    q, k, offs_m, offs_n, q_pos, q_doc, key_rows, slope, window, qk_scale, first_query,
-    POS, VALID, DOCS, stride_ls, PAST, KLEN,
-    MASKED: constexpr, PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr, HAS_WINDOW: constexpr,
-    ROW_SHIFT: constexpr, PRECISION: constexpr,
-):  # fmt: skip
-    """One `[BLOCK_M, BLOCK_N]` tile of base-2 scores with the bias added and, if `MASKED`, hidden pairs at -inf.
+@dataclass
+class TritonAlibiMask:
+    """The `alibi_triton` mask: the slopes, windows and layout tensors the kernels read per tile.
 
-    `key_rows` points at this batch row of the `[B, K]` layout tensors; `q_pos`, `q_doc` are the queries' positions
-    and documents (loaded once per query block by the caller). Unmasked tiles are those every query sees whole.
-
-    With `ROW_SHIFT` (plain layouts, 16-bit inputs) the bias is `m * (pos_k - first_query)`, a vector per tile: one
-    multiply-add per score instead of four operations. It differs from `-m * (pos_q - pos_k)` by
-    `m * (pos_q - first_query)` per row (`_row_shift`, at most m * BLOCK_M), which leaves the softmax unchanged;
-    callers take it out of the log-sum-exp they store and put it back into the one they load.
+    Nothing is Q x K: the kernels compute each tile's bias and visibility from these. Layout tensors are `[B, K]`
+    int32 (`key_valid` int8), all with the same strides; None where the layout is plain.
+    `document_start`/`document_end`: the first and one-past-last slot of each slot's document, for skipping tiles.
     """
-    key_in = offs_n < KLEN
-    if PLAIN:
-        k_pos = offs_n
-    else:
-        k_pos = tl.load(POS + key_rows + offs_n * stride_ls, mask=key_in, other=0)
-    if ROW_SHIFT:
-        key_bias = slope * (k_pos - first_query).to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale + key_bias[None, :]
-    else:
-        distance = q_pos[:, None] - k_pos[None, :]
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale - slope * distance.to(tl.float32)
-    if MASKED:
-        q_slot = offs_m + PAST
-        visible = (offs_n[None, :] <= q_slot[:, None]) & key_in[None, :]
-        if HAS_VALID:
-            valid = tl.load(VALID + key_rows + offs_n * stride_ls, mask=key_in, other=0)
-            visible = visible & (valid != 0)[None, :]
-        if HAS_DOCS:
-            k_doc = tl.load(DOCS + key_rows + offs_n * stride_ls, mask=key_in, other=-2)
-            visible = visible & (k_doc[None, :] == q_doc[:, None])
-        if HAS_WINDOW:
-            visible = visible & ((q_pos[:, None] - k_pos[None, :]) <= window)
-        visible = visible | (offs_n[None, :] == q_slot[:, None])  # a query always sees its own slot
-        s = tl.where(visible, s, float("-inf"))
-    return s
+
+    log2_slopes: torch.Tensor  # [H] fp32, the slopes times log2(e) (the kernels' base); zeros without a bias
+    windows: torch.Tensor | None  # [H] int32
+    past_length: int
+    key_positions: torch.Tensor | None = None
+    key_valid: torch.Tensor | None = None
+    document_ids: torch.Tensor | None = None
+    document_start: torch.Tensor | None = None
+    document_end: torch.Tensor | None = None
 
 
-def _row_shift(slope, offs_m, first_row, ROW_SHIFT: constexpr):
-    """What `ROW_SHIFT` scores add to each row: `m * (pos_q - first_query)` for queries `offs_m` from `first_row`."""
-    shift = (offs_m - first_row).to(tl.float32)
-    if ROW_SHIFT:
-        shift = shift * slope
-    else:
-        shift = tl.zeros_like(shift)
-    return shift  # one return: Triton's compiler wants one type from every branch
+def document_bounds(document_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[B, K]` first slot and one past the last slot of each slot's document id in its row (ids need not be runs).
 
-
-def _query_layout(POS, DOCS, key_rows, offs_m, stride_ls, PAST, QLEN, PLAIN: constexpr, HAS_DOCS: constexpr):
-    """The positions and documents of a block of queries (slots `PAST + offs_m`)."""
-    q_slot = offs_m + PAST
-    q_in = offs_m < QLEN
-    if PLAIN:
-        q_pos = q_slot
-    else:
-        q_pos = tl.load(POS + key_rows + q_slot * stride_ls, mask=q_in, other=0)
-    q_doc = q_pos  # unused without documents
-    if HAS_DOCS:
-        q_doc = tl.load(DOCS + key_rows + q_slot * stride_ls, mask=q_in, other=-1)
-    return q_pos, q_doc
-
-
-def _key_range(DSTART, key_rows, first_slot, window, stride_ls, KLEN, BLOCK_M: constexpr, BLOCK_N: constexpr,
-               PLAIN: constexpr, HAS_WINDOW: constexpr, DOCUMENT_SKIP: constexpr, WINDOW_SKIP: constexpr):  # fmt: skip
-    """The key blocks a query block starting at slot `first_slot` visits, `lo <= whole_start <= whole_stop <= hi`.
-
-    Not before its document's start or its window; nothing after its last query (causal). `[whole_start, whole_stop)`
-    are the blocks every query of the block sees whole (at or before its first query, inside its last query's
-    window): plain layouts only, run without mask arithmetic; the blocks on either side are masked.
+    Not while compiling (`torch.unique` has a data-dependent size): the caller then skips no tiles by document.
     """
-    lo = 0
-    if DOCUMENT_SKIP:  # the earliest document start among the block's queries (ids may return after a gap)
-        slots = first_slot + tl.arange(0, BLOCK_M)
-        lo = tl.min(tl.load(DSTART + key_rows + slots * stride_ls, mask=slots < KLEN, other=KLEN), 0)
-    if WINDOW_SKIP:
-        lo = tl.maximum(lo, first_slot - window)
-    lo = lo // BLOCK_N * BLOCK_N
-    hi = tl.minimum(KLEN, first_slot + BLOCK_M)
-    whole_start = lo
-    whole_stop = lo
-    if PLAIN:
-        whole_stop = tl.maximum(lo, tl.minimum(hi, (first_slot + 1) // BLOCK_N * BLOCK_N))
-        if HAS_WINDOW:  # from the first key inside every query's window
-            reach = tl.maximum(first_slot + BLOCK_M - 1 - window, 0)
-            whole_start = tl.minimum(whole_stop, tl.maximum(lo, tl.cdiv(reach, BLOCK_N) * BLOCK_N))
-    return lo, whole_start, whole_stop, hi
+    batch, length = document_ids.shape
+    rows = torch.arange(batch, device=document_ids.device)[:, None].expand(batch, length)
+    pairs = torch.stack([rows, document_ids], -1).reshape(-1, 2)
+    _, inverse = torch.unique(pairs, dim=0, return_inverse=True)
+    slots = torch.arange(length, device=document_ids.device).expand(batch, length).reshape(-1)
+    count = int(inverse.max()) + 1
+    first = torch.full((count,), length, device=slots.device).scatter_reduce(0, inverse, slots, "amin")
+    last = torch.full((count,), -1, device=slots.device).scatter_reduce(0, inverse, slots, "amax")
+    return first[inverse].view(batch, length), (last[inverse] + 1).view(batch, length)
 
 
-def _head_constants(SLOPES, WINDOWS, h, HAS_WINDOW: constexpr):
-    """Head h's slope (base 2) and window (0 without windows)."""
-    window = 0
-    if HAS_WINDOW:
-        window = tl.load(WINDOWS + h)
-    return tl.load(SLOPES + h), window
+def build_triton_mask(
+    slopes: torch.Tensor | None,
+    windows: torch.Tensor | None,
+    num_heads: int,
+    device: torch.device,
+    past_length: int | torch.Tensor,
+    key_positions: torch.Tensor | None = None,
+    key_valid: torch.Tensor | None = None,
+    document_ids: torch.Tensor | None = None,
+) -> TritonAlibiMask:
+    """The `TritonAlibiMask` of a layout's tensors (`alibi_masks.triton_alibi_mask` passes them), made once per forward
+    for every layer: `slopes` None for a position encoding without a bias (all zero); no `key_positions` for a plain
+    layout (one unpadded document per row, position = slot)."""
+    if slopes is None:
+        slopes = torch.zeros(num_heads, device=device)
+    if windows is not None:
+        windows = windows.clamp(max=TRITON_WINDOW_LIMIT).to(device=device, dtype=torch.int32)
+    log2_slopes = slopes.to(device=device, dtype=torch.float32).mul(LOG2E).contiguous()
+    mask = TritonAlibiMask(log2_slopes, windows, int(past_length))
+    if key_positions is None:
+        return mask
 
+    def slots(tensor: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+        return None if tensor is None else tensor.to(device=device, dtype=dtype).contiguous()
 
-def _part(lo, whole_start, whole_stop, hi, PART: constexpr):
-    """`[start, stop)` of part 0, 1 or 2 of a loop split as `[lo, whole_start)`, `[whole_start, whole_stop)`,
-    `[whole_stop, hi)`."""
-    start, stop = whole_stop, hi
-    if PART == 0:
-        start, stop = lo, whole_start
-    if PART == 1:
-        start, stop = whole_start, whole_stop
-    return start, stop  # one return: Triton's compiler wants one type from every branch
-
-
-def _key_tile(k_base, v_base, stride_kn, stride_vn, offs_n, KLEN, d_in):
-    """The keys and values of slots `offs_n`, zeros past KLEN."""
-    kv_mask = (offs_n < KLEN)[:, None] & d_in[None, :]
-    k = tl.load(k_base + offs_n[:, None] * stride_kn, mask=kv_mask, other=0.0)
-    v = tl.load(v_base + offs_n[:, None] * stride_vn, mask=kv_mask, other=0.0)
-    return k, v
-
-
-def _forward_tiles(
-    acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, lo, hi, d_in,
-    offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, first_query, POS, VALID, DOCS, stride_ls, PAST, KLEN,
-    BLOCK_N: constexpr, MASKED: constexpr, PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr,
-    HAS_WINDOW: constexpr, ROW_SHIFT: constexpr, PRECISION: constexpr,
-):  # fmt: skip
-    """The online softmax over key blocks `[lo, hi)`: running max `m_i`, sum `l_i` and output `acc`, base 2."""
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k, v = _key_tile(k_base, v_base, stride_kn, stride_vn, offs_n, KLEN, d_in)
-        s = _alibi_scores(
-            q, k, offs_m, offs_n, q_pos, q_doc, key_rows, slope, window, qk_scale, first_query, POS, VALID, DOCS,
-            stride_ls, PAST, KLEN, MASKED, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
-        )  # fmt: skip
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
-    return acc, l_i, m_i
-
-
-def _forward(
-    Q, K, V, OUT, LSE, SLOPES, WINDOWS, POS, VALID, DOCS, DSTART,
-    stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od, stride_lb, stride_ls,
-    H, GROUPS, QLEN, KLEN, PAST, qk_scale, LEN_BUCKET,
-    HEAD_DIM: constexpr, BLOCK_D: constexpr, BLOCK_M: constexpr, BLOCK_N: constexpr,
-    PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr, HAS_WINDOW: constexpr, DOCUMENT_SKIP: constexpr,
-    WINDOW_SKIP: constexpr, ROW_SHIFT: constexpr, PRECISION: constexpr,
-):  # fmt: skip
-    """One block of queries for one (batch row, head): the output and the log-sum-exp (base 2) of its scores."""
-    start_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b, h = bh // H, bh % H
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    q_in, d_in = offs_m < QLEN, offs_d < HEAD_DIM
-    q = tl.load(
-        Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-        mask=q_in[:, None] & d_in[None, :], other=0.0,
-    )  # fmt: skip
-    slope, window = _head_constants(SLOPES, WINDOWS, h, HAS_WINDOW)
-    key_rows = b * stride_lb
-    q_pos, q_doc = _query_layout(POS, DOCS, key_rows, offs_m, stride_ls, PAST, QLEN, PLAIN, HAS_DOCS)
-    first_query = PAST + start_m * BLOCK_M
-    lo, whole_start, whole_stop, hi = _key_range(
-        DSTART, key_rows, first_query, window, stride_ls, KLEN, BLOCK_M, BLOCK_N,
-        PLAIN, HAS_WINDOW, DOCUMENT_SKIP, WINDOW_SKIP,
-    )  # fmt: skip
-
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    k_base = K + b * stride_kb + (h // GROUPS) * stride_kh + offs_d[None, :] * stride_kd
-    v_base = V + b * stride_vb + (h // GROUPS) * stride_vh + offs_d[None, :] * stride_vd
-    for part in tl.static_range(3):  # a window's edge (masked), the whole blocks, the diagonal (masked)
-        start, stop = _part(lo, whole_start, whole_stop, hi, part)
-        acc, l_i, m_i = _forward_tiles(
-            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, start, stop, d_in, offs_m, q_pos, q_doc,
-            key_rows, slope, window, qk_scale, first_query, POS, VALID, DOCS, stride_ls, PAST, KLEN,
-            BLOCK_N, part != 1, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
-        )  # fmt: skip
-
-    l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # only rows past QLEN, which are not stored
-    out = acc / l_safe[:, None]
-    tl.store(
-        OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
-        out.to(OUT.dtype.element_ty), mask=q_in[:, None] & d_in[None, :],
-    )  # fmt: skip
-    lse = m_i + tl.log2(l_safe) - _row_shift(slope, offs_m, start_m * BLOCK_M, ROW_SHIFT)  # the true LSE
-    tl.store(LSE + bh * QLEN + offs_m, lse, mask=q_in)
-
-
-def _dkdv_tiles(
-    dk, dv, k, v, q_base, do_base, stride_qm, stride_om, LSE, DELTA, bh, lo, hi, d_in,
-    offs_n, key_rows, slope, window, qk_scale, POS, VALID, DOCS, stride_ls, PAST, QLEN, KLEN,
-    BLOCK_M: constexpr, MASKED: constexpr, PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr,
-    HAS_WINDOW: constexpr, ROW_SHIFT: constexpr, PRECISION: constexpr,
-):  # fmt: skip
-    """dK and dV of one key block, summed over query blocks `[lo, hi)` (dK still to be scaled by `sm_scale`)."""
-    for start_m in range(lo, hi, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        q_in = offs_m < QLEN
-        q_mask = q_in[:, None] & d_in[None, :]
-        q = tl.load(q_base + offs_m[:, None] * stride_qm, mask=q_mask, other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * stride_om, mask=q_mask, other=0.0)
-        lse = tl.load(LSE + bh * QLEN + offs_m, mask=q_in, other=float("inf"))  # rows past QLEN: p = 0
-        lse += _row_shift(slope, offs_m, start_m, ROW_SHIFT)
-        delta = tl.load(DELTA + bh * QLEN + offs_m, mask=q_in, other=0.0)
-        q_pos, q_doc = _query_layout(POS, DOCS, key_rows, offs_m, stride_ls, PAST, QLEN, PLAIN, HAS_DOCS)
-        first_query = PAST + start_m
-        s = _alibi_scores(
-            q, k, offs_m, offs_n, q_pos, q_doc, key_rows, slope, window, qk_scale, first_query, POS, VALID, DOCS,
-            stride_ls, PAST, KLEN, MASKED, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
-        )  # fmt: skip
-        p = tl.exp2(s - lse[:, None])
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
-    return dk, dv
-
-
-def _backward_dkdv(
-    Q, K, V, DO, LSE, DELTA, DK, DV, SLOPES, WINDOWS, POS, VALID, DOCS, DEND,
-    stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od, stride_lb, stride_ls,
-    stride_gb, stride_gh, stride_gn, stride_gd,
-    H, GROUPS, QLEN, KLEN, PAST, qk_scale, sm_scale, LEN_BUCKET,
-    HEAD_DIM: constexpr, BLOCK_D: constexpr, BLOCK_M: constexpr, BLOCK_N: constexpr,
-    PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr, HAS_WINDOW: constexpr, DOCUMENT_SKIP: constexpr,
-    WINDOW_SKIP: constexpr, ROW_SHIFT: constexpr, PRECISION: constexpr,
-):  # fmt: skip
-    """dK and dV of one block of keys for one (batch row, query head): a loop over the query blocks that see it.
-
-    `DO` is laid out as Q (strides `stride_o*`); `DK`, `DV` are `[B, H, K, D]` (strides `stride_g*`), one slice per
-    query head: with grouped KV heads the caller sums each group's slices.
-    """
-    start_n = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b, h = bh // H, bh % H
-    offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_in = offs_d < HEAD_DIM
-    kv_mask = (offs_n < KLEN)[:, None] & d_in[None, :]
-    k = tl.load(
-        K + b * stride_kb + (h // GROUPS) * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-        mask=kv_mask, other=0.0,
-    )  # fmt: skip
-    v = tl.load(
-        V + b * stride_vb + (h // GROUPS) * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-        mask=kv_mask, other=0.0,
-    )  # fmt: skip
-    slope, window = _head_constants(SLOPES, WINDOWS, h, HAS_WINDOW)
-    key_rows = b * stride_lb
-    first_key = start_n * BLOCK_N
-    last_key = tl.minimum(first_key + BLOCK_N, KLEN) - 1
-    lo = tl.maximum(first_key - PAST, 0) // BLOCK_M * BLOCK_M  # causal: no query before the block's first key
-    hi = QLEN
-    if DOCUMENT_SKIP:  # nor after the last of its keys' documents ends
-        ends = tl.load(DEND + key_rows + offs_n * stride_ls, mask=offs_n < KLEN, other=0)
-        hi = tl.minimum(hi, tl.max(ends, 0) - PAST)
-    if WINDOW_SKIP:  # nor past the head's window
-        hi = tl.minimum(hi, last_key + window + 1 - PAST)
-    # Query blocks in [whole_start, whole_stop) see the whole key block (plain layouts): after its last key, and
-    # (with a window) ending within the window of its first key. No mask arithmetic there.
-    whole_start = hi
-    whole_stop = hi
-    if PLAIN:
-        whole_start = tl.maximum(lo, tl.minimum(hi, tl.cdiv(first_key + BLOCK_N - 1 - PAST, BLOCK_M) * BLOCK_M))
-        if HAS_WINDOW:
-            reach = tl.maximum(first_key + window + 1 - PAST, 0)
-            whole_stop = tl.maximum(whole_start, tl.minimum(hi, reach // BLOCK_M * BLOCK_M))
-
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    q_base = Q + b * stride_qb + h * stride_qh + offs_d[None, :] * stride_qd
-    do_base = DO + b * stride_ob + h * stride_oh + offs_d[None, :] * stride_od
-    for part in tl.static_range(3):  # the diagonal (masked), the whole blocks, a window's edge (masked)
-        start, stop = _part(lo, whole_start, whole_stop, hi, part)
-        dk, dv = _dkdv_tiles(
-            dk, dv, k, v, q_base, do_base, stride_qm, stride_om, LSE, DELTA, bh, start, stop, d_in, offs_n,
-            key_rows, slope, window, qk_scale, POS, VALID, DOCS, stride_ls, PAST, QLEN, KLEN, BLOCK_M, part != 1,
-            PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
-        )  # fmt: skip
-
-    tl.store(
-        DK + b * stride_gb + h * stride_gh + offs_n[:, None] * stride_gn + offs_d[None, :] * stride_gd,
-        (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask,
-    )  # fmt: skip
-    tl.store(
-        DV + b * stride_gb + h * stride_gh + offs_n[:, None] * stride_gn + offs_d[None, :] * stride_gd,
-        dv.to(DV.dtype.element_ty), mask=kv_mask,
-    )  # fmt: skip
-
-
-def _dq_tiles(
-    dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, lo, hi, d_in,
-    offs_m, q_pos, q_doc, key_rows, slope, window, qk_scale, first_query, POS, VALID, DOCS, stride_ls, PAST, KLEN,
-    BLOCK_N: constexpr, MASKED: constexpr, PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr,
-    HAS_WINDOW: constexpr, ROW_SHIFT: constexpr, PRECISION: constexpr,
-):  # fmt: skip
-    """dQ of one query block, summed over key blocks `[lo, hi)` (still to be scaled by `sm_scale`)."""
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k, v = _key_tile(k_base, v_base, stride_kn, stride_vn, offs_n, KLEN, d_in)
-        s = _alibi_scores(
-            q, k, offs_m, offs_n, q_pos, q_doc, key_rows, slope, window, qk_scale, first_query, POS, VALID, DOCS,
-            stride_ls, PAST, KLEN, MASKED, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
-        )  # fmt: skip
-        p = tl.exp2(s - lse[:, None])
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-    return dq
-
-
-def _backward_dq(
-    Q, K, V, DO, LSE, DELTA, DQ, SLOPES, WINDOWS, POS, VALID, DOCS, DSTART,
-    stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od, stride_lb, stride_ls,
-    H, GROUPS, QLEN, KLEN, PAST, qk_scale, sm_scale, LEN_BUCKET,
-    HEAD_DIM: constexpr, BLOCK_D: constexpr, BLOCK_M: constexpr, BLOCK_N: constexpr,
-    PLAIN: constexpr, HAS_VALID: constexpr, HAS_DOCS: constexpr, HAS_WINDOW: constexpr, DOCUMENT_SKIP: constexpr,
-    WINDOW_SKIP: constexpr, ROW_SHIFT: constexpr, PRECISION: constexpr,
-):  # fmt: skip
-    """dQ of one block of queries for one (batch row, head): the forward's loop over keys, again. `DQ` is laid out
-    as Q."""
-    start_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b, h = bh // H, bh % H
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    q_in, d_in = offs_m < QLEN, offs_d < HEAD_DIM
-    q_mask = q_in[:, None] & d_in[None, :]
-    q = tl.load(
-        Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-        mask=q_mask, other=0.0,
-    )  # fmt: skip
-    do = tl.load(
-        DO + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
-        mask=q_mask, other=0.0,
-    )  # fmt: skip
-    slope, window = _head_constants(SLOPES, WINDOWS, h, HAS_WINDOW)
-    lse = tl.load(LSE + bh * QLEN + offs_m, mask=q_in, other=float("inf"))
-    lse += _row_shift(slope, offs_m, start_m * BLOCK_M, ROW_SHIFT)
-    delta = tl.load(DELTA + bh * QLEN + offs_m, mask=q_in, other=0.0)
-    key_rows = b * stride_lb
-    q_pos, q_doc = _query_layout(POS, DOCS, key_rows, offs_m, stride_ls, PAST, QLEN, PLAIN, HAS_DOCS)
-    first_query = PAST + start_m * BLOCK_M
-    lo, whole_start, whole_stop, hi = _key_range(
-        DSTART, key_rows, first_query, window, stride_ls, KLEN, BLOCK_M, BLOCK_N,
-        PLAIN, HAS_WINDOW, DOCUMENT_SKIP, WINDOW_SKIP,
-    )  # fmt: skip
-
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    k_base = K + b * stride_kb + (h // GROUPS) * stride_kh + offs_d[None, :] * stride_kd
-    v_base = V + b * stride_vb + (h // GROUPS) * stride_vh + offs_d[None, :] * stride_vd
-    for part in tl.static_range(3):  # as in the forward
-        start, stop = _part(lo, whole_start, whole_stop, hi, part)
-        dq = _dq_tiles(
-            dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, start, stop, d_in, offs_m, q_pos, q_doc,
-            key_rows, slope, window, qk_scale, first_query, POS, VALID, DOCS, stride_ls, PAST, KLEN,
-            BLOCK_N, part != 1, PLAIN, HAS_VALID, HAS_DOCS, HAS_WINDOW, ROW_SHIFT, PRECISION,
-        )  # fmt: skip
-
-    tl.store(
-        DQ + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-        (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask,
-    )  # fmt: skip
-
-
-_HELPERS = (
-    "_alibi_scores",
-    "_row_shift",
-    "_query_layout",
-    "_head_constants",
-    "_part",
-    "_key_tile",
-    "_key_range",
-    "_forward_tiles",
-    "_dkdv_tiles",
-    "_dq_tiles",
-)
-# Tile shapes tried once per (head dimension, length bucket, layout kind) by `triton.autotune` on the GPU:
-# (BLOCK_M, BLOCK_N, warps, stages). The forward and dQ loop over keys for a block of queries; dK/dV the other way.
-FORWARD_CONFIGS = ((128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3), (64, 32, 4, 4))
-DKDV_CONFIGS = ((32, 128, 4, 4), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (128, 128, 8, 2))
-DQ_CONFIGS = ((128, 32, 4, 4), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (128, 128, 8, 2))
-TUNING_KEY = ["HEAD_DIM", "LEN_BUCKET", "PLAIN", "HAS_DOCS", "HAS_WINDOW"]
-# Inputs whose scores take the bias as one vector per tile (`_alibi_scores`, plain layouts): 16-bit ones, whose
-# probabilities are rounded to 8 or 11 bits before the second matmul anyway. fp32 keeps the per-score distance, exact
-# to the last bit the reference has.
-ROW_SHIFT_DTYPES = (torch.float16, torch.bfloat16)
-INTERPRETER_BLOCK = 16  # tl.dot's smallest tile; the interpreter runs one config
-
-
-@functools.cache
-def kernels(interpret: bool) -> types.SimpleNamespace:
-    """The three kernels, built once per mode: interpreted (CPU tensors, numpy) or compiled and autotuned (GPU).
-
-    Each kernel and helper is rebuilt over a namespace of its own, so the kernels call the helpers in the same mode
-    (a compiled helper cannot be called from an interpreted kernel, nor the reverse).
-    """
-    namespace = dict(globals())
-    if interpret:
-        # By name: a literal import would make transformers' remote-code loader require Triton (it skips only
-        # imports inside `try`).
-        decorate = importlib.import_module("triton.runtime.interpreter").InterpretedFunction
-    else:
-        decorate = triton.jit
-    built = {}
-    for name in (*_HELPERS, "_forward", "_backward_dkdv", "_backward_dq"):
-        function = types.FunctionType(globals()[name].__code__, namespace, name)
-        if interpret or name in _HELPERS:
-            namespace[name] = built[name] = decorate(function)
-        else:  # lengths vary call to call: one compiled kernel for all, not one per divisibility by 16
-            namespace[name] = built[name] = decorate(function, do_not_specialize=["QLEN", "KLEN", "PAST"])
-    if interpret:
-        return types.SimpleNamespace(forward=built["_forward"], dkdv=built["_backward_dkdv"], dq=built["_backward_dq"])
-
-    def tuned(kernel, shapes):
-        configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
-        return triton.autotune(configs=configs, key=TUNING_KEY)(kernel)
-
-    return types.SimpleNamespace(
-        forward=tuned(built["_forward"], FORWARD_CONFIGS),
-        dkdv=tuned(built["_backward_dkdv"], DKDV_CONFIGS),
-        dq=tuned(built["_backward_dq"], DQ_CONFIGS),
-    )
+    mask.key_positions = slots(key_positions, torch.int32)
+    mask.key_valid = slots(key_valid, torch.int8)
+    if document_ids is not None:
+        mask.document_ids = slots(document_ids, torch.int32)
+        if not torch.compiler.is_compiling():
+            start, end = document_bounds(document_ids)
+            mask.document_start, mask.document_end = slots(start, torch.int32), slots(end, torch.int32)
+    return mask
 
 
 def _length_bucket(length: int) -> int:
@@ -501,125 +118,169 @@ def _length_bucket(length: int) -> int:
     return 1 << max(0, length - 1).bit_length()
 
 
-def _layout_arguments(query: torch.Tensor, mask: "TritonAlibiMask") -> tuple[list[torch.Tensor], dict]:
-    """The kernels' layout arguments for a `TritonAlibiMask`: pointers (a dummy for each tensor a plain layout lacks),
-    `[slopes, windows, positions, valid, documents, document start, document end]`, and the flags and strides.
+@functools.cache
+def _placeholder(device: torch.device) -> torch.Tensor:
+    """What a pointer argument gets for a layout tensor the layout lacks (never read: its flag is off)."""
+    return torch.zeros(1, dtype=torch.int32, device=device)
 
-    Built by the first layer for the query's device and dtype and kept on the mask for the others.
-    """
-    cache_key = (query.device, query.dtype)
-    if cache_key in mask.arguments:
-        return mask.arguments[cache_key]
-    dummy = torch.zeros(1, dtype=torch.int32, device=query.device)
-    positions = mask.key_positions
+
+def _launch_arguments(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    log2_slopes: torch.Tensor,
+    layout: tuple[torch.Tensor | None, ...],
+    past_length: int,
+    scale: float,
+) -> tuple[list[torch.Tensor], dict]:
+    """The kernels' shared arguments: the pointers `[slopes, windows, positions, valid, documents]` (a placeholder for
+    each tensor a plain layout lacks), and the sizes, flags and strides."""
+    windows, positions, valid, documents = layout
+    batch, heads, query_length, head_dim = query.shape
+    key_heads, key_length = key.shape[1:3]
+    if heads % key_heads:
+        raise ValueError(f"{heads} query heads cannot share {key_heads} key/value heads evenly.")
+    placeholder = _placeholder(query.device)
     plain = positions is None
     stride_lb, stride_ls = (0, 0) if plain else positions.stride()
-    optional = (
-        mask.windows, positions, mask.key_valid, mask.document_ids, mask.document_start, mask.document_end
-    )  # fmt: skip
-    tensors = [
-        mask.slopes.to(device=query.device, dtype=torch.float32).mul(LOG2E).contiguous(),
-        *(tensor if tensor is not None else dummy for tensor in optional),
-    ]
-    flags = dict(
-        PLAIN=plain,
-        HAS_VALID=mask.key_valid is not None,
-        HAS_DOCS=mask.document_ids is not None,
-        HAS_WINDOW=mask.windows is not None,
-        DOCUMENT_SKIP=mask.document_start is not None,
+    pointers = [log2_slopes, *(tensor if tensor is not None else placeholder for tensor in layout)]
+    common = dict(
+        H=heads, GROUPS=heads // key_heads, QLEN=query_length, KLEN=key_length, PAST=past_length,
+        qk_scale=scale * LOG2E,
+        LEN_BUCKET=_length_bucket(key_length), HEAD_DIM=head_dim, BLOCK_D=max(16, _length_bucket(head_dim)),
+        PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
+        PLAIN=plain, HAS_VALID=valid is not None, HAS_DOCS=documents is not None, HAS_WINDOW=windows is not None,
         ROW_SHIFT=plain and query.dtype in ROW_SHIFT_DTYPES,
         # Slot distance is position distance unless padding sits between a query and its keys.
-        WINDOW_SKIP=mask.windows is not None and mask.key_valid is None,
-        stride_lb=stride_lb,
-        stride_ls=stride_ls,
-    )
-    mask.arguments[cache_key] = tensors, flags
-    return tensors, flags
+        WINDOW_SKIP=windows is not None and valid is None,
+        stride_lb=stride_lb, stride_ls=stride_ls,
+    )  # fmt: skip
+    if interpreting():
+        common.update(BLOCK_M=INTERPRETER_BLOCK, BLOCK_N=INTERPRETER_BLOCK)  # the interpreter runs one config
+    return pointers, common
 
 
 def _strides(*tensors: torch.Tensor) -> list[int]:
     return [stride for tensor in tensors for stride in tensor.stride()]
 
 
-class AlibiFlashAttention(torch.autograd.Function):
-    """`[B, H, Q, D]` attention of queries on `[B, H_kv, K, D]` keys and values under a `TritonAlibiMask`, with its
-    backward. Query head h reads KV head `h // (H / H_kv)` (grouped-query attention, no copies)."""
-
-    @staticmethod
-    def forward(
-        ctx, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: "TritonAlibiMask", scale: float
-    ) -> torch.Tensor:
-        check_device(query.device)
-        batch, heads, query_length, head_dim = query.shape
-        key_heads, key_length = key.shape[1:3]
-        if heads % key_heads:
-            raise ValueError(f"{heads} query heads cannot share {key_heads} key/value heads evenly.")
-        (*tensors, start, end), flags = _layout_arguments(query, mask)
-        out = torch.empty_like(query)
-        lse = torch.empty(batch, heads, query_length, dtype=torch.float32, device=query.device)
-        interpret = interpreting()
-        kernel = kernels(interpret).forward
-        common = dict(
-            H=heads, GROUPS=heads // key_heads, QLEN=query_length, KLEN=key_length, PAST=mask.past_length,
-            qk_scale=scale * LOG2E,
-            LEN_BUCKET=_length_bucket(key_length), HEAD_DIM=head_dim, BLOCK_D=max(16, _length_bucket(head_dim)),
-            PRECISION="ieee" if query.dtype == torch.float32 else "tf32", **flags,
-        )  # fmt: skip
-        blocks = dict(BLOCK_M=INTERPRETER_BLOCK, BLOCK_N=INTERPRETER_BLOCK) if interpret else {}
-        grid = lambda meta: (triton.cdiv(query_length, meta["BLOCK_M"]), batch * heads)  # noqa: E731
-        kernel[grid](
-            query, key, value, out, lse, *tensors, start,
-            *_strides(query, key, value, out), **common, **blocks,
-        )  # fmt: skip
-        ctx.save_for_backward(query, key, value, out, lse, *tensors, start, end)
-        ctx.common, ctx.scale, ctx.interpret = common, scale, interpret
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        query, key, value, out, lse, *tensors, start, end = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        delta = (out.float() * grad_out.float()).sum(-1)  # [B, H, Q]: rowsum(dO * O), the softmax's backward term
-        batch, heads, query_length, head_dim = query.shape
-        key_heads, key_length = key.shape[1:3]
-        dq = torch.empty_like(query)
-        # One dK/dV slice per query head; a group of query heads sharing a KV head sums its slices below.
-        dk = torch.empty(batch, heads, key_length, head_dim, dtype=key.dtype, device=key.device)
-        dv = torch.empty_like(dk)
-        found = kernels(ctx.interpret)
-        blocks = dict(BLOCK_M=INTERPRETER_BLOCK, BLOCK_N=INTERPRETER_BLOCK) if ctx.interpret else {}
-        common = dict(ctx.common, sm_scale=ctx.scale)
-        # dO shares Q's shape but not necessarily its strides; dK and dV share theirs (`stride_g*`).
-        gradient_strides = dict(zip(("stride_gb", "stride_gh", "stride_gn", "stride_gd"), dk.stride()))
-        found.dkdv[lambda meta: (triton.cdiv(key_length, meta["BLOCK_N"]), batch * heads)](
-            query, key, value, grad_out, lse, delta, dk, dv, *tensors, end,
-            *_strides(query, key, value, grad_out), **gradient_strides, **common, **blocks,
-        )  # fmt: skip
-        found.dq[lambda meta: (triton.cdiv(query_length, meta["BLOCK_M"]), batch * heads)](
-            query, key, value, grad_out, lse, delta, dq, *tensors, start,
-            *_strides(query, key, value, grad_out), **common, **blocks,
-        )  # fmt: skip
-        if key_heads != heads:
-            dk = dk.view(batch, key_heads, heads // key_heads, key_length, head_dim).sum(2)
-            dv = dv.view(batch, key_heads, heads // key_heads, key_length, head_dim).sum(2)
-        return dq, dk, dv, None, None
+def _document_bound(bound: torch.Tensor | None, placeholder: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    return (bound if bound is not None else placeholder), dict(DOCUMENT_SKIP=bound is not None)
 
 
-# Under torch.compile the kernel runs as one opaque call (a graph break around attention): dynamo traces Triton
-# launches only on some paths, and a failed trace raises instead of falling back. Correct under compile, not fused.
-@torch.compiler.disable
+# The two ops' names carry this module's import name: a process may hold several copies of this file (the package's
+# and each Hub repo's remote code), and an op name can be registered once.
+_OP = "alibi_lm::" + re.sub(r"\W", "_", __name__)
+Tensor = torch.Tensor
+OptionalTensor = torch.Tensor | None  # `Tensor?` in the ops' schemas
+
+
+@torch.library.custom_op(f"{_OP}_forward", mutates_args=())
+def flash_forward(
+    query: Tensor, key: Tensor, value: Tensor, log2_slopes: Tensor, windows: OptionalTensor,
+    positions: OptionalTensor, valid: OptionalTensor, documents: OptionalTensor, document_start: OptionalTensor,
+    document_end: OptionalTensor, past_length: int, scale: float,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Attention output `[B, H, Q, D]` (the query's dtype and strides) and log-sum-exp `[B, H, Q]` (fp32, base 2).
+
+    `document_end` is the backward's (dK/dV skip tiles past a document's end); an input here so autograd keeps it.
+    """
+    check_device(query.device)
+    batch, heads, query_length = query.shape[:3]
+    pointers, common = _launch_arguments(
+        query, key, log2_slopes, (windows, positions, valid, documents), past_length, scale
+    )
+    start, skip = _document_bound(document_start, _placeholder(query.device))
+    out = torch.empty_like(query)
+    lse = torch.empty(batch, heads, query_length, dtype=torch.float32, device=query.device)
+    grid = lambda meta: (triton.cdiv(query_length, meta["BLOCK_M"]), batch * heads)  # noqa: E731
+    kernels(interpreting()).forward[grid](
+        query, key, value, out, lse, *pointers, start, *_strides(query, key, value, out), **common, **skip
+    )
+    return out, lse
+
+
+@flash_forward.register_fake
+def _(query: Tensor, key: Tensor, value: Tensor, *layout_and_sizes) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(query), query.new_empty(query.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op(f"{_OP}_backward", mutates_args=())
+def flash_backward(
+    grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, out: Tensor, lse: Tensor, log2_slopes: Tensor,
+    windows: OptionalTensor, positions: OptionalTensor, valid: OptionalTensor, documents: OptionalTensor,
+    document_start: OptionalTensor, document_end: OptionalTensor, past_length: int, scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """dQ (laid out as Q), dK and dV (contiguous `[B, H_kv, K, D]`) for the output gradient `grad_out`."""
+    batch, heads, query_length, head_dim = query.shape
+    key_heads, key_length = key.shape[1:3]
+    pointers, common = _launch_arguments(
+        query, key, log2_slopes, (windows, positions, valid, documents), past_length, scale
+    )
+    placeholder = _placeholder(query.device)
+    start, start_skip = _document_bound(document_start, placeholder)
+    end, end_skip = _document_bound(document_end, placeholder)
+    grad_out = grad_out.contiguous()
+    delta = (out.float() * grad_out.float()).sum(-1)  # [B, H, Q]: rowsum(dO * O), the softmax's backward term
+    dq = torch.empty_like(query)
+    # One dK/dV slice per query head; a group of query heads sharing a KV head sums its slices below.
+    dk = torch.empty(batch, heads, key_length, head_dim, dtype=key.dtype, device=key.device)
+    dv = torch.empty_like(dk)
+    found = kernels(interpreting())
+    # dO shares Q's shape but not necessarily its strides; dK and dV share theirs (`stride_g*`).
+    gradient_strides = dict(zip(("stride_gb", "stride_gh", "stride_gn", "stride_gd"), dk.stride()))
+    found.dkdv[lambda meta: (triton.cdiv(key_length, meta["BLOCK_N"]), batch * heads)](
+        query, key, value, grad_out, lse, delta, dk, dv, *pointers, end,
+        *_strides(query, key, value, grad_out), **gradient_strides, **common, **end_skip, sm_scale=scale,
+    )  # fmt: skip
+    found.dq[lambda meta: (triton.cdiv(query_length, meta["BLOCK_M"]), batch * heads)](
+        query, key, value, grad_out, lse, delta, dq, *pointers, start,
+        *_strides(query, key, value, grad_out), **common, **start_skip, sm_scale=scale,
+    )  # fmt: skip
+    if key_heads != heads:
+        dk = dk.view(batch, key_heads, heads // key_heads, key_length, head_dim).sum(2)
+        dv = dv.view(batch, key_heads, heads // key_heads, key_length, head_dim).sum(2)
+    return dq, dk, dv
+
+
+@flash_backward.register_fake
+def _(grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, *rest) -> tuple[Tensor, Tensor, Tensor]:
+    return torch.empty_like(query), key.new_empty(key.shape), value.new_empty(value.shape)
+
+
+def _save_for_backward(ctx, inputs: tuple, output: tuple) -> None:
+    *tensors, past_length, scale = inputs  # query, key, value, then the layout
+    ctx.save_for_backward(*tensors, *output)
+    ctx.past_length, ctx.scale = past_length, scale
+
+
+def _flash_backward(ctx, grad_out: Tensor, grad_lse: Tensor) -> tuple[Tensor | None, ...]:
+    *tensors, out, lse = ctx.saved_tensors
+    query, key, value, *layout = tensors
+    dq, dk, dv = flash_backward(grad_out, query, key, value, out, lse, *layout, ctx.past_length, ctx.scale)
+    return dq, dk, dv, *(None,) * (len(layout) + 2)
+
+
+flash_forward.register_autograd(_flash_backward, setup_context=_save_for_backward)
+
+
 def alibi_flash_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: "TritonAlibiMask", scale: float
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: TritonAlibiMask, scale: float
 ) -> torch.Tensor:
-    """ALiBi attention with no bias tensor (see the module's doc), differentiable in query, key and value.
+    """ALiBi attention with no bias tensor (see `alibi_triton_kernels`), differentiable in query, key and value.
+
+    Under `torch.compile` the kernels are two opaque nodes of the graph (custom ops), with no graph break around them.
 
     Args:
         query: `[B, H, Q, D]`, any strides.
         key, value: `[B, H_kv, K, D]`, H a multiple of H_kv; K >= `mask.past_length` + Q (the cache, then the queries).
-        mask: the layout, slopes and windows (`alibi_masks.triton_alibi_mask`).
+        mask: the layout, slopes and windows (`build_triton_mask`).
         scale: the score scale, `D ** -0.5` for the model.
 
     Returns:
         `[B, H, Q, D]` in the query's dtype.
     """
-    return AlibiFlashAttention.apply(query, key, value, mask, scale)
+    out, _ = flash_forward(
+        query, key, value, mask.log2_slopes, mask.windows, mask.key_positions, mask.key_valid, mask.document_ids,
+        mask.document_start, mask.document_end, mask.past_length, scale,
+    )  # fmt: skip
+    return out

@@ -78,6 +78,7 @@ def test_push_uploads_weights_config_and_remote_code(hub_server: HubServer, push
         "alibi_attention.py",
         "alibi_masks.py",
         "alibi_triton.py",
+        "alibi_triton_kernels.py",
         "configuration_alibi.py",
         "modeling_alibi.py",
     )

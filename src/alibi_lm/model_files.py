@@ -22,8 +22,11 @@ from .modeling.configuration_alibi import TOKENIZER_AUTO_MAP, full_auto_map
 
 MODELING_SOURCE = Path(modeling_alibi.__file__).parent
 # The remote code beside the weights: the modeling file and every file it imports relatively (transformers' rule).
+# (Once each: transformers' list names a file once per module that imports it.)
 MODELING_FILES = tuple(
-    sorted(Path(path).name for path in [modeling_alibi.__file__, *get_relative_import_files(modeling_alibi.__file__)])
+    sorted(
+        {Path(path).name for path in [modeling_alibi.__file__, *get_relative_import_files(modeling_alibi.__file__)]}
+    )
 )
 # What a transformers 5 tokenizer's save_pretrained writes (slow tokenizers' vocabularies included).
 TOKENIZER_FILES = (

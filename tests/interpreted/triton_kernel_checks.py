@@ -179,19 +179,41 @@ def test_the_model_on_alibi_triton_matches_eager_in_logits_gradients_and_generat
     assert torch.equal(model.generate(ids[:, :12], max_new_tokens=6, do_sample=False), expected_tokens)
 
 
-def test_under_torch_compile_the_kernel_is_one_opaque_call_and_the_model_stays_exact():
-    """dynamo cannot trace Triton's interpreter (nor, reliably, an autotuned launch): the call is left out of the
-    graph, and a compiled training step gives eager's loss and gradients."""
+def test_under_torch_compile_the_kernels_are_graph_nodes_and_the_model_stays_exact():
+    """The kernels are custom ops: dynamo puts them in the graph (one graph, no break around attention; the
+    `torch.compiler.disable` they replaced made one graph per layer), and a compiled training step gives eager's loss
+    and gradients, with padding and packed documents too."""
     model = tiny_model(num_key_value_heads=2)
     ids = random_ids(2, 40)
+    padding = torch.ones_like(ids)
+    padding[0, :5] = 0
+    packed = torch.cat([torch.arange(15), torch.arange(25)]).expand(2, 40)
     model.train()
-    expected_loss = model(ids, labels=ids).loss
-    expected_loss.backward()
-    expected_grads = [parameter.grad.clone() for parameter in model.parameters()]
-    model.zero_grad()
+    for inputs in (dict(), dict(attention_mask=padding), dict(position_ids=packed)):
+        model.set_attn_implementation("sdpa")
+        model.zero_grad()
+        expected_loss = model(ids, labels=ids, **inputs).loss
+        expected_loss.backward()
+        expected_grads = [parameter.grad.clone() for parameter in model.parameters()]
+        model.zero_grad()
+        model.set_attn_implementation(ALIBI_TRITON)
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(model)(ids, labels=ids, **inputs)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+        loss = torch.compile(model)(ids, labels=ids, **inputs).loss
+        loss.backward()
+        assert abs(loss.item() - expected_loss.item()) < 1e-5
+        for parameter, expected in zip(model.parameters(), expected_grads):
+            assert (parameter.grad - expected).abs().max() < 1e-5
+
+
+def test_static_cache_generation_compiled_gives_eager_tokens():
+    """Prefill on the kernel with a static cache (the cache's length comes in as a tensor) under a compiled forward:
+    the greedy tokens of eager sdpa."""
+    model = tiny_model().eval()
+    prompt = random_ids(1, 20)
+    expected = model.generate(prompt, max_new_tokens=8, do_sample=False)
     model.set_attn_implementation(ALIBI_TRITON)
-    loss = torch.compile(model)(ids, labels=ids).loss
-    loss.backward()
-    assert abs(loss.item() - expected_loss.item()) < 1e-5
-    for parameter, expected in zip(model.parameters(), expected_grads):
-        assert (parameter.grad - expected).abs().max() < 1e-5
+    model.forward = torch.compile(model.forward)
+    generated = model.generate(prompt, max_new_tokens=8, do_sample=False, cache_implementation="static")
+    assert torch.equal(generated, expected)
