@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .alibi_triton_kernels import INTERPRETER_BLOCK, interpreting, kernels, triton
+from .alibi_triton_kernels import COMPILE_OPTIONS, INTERPRETER_BLOCK, interpreting, kernels, triton
 
 LOG2E = math.log2(math.e)  # the kernels work in base 2: exp2 is one instruction
 
@@ -152,7 +152,7 @@ def _launch_arguments(
         ROW_SHIFT=plain and query.dtype in ROW_SHIFT_DTYPES,
         # Slot distance is position distance unless padding sits between a query and its keys.
         WINDOW_SKIP=windows is not None and valid is None,
-        stride_lb=stride_lb, stride_ls=stride_ls,
+        stride_lb=stride_lb, stride_ls=stride_ls, **COMPILE_OPTIONS,
     )  # fmt: skip
     if interpreting():
         common.update(BLOCK_M=INTERPRETER_BLOCK, BLOCK_N=INTERPRETER_BLOCK)  # the interpreter runs one config

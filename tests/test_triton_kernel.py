@@ -79,7 +79,8 @@ def compile_for(kernel, arch: int, dtype: str, **flags):
         return "fp32" if name.endswith("scale") else "i32"
 
     source = ASTSource(jit, {name: kind(name) for name in names}, {(names.index(k),): v for k, v in constants.items()})
-    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=4, num_stages=3))
+    options = dict(num_warps=4, num_stages=3, **alibi_triton_kernels.COMPILE_OPTIONS)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
 
 
 GENERAL = dict(PLAIN=False, HAS_VALID=True, HAS_DOCS=True, HAS_WINDOW=True, DOCUMENT_SKIP=True)
@@ -103,10 +104,13 @@ GENERAL = dict(PLAIN=False, HAS_VALID=True, HAS_DOCS=True, HAS_WINDOW=True, DOCU
     ],
 )
 def test_the_kernels_compile_for_the_gpu(arch, dtype, flags):
-    """Every kernel compiles to a cubin; on Hopper, the 16-bit matmuls use its warpgroup tensor-core instructions."""
+    """Every kernel compiles to a cubin with fused multiply-adds (the launches' `COMPILE_OPTIONS`: without them, Triton
+    3.10's default, the PTX has no `fma.rn.f32`); on Hopper, the 16-bit matmuls use its warpgroup tensor-core
+    instructions."""
     built = alibi_triton_kernels.kernels(interpret=False)
     for kernel in (built.forward, built.dkdv, built.dq):
         compiled = compile_for(kernel, arch, dtype, **flags)
         assert compiled.asm["cubin"]
+        assert "fma.rn.f32" in compiled.asm["ptx"]
         if arch == 90 and dtype == "bf16":
             assert "wgmma.mma_async" in compiled.asm["ptx"]
