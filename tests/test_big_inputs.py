@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from datasets import Dataset, DatasetDict
 
-from alibi_lm import data
-from alibi_lm.data import DOCUMENT_END, text_pieces, train_bpe_tokenizer
+from alibi_lm import blocks
+from alibi_lm.blocks import DOCUMENT_END, text_pieces, train_bpe_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,16 +52,16 @@ def test_a_long_document_in_pieces_tokenizes_to_the_same_stream_with_one_eos(mon
     texts = [prose(300, seed=i) for i in range(30)]
     tokenizer = train_bpe_tokenizer(Dataset.from_dict({"text": texts}), vocab_size=300)
     long = prose(20000, seed=99)
-    (whole,) = data._tokenize_documents({"text": [long]}, tokenizer, "text")["input_ids"]
-    monkeypatch.setattr(data, "TEXT_PIECE_CHARS", 997)
-    pieces = data.split_long_documents(Dataset.from_dict({"text": [long, "short"]}), "text", "test-pieces", None)
+    (whole,) = blocks._tokenize_documents({"text": [long]}, tokenizer, "text")["input_ids"]
+    monkeypatch.setattr(blocks, "TEXT_PIECE_CHARS", 997)
+    pieces = blocks.split_long_documents(Dataset.from_dict({"text": [long, "short"]}), "text", "test-pieces", None)
     assert len(pieces) > 100 and pieces[DOCUMENT_END].count(True) == 2
-    rows = data._tokenize_documents(pieces[:], tokenizer, "text")["input_ids"]
+    rows = blocks._tokenize_documents(pieces[:], tokenizer, "text")["input_ids"]
     stream = [token for row in rows for token in row]
     assert stream[: len(whole)] == whole  # the long document, eos once at its end; then "short" and its eos
     assert stream.count(tokenizer.eos_token_id) == 2
     assert (
-        data.split_long_documents(Dataset.from_dict({"text": ["a", "short", "one"]}), "text", "unused", None) is None
+        blocks.split_long_documents(Dataset.from_dict({"text": ["a", "short", "one"]}), "text", "unused", None) is None
     )
 
 
@@ -69,9 +69,9 @@ def test_tokenize_and_group_takes_the_pieces_path_for_a_long_document(monkeypatc
     texts = [prose(300, seed=i) for i in range(30)]
     tokenizer = train_bpe_tokenizer(Dataset.from_dict({"text": texts}), vocab_size=300)
     raw = DatasetDict({"train": Dataset.from_dict({"text": [prose(20000, seed=7)]})})
-    plain = data.tokenize_and_group(raw, tokenizer, block_size=64)["train"]
-    monkeypatch.setattr(data, "TEXT_PIECE_CHARS", 997)
-    cut = data.tokenize_and_group(raw, tokenizer, block_size=64)["train"]
+    plain = blocks.tokenize_and_group(raw, tokenizer, block_size=64)["train"]
+    monkeypatch.setattr(blocks, "TEXT_PIECE_CHARS", 997)
+    cut = blocks.tokenize_and_group(raw, tokenizer, block_size=64)["train"]
     # The same token stream in blocks; map batches of 8 pieces drop a tail of < 64 tokens each.
     assert abs(len(cut) - len(plain)) <= len(cut) // 8 + 1
     assert cut[0]["input_ids"] == plain[0]["input_ids"]
@@ -81,7 +81,7 @@ PROBE = textwrap.dedent(
     """
     import resource, sys
     from datasets import Dataset, DatasetDict
-    from alibi_lm.data import train_bpe_tokenizer
+    from alibi_lm.blocks import train_bpe_tokenizer
     text = open(sys.argv[1]).read()
     train_bpe_tokenizer(Dataset.from_dict({"text": [text]}), vocab_size=512)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)

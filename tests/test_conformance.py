@@ -22,7 +22,7 @@ from datasets import Dataset
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import CompileConfig, DataCollatorWithFlattening, DynamicCache
 
-from alibi_lm.data import train_bpe_tokenizer
+from alibi_lm.blocks import train_bpe_tokenizer
 from alibi_lm.modeling import configuration_alibi
 from alibi_lm.modeling.alibi_masks import build_layout, flash_varlen_boundaries, get_alibi_slopes
 from tests.tiny import random_ids, tiny_config, tiny_model

@@ -1,4 +1,5 @@
-"""alibi_lm.data: offline Wikipedia splits, loaders, BPE tokenizer, blocks with document ids, caching."""
+"""alibi_lm.data and alibi_lm.blocks: offline Wikipedia splits, loaders, BPE tokenizer, blocks with document ids,
+caching."""
 
 from __future__ import annotations
 
@@ -7,15 +8,10 @@ import json
 import pytest
 from datasets import Dataset, DatasetDict
 
+from alibi_lm import blocks as token_blocks
 from alibi_lm import data
-from alibi_lm.data import (
-    DataArguments,
-    group_texts,
-    load_offline_wikipedia,
-    load_raw_datasets,
-    tokenize_and_group,
-    train_bpe_tokenizer,
-)
+from alibi_lm.blocks import group_texts, tokenize_and_group, train_bpe_tokenizer
+from alibi_lm.data import DataArguments, load_offline_wikipedia, load_raw_datasets
 
 DOCS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -109,17 +105,17 @@ def test_tokenized_blocks_are_cached(tokenizer, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("tokenized again instead of loading the cache")
 
-    monkeypatch.setattr(data, "_tokenize_documents", boom)
-    monkeypatch.setattr(data, "group_texts", boom)
+    monkeypatch.setattr(token_blocks, "_tokenize_documents", boom)
+    monkeypatch.setattr(token_blocks, "group_texts", boom)
     again = tokenize_and_group(raw, tokenizer, block_size=8, cache_dir=tmp_path)
     assert again["train"]["input_ids"] == first["train"]["input_ids"]
 
 
 def test_bpe_tokenizer_is_cached_by_data_fingerprint(tmp_path, monkeypatch):
     train = Dataset.from_dict({"text": DOCS})
-    first = data.cached_bpe_tokenizer(train, 280, tmp_path)
-    monkeypatch.setattr(data, "train_bpe_tokenizer", lambda *a, **k: pytest.fail("trained again"))
-    assert data.cached_bpe_tokenizer(train, 280, tmp_path).get_vocab() == first.get_vocab()
+    first = token_blocks.cached_bpe_tokenizer(train, 280, tmp_path)
+    monkeypatch.setattr(token_blocks, "train_bpe_tokenizer", lambda *a, **k: pytest.fail("trained again"))
+    assert token_blocks.cached_bpe_tokenizer(train, 280, tmp_path).get_vocab() == first.get_vocab()
 
 
 def test_missing_data_file_names_the_file(tmp_path):
@@ -175,7 +171,7 @@ def _repeat(block):
 def test_repeat_spans_copies_a_span_later_into_the_chosen_blocks_only():
     length, count = 64, 400
     blocks = [list(range(i * length, (i + 1) * length)) for i in range(count)]  # no token repeats anywhere
-    out = data.repeat_spans({"input_ids": blocks}, list(range(count)), fraction=0.5)
+    out = token_blocks.repeat_spans({"input_ids": blocks}, list(range(count)), fraction=0.5)
     assert out["labels"] == out["input_ids"]
     changed = [i for i, (a, b) in enumerate(zip(blocks, out["input_ids"])) if a != b]
     assert 0.4 < len(changed) / count < 0.6  # about the fraction asked for
@@ -191,24 +187,24 @@ def test_repeat_spans_copies_a_span_later_into_the_chosen_blocks_only():
         rest = block[: start + span + gap] + block[start + 2 * span + gap :]
         assert rest == blocks[i][: length - span]
     # The mix depends only on the block's index and the seed: the same blocks in a second run, others with a new seed.
-    again = data.repeat_spans({"input_ids": blocks}, list(range(count)), fraction=0.5)
+    again = token_blocks.repeat_spans({"input_ids": blocks}, list(range(count)), fraction=0.5)
     assert again == out
-    assert data.repeat_spans({"input_ids": blocks}, list(range(count)), fraction=0.5, seed=1) != out
-    assert data.repeat_spans({"input_ids": blocks}, list(range(count)), fraction=0.0)["input_ids"] == blocks
+    assert token_blocks.repeat_spans({"input_ids": blocks}, list(range(count)), fraction=0.5, seed=1) != out
+    assert token_blocks.repeat_spans({"input_ids": blocks}, list(range(count)), fraction=0.0)["input_ids"] == blocks
 
 
 def test_repeat_span_fraction_reaches_the_training_blocks_only(tmp_path):
     text = tmp_path / "train.txt"
     text.write_text("\n".join(f"line {i} " + " ".join(f"w{i * 31 + j}" for j in range(40)) for i in range(300)))
     tok = train_bpe_tokenizer(Dataset.from_dict({"text": text.read_text().splitlines()}), vocab_size=300)
-    plain = data.build_lm_datasets(DataArguments(train_file=str(text), cache_dir=str(tmp_path / "c")), tok, 32)
-    mixed = data.build_lm_datasets(
+    plain = token_blocks.build_lm_datasets(DataArguments(train_file=str(text), cache_dir=str(tmp_path / "c")), tok, 32)
+    mixed = token_blocks.build_lm_datasets(
         DataArguments(train_file=str(text), cache_dir=str(tmp_path / "c"), repeat_span_fraction=1.0), tok, 32
     )
     assert mixed["validation"]["input_ids"] == plain["validation"]["input_ids"]
     train = plain["train"]["input_ids"]
     special = tok.all_special_ids
-    expected = data.repeat_spans(
+    expected = token_blocks.repeat_spans(
         {"input_ids": train}, list(range(len(train))), fraction=1.0, vocab_size=len(tok), exclude=special
     )["input_ids"]
     assert mixed["train"]["input_ids"] == expected
@@ -229,7 +225,7 @@ def test_random_repeated_spans_are_fresh_tokens_copied_exactly_once():
     length, count = 64, 200
     blocks = [list(range(i * length, (i + 1) * length)) for i in range(count)]  # ids below 12,800
     vocab, special = 20_000, list(range(19_000))  # random spans may use 19,000-19,999 only
-    out = data.repeat_spans({"input_ids": blocks}, list(range(count)), 1.0, vocab_size=vocab, exclude=special)
+    out = token_blocks.repeat_spans({"input_ids": blocks}, list(range(count)), 1.0, vocab_size=vocab, exclude=special)
     for original, block, labels in zip(blocks, out["input_ids"], out["labels"]):
         fresh = [i for i, t in enumerate(block) if t >= 12_800]
         assert len(block) == length and all(block[i] >= 19_000 for i in fresh)

@@ -22,8 +22,8 @@ from transformers import (
 )
 
 from alibi_lm import AlibiForCausalLM
+from alibi_lm.blocks import train_bpe_tokenizer
 from alibi_lm.cli import main as cli_main
-from alibi_lm.data import train_bpe_tokenizer
 from alibi_lm.generate import generate
 from tests.tiny import cli_error, random_ids, tiny_model
 

@@ -10,8 +10,8 @@ import re
 import pytest
 from datasets import Dataset
 
+from alibi_lm.blocks import train_bpe_tokenizer
 from alibi_lm.cli import build_parser
-from alibi_lm.data import train_bpe_tokenizer
 from alibi_lm.generate import MAX_NEW_TOKENS, generate
 from tests.tiny import tiny_model
 

@@ -15,7 +15,8 @@ import torch
 from datasets import Dataset
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
-from alibi_lm.data import train_bpe_tokenizer, wikipedia_texts
+from alibi_lm.blocks import train_bpe_tokenizer
+from alibi_lm.data import wikipedia_texts
 from alibi_lm.model_files import prepare_for_hub
 from alibi_lm.scoring import document_log_likelihood
 

@@ -19,8 +19,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, TrainingArguments
 
 from alibi_lm import AlibiForCausalLM, cli
+from alibi_lm.blocks import build_lm_datasets
 from alibi_lm.checkpoints import FINAL_STAGED, StartPlan, prepare_output_dir
-from alibi_lm.data import DataArguments, build_lm_datasets, wikipedia_texts
+from alibi_lm.data import DataArguments, wikipedia_texts
 from alibi_lm.integrity import verify_checksums
 from alibi_lm.model_files import MODELING_FILES
 from alibi_lm.modeling.configuration_alibi import AUTO_MAP

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from alibi_lm import blocks as token_blocks
 from alibi_lm import data
 
 
@@ -29,7 +30,7 @@ def main() -> None:
     parser.add_argument("--no-pieces", action="store_true", help="no 1 MiB pieces (the behaviour before issue 26)")
     args = parser.parse_args()
     if args.no_pieces:
-        data.TEXT_PIECE_CHARS = 10**15
+        token_blocks.TEXT_PIECE_CHARS = 10**15
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "one-line.txt"
         texts, rng = list(data.wikipedia_texts("train")), random.Random(0)
@@ -46,9 +47,9 @@ def main() -> None:
         start = time.perf_counter()
         raw = data.load_raw_datasets(data_args)  # the runner's path: datasets' text builder, one line a document
         print(f"loaded: peak {peak_mib()} MiB, {time.perf_counter() - start:.0f} s")
-        tokenizer = data.cached_bpe_tokenizer(raw["train"], 8192, Path(folder) / "cache")
+        tokenizer = token_blocks.cached_bpe_tokenizer(raw["train"], 8192, Path(folder) / "cache")
         print(f"BPE trained: peak {peak_mib()} MiB, {time.perf_counter() - start:.0f} s")
-        blocks = data.tokenize_and_group(raw, tokenizer, block_size=512, cache_dir=Path(folder) / "cache")
+        blocks = token_blocks.tokenize_and_group(raw, tokenizer, block_size=512, cache_dir=Path(folder) / "cache")
         print(
             f"tokenized and grouped ({len(blocks['train'])} blocks): peak {peak_mib()} MiB, "
             f"{time.perf_counter() - start:.0f} s"

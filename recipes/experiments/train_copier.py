@@ -37,7 +37,8 @@ import torch
 from transformers import AutoTokenizer
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
-from alibi_lm.data import OFFLINE_WIKIPEDIA, DataArguments, build_lm_datasets
+from alibi_lm.blocks import build_lm_datasets
+from alibi_lm.data import OFFLINE_WIKIPEDIA, DataArguments
 
 
 def copy_blocks(

@@ -47,7 +47,8 @@ from torch.distributed.fsdp import fully_shard
 from transformers import AutoTokenizer
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
-from alibi_lm.data import group_texts, train_bpe_tokenizer, wikipedia_texts
+from alibi_lm.blocks import group_texts, train_bpe_tokenizer
+from alibi_lm.data import wikipedia_texts
 from alibi_lm.integrity import write_checksums
 from alibi_lm.model_files import prepare_for_hub
 from alibi_lm.modeling.alibi_masks import get_alibi_slopes

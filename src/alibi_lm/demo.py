@@ -37,8 +37,9 @@ from typing import Any
 import torch
 from transformers import HfArgumentParser, PreTrainedTokenizerBase, set_seed
 
+from .blocks import cached_bpe_tokenizer
 from .card import RESULTS_FILE
-from .data import OFFLINE_WIKIPEDIA, DataArguments, cached_bpe_tokenizer, load_raw_datasets
+from .data import OFFLINE_WIKIPEDIA, DataArguments, load_raw_datasets
 from .demo_settings import DemoResult, DemoSettings, Run, markdown_table, results_header
 from .loading import load_model
 from .progress import is_terminal
@@ -143,7 +144,7 @@ def _markdown(result: DemoResult, stem: str) -> str:
             + (
                 f" Training mix: in {s.repeat_span_fraction:.0%} of the training blocks a span of L/16 to L/4 random "
                 "tokens comes twice, with up to L - 2 x span tokens of text between the copies "
-                "(`alibi_lm.data.repeat_spans`; the first copy is not scored), a mix meant to teach copying."
+                "(`alibi_lm.blocks.repeat_spans`; the first copy is not scored), a mix meant to teach copying."
                 if s.repeat_span_fraction
                 else ""
             )

@@ -90,7 +90,7 @@ class DemoSettings:
     repeat_span_fraction: float = HfArg(
         default=0.0,
         help="fraction of training blocks into which a span of random tokens is written twice, a mix meant to teach "
-        "copying (alibi_lm.data.repeat_spans; too weak for the demo's 2-layer models, see "
+        "copying (alibi_lm.blocks.repeat_spans; too weak for the demo's 2-layer models, see "
         "recipes/results/copy-probe-attempt.md); 0 trains on the text as it is",
     )
     topic: str | None = HfArg(

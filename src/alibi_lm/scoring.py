@@ -146,7 +146,7 @@ def tokenize_texts(texts: str | Sequence[str], tokenizer: Any) -> torch.Tensor:
     """Tokenize texts into one stream of ids, each text ending with the tokenizer's EOS token (if it has one).
 
     The paper scores one long stream (WikiText-103's test set). Documents are tokenized and joined exactly as
-    `alibi_lm.data` joins them for training (the tokenizer's own special tokens, then EOS unless the text
+    `alibi_lm.blocks` joins them for training (the tokenizer's own special tokens, then EOS unless the text
     already ends with it), so a model is evaluated on the kind of stream it was trained on. Returns [N].
     """
     if isinstance(texts, str):

@@ -59,6 +59,7 @@ from transformers import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from . import AlibiConfig, AlibiForCausalLM, AlibiPreTrainedModel
+from .blocks import build_lm_datasets, cached_bpe_tokenizer
 from .checkpoints import (
     CHECKPOINT_STAGING,
     TRAINER_STATE,
@@ -71,7 +72,7 @@ from .checkpoints import (
     save_final_model,
     write_remote_code,
 )
-from .data import DataArguments, build_lm_datasets, cached_bpe_tokenizer, load_raw_datasets
+from .data import DataArguments, load_raw_datasets
 from .loading import check_model_folder, load_model
 from .machine import denormals_flushed
 from .model_files import has_tokenizer, prepare_for_hub
