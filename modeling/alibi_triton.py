@@ -168,7 +168,8 @@ def _document_bound(bound: torch.Tensor | None, placeholder: torch.Tensor) -> tu
 
 
 # The two ops' names carry this module's import name: a process may hold several copies of this file (the package's
-# and each Hub repo's remote code), and an op name can be registered once.
+# and each Hub repo's remote code, which may be an older version), and a second definition under one name replaces
+# the first for every caller.
 _OP = "alibi_lm::" + re.sub(r"\W", "_", __name__)
 Tensor = torch.Tensor
 OptionalTensor = torch.Tensor | None  # `Tensor?` in the ops' schemas
