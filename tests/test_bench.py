@@ -28,7 +28,7 @@ def tiny_report(tmp_path_factory) -> tuple[dict, str]:
     # One thread: on a loaded machine, two OpenMP threads spin-wait for each other and triple the time.
     argv = ["bench", "--preset", "tiny", "--device", "cpu", "--static-decode", "eager", "--repeats", "2"]
     argv += ["--threads", "1", "--clock", "cpu"]
-    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    assert main([*argv, "--out", str(out)]) == 0  # with progress: off a terminal, a line per 5%
     return json.loads((out / "bench_tiny.json").read_text()), (out / "bench_tiny.md").read_text()
 
 
@@ -162,6 +162,17 @@ def test_every_target_names_a_measurement_of_its_preset(name):
     preset = bench.get_preset(name)
     measurements = {step["measurement"] for step in bench.measurement_plan(preset)}
     assert {t.measurement for t in preset.targets} <= measurements
+
+
+def test_the_cpu_demo_preset_is_the_model_and_batch_the_demo_trains():
+    from alibi_lm.bench_presets import PRESETS
+    from alibi_lm.demo_settings import DemoSettings
+
+    preset, demo = PRESETS["cpu-demo"], DemoSettings()
+    assert (preset.hidden_size, preset.num_layers, preset.num_heads, preset.vocab_size) == (
+        demo.hidden_size, demo.num_hidden_layers, demo.num_attention_heads, demo.vocab_size
+    )  # fmt: skip
+    assert preset.train_shapes == ((demo.batch_size, demo.block_size),)
 
 
 def test_unknown_preset_is_a_clear_error(capsys):

@@ -28,6 +28,17 @@ def test_a_line_bar_over_many_small_steps_prints_exactly_twenty_lines():
     assert len(lines) == 20 and lines[0].startswith("training:   5% 50/1000 it")
 
 
+def test_a_line_bar_takes_tqdm_s_set_description_for_its_next_lines():
+    """`alibi-lm bench` names each stage on one bar; off a terminal that crashed the bench before any row."""
+    out = io.StringIO()
+    bar = LineBar(total=20, desc="bench", file=out)
+    bar.update(10)
+    bar.set_description("bench decode")
+    bar.update(10)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("bench:  50% 10/20") and lines[1].startswith("bench decode: 100% 20/20")
+
+
 def test_off_a_terminal_progress_bar_is_a_line_bar():
     assert isinstance(progress_bar(range(3), desc="x"), LineBar)  # pytest's stderr is not a terminal
     assert not isinstance(progress_bar(range(3), desc="x", disable=True), LineBar)

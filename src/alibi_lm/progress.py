@@ -65,6 +65,10 @@ class LineBar:
             self.printed = reached
             print(self.line(extra), file=self.file or sys.stderr, flush=True)
 
+    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
+        """tqdm's: the name the next lines carry (a bar over several stages, e.g. `alibi-lm bench`'s)."""
+        self.desc = desc or ""
+
     def close(self) -> None:
         pass
 
