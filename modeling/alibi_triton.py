@@ -254,14 +254,14 @@ def _save_for_backward(ctx, inputs: tuple, output: tuple) -> None:
     ctx.past_length, ctx.scale = past_length, scale
 
 
-def _flash_backward(ctx, grad_out: Tensor, grad_lse: Tensor) -> tuple[Tensor | None, ...]:
+def _gradients(ctx, grad_out: Tensor, grad_lse: Tensor) -> tuple[Tensor | None, ...]:
     *tensors, out, lse = ctx.saved_tensors
     query, key, value, *layout = tensors
     dq, dk, dv = flash_backward(grad_out, query, key, value, out, lse, *layout, ctx.past_length, ctx.scale)
     return dq, dk, dv, *(None,) * (len(layout) + 2)
 
 
-flash_forward.register_autograd(_flash_backward, setup_context=_save_for_backward)
+flash_forward.register_autograd(_gradients, setup_context=_save_for_backward)
 
 
 def alibi_flash_attention(

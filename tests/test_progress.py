@@ -36,7 +36,11 @@ def test_a_line_bar_takes_tqdm_s_set_description_for_its_next_lines():
     bar.set_description("bench decode")
     bar.update(10)
     lines = out.getvalue().splitlines()
-    assert len(lines) == 2 and lines[0].startswith("bench:  50% 10/20") and lines[1].startswith("bench decode: 100% 20/20")
+    assert (
+        len(lines) == 2
+        and lines[0].startswith("bench:  50% 10/20")
+        and lines[1].startswith("bench decode: 100% 20/20")
+    )
 
 
 def test_off_a_terminal_progress_bar_is_a_line_bar():

@@ -94,6 +94,25 @@ def test_forward_and_backward_match_the_dense_mask_in_float64(case):
         assert (got - want).abs().max() < 1e-5, f"d{name}"
 
 
+@pytest.mark.parametrize("case", ["plain", "everything at once"])
+def test_the_custom_op_passes_torch_library_s_opcheck(case):
+    """Schema, fake tensors (shapes and strides as the kernels write them), the autograd registration and AOT
+    dispatch with dynamic shapes, as `torch.library.opcheck` tests them; the queries laid out as the model passes
+    them (`[B, Q, H, D]` transposed, not contiguous)."""
+    attention_mask, document_ids, query_length, key_length, windows, slopes, head_dim = CASES[case]
+    layout = build_layout(attention_mask, document_ids, 2, query_length, key_length, key_length - query_length, CPU)
+    query, key, value = leaves(2, query_length, key_length, head_dim)
+    query = query.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    mask = triton_alibi_mask(layout, slopes, windows, HEADS)
+    arguments = (
+        query, key, value, mask.log2_slopes, mask.windows, mask.key_positions, mask.key_valid, mask.document_ids,
+        mask.document_start, mask.document_end, mask.past_length, head_dim**-0.5,
+    )  # fmt: skip
+    assert not query.is_contiguous()
+    results = torch.library.opcheck(alibi_triton.flash_forward, arguments)
+    assert set(results.values()) == {"SUCCESS"} and len(results) == 4, results
+
+
 def test_grouped_kv_heads_are_read_in_place_and_their_gradients_summed():
     """4 query heads on 2 KV heads, padded: against the reference on repeated keys (whose backward sums the group)."""
     generator = torch.Generator().manual_seed(2)
