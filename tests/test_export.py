@@ -174,6 +174,7 @@ def test_cli_writes_a_folder_transformers_loads_without_remote_code(saved, tmp_p
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == target and "auto_map" not in config
     assert not list(out.glob("*.py"))  # nothing for trust_remote_code to run
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == (out / "config.json").stat().st_mode & 0o777
     assert AutoConfig.from_pretrained(out).model_type == target
     loaded = AutoModelForCausalLM.from_pretrained(out)
     assert type(loaded) is EXPORTED[target]

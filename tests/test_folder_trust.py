@@ -16,7 +16,7 @@ import pytest
 
 from alibi_lm import loading, push
 from alibi_lm.cli import main as cli_main
-from alibi_lm.integrity import CHECKSUMS_FILE, OutsideFolderError, write_checksums
+from alibi_lm.integrity import CHECKSUMS_FILE, OutsideFolderError, share_weights_like_config, write_checksums
 from tests.hub_server import HubServer
 from tests.tiny import tiny_model
 
@@ -145,3 +145,28 @@ def test_dry_run_lists_what_would_go_and_sends_nothing(folder: Path, hub_server:
     out = capsys.readouterr().out
     assert "model.safetensors" in out and "config.json" in out and "modeling_alibi.py" in out
     assert len(hub_server.requests) == before
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permission bits")
+def test_weights_get_the_config_s_permission_bits_and_links_are_left_alone(tmp_path: Path):
+    """safetensors 0.8 writes weights 0600 whatever the umask; every folder this package saves gets config.json's
+    bits on its weights instead, so another user (or a container's non-root user) can load what the config shows."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    save_file({"w": torch.ones(2)}, folder / "model.safetensors")
+    (folder / "model.safetensors").chmod(0o600)  # what safetensors 0.8 leaves, made explicit
+    outside = tmp_path / "outside.safetensors"
+    save_file({"w": torch.ones(2)}, outside)
+    outside.chmod(0o600)
+    (folder / "linked.safetensors").symlink_to(outside)
+    for config_mode in (0o644, 0o640):
+        (folder / "config.json").chmod(config_mode)
+        share_weights_like_config(folder)
+        assert (folder / "model.safetensors").stat().st_mode & 0o777 == config_mode
+        assert outside.stat().st_mode & 0o777 == 0o600  # a link's target is not this folder's to change
+    (folder / "config.json").unlink()
+    assert share_weights_like_config(folder) == []

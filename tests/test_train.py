@@ -168,6 +168,8 @@ def test_every_checkpoint_is_a_hub_folder_and_logs_throughput_and_perplexity(uni
         config = json.loads((folder / "config.json").read_text())
         assert set(config["auto_map"]) == AUTO_CLASSES
         assert (config["train_length"], config["max_position_embeddings"]) == (32, 512) and config["use_cache"] is True
+        # Readable by whoever may read its config (safetensors 0.8 alone writes weights 0600 whatever the umask).
+        assert (folder / "model.safetensors").stat().st_mode & 0o777 == (folder / "config.json").stat().st_mode & 0o777
     assert not (uninterrupted / ".tmp-final-model").exists()
     history = json.loads((uninterrupted / "trainer_state.json").read_text())["log_history"]
     # Trainer's own count (include_num_input_tokens_seen, on by default here): every input token of every step.

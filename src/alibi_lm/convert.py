@@ -35,6 +35,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 from transformers.initialization import no_init_weights
 from transformers.utils import has_file
 
+from .integrity import share_weights_like_config
 from .model_files import TOKENIZER_ENTRY_FILES, prepare_for_hub
 from .modeling.configuration_alibi import AlibiConfig
 from .modeling.modeling_alibi import AlibiForCausalLM
@@ -402,6 +403,7 @@ def write_folder(dst: Path, write: Callable[[Path], None], overwrite: bool = Fal
         os.umask(umask)
         staging.chmod(0o777 & ~umask)
         write(staging)
+        share_weights_like_config(staging)
         if dst.exists():
             # Two renames, so dst is always either the whole old folder or the whole new one.
             retired = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))

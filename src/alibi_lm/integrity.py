@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from pathlib import Path
 
 from .model_files import DEFINING_FILES
@@ -82,6 +83,27 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
 def weights_files(folder: str | os.PathLike) -> list[Path]:
     """The safetensors files directly in `folder`, sorted by name."""
     return sorted(p for p in Path(folder).glob("*.safetensors") if p.is_file())
+
+
+def share_weights_like_config(folder: str | os.PathLike) -> list[Path]:
+    """Give the safetensors files in `folder` the read and write bits its `config.json` has; return those changed.
+
+    safetensors 0.8 writes each file through a temporary file, created 0600 whatever the umask, and renames it into
+    place (safetensors/safetensors#782; the fix, #789, is not released): a model saved by one user, or by root while
+    building a container image, cannot then be read by anyone else, while the config.json beside it, written by
+    `open`, follows the umask (and keeps the mode of the file it overwrites). Every folder this package saves goes
+    through here. Links are left alone; nothing changes where there is no config.json.
+    """
+    config = Path(folder) / "config.json"
+    if not config.is_file() or config.is_symlink():
+        return []
+    mode = stat.S_IMODE(config.stat().st_mode) & 0o666
+    changed = []
+    for file in weights_files(folder):
+        if not file.is_symlink() and stat.S_IMODE(file.stat().st_mode) != mode:
+            file.chmod(mode)
+            changed.append(file)
+    return changed
 
 
 def manifest_files(folder: str | os.PathLike) -> list[Path]:

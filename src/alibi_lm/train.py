@@ -73,6 +73,7 @@ from .checkpoints import (
     write_remote_code,
 )
 from .data import DataArguments, load_raw_datasets
+from .integrity import share_weights_like_config
 from .loading import check_model_folder, load_model
 from .machine import denormals_flushed
 from .model_files import has_tokenizer, prepare_for_hub
@@ -307,6 +308,8 @@ class AlibiTrainer(Trainer):
         self.check_finite()
         with naming_disk_errors(output_dir or self.args.output_dir):
             super().save_model(output_dir, _internal_call=_internal_call)
+        if self.args.should_save:
+            share_weights_like_config(output_dir or self.args.output_dir)
         if self.args.should_save and self._is_alibi():
             write_remote_code(output_dir or self.args.output_dir)
 
