@@ -4,6 +4,7 @@ caching."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from datasets import Dataset, DatasetDict
@@ -116,6 +117,11 @@ def test_bpe_tokenizer_is_cached_by_data_fingerprint(tmp_path, monkeypatch):
     first = token_blocks.cached_bpe_tokenizer(train, 280, tmp_path)
     monkeypatch.setattr(token_blocks, "train_bpe_tokenizer", lambda *a, **k: pytest.fail("trained again"))
     assert token_blocks.cached_bpe_tokenizer(train, 280, tmp_path).get_vocab() == first.get_vocab()
+    # A shared cache: the folder gets a plain mkdir's mode, not mkdtemp's private 0700.
+    (folder,) = tmp_path.glob("tokenizer-bpe280-*")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask
 
 
 def test_missing_data_file_names_the_file(tmp_path):

@@ -26,6 +26,7 @@ from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from .data import DataArguments, load_raw_datasets
+from .integrity import give_plain_mode
 
 EOS_TOKEN = "<|endoftext|>"
 # Bump when the cached tokenizer or block format changes, so stale cache files are never reused.
@@ -104,6 +105,7 @@ def cached_bpe_tokenizer(
     folder.parent.mkdir(parents=True, exist_ok=True)
     # Save beside the final folder, then rename: a killed run never leaves a half-written tokenizer.
     staging = Path(tempfile.mkdtemp(prefix=".tmp-tokenizer-", dir=folder.parent))
+    give_plain_mode(staging)  # mkdtemp made it private (0700): a shared cache's other users could not read it
     tokenizer.save_pretrained(staging)
     shutil.rmtree(folder, ignore_errors=True)
     try:

@@ -35,7 +35,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 from transformers.initialization import no_init_weights
 from transformers.utils import has_file
 
-from .integrity import share_weights_like_config
+from .integrity import give_plain_mode, share_weights_like_config
 from .model_files import TOKENIZER_ENTRY_FILES, prepare_for_hub
 from .modeling.configuration_alibi import AlibiConfig
 from .modeling.modeling_alibi import AlibiForCausalLM
@@ -398,10 +398,7 @@ def write_folder(dst: Path, write: Callable[[Path], None], overwrite: bool = Fal
     dst.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
     try:
-        # mkdtemp makes the folder private (0700); give dst the mode a plain mkdir would.
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)
+        give_plain_mode(staging)  # mkdtemp made it private (0700)
         write(staging)
         share_weights_like_config(staging)
         if dst.exists():

@@ -85,6 +85,14 @@ def weights_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in Path(folder).glob("*.safetensors") if p.is_file())
 
 
+def give_plain_mode(folder: Path) -> None:
+    """Give a folder made by `tempfile.mkdtemp` (0700) the mode a plain `mkdir` would under this process's umask,
+    before it is renamed into place where others (a shared cache, a colleague) may need to read it."""
+    umask = os.umask(0)  # the only portable way to read it: set, then restore at once
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+
+
 def share_weights_like_config(folder: str | os.PathLike) -> list[Path]:
     """Give the safetensors files in `folder` the read and write bits its `config.json` has; return those changed.
 
