@@ -17,6 +17,7 @@ import contextlib
 import functools
 import importlib.util
 import math
+import os
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,8 +26,11 @@ import torch
 from torch.nn import functional as F
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 from transformers.masking_utils import find_packed_sequence_indices
+from transformers.utils import logging
 
 from .alibi_triton import TritonAlibiMask, build_triton_mask
+
+logger = logging.get_logger(__name__)
 
 # `bias(head, distance)`: the fp32 score bias for heads and distances `pos_q - pos_k`, broadcasting
 # over tensors or on the scalars flex_attention's `score_mod` gets.
@@ -430,9 +434,24 @@ def _has_triton() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+def compile_disabled() -> bool:
+    """Whether torch.compile is switched off for the process, returning functions unchanged: TORCHDYNAMO_DISABLE=1
+    (read by each `torch.compile` call) or TORCH_COMPILE_DISABLE=1 (`torch._dynamo.config.disable`)."""
+    return os.environ.get("TORCHDYNAMO_DISABLE", "") == "1" or bool(torch._dynamo.config.disable)
+
+
 def flex_compiles(device: torch.device) -> bool:
-    """Whether torch.compile can build flex_attention on `device`: inductor's CPU backend, or Triton on a GPU."""
-    return device.type == "cpu" or _has_triton()
+    """Whether torch.compile can build flex_attention on `device`: inductor's CPU backend, or Triton on a GPU, and
+    compiling not switched off."""
+    return (device.type == "cpu" or _has_triton()) and not compile_disabled()
+
+
+FUSED_UNCOMPILED = (
+    "alibi-lm's default attention (alibi_fused) runs flex_attention on {device}, which needs torch.compile, and "
+    "torch.compile is unavailable here ({why}): it falls back to sdpa with a [B, H, L, L] bias, L x L memory per "
+    "head. Unset the variable (or install Triton) for the fused kernel; attn_implementation='alibi_triton' needs no "
+    "torch.compile."
+)
 
 
 UNCOMPILED_FLEX = (
@@ -494,13 +513,15 @@ def runs_flex(implementation: str, layout: AttentionLayout, bias: ScoreBias | No
         return False
     if implementation == "flex_attention":
         return True
-    return (
-        implementation == ALIBI_FUSED
-        and layout.device.type in fused.devices
-        and bias is not None
-        and fused.dropout == 0.0
-        and flex_compiles(layout.device)
-    )
+    if not (implementation == ALIBI_FUSED and layout.device.type in fused.devices):
+        return False
+    if bias is None or fused.dropout != 0.0:
+        return False
+    if not flex_compiles(layout.device):
+        why = "TORCHDYNAMO_DISABLE or TORCH_COMPILE_DISABLE is set" if compile_disabled() else "Triton is missing"
+        logger.warning_once(FUSED_UNCOMPILED.format(device=layout.device.type, why=why))
+        return False
+    return True
 
 
 @dataclass

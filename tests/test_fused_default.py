@@ -79,3 +79,31 @@ def test_a_named_sdpa_runs_sdpa_on_a_fused_device(cpu_as_gpu):
 def test_the_default_runs_sdpa_on_the_cpu():
     model = AlibiForCausalLM(tiny_config()).eval()
     assert not isinstance(mask_for(model, 64), FlexAlibiMask)  # the key-only fast path, no compile
+
+
+@pytest.mark.parametrize("switch", ["TORCHDYNAMO_DISABLE", "TORCH_COMPILE_DISABLE"])
+def test_with_torch_compile_switched_off_the_default_falls_back_to_sdpa_and_says_so(cpu_as_gpu, monkeypatch, switch):
+    """flex_attention uncompiled materializes L x L scores (and our call refuses to run so): with compiling off for
+    the process, the default takes sdpa on a fused device, exact, with one warning naming the variable."""
+    from transformers.testing_utils import CaptureLogger
+
+    from alibi_lm.modeling import alibi_masks
+
+    if switch == "TORCHDYNAMO_DISABLE":
+        monkeypatch.setenv(switch, "1")
+    else:
+        monkeypatch.setattr(torch._dynamo.config, "disable", True)
+    alibi_masks.logger.warning_once.cache_clear()
+    model = AlibiForCausalLM(tiny_config()).eval()
+    with CaptureLogger(alibi_masks.logger) as captured:
+        assert not isinstance(mask_for(model, 64), FlexAlibiMask)
+        ids = random_ids(2, 96)
+        with torch.no_grad():
+            fused = model(ids).logits
+    assert (
+        captured.out.count("falls back to sdpa") == 1
+        and "TORCHDYNAMO_DISABLE or TORCH_COMPILE_DISABLE" in captured.out
+    )
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        torch.testing.assert_close(fused, model(ids).logits, atol=1e-5, rtol=0)
