@@ -201,6 +201,10 @@ def test_measure_cutoffs_tells_a_harmless_cutoff_from_a_harmful_one():
     assert harmful.work_ratio < 0.5 and harmless.work_ratio >= 1.0
     assert report.recommend() is None
     assert "keep dense ALiBi (alibi_window_cutoff=None)" in report.advice("m")
+    assert "the cutoffs that would (0.5) go past the tolerances" in report.advice("m")
+    report.cutoffs.remove(harmful)
+    assert "no cutoff's windows are short enough to save work at 1,024 tokens" in report.advice("m")
+    report.cutoffs.insert(1, harmful)
     assert report.recommend(max_dropped_mass=1.0, max_ppl_change=10.0) is harmful
     assert "alibi_window_cutoff=0.5" in report.advice("m", max_dropped_mass=1.0, max_ppl_change=10.0)
     assert report.to_dict()["recommended_cutoff"] is None

@@ -101,9 +101,16 @@ class WindowReport:
         chosen = self.recommend(max_dropped_mass, max_ppl_change)
         tolerances = f"dropped attention mass <= {max_dropped_mass:g}, perplexity change <= {max_ppl_change:.2%}"
         if chosen is None:
+            saving = [f"{c.cutoff:g}" for c in self.cutoffs if c.cutoff is not None and c.work_ratio < 1.0]
+            why = (
+                f"the cutoffs that would ({', '.join(saving)}) go past the tolerances"
+                if saving
+                else f"no cutoff's windows are short enough to save work at {self.work_length:,} tokens (measure at "
+                "longer lengths with --multiples, or smaller cutoffs)"
+            )
             return (
                 f"Recommended: keep dense ALiBi (alibi_window_cutoff=None): no cutoff measured here both saves "
-                f"attention work at {self.work_length:,} tokens and stays within {tolerances}.\n"
+                f"attention work at {self.work_length:,} tokens and stays within {tolerances}; {why}.\n"
             )
         return (
             f"Recommended: alibi_window_cutoff={chosen.cutoff:g}, the least attention work within {tolerances}: "
