@@ -129,11 +129,12 @@ def _launch_arguments(
     key: torch.Tensor,
     log2_slopes: torch.Tensor,
     layout: tuple[torch.Tensor | None, ...],
+    bounds: tuple[torch.Tensor | None, torch.Tensor | None],
     past_length: int,
     scale: float,
-) -> tuple[list[torch.Tensor], dict]:
-    """The kernels' shared arguments: the pointers `[slopes, windows, positions, valid, documents]` (a placeholder for
-    each tensor a plain layout lacks), and the sizes, flags and strides."""
+) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor], dict]:
+    """The kernels' shared arguments: the pointers `[slopes, windows, positions, valid, documents]` and the document
+    bounds `(start, end)` (a placeholder for each tensor the layout lacks), and the sizes, flags and strides."""
     windows, positions, valid, documents = layout
     batch, heads, query_length, head_dim = query.shape
     key_heads, key_length = key.shape[1:3]
@@ -143,28 +144,25 @@ def _launch_arguments(
     plain = positions is None
     stride_lb, stride_ls = (0, 0) if plain else positions.stride()
     pointers = [log2_slopes, *(tensor if tensor is not None else placeholder for tensor in layout)]
+    start, end = (bound if bound is not None else placeholder for bound in bounds)
     common = dict(
         H=heads, GROUPS=heads // key_heads, QLEN=query_length, KLEN=key_length, PAST=past_length,
         qk_scale=scale * LOG2E,
         LEN_BUCKET=_length_bucket(key_length), HEAD_DIM=head_dim, BLOCK_D=max(16, _length_bucket(head_dim)),
         PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         PLAIN=plain, HAS_VALID=valid is not None, HAS_DOCS=documents is not None, HAS_WINDOW=windows is not None,
-        ROW_SHIFT=plain and query.dtype in ROW_SHIFT_DTYPES,
+        ROW_SHIFT=plain and query.dtype in ROW_SHIFT_DTYPES, DOCUMENT_SKIP=bounds[0] is not None,
         # Slot distance is position distance unless padding sits between a query and its keys.
         WINDOW_SKIP=windows is not None and valid is None,
         stride_lb=stride_lb, stride_ls=stride_ls, **COMPILE_OPTIONS,
     )  # fmt: skip
     if interpreting():
         common.update(BLOCK_M=INTERPRETER_BLOCK, BLOCK_N=INTERPRETER_BLOCK)  # the interpreter runs one config
-    return pointers, common
+    return pointers, (start, end), common
 
 
 def _strides(*tensors: torch.Tensor) -> list[int]:
     return [stride for tensor in tensors for stride in tensor.stride()]
-
-
-def _document_bound(bound: torch.Tensor | None, placeholder: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    return (bound if bound is not None else placeholder), dict(DOCUMENT_SKIP=bound is not None)
 
 
 # The two ops' names carry this module's import name: a process may hold several copies of this file (the package's
@@ -187,15 +185,15 @@ def flash_forward(
     """
     check_device(query.device)
     batch, heads, query_length = query.shape[:3]
-    pointers, common = _launch_arguments(
-        query, key, log2_slopes, (windows, positions, valid, documents), past_length, scale
-    )
-    start, skip = _document_bound(document_start, _placeholder(query.device))
+    pointers, (start, _), common = _launch_arguments(
+        query, key, log2_slopes, (windows, positions, valid, documents), (document_start, document_end),
+        past_length, scale,
+    )  # fmt: skip
     out = torch.empty_like(query)
     lse = torch.empty(batch, heads, query_length, dtype=torch.float32, device=query.device)
     grid = lambda meta: (triton.cdiv(query_length, meta["BLOCK_M"]), batch * heads)  # noqa: E731
     kernels(interpreting()).forward[grid](
-        query, key, value, out, lse, *pointers, start, *_strides(query, key, value, out), **common, **skip
+        query, key, value, out, lse, *pointers, start, *_strides(query, key, value, out), **common
     )
     return out, lse
 
@@ -214,12 +212,10 @@ def flash_backward(
     """dQ (laid out as Q), dK and dV (contiguous `[B, H_kv, K, D]`) for the output gradient `grad_out`."""
     batch, heads, query_length, head_dim = query.shape
     key_heads, key_length = key.shape[1:3]
-    pointers, common = _launch_arguments(
-        query, key, log2_slopes, (windows, positions, valid, documents), past_length, scale
-    )
-    placeholder = _placeholder(query.device)
-    start, start_skip = _document_bound(document_start, placeholder)
-    end, end_skip = _document_bound(document_end, placeholder)
+    pointers, (start, end), common = _launch_arguments(
+        query, key, log2_slopes, (windows, positions, valid, documents), (document_start, document_end),
+        past_length, scale,
+    )  # fmt: skip
     grad_out = grad_out.contiguous()
     delta = (out.float() * grad_out.float()).sum(-1)  # [B, H, Q]: rowsum(dO * O), the softmax's backward term
     dq = torch.empty_like(query)
@@ -231,11 +227,11 @@ def flash_backward(
     gradient_strides = dict(zip(("stride_gb", "stride_gh", "stride_gn", "stride_gd"), dk.stride()))
     found.dkdv[lambda meta: (triton.cdiv(key_length, meta["BLOCK_N"]), batch * heads)](
         query, key, value, grad_out, lse, delta, dk, dv, *pointers, end,
-        *_strides(query, key, value, grad_out), **gradient_strides, **common, **end_skip, sm_scale=scale,
+        *_strides(query, key, value, grad_out), **gradient_strides, **common, sm_scale=scale,
     )  # fmt: skip
     found.dq[lambda meta: (triton.cdiv(query_length, meta["BLOCK_M"]), batch * heads)](
         query, key, value, grad_out, lse, delta, dq, *pointers, start,
-        *_strides(query, key, value, grad_out), **common, **start_skip, sm_scale=scale,
+        *_strides(query, key, value, grad_out), **common, sm_scale=scale,
     )  # fmt: skip
     if key_heads != heads:
         dk = dk.view(batch, key_heads, heads // key_heads, key_length, head_dim).sum(2)
