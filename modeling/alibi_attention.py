@@ -22,17 +22,16 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 from transformers.models.llama.modeling_llama import eager_attention_forward, repeat_kv
 
+from .alibi_compile import UNCOMPILED_FLEX, compiled
 from .alibi_masks import (
     ALIBI_FUSED,
     ALIBI_TRITON,
     ALIBI_UNDERFLOW_CUTOFF,
-    UNCOMPILED_FLEX,
     AttentionLayout,
     FlashAlibiMask,
     FlexAlibiMask,
     WindowedAlibi,
     alibi_bias,
-    compiled,
     key_only_bias,
     key_only_exact,
     windowed_block_size,

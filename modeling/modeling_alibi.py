@@ -7,19 +7,19 @@ Length Extrapolation", ICLR 2022. https://arxiv.org/abs/2108.12409
 Head h adds `-m_h * (i - j)` to the score of query position i on key position j. The bias lives in the attention
 mask, built once per forward and shared by every layer (`alibi_masks.create_alibi_mask`, as Llama calls
 `masking_utils.create_causal_mask`); the attention kernels that take each form of it are in `alibi_attention` (as
-Llama's are in `integrations/`). This file holds what Llama's does: position encodings (ALiBi and the paper's
-baselines), MLP, attention, decoder layer, the pretrained base with its attention choice, the model and the LM head.
+Llama's are in `integrations/`). This file holds what Llama's does: MLP, attention, decoder layer, the pretrained base
+with its attention choice, the model and the LM head; the position encodings (ALiBi and the paper's baselines) are
+in `alibi_encodings`.
 
-All three files travel with checkpoints as Hub remote code: transformers copies the relative imports with this file,
-so they import only torch, transformers and each other (`configuration_alibi` first: it checks the transformers
-version).
+Every file of this folder travels with checkpoints as Hub remote code: transformers copies the relative imports with
+this file, so they import only torch, transformers and each other (Triton only if present; `configuration_alibi`
+first: it checks the transformers version).
 """
 
 # isort: off
 from .configuration_alibi import AlibiConfig
 
 # isort: on
-import math
 
 import torch
 from torch import nn
@@ -42,14 +42,12 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import capture_outputs
 
 from .alibi_attention import ALIBI_KERNELS, ALL_ATTENTION_FUNCTIONS, UNSUPPORTED_ATTENTION
+from .alibi_encodings import POSITION_ENCODING_CLASSES, AlibiPositionalBias
 from .alibi_masks import (
     ALIBI_FUSED,
     AlibiMask,
     AttentionLayout,
     Fused,
-    ScoreBias,
-    alibi_bias,
-    alibi_windows,
     build_layout,
     create_alibi_mask,
     custom_mask_layout,
@@ -57,138 +55,7 @@ from .alibi_masks import (
     packed_document_ids,
 )
 
-
-def t5_relative_position_bucket(distance: torch.Tensor, num_buckets: int, max_distance: int) -> torch.Tensor:
-    """T5's causal bucketing of `distance = pos_q - pos_k >= 0` (Raffel et al. 2020, unidirectional)."""
-    distance = distance.clamp(min=0)
-    max_exact = num_buckets // 2
-    is_small = distance < max_exact
-    # Larger distances share buckets that grow logarithmically up to max_distance.
-    large = max_exact + (
-        torch.log(distance.float().clamp(min=1) / max_exact)
-        / math.log(max_distance / max_exact)
-        * (num_buckets - max_exact)
-    ).to(torch.long)
-    large = large.clamp(max=num_buckets - 1)
-    return torch.where(is_small, distance, large)
-
-
-def inverse_frequencies(dim: int, base: float, device: torch.device) -> torch.Tensor:
-    """`[dim / 2]` fp32 frequencies `base**(-2i / dim)` of sinusoidal and rotary embeddings."""
-    return 1.0 / (base ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
-
-
-# --- 2. Position encodings, norm and MLP ---------------------------------------------------
-
-
-class NoPositionEncoding(nn.Module):
-    """No position information beyond the causal mask; the base every position encoding extends."""
-
-    def __init__(self, config: AlibiConfig):
-        super().__init__()
-
-    def embed(self, hidden_states: torch.Tensor, positions: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-        """Token embeddings `[B, Q, hidden]` -> the decoder's input, at `positions` `[B or 1, Q]`; `norm` is the
-        embedding LayerNorm (BLOOM's `embedding_layer_norm`) or the identity."""
-        return norm(hidden_states)
-
-    def rotary(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """`(cos, sin)` `[B or 1, Q, head_dim]` to rotate queries and keys with, or None."""
-        return None
-
-    def score_bias(self, key_length: int, device: torch.device) -> ScoreBias | None:
-        """The per-head score bias as a function of distance, or None."""
-        return None
-
-    def slopes(self, device: torch.device) -> torch.Tensor | None:
-        """`[H]` fp32 slopes when the bias is linear in distance (flash-attn's `alibi_slopes`), else None."""
-        return None
-
-    def windows(self, device: torch.device) -> torch.Tensor | None:
-        """`[H]` long: how far back each head looks (windowed ALiBi), or None for no limit."""
-        return None
-
-
-class AlibiPositionalBias(NoPositionEncoding):
-    """ALiBi: head h adds `-m_h * distance` to its attention scores; no parameters."""
-
-    def __init__(self, config: AlibiConfig):
-        super().__init__(config)
-        self.num_heads, self.max_bias = config.num_attention_heads, config.alibi_max_bias
-        self.config = config  # alibi_window_cutoff is read at each forward, so it can be switched on a loaded model
-        self.register_buffer("alibi_slopes", get_alibi_slopes(self.num_heads, self.max_bias), persistent=False)
-
-    def slopes(self, device: torch.device) -> torch.Tensor:
-        slopes = self.alibi_slopes
-        # `model.to(torch.bfloat16)` casts buffers too, and meta-device loading leaves none: the slopes stay fp32.
-        if slopes.dtype != torch.float32 or slopes.device.type == "meta":
-            slopes = get_alibi_slopes(self.num_heads, self.max_bias)
-        return slopes.to(device)
-
-    def score_bias(self, key_length: int, device: torch.device) -> ScoreBias:
-        slopes = self.slopes(device)
-        return lambda head, distance: alibi_bias(slopes[head], distance)
-
-    def windows(self, device: torch.device) -> torch.Tensor | None:
-        cutoff = self.config.alibi_window_cutoff
-        if cutoff is None:
-            return None
-        return alibi_windows(get_alibi_slopes(self.num_heads, self.max_bias), cutoff).to(device)
-
-
-class T5RelativePositionalBias(NoPositionEncoding):
-    """T5's learned bias per head and log-bucketed distance, shared by all layers (Raffel et al.)."""
-
-    def __init__(self, config: AlibiConfig):
-        super().__init__(config)
-        self.num_buckets, self.max_distance = config.t5_num_buckets, config.t5_max_distance
-        self.relative_attention_bias = nn.Embedding(config.t5_num_buckets, config.num_attention_heads)
-
-    def score_bias(self, key_length: int, device: torch.device) -> ScoreBias:
-        # One bias per head and distance: O(H * K) memory, not O(Q * K).
-        buckets = t5_relative_position_bucket(
-            torch.arange(key_length, device=device), self.num_buckets, self.max_distance
-        )
-        table = self.relative_attention_bias(buckets).float().t()  # [H, K]
-        return lambda head, distance: table[head, distance.clamp(0, key_length - 1)]
-
-
-class SinusoidalPositionalEmbedding(NoPositionEncoding):
-    """Fixed sinusoids added to token embeddings scaled by `sqrt(hidden_size)` (Vaswani et al., fairseq)."""
-
-    def __init__(self, config: AlibiConfig):
-        super().__init__(config)
-        self.hidden_size = config.hidden_size
-
-    def embed(self, hidden_states: torch.Tensor, positions: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-        angles = positions.float()[..., None] * inverse_frequencies(self.hidden_size, 10000.0, positions.device)
-        sinusoid = torch.cat([angles.sin(), angles.cos()], dim=-1)
-        # The scale keeps the sinusoid (entries in [-1, 1]) from swamping the embeddings; it comes before the
-        # norm (which undoes it) and the sinusoid after, as the paper's fairseq baseline with BLOOM's norm.
-        return norm(hidden_states * math.sqrt(self.hidden_size)) + sinusoid.to(hidden_states.dtype)
-
-
-class RotaryEmbedding(NoPositionEncoding):
-    """Rotary position embedding of queries and keys, base `rope_theta` (Su et al.; Llama's shape)."""
-
-    def __init__(self, config: AlibiConfig):
-        super().__init__(config)
-        self.head_dim, self.theta = config.head_dim, config.rope_theta
-
-    def rotary(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions.float()[..., None] * inverse_frequencies(self.head_dim, self.theta, positions.device)
-        angles = torch.cat([freqs, freqs], dim=-1)
-        return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-# The class of each name in `configuration_alibi.POSITION_ENCODINGS` (the list of names itself lives there).
-POSITION_ENCODING_CLASSES: dict[str, type[NoPositionEncoding]] = {
-    "alibi": AlibiPositionalBias,
-    "sinusoidal": SinusoidalPositionalEmbedding,
-    "rotary": RotaryEmbedding,
-    "t5": T5RelativePositionalBias,
-    "none": NoPositionEncoding,
-}
+# --- 2. MLP --------------------------------------------------------------------------------
 
 
 class AlibiMLP(nn.Module):

@@ -11,7 +11,7 @@ import pytest
 from transformers.dynamic_module_utils import get_relative_import_files
 
 from alibi_lm import model_files
-from alibi_lm.modeling import configuration_alibi, modeling_alibi
+from alibi_lm.modeling import alibi_encodings, configuration_alibi, modeling_alibi
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "alibi_lm"
@@ -177,4 +177,4 @@ def test_the_version_is_written_once():
 
 
 def test_every_position_encoding_name_has_its_class():
-    assert set(modeling_alibi.POSITION_ENCODING_CLASSES) == set(configuration_alibi.POSITION_ENCODINGS)
+    assert set(alibi_encodings.POSITION_ENCODING_CLASSES) == set(configuration_alibi.POSITION_ENCODINGS)
