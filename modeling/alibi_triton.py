@@ -65,17 +65,21 @@ class TritonAlibiMask:
 def document_bounds(document_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`[B, K]` first slot and one past the last slot of each slot's document id in its row (ids need not be runs).
 
-    Not while compiling (`torch.unique` has a data-dependent size): the caller then skips no tiles by document.
+    A stable sort groups each row's slots by id, in slot order: a group's first and last entries are its bounds.
+    Every shape is static, so a compiled forward skips tiles by document as an eager one does.
     """
-    batch, length = document_ids.shape
-    rows = torch.arange(batch, device=document_ids.device)[:, None].expand(batch, length)
-    pairs = torch.stack([rows, document_ids], -1).reshape(-1, 2)
-    _, inverse = torch.unique(pairs, dim=0, return_inverse=True)
-    slots = torch.arange(length, device=document_ids.device).expand(batch, length).reshape(-1)
-    count = int(inverse.max()) + 1
-    first = torch.full((count,), length, device=slots.device).scatter_reduce(0, inverse, slots, "amin")
-    last = torch.full((count,), -1, device=slots.device).scatter_reduce(0, inverse, slots, "amax")
-    return first[inverse].view(batch, length), (last[inverse] + 1).view(batch, length)
+    length = document_ids.shape[1]
+    ids, order = torch.sort(document_ids, dim=1, stable=True)
+    index = torch.arange(length, device=ids.device).expand_as(ids)
+    opens = torch.ones_like(ids, dtype=torch.bool)
+    opens[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    closes = opens.roll(-1, dims=1)
+    closes[:, -1] = True
+    group_first = torch.where(opens, index, 0).cummax(dim=1).values
+    group_last = torch.where(closes, index, length).flip(1).cummin(dim=1).values.flip(1)
+    start = torch.empty_like(order).scatter_(1, order, order.gather(1, group_first))
+    end = torch.empty_like(order).scatter_(1, order, order.gather(1, group_last) + 1)
+    return start, end
 
 
 def build_triton_mask(
@@ -107,9 +111,8 @@ def build_triton_mask(
     mask.key_valid = slots(key_valid, torch.int8)
     if document_ids is not None:
         mask.document_ids = slots(document_ids, torch.int32)
-        if not torch.compiler.is_compiling():
-            start, end = document_bounds(document_ids)
-            mask.document_start, mask.document_end = slots(start, torch.int32), slots(end, torch.int32)
+        start, end = document_bounds(document_ids)
+        mask.document_start, mask.document_end = slots(start, torch.int32), slots(end, torch.int32)
     return mask
 
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 triton = pytest.importorskip("triton")
 
@@ -34,7 +35,28 @@ def test_the_kernel_matches_the_reference_in_triton_s_interpreter():
     report = run.stdout[-6000:] + run.stderr[-2000:]
     assert run.returncode == 0, report
     summary = run.stdout.strip().splitlines()[-1]
-    assert re.match(r"\d+ passed", summary) and int(summary.split()[0]) == 21, report  # nothing skipped
+    assert re.match(r"\d+ passed", summary) and int(summary.split()[0]) == 22, report  # nothing skipped
+
+
+def brute_force_bounds(document_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    start, end = torch.empty_like(document_ids), torch.empty_like(document_ids)
+    for row, ids in enumerate(document_ids.tolist()):
+        for slot, document in enumerate(ids):
+            same = [other for other, id_ in enumerate(ids) if id_ == document]
+            start[row, slot], end[row, slot] = same[0], same[-1] + 1
+    return start, end
+
+
+def test_document_bounds_are_each_document_s_first_and_past_last_slot_eager_and_compiled():
+    """Runs and ids that come back after another document (their bounds then span the gap), and one slot rows."""
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 4, (3, 37), generator=generator), torch.tensor([[5]]), torch.zeros(2, 9, dtype=int)]
+    batches.append(batches[0].sort(dim=1).values)
+    compiled = torch.compile(alibi_triton.document_bounds, fullgraph=True, dynamic=True)
+    for document_ids in batches:
+        expected = brute_force_bounds(document_ids)
+        for bounds in (alibi_triton.document_bounds(document_ids), compiled(document_ids)):
+            assert torch.equal(bounds[0], expected[0]) and torch.equal(bounds[1], expected[1])
 
 
 def test_where_it_cannot_run_it_says_why(monkeypatch):
