@@ -32,6 +32,7 @@ from .alibi_masks import (
     FlexAlibiMask,
     WindowedAlibi,
     alibi_bias,
+    key_only_attention,
     key_only_bias,
     key_only_exact,
     windowed_block_size,
@@ -68,13 +69,10 @@ def windowed_alibi_attention(
                 slopes = torch.tensor([mask.slopes[h] for h in whole], device=query.device)
                 mask.patterns[bias_key] = key_only_bias(slopes, length)
             if not blocked:  # every head (short sequences, e.g. training at L): one call on the tensors as they are
-                return F.scaled_dot_product_attention(
-                    query, key, value, attn_mask=mask.patterns[bias_key], scale=scaling, is_causal=True
-                )
-            out[:, whole] = F.scaled_dot_product_attention(
-                query[:, whole], key[:, whole], value[:, whole],
-                attn_mask=mask.patterns[bias_key], scale=scaling, is_causal=True,
-            )  # fmt: skip
+                return key_only_attention(query, key, value, mask.patterns[bias_key], scaling)
+            out[:, whole] = key_only_attention(
+                query[:, whole], key[:, whole], value[:, whole], mask.patterns[bias_key], scaling
+            )
     for h in blocked:
         window = min(mask.windows[h], length - 1)
         block = windowed_block_size(window)

@@ -410,14 +410,27 @@ def key_only_bias(slopes: torch.Tensor, length: int) -> torch.Tensor:
     return alibi_bias(slopes[None, :, None, None], -keys[None, None, None, :])
 
 
+# SDPA's fused CPU kernel, called as the aten op: from torch 2.14, `F.scaled_dot_product_attention` refuses a mask
+# together with `is_causal` on every backend, while the kernel behind it still takes both (exact, forward and backward).
+FUSED_CPU_ATTENTION = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
 def key_only_exact(device: torch.device, dtype: torch.dtype, dropout: float) -> bool:
-    """Whether `key_only_bias` with `is_causal` is exact: fp32 on the CPU flash kernel, no dropout."""
+    """Whether `key_only_attention` is exact: fp32 on the CPU flash kernel, no dropout."""
     return (
         device.type == "cpu"
         and dtype == torch.float32
         and dropout == 0.0
+        and FUSED_CPU_ATTENTION is not None
         and torch.backends.cuda.flash_sdp_enabled()  # the flag SDPA's fused CPU kernel obeys
     )
+
+
+def key_only_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Causal attention `[B, H, L, D]` with the key-only bias (`key_only_bias`) on the fused CPU kernel."""
+    return FUSED_CPU_ATTENTION(query, key, value, 0.0, True, attn_mask=bias, scale=scale)[0]
 
 
 def windowed_work_ratio(windows: list[int], length: int) -> float:

@@ -17,6 +17,7 @@ from alibi_lm.modeling.alibi_masks import (
     WindowedAlibi,
     build_layout,
     get_alibi_slopes,
+    key_only_attention,
     key_only_bias,
 )
 from tests.tiny import random_ids, tiny_model
@@ -96,7 +97,7 @@ def test_error_against_fp64_is_bounded_at_any_length(length):
         got = windowed_alibi_attention(q, k, v, default_mask(heads, length), 16**-0.5, 0.0)
     error = (got[:, :, rows].double() - exact).abs().max().item()
     with torch.no_grad():  # the key-only bias on every head, the CPU default until 2026-12
-        every = F.scaled_dot_product_attention(q, k, v, attn_mask=key_only_bias(slopes, length), is_causal=True)
+        every = key_only_attention(q, k, v, key_only_bias(slopes, length), 16**-0.5)
     before = (every[:, :, rows].double() - exact).abs().max().item()
     print(f"\nL={length}: against fp64, the CPU default {error:.2e}, the key-only bias on every head {before:.2e}")
     assert error < 1e-6
@@ -124,3 +125,26 @@ def test_logits_match_eager_in_fp64_through_the_model():
     with torch.no_grad():
         error = (sdpa(ids).logits.double() - eager(ids).logits).abs().max().item()
     assert error < 1e-5
+
+
+def test_no_sdpa_call_takes_a_mask_together_with_is_causal(monkeypatch):
+    """torch 2.14 refuses `attn_mask` with `is_causal=True` in `F.scaled_dot_product_attention` on every backend (2.13
+    took it on the fused CPU kernel): the key-only heads call that kernel's aten op instead. The refusal is played
+    here, so torch 2.13 catches a call that 2.14 would fail; the result must stay eager's."""
+    sdpa = F.scaled_dot_product_attention
+
+    def as_torch_2_14(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, **kwargs):
+        if attn_mask is not None and is_causal:
+            raise RuntimeError(
+                "_scaled_dot_product_attention: Explicit attn_mask should not be set when is_causal=True"
+            )
+        return sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", as_torch_2_14)
+    ids = random_ids(1, 512)  # fused heads and blocked heads both run
+    model = tiny_model(num_attention_heads=8, hidden_size=64).train()
+    assert {w >= 511 for w in default_mask(8, 512).windows} == {True, False}
+    loss = model(ids, labels=ids).loss
+    loss.backward()
+    eager = tiny_model(num_attention_heads=8, hidden_size=64, attn_implementation="eager").train()
+    assert abs(eager(ids, labels=ids).loss.item() - loss.item()) < 1e-5

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import site as site_module
 import subprocess
 import sys
-import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -20,8 +20,9 @@ from tests.tiny import random_ids, saved_folder, tiny_model
 def bare_python(tmp_path_factory) -> Path:
     """A fresh virtual environment that sees this interpreter's torch and transformers but not alibi_lm.
 
-    Its one `.pth` line puts the site-packages folder on the path as a plain entry, so the `.pth` files in it (the
-    editable install's finder for alibi_lm among them) are not run.
+    Its `.pth` file puts this interpreter's site-packages folders (a venv's and, with `--system-site-packages`, the base
+    Python's) on the path as plain entries, so the `.pth` files in them (the editable install's finder for alibi_lm
+    among them) are not run.
     """
     venv = tmp_path_factory.mktemp("bare") / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
@@ -30,7 +31,7 @@ def bare_python(tmp_path_factory) -> Path:
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
-    (Path(site) / "outer.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    (Path(site) / "outer.pth").write_text("".join(folder + "\n" for folder in site_module.getsitepackages()))
     probe = subprocess.run([str(python), "-c", "import alibi_lm"], capture_output=True, text=True)
     assert probe.returncode != 0 and "No module named 'alibi_lm'" in probe.stderr
     return python
