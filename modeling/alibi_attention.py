@@ -27,17 +27,37 @@ from .alibi_masks import (
     ALIBI_FUSED,
     ALIBI_TRITON,
     ALIBI_UNDERFLOW_CUTOFF,
+    FUSED_CPU_ATTENTION,
     AttentionLayout,
     FlashAlibiMask,
     FlexAlibiMask,
     WindowedAlibi,
     alibi_bias,
-    key_only_attention,
-    key_only_bias,
     key_only_exact,
     windowed_block_size,
 )
 from .alibi_triton import TritonAlibiMask, alibi_flash_attention
+
+
+def key_only_bias(slopes: torch.Tensor, length: int) -> torch.Tensor:
+    """`[1, H, 1, L]` fp32: `m_h * (pos_k - c)`, the bias the fused CPU kernel takes together with its causal mask.
+
+    Softmax is invariant to a per-row constant, so `m * pos_k` gives the same attention as `-m * (pos_q - pos_k)`.
+    Centring on `c = (L - 1) / 2` halves the largest bias. Exact only in fp32, with no dropout and Q == K, and only on
+    SDPA's fused CPU kernel (`key_only_attention`; the math kernel refuses a mask together with `is_causal`); precise
+    only while `m * L` is small, which `windowed_alibi_attention` ensures by running here only heads whose window
+    holds the sequence.
+    """
+    keys = torch.arange(length, device=slopes.device, dtype=torch.float32) - (length - 1) / 2
+    # The bias rule at distance `-(pos_k - c)`: `alibi_bias` up to the constant `-m * (pos_q - c)` of each row.
+    return alibi_bias(slopes[None, :, None, None], -keys[None, None, None, :])
+
+
+def key_only_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Causal attention `[B, H, L, D]` with the key-only bias (`key_only_bias`) on the fused CPU kernel."""
+    return FUSED_CPU_ATTENTION(query, key, value, 0.0, True, attn_mask=bias, scale=scale)[0]
 
 
 def windowed_alibi_attention(

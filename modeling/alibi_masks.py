@@ -396,20 +396,6 @@ def blocked_windows_everywhere() -> Iterator[None]:
 ALIBI_UNDERFLOW_CUTOFF = 80.0
 
 
-def key_only_bias(slopes: torch.Tensor, length: int) -> torch.Tensor:
-    """`[1, H, 1, L]` fp32: `m_h * (pos_k - c)`, the bias sdpa's fused CPU kernel takes together with `is_causal`.
-
-    Softmax is invariant to a per-row constant, so `m * pos_k` gives the same attention as `-m * (pos_q - pos_k)`.
-    Centring on `c = (L - 1) / 2` halves the largest bias. Exact only in fp32, with no dropout and Q == K, and only on
-    SDPA's fused CPU kernel (its math kernel refuses a mask together with `is_causal`); precise only while
-    `m * L` is small, which `windowed_alibi_attention` ensures by running here only heads whose window holds the
-    sequence.
-    """
-    keys = torch.arange(length, device=slopes.device, dtype=torch.float32) - (length - 1) / 2
-    # The bias rule at distance `-(pos_k - c)`: `alibi_bias` up to the constant `-m * (pos_q - c)` of each row.
-    return alibi_bias(slopes[None, :, None, None], -keys[None, None, None, :])
-
-
 # SDPA's fused CPU kernel, called as the aten op: from torch 2.14, `F.scaled_dot_product_attention` refuses a mask
 # together with `is_causal` on every backend, while the kernel behind it still takes both (exact, forward and backward).
 FUSED_CPU_ATTENTION = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
@@ -424,13 +410,6 @@ def key_only_exact(device: torch.device, dtype: torch.dtype, dropout: float) -> 
         and FUSED_CPU_ATTENTION is not None
         and torch.backends.cuda.flash_sdp_enabled()  # the flag SDPA's fused CPU kernel obeys
     )
-
-
-def key_only_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, scale: float
-) -> torch.Tensor:
-    """Causal attention `[B, H, L, D]` with the key-only bias (`key_only_bias`) on the fused CPU kernel."""
-    return FUSED_CPU_ATTENTION(query, key, value, 0.0, True, attn_mask=bias, scale=scale)[0]
 
 
 def windowed_work_ratio(windows: list[int], length: int) -> float:

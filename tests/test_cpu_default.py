@@ -11,14 +11,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from alibi_lm.modeling.alibi_attention import windowed_alibi_attention
+from alibi_lm.modeling.alibi_attention import key_only_attention, key_only_bias, windowed_alibi_attention
 from alibi_lm.modeling.alibi_masks import (
     ALIBI_UNDERFLOW_CUTOFF,
     WindowedAlibi,
     build_layout,
     get_alibi_slopes,
-    key_only_attention,
-    key_only_bias,
 )
 from tests.tiny import random_ids, tiny_model
 
