@@ -97,9 +97,11 @@ def test_sdpa_takes_the_blocked_path_where_it_saves_work_and_agrees_with_eager()
     # At 300 tokens the windows would cost more than the triangle. A cutoff of 2 is a window that matters: applied
     # exactly all the same (the two heads that see the whole sequence fused, the others in blocks) ...
     assert mask_for(sdpa, 300).windows == [8, 32, 128, 512]
-    # ... while from DENSE_SHORTCUT_CUTOFF (16) on, dense ALiBi runs there, all four heads in one fused call (each
-    # head's reach before its bias silences a key, 80 / m_h >= 320 tokens, holds the whole sequence).
-    assert all(window >= 299 for window in mask_for(windowed_model(20.0), 300).windows)
+    # ... while from DENSE_SHORTCUT_CUTOFF (16) on, dense ALiBi runs there: the dense model's mask, each head's reach
+    # the distance where its bias silences a key (ALIBI_UNDERFLOW_CUTOFF / m_h), wider than the window of 20 / m_h.
+    dense_mask = mask_for(windowed_model(None), 300)
+    assert mask_for(windowed_model(20.0), 300).windows == dense_mask.windows
+    assert all(window > 20 / slope for window, slope in zip(dense_mask.windows, dense_mask.slopes))
     ids = random_ids(1, 2048)
     with torch.no_grad():
         windowed, reference = sdpa(ids).logits, eager(ids).logits
