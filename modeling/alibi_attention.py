@@ -60,6 +60,13 @@ def key_only_attention(
     return FUSED_CPU_ATTENTION(query, key, value, 0.0, True, attn_mask=bias, scale=scale)[0]
 
 
+def head_index(heads: list[int]) -> slice | list[int]:
+    """`heads` as an index: a slice (a view, no gather) where they are consecutive, as the key-only heads are for
+    ALiBi's slopes on a power-of-two head count."""
+    consecutive = heads == list(range(heads[0], heads[-1] + 1))
+    return slice(heads[0], heads[-1] + 1) if consecutive else heads
+
+
 def windowed_alibi_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: WindowedAlibi, scaling: float, dropout: float
 ) -> torch.Tensor:
@@ -73,7 +80,7 @@ def windowed_alibi_attention(
     with the pattern's last columns. Nothing is L x L: memory is O(L (w + n) / n) per head.
     """
     batch, heads, length, dim = query.shape
-    out = torch.empty_like(query)
+    out = query.new_empty(batch, length, heads, dim).transpose(1, 2)  # the layout the caller transposes back to
     blocked = range(heads)
     if key_only_exact(query.device, query.dtype, dropout):
         # Heads that see the whole sequence: one fused causal call with the key-only bias, as fast as no bias; only
@@ -90,8 +97,9 @@ def windowed_alibi_attention(
                 mask.patterns[bias_key] = key_only_bias(slopes, length)
             if not blocked:  # every head (short sequences, e.g. training at L): one call on the tensors as they are
                 return key_only_attention(query, key, value, mask.patterns[bias_key], scaling)
-            out[:, whole] = key_only_attention(
-                query[:, whole], key[:, whole], value[:, whole], mask.patterns[bias_key], scaling
+            heads_ = head_index(whole)
+            out[:, heads_] = key_only_attention(
+                query[:, heads_], key[:, heads_], value[:, heads_], mask.patterns[bias_key], scaling
             )
     for h in blocked:
         window = min(mask.windows[h], length - 1)
@@ -115,11 +123,11 @@ def windowed_alibi_attention(
         lead = min(-(-window // block), -(-length // block))  # blocks whose span starts before position 0
         for i in range(lead):
             start, stop = i * block, min(length, (i + 1) * block)
-            out[:, h, start:stop] = F.scaled_dot_product_attention(
-                q[:, start:stop], k[:, :stop], v[:, :stop],
+            out[:, h, start:stop] = F.scaled_dot_product_attention(  # 4-D: the CPU's fused kernel takes only 4-D
+                q[:, None, start:stop], k[:, None, :stop], v[:, None, :stop],
                 attn_mask=pattern[: stop - start, window - start : window - start + stop],
                 dropout_p=dropout, scale=scaling,
-            )  # fmt: skip
+            )[:, 0]  # fmt: skip
         first = lead * block
         if first >= length:
             continue
