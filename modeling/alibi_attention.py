@@ -67,6 +67,23 @@ def head_index(heads: list[int]) -> slice | list[int]:
     return slice(heads[0], heads[-1] + 1) if consecutive else heads
 
 
+def block_pattern(slope: float, window: int, block: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`[block, window + block]`: the bias of query i of any block on key j of the keys it can reach, -inf where hidden.
+
+    One block as a layout of its own: its queries sit at slots window ... window + block - 1 after the span's first
+    key, so the pattern follows the model's visibility and bias rules (it is the one tensor quadratic in the window).
+    Made outside inference mode, since the model keeps it across forwards: one made in inference mode could not be
+    saved for a later training step's backward.
+    """
+    with torch.inference_mode(False):
+        span_layout = AttentionLayout(1, block, window + block, window, device)
+        i = torch.arange(block, device=device)[:, None]
+        j = torch.arange(window + block, device=device)[None, :]
+        visible = span_layout.visible_within(torch.tensor([window], device=device), 0, 0, i, j)
+        bias = alibi_bias(torch.tensor(slope, device=device), span_layout.distance(0, i, j).float())
+        return torch.where(visible, bias, float("-inf")).to(dtype)
+
+
 def windowed_alibi_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: WindowedAlibi, scaling: float, dropout: float
 ) -> torch.Tensor:
@@ -91,10 +108,11 @@ def windowed_alibi_attention(
         ]  # fmt: skip
         blocked = [h for h in range(heads) if h not in whole]
         if whole:
-            bias_key = ("key-only", tuple(whole), length, query.device)  # built by the first layer, as the patterns
+            slopes = tuple(mask.slopes[h] for h in whole)
+            bias_key = ("key-only", slopes, length, query.device)  # built by the first layer, as the patterns
             if bias_key not in mask.patterns:
-                slopes = torch.tensor([mask.slopes[h] for h in whole], device=query.device)
-                mask.patterns[bias_key] = key_only_bias(slopes, length)
+                with torch.inference_mode(False):  # kept across forwards, as `block_pattern`
+                    mask.patterns[bias_key] = key_only_bias(torch.tensor(slopes, device=query.device), length)
             if not blocked:  # every head (short sequences, e.g. training at L): one call on the tensors as they are
                 return key_only_attention(query, key, value, mask.patterns[bias_key], scaling)
             heads_ = head_index(whole)
@@ -105,19 +123,9 @@ def windowed_alibi_attention(
         window = min(mask.windows[h], length - 1)
         block = windowed_block_size(window)
         span = window + block  # the keys one block of queries can reach
-        pattern_key = (h, window, query.dtype, query.device)
+        pattern_key = (mask.slopes[h], window, query.dtype, query.device)
         if pattern_key not in mask.patterns:
-            # One block as a layout of its own: its queries sit at slots window ... window + block - 1 after the
-            # span's first key, so pattern[i, j] follows the model's visibility and bias rules for query i of any
-            # block on key j of its span (the pattern is the one tensor quadratic in the window).
-            span_layout = AttentionLayout(1, block, span, window, query.device)
-            i = torch.arange(block, device=query.device)[:, None]
-            j = torch.arange(span, device=query.device)[None, :]
-            reach = torch.tensor([window], device=query.device)
-            visible = span_layout.visible_within(reach, 0, 0, i, j)
-            slope = torch.tensor(mask.slopes[h], device=query.device)
-            bias = alibi_bias(slope, span_layout.distance(0, i, j).float())
-            mask.patterns[pattern_key] = torch.where(visible, bias, float("-inf")).to(query.dtype)
+            mask.patterns[pattern_key] = block_pattern(mask.slopes[h], window, block, query.dtype, query.device)
         pattern = mask.patterns[pattern_key]
         q, k, v = query[:, h], key[:, h], value[:, h]  # [B, L, D]
         lead = min(-(-window // block), -(-length // block))  # blocks whose span starts before position 0

@@ -74,8 +74,8 @@ class WindowedAlibi:
 
     slopes: list[float]
     windows: list[int]
-    # Each head's bias-and-window pattern, built by the first layer and reused by the others: this object is made
-    # once per forward and shared by every layer.
+    # Each head's bias-and-window pattern (and the key-only bias), keyed by slope, window, dtype and device: built by
+    # the first layer and reused by the others, and by later forwards when the model passes its cache (`PatternCache`).
     patterns: dict[tuple, torch.Tensor] = field(default_factory=dict)
 
 
@@ -471,6 +471,7 @@ def create_alibi_mask(
     heads: tuple[int, int],
     fused: Fused,
     block_masks: dict[tuple, BlockMask],
+    patterns: dict[tuple, torch.Tensor] | None = None,
 ) -> AlibiMask:
     """The one mask every layer shares, in the form the attention backend `config._attn_implementation` takes.
 
@@ -482,6 +483,7 @@ def create_alibi_mask(
             parallelism): the slopes, windows and biases are those heads'.
         fused: for the `ALIBI_FUSED` default, the devices where it runs flex_attention and this forward's dropout.
         block_masks: a cache of flex `BlockMask`s for plain layouts, kept by the model.
+        patterns: the blocked path's patterns, kept by the model (None: built afresh for this forward).
     """
     implementation = config._attn_implementation
     device = layout.device
@@ -537,9 +539,9 @@ def create_alibi_mask(
                 reach = alibi_windows(slopes.cpu(), ALIBI_UNDERFLOW_CUTOFF)
                 if exact:
                     reach = torch.minimum(reach, windows.cpu())
-                return WindowedAlibi(slopes.tolist(), reach.tolist())
+                return WindowedAlibi(slopes.tolist(), reach.tolist(), {} if patterns is None else patterns)
             if saves_work:
-                return WindowedAlibi(slopes.tolist(), windows.tolist())
+                return WindowedAlibi(slopes.tolist(), windows.tolist(), {} if patterns is None else patterns)
     return build_dense_mask(layout, bias, count, dtype, windows)
 
 

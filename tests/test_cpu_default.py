@@ -167,3 +167,39 @@ def test_every_attention_call_of_the_default_takes_the_fused_kernel():
     kernels = {event.key for event in profile.key_averages()}
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in kernels
     assert "aten::_scaled_dot_product_attention_math" not in kernels
+
+
+def test_the_model_keeps_its_patterns_across_forwards_and_bounds_them(monkeypatch):
+    from alibi_lm.modeling import alibi_attention, modeling_alibi
+
+    built = []
+    block_pattern = alibi_attention.block_pattern
+    monkeypatch.setattr(alibi_attention, "block_pattern", lambda *a: built.append(a) or block_pattern(*a))
+    model = tiny_model(num_attention_heads=8, hidden_size=64)
+    ids = random_ids(1, 1500)
+    with torch.no_grad():
+        first = model(ids).logits
+        blocked = sum(w < 1499 for w in default_mask(8, 1500).windows)
+        assert len(built) == blocked == 5  # once per blocked head, not per layer
+        again = model(ids).logits
+    assert len(built) == blocked and torch.equal(
+        first, again
+    )  # the second forward builds nothing and computes the same
+    # past PATTERN_CACHE_BYTES the cache starts over at the next forward, so a sweep of lengths keeps one forward's
+    monkeypatch.setattr(modeling_alibi, "PATTERN_CACHE_BYTES", 0)
+    with torch.no_grad():
+        for length in (600, 1500, 2500):
+            model(random_ids(1, length))
+            lengths = {key[2] for key in model.model._pattern_cache if key[0] == "key-only"}
+            assert lengths == {length}
+
+
+def test_patterns_kept_from_inference_mode_can_train():
+    model = tiny_model(num_attention_heads=8, hidden_size=64)
+    ids = random_ids(1, 1500)
+    with torch.inference_mode():
+        model(ids)
+    assert model.model._pattern_cache
+    model.train()
+    model(ids, labels=ids).loss.backward()  # saves the kept patterns for the backward
+    assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
