@@ -65,10 +65,10 @@ class DemoSettings:
         f"unset, {' and '.join(DEFAULT_ENCODINGS)}",
         metadata={"metavar": "ENC"},
     )
-    # Two models in under 5 minutes on two CPU cores (2026-12-04, AMD EPYC: 3.7 min). 5,000 steps of 16 x 32 = 512
-    # tokens: 2.6M tokens, ~100 s a model. Sinusoidal's blow-up grows with training steps more than with tokens: at
-    # 16 L it is 2.64x its perplexity at L with these defaults, 1.42x with 2,500 steps of 16 x 64 (BPE 2048) in the same
-    # time, while ALiBi's stays below its own at L (0.98x).
+    # Two models in under 5 minutes on two CPU cores (2026-12-04, AMD EPYC: 3.7 min; 2026-12-06, Intel Xeon: 3.8). 5,000
+    # steps of 16 x 32 = 512 tokens: 2.6M tokens, ~100 s a model. Sinusoidal's blow-up grows with training steps more
+    # than with tokens: at 16 L it is 2.64x (AMD) / 2.66x (Intel) its perplexity at L with these defaults, 1.42x with
+    # 2,500 steps of 16 x 64 (BPE 2048) in the same time, while ALiBi's stays below its own at L (0.98x / 0.97x).
     block_size: int = HfArg(default=32, help="the training length L, in tokens")
     steps: int = HfArg(default=5_000, help="training steps per model")
     batch_size: int = HfArg(default=16, help="blocks of L tokens per step")
