@@ -61,7 +61,6 @@ def block_mask_call(
     return create_block_mask(mask_mod, batch, heads, query_length, key_length, device=device)
 
 
-@functools.cache
 def compiled(function: Callable, signature: tuple) -> Callable:
     """`torch.compile(function)` for one call signature (device, dtypes, shapes), with a cache of its own.
 
@@ -73,5 +72,16 @@ def compiled(function: Callable, signature: tuple) -> Callable:
     (`flex_bucket`), so signatures stay few. Static shapes: dynamic ones hit an inductor C++ codegen error on the
     CPU (torch 2.13: `cur_qSplitSize1 was not declared`, GQA with padding).
     """
+    if torch.compiler.is_compiling():
+        # Traced from an outer torch.compile (a compiled model): dynamo inlines the call whatever wraps it, and from
+        # torch 2.14 warns that it ignores a functools cache on the way, so the cache is left out of the trace.
+        return compile_copy(function, signature)
+    return cached_compile_copy(function, signature)
+
+
+def compile_copy(function: Callable, signature: tuple) -> Callable:
     code = function.__code__.replace(co_name=f"{function.__name__}_{len(signature)}_{abs(hash(signature))}")
     return torch.compile(types.FunctionType(code, function.__globals__, code.co_name), dynamic=False)
+
+
+cached_compile_copy = functools.cache(compile_copy)
