@@ -110,23 +110,24 @@ def windowed_alibi_attention(
         if whole:
             slopes = tuple(mask.slopes[h] for h in whole)
             bias_key = ("key-only", slopes, length, query.device)  # built by the first layer, as the patterns
-            if bias_key not in mask.patterns:
+            bias = mask.patterns.get(bias_key)  # read once: a model serving threads shares its cache between them
+            if bias is None:
                 with torch.inference_mode(False):  # kept across forwards, as `block_pattern`
-                    mask.patterns[bias_key] = key_only_bias(torch.tensor(slopes, device=query.device), length)
+                    bias = mask.patterns[bias_key] = key_only_bias(torch.tensor(slopes, device=query.device), length)
             if not blocked:  # every head (short sequences, e.g. training at L): one call on the tensors as they are
-                return key_only_attention(query, key, value, mask.patterns[bias_key], scaling)
+                return key_only_attention(query, key, value, bias, scaling)
             heads_ = head_index(whole)
-            out[:, heads_] = key_only_attention(
-                query[:, heads_], key[:, heads_], value[:, heads_], mask.patterns[bias_key], scaling
-            )
+            out[:, heads_] = key_only_attention(query[:, heads_], key[:, heads_], value[:, heads_], bias, scaling)
     for h in blocked:
         window = min(mask.windows[h], length - 1)
         block = windowed_block_size(window)
         span = window + block  # the keys one block of queries can reach
         pattern_key = (mask.slopes[h], window, query.dtype, query.device)
-        if pattern_key not in mask.patterns:
-            mask.patterns[pattern_key] = block_pattern(mask.slopes[h], window, block, query.dtype, query.device)
-        pattern = mask.patterns[pattern_key]
+        pattern = mask.patterns.get(pattern_key)
+        if pattern is None:
+            pattern = mask.patterns[pattern_key] = block_pattern(
+                mask.slopes[h], window, block, query.dtype, query.device
+            )
         q, k, v = query[:, h], key[:, h], value[:, h]  # [B, L, D]
         lead = min(-(-window // block), -(-length // block))  # blocks whose span starts before position 0
         for i in range(lead):

@@ -68,7 +68,7 @@ class PatternCache(dict):
     """The model's `WindowedAlibi.patterns` across forwards, bounded by PATTERN_CACHE_BYTES (`for_forward`)."""
 
     def for_forward(self) -> "PatternCache":
-        if sum(t.numel() * t.element_size() for t in self.values()) > PATTERN_CACHE_BYTES:
+        if sum(t.numel() * t.element_size() for t in list(self.values())) > PATTERN_CACHE_BYTES:  # list: atomic
             self.clear()
         return self
 

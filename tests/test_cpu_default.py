@@ -203,3 +203,23 @@ def test_patterns_kept_from_inference_mode_can_train():
     model.train()
     model(ids, labels=ids).loss.backward()  # saves the kept patterns for the backward
     assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_threads_sharing_a_model_and_its_pattern_cache_compute_what_each_does_alone(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from alibi_lm.modeling import modeling_alibi
+
+    monkeypatch.setattr(modeling_alibi, "PATTERN_CACHE_BYTES", 0)  # every forward starts the shared cache over
+    model = tiny_model(num_attention_heads=8, hidden_size=64)
+    lengths = [700, 1100, 1500, 900] * 3
+    with torch.no_grad():
+        alone = {length: model(random_ids(1, length)).logits[0, -1] for length in set(lengths)}
+
+    def forward(length: int) -> torch.Tensor:
+        with torch.no_grad():
+            return model(random_ids(1, length)).logits[0, -1]
+
+    with ThreadPoolExecutor(4) as pool:
+        for length, got in zip(lengths, pool.map(forward, lengths)):
+            assert torch.allclose(got, alone[length], atol=1e-5)
