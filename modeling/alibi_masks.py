@@ -318,6 +318,20 @@ def build_dense_mask(
     return torch.where(visible, bias(h, layout.distance(b, q_idx, kv_idx)).to(dtype), torch.finfo(dtype).min)
 
 
+def decoding_mask(
+    layout: AttentionLayout, slopes: torch.Tensor, windows: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor:
+    """`build_dense_mask` for one query over plain slots (a decoding step, where a slot is a position): `[1, H, 1, K]`,
+    the same values in five ops where the general rule takes fifteen (its 170 us a step were 15% of a decoding step
+    of the demo's model)."""
+    distance = layout.past_length - torch.arange(layout.key_length, device=layout.device)  # pos_q - pos_k
+    hidden = distance < 0  # a static cache's empty slots
+    if windows is not None:
+        hidden = hidden | (distance > windows[:, None])
+    bias = alibi_bias(slopes[:, None], distance.float()).to(dtype)  # [H, K]
+    return bias.masked_fill(hidden, torch.finfo(dtype).min)[None, :, None, :]
+
+
 def flash_varlen_boundaries(
     layout: AttentionLayout, slopes: torch.Tensor | None = None, window: int = -1
 ) -> FlashAlibiMask:
@@ -542,6 +556,8 @@ def create_alibi_mask(
                 return WindowedAlibi(slopes.tolist(), reach.tolist(), {} if patterns is None else patterns)
             if saves_work:
                 return WindowedAlibi(slopes.tolist(), windows.tolist(), {} if patterns is None else patterns)
+    if layout.query_length == 1 and layout.is_plain and layout.custom_visible is None and slopes is not None:
+        return decoding_mask(layout, slopes, windows, dtype)
     return build_dense_mask(layout, bias, count, dtype, windows)
 
 

@@ -14,7 +14,14 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import alibi_lm
 from alibi_lm.modeling import alibi_masks
-from alibi_lm.modeling.alibi_masks import WindowedAlibi, build_dense_mask, build_layout, get_alibi_slopes
+from alibi_lm.modeling.alibi_masks import (
+    WindowedAlibi,
+    alibi_windows,
+    build_dense_mask,
+    build_layout,
+    decoding_mask,
+    get_alibi_slopes,
+)
 from tests.tiny import random_ids, tiny_config, tiny_model
 
 BACKENDS = ["eager", "sdpa", "flex_attention"]
@@ -124,6 +131,37 @@ def test_bf16_bias_is_accurate_at_32k():
     relative = ((got - exact).abs()[nonzero] / exact.abs()[nonzero]).max().item()
     assert relative <= 2e-2
     assert got[:, -1].eq(0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("windowed", [False, True])
+@pytest.mark.parametrize("past, keys", [(0, 1), (299, 300), (299, 512), (4999, 5000)])
+def test_the_decoding_mask_is_the_general_rule(past, keys, windowed, dtype):
+    """The decoding step's shortcut gives what the general rule gives: slots past the query (a static cache's empty
+    tail) hidden, keys past a head's window hidden, the rest the bias (past as an int and as a static cache's 0-d
+    tensor)."""
+    slopes = get_alibi_slopes(8)
+    windows = alibi_windows(slopes, 20.0) if windowed else None
+    for past_length in (past, torch.tensor(past)):
+        layout = build_layout(None, None, 1, 1, keys, past_length, CPU)
+        want = build_dense_mask(layout, alibi_bias(8), 8, dtype, windows)
+        got = decoding_mask(layout, slopes, windows, dtype)
+        assert got.shape == want.shape == (1, 8, 1, keys) and got.dtype == dtype
+        assert torch.equal(got, want)
+
+
+def test_a_decoding_step_takes_the_shortcut_and_matches_eager():
+    model = tiny_model(num_attention_heads=4)
+    layout = build_layout(None, None, 1, 1, 40, 39, CPU)
+    mask = model.model.build_attention_mask(layout, torch.float32)
+    assert torch.equal(mask, decoding_mask(layout, get_alibi_slopes(4), None, torch.float32))
+    ids = random_ids(1, 40)
+    eager = tiny_model(num_attention_heads=4, attn_implementation="eager")
+    with torch.no_grad():
+        cache = model(ids[:, :39], use_cache=True).cache
+        step = model(ids[:, 39:], cache=cache, use_cache=True).logits[0, -1]
+        full = eager(ids).logits[0, -1]
+    torch.testing.assert_close(step, full, atol=1e-5, rtol=0)
 
 
 def test_sdpa_builds_the_mask_once_per_forward(monkeypatch):
