@@ -317,7 +317,8 @@ class AlibiModel(AlibiPreTrainedModel):
             self.local_heads(),
             fused,
             self._block_mask_cache,
-            self._pattern_cache.for_forward(),
+            # a compiled forward never takes the blocked path, nor lets dynamo guard on what the cache holds
+            None if torch.compiler.is_compiling() else self._pattern_cache.for_forward(),
         )
 
     def widest_window(self) -> int | None:

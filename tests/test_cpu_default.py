@@ -223,3 +223,15 @@ def test_threads_sharing_a_model_and_its_pattern_cache_compute_what_each_does_al
     with ThreadPoolExecutor(4) as pool:
         for length, got in zip(lengths, pool.map(forward, lengths)):
             assert torch.allclose(got, alone[length], atol=1e-5)
+
+
+def test_a_model_compiles_whole_after_eager_forwards_filled_its_pattern_cache():
+    model = tiny_model(num_attention_heads=8, hidden_size=64)
+    ids = random_ids(1, 48)
+    with torch.no_grad():
+        eager = model(ids).logits
+    assert model.model._pattern_cache  # the key-only bias, kept
+    torch.compiler.reset()
+    with torch.no_grad():
+        compiled = torch.compile(model, fullgraph=True, dynamic=False)(ids).logits  # no graph break over the cache
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
