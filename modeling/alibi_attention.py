@@ -22,20 +22,15 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 from transformers.models.llama.modeling_llama import eager_attention_forward, repeat_kv
 
-from .alibi_compile import UNCOMPILED_FLEX, compiled
-from .alibi_masks import (
-    ALIBI_FUSED,
-    ALIBI_TRITON,
+from .alibi_blocked import (
     ALIBI_UNDERFLOW_CUTOFF,
     FUSED_CPU_ATTENTION,
-    AttentionLayout,
-    FlashAlibiMask,
-    FlexAlibiMask,
     WindowedAlibi,
-    alibi_bias,
     key_only_exact,
     windowed_block_size,
 )
+from .alibi_compile import UNCOMPILED_FLEX, compiled
+from .alibi_masks import ALIBI_FUSED, ALIBI_TRITON, AttentionLayout, FlashAlibiMask, FlexAlibiMask, alibi_bias
 from .alibi_triton import TritonAlibiMask, alibi_flash_attention
 
 

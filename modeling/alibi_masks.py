@@ -13,10 +13,9 @@ so it imports only torch and transformers.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
@@ -24,6 +23,14 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 from transformers.masking_utils import find_packed_sequence_indices
 from transformers.utils import logging
 
+from .alibi_blocked import (
+    ALIBI_UNDERFLOW_CUTOFF,
+    DENSE_SHORTCUT_CUTOFF,
+    WindowedAlibi,
+    key_only_exact,
+    windowed_work_limit,
+    windowed_work_ratio,
+)
 from .alibi_compile import FUSED_UNCOMPILED, block_mask_call, compile_disabled, compiled, flex_compiles
 from .alibi_triton import TritonAlibiMask, build_triton_mask
 
@@ -58,25 +65,6 @@ def get_alibi_slopes(num_heads: int, max_bias: float = 8.0) -> torch.Tensor:
 def alibi_windows(slopes: torch.Tensor, cutoff: float) -> torch.Tensor:
     """`[H]` long: the largest distance `d` whose bias `-m_h * d` is still at least `-cutoff`, per head."""
     return torch.floor(cutoff / slopes.double()).long()
-
-
-@dataclass
-class WindowedAlibi:
-    """The blocked sdpa path's "mask": each head's slope and window, nothing L x L.
-
-    Head h sees the `windows[h]` tokens before each query and itself. `windowed_alibi_attention`
-    cuts the queries into blocks and gives each block only the keys its window reaches, so a
-    head's cost is linear in L; heads whose window holds the whole sequence share one fused causal
-    call. Plain causal layouts (no padding, no documents) with Q == K only. It serves windowed
-    ALiBi (`alibi_window_cutoff`) and the CPU default path, whose windows end where the bias
-    has silenced a key (`ALIBI_UNDERFLOW_CUTOFF`).
-    """
-
-    slopes: list[float]
-    windows: list[int]
-    # Each head's bias-and-window pattern (and the key-only bias), keyed by slope, window, dtype and device: built by
-    # the first layer and reused by the others, and by later forwards when the model passes its cache (`PatternCache`).
-    patterns: dict[tuple, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -372,66 +360,6 @@ def flash_varlen_boundaries(
 AlibiMask = torch.Tensor | WindowedAlibi | FlexAlibiMask | FlashAlibiMask | TritonAlibiMask | None
 
 
-def windowed_block_size(window: int) -> int:
-    """Queries per block for a head that sees `window` tokens back: a quarter of the window, within [128, 1024]."""
-    return min(1024, max(128, window // 4))
-
-
-# The blocked path computes a score about 1.8x as slowly as sdpa's causal kernel (a float mask on every block; at
-# 16k tokens it did 20% of the dense work in 36% of the time, recipes/results/bench_cpu-long.md), so it runs only
-# where the windows cut the work at least in half.
-WINDOWED_WORK_LIMIT = 0.5
-# Where the windows hold most of the sequence, the CPU fast path runs windowed ALiBi as dense (faster there) only for
-# cutoffs of at least this: a key past a window then weighs under e^-16 = 1.1e-7 of the nearest key with an equal
-# score (T = 20 moved logits by less than 1e-5 on the demo model). A smaller cutoff is a window that matters (a
-# model trained with it, or transformers' `sliding_window` set small), and is applied exactly on every path.
-DENSE_SHORTCUT_CUTOFF = 16.0
-_windowed_work_limit = WINDOWED_WORK_LIMIT  # what `create_alibi_mask` applies; `blocked_windows_everywhere` lifts it
-
-
-@contextlib.contextmanager
-def blocked_windows_everywhere() -> Iterator[None]:
-    """Within it, windowed ALiBi runs the blocked kernel at every length, also where dense ALiBi would be faster (to
-    measure the windowed model exactly as it computes, as `alibi-lm window` does)."""
-    global _windowed_work_limit
-    saved, _windowed_work_limit = _windowed_work_limit, math.inf
-    try:
-        yield
-    finally:
-        _windowed_work_limit = saved
-
-
-# How far down the ALiBi bias takes a key before the CPU default path drops it: at most e^-40 = 4.2e-18 of the weight
-# of the query's own token (a million such keys move an output by 4e-12 of it; fp32 resolves 6e-8). Kept weights, and
-# the backward's products of one with a gradient down to 1e-20, stay in fp32's normal range (above 1.2e-38): no
-# denormals, which x86 cores without flush-to-zero take slow microcode for. 80 kept weights normal but not those
-# products: an Intel Xeon's training step at 2,048 tokens ran at 0.71x the no-bias model's (40: 0.89x-0.98x); AMD
-# EPYC does not notice. No bias the kernel adds exceeds 40, so its fp32 rounding is at most 40 * 2^-24 = 2.4e-6.
-ALIBI_UNDERFLOW_CUTOFF = 40.0
-
-
-# SDPA's fused CPU kernel, called as the aten op: from torch 2.14, `F.scaled_dot_product_attention` refuses a mask
-# together with `is_causal` on every backend, while the kernel behind it still takes both (exact, forward and backward).
-FUSED_CPU_ATTENTION = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-
-
-def key_only_exact(device: torch.device, dtype: torch.dtype, dropout: float) -> bool:
-    """Whether `key_only_attention` is exact: fp32 on the CPU flash kernel, no dropout."""
-    return (
-        device.type == "cpu"
-        and dtype == torch.float32
-        and dropout == 0.0
-        and FUSED_CPU_ATTENTION is not None
-        and torch.backends.cuda.flash_sdp_enabled()  # the flag SDPA's fused CPU kernel obeys
-    )
-
-
-def windowed_work_ratio(windows: list[int], length: int) -> float:
-    """The scores the blocked path computes over those of dense causal attention, for a sequence of `length`."""
-    blocked = sum(min(w, length - 1) + windowed_block_size(min(w, length - 1)) for w in windows)
-    return blocked / (len(windows) * (length + 1) / 2)
-
-
 # The default attention implementation (`AlibiPreTrainedModel.get_correct_attn_implementation`), registered with
 # transformers under this name by `alibi_attention`: the fastest exact ALiBi kernel for the device, and never an
 # L x L tensor where one can be avoided. Multi-token forwards on `fused_devices` (CUDA) run flex_attention; everything
@@ -544,7 +472,7 @@ def create_alibi_mask(
             # Windowed ALiBi in blocks where that saves work; where the windows hold most of the sequence, dense
             # ALiBi is faster (and the windowed model approximates it to its cutoff's tolerance anyway).
             saves_work = windows is not None and (
-                windowed_work_ratio(windows.tolist(), layout.key_length) <= _windowed_work_limit
+                windowed_work_ratio(windows.tolist(), layout.key_length) <= windowed_work_limit()
             )
             exact = saves_work or (windows is not None and config.alibi_window_cutoff < DENSE_SHORTCUT_CUTOFF)
             if key_only_exact(device, dtype, fused.dropout):

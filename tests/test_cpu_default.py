@@ -12,13 +12,8 @@ import torch
 from torch.nn import functional as F
 
 from alibi_lm.modeling.alibi_attention import key_only_attention, key_only_bias, windowed_alibi_attention
-from alibi_lm.modeling.alibi_masks import (
-    ALIBI_UNDERFLOW_CUTOFF,
-    WindowedAlibi,
-    alibi_windows,
-    build_layout,
-    get_alibi_slopes,
-)
+from alibi_lm.modeling.alibi_blocked import ALIBI_UNDERFLOW_CUTOFF, WindowedAlibi
+from alibi_lm.modeling.alibi_masks import alibi_windows, build_layout, get_alibi_slopes
 from tests.tiny import random_ids, tiny_model
 
 CPU = torch.device("cpu")

@@ -76,6 +76,7 @@ def test_push_uploads_weights_config_and_remote_code(hub_server: HubServer, push
     # modeling file and what it imports relatively, as transformers' remote-code loader fetches them.
     assert model_files.MODELING_FILES == (
         "alibi_attention.py",
+        "alibi_blocked.py",
         "alibi_compile.py",
         "alibi_encodings.py",
         "alibi_masks.py",

@@ -14,8 +14,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import alibi_lm
 from alibi_lm.modeling import alibi_masks
+from alibi_lm.modeling.alibi_blocked import WindowedAlibi
 from alibi_lm.modeling.alibi_masks import (
-    WindowedAlibi,
     alibi_windows,
     build_dense_mask,
     build_layout,

@@ -21,7 +21,7 @@ rounding at long lengths puts the windowed rows' logit differences in scale.
 
 It ends with one recommendation: of the cutoffs whose dropped attention mass is at most `--max-dropped-mass` (1e-3)
 and whose perplexity at 16 x L moves by at most `--max-ppl-change` (0.1%, either way), the one with the least
-attention work (`alibi_masks.windowed_work_ratio` at the longest length: the blocked kernel's scores over dense
+attention work (`alibi_blocked.windowed_work_ratio` at the longest length: the blocked kernel's scores over dense
 causal attention's), with the line that sets it: `from_pretrained(DIR, alibi_window_cutoff=T)`. None within the
 tolerances: keep dense ALiBi.
 """
@@ -38,7 +38,8 @@ from typing import Any
 
 import torch
 
-from .modeling.alibi_masks import alibi_windows, blocked_windows_everywhere, get_alibi_slopes, windowed_work_ratio
+from .modeling.alibi_blocked import blocked_windows_everywhere, windowed_work_ratio
+from .modeling.alibi_masks import alibi_windows, get_alibi_slopes
 from .progress import progress_bar
 from .scoring import evaluation_texts, load_model_and_tokenizer, tokenize_texts
 

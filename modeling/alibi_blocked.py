@@ -1,0 +1,101 @@
+# Copyright 2026 The alibi-lm authors. Licensed under the Apache License, Version 2.0.
+"""The blocked sdpa path's rules: its mask form, its block sizes and when it runs, and the CPU default's cutoff.
+
+`WindowedAlibi` is what `create_alibi_mask` (`alibi_masks.py`) hands the sdpa kernel for windowed ALiBi and for the
+CPU default, and `windowed_alibi_attention` (`alibi_attention.py`) computes from it; both read the rules here. It
+travels with checkpoints as Hub remote code beside `alibi_masks.py` and imports only torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class WindowedAlibi:
+    """The blocked sdpa path's "mask": each head's slope and window, nothing L x L.
+
+    Head h sees the `windows[h]` tokens before each query and itself. `windowed_alibi_attention`
+    cuts the queries into blocks and gives each block only the keys its window reaches, so a
+    head's cost is linear in L; heads whose window holds the whole sequence share one fused causal
+    call. Plain causal layouts (no padding, no documents) with Q == K only. It serves windowed
+    ALiBi (`alibi_window_cutoff`) and the CPU default path, whose windows end where the bias
+    has silenced a key (`ALIBI_UNDERFLOW_CUTOFF`).
+    """
+
+    slopes: list[float]
+    windows: list[int]
+    # Each head's bias-and-window pattern (and the key-only bias), keyed by slope, window, dtype and device: built by
+    # the first layer and reused by the others, and by later forwards when the model passes its cache (`PatternCache`).
+    patterns: dict[tuple, torch.Tensor] = field(default_factory=dict)
+
+
+def windowed_block_size(window: int) -> int:
+    """Queries per block for a head that sees `window` tokens back: a quarter of the window, within [128, 1024]."""
+    return min(1024, max(128, window // 4))
+
+
+# The blocked path computes a score about 1.8x as slowly as sdpa's causal kernel (a float mask on every block; at
+# 16k tokens it did 20% of the dense work in 36% of the time, recipes/results/bench_cpu-long.md), so it runs only
+# where the windows cut the work at least in half.
+WINDOWED_WORK_LIMIT = 0.5
+# Where the windows hold most of the sequence, the CPU fast path runs windowed ALiBi as dense (faster there) only for
+# cutoffs of at least this: a key past a window then weighs under e^-16 = 1.1e-7 of the nearest key with an equal
+# score (T = 20 moved logits by less than 1e-5 on the demo model). A smaller cutoff is a window that matters (a
+# model trained with it, or transformers' `sliding_window` set small), and is applied exactly on every path.
+DENSE_SHORTCUT_CUTOFF = 16.0
+_windowed_work_limit = WINDOWED_WORK_LIMIT  # what `create_alibi_mask` applies; `blocked_windows_everywhere` lifts it
+
+
+def windowed_work_limit() -> float:
+    """The largest `windowed_work_ratio` at which `create_alibi_mask` runs windows blocked (WINDOWED_WORK_LIMIT, or
+    no limit within `blocked_windows_everywhere`)."""
+    return _windowed_work_limit
+
+
+@contextlib.contextmanager
+def blocked_windows_everywhere() -> Iterator[None]:
+    """Within it, windowed ALiBi runs the blocked kernel at every length, also where dense ALiBi would be faster (to
+    measure the windowed model exactly as it computes, as `alibi-lm window` does)."""
+    global _windowed_work_limit
+    saved, _windowed_work_limit = _windowed_work_limit, math.inf
+    try:
+        yield
+    finally:
+        _windowed_work_limit = saved
+
+
+# How far down the ALiBi bias takes a key before the CPU default path drops it: at most e^-40 = 4.2e-18 of the weight
+# of the query's own token (a million such keys move an output by 4e-12 of it; fp32 resolves 6e-8). Kept weights, and
+# the backward's products of one with a gradient down to 1e-20, stay in fp32's normal range (above 1.2e-38): no
+# denormals, which x86 cores without flush-to-zero take slow microcode for. 80 kept weights normal but not those
+# products: an Intel Xeon's training step at 2,048 tokens ran at 0.71x the no-bias model's (40: 0.89x-0.98x); AMD
+# EPYC does not notice. No bias the kernel adds exceeds 40, so its fp32 rounding is at most 40 * 2^-24 = 2.4e-6.
+ALIBI_UNDERFLOW_CUTOFF = 40.0
+
+
+# SDPA's fused CPU kernel, called as the aten op: from torch 2.14, `F.scaled_dot_product_attention` refuses a mask
+# together with `is_causal` on every backend, while the kernel behind it still takes both (exact, forward and backward).
+FUSED_CPU_ATTENTION = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def key_only_exact(device: torch.device, dtype: torch.dtype, dropout: float) -> bool:
+    """Whether `key_only_attention` is exact: fp32 on the CPU flash kernel, no dropout."""
+    return (
+        device.type == "cpu"
+        and dtype == torch.float32
+        and dropout == 0.0
+        and FUSED_CPU_ATTENTION is not None
+        and torch.backends.cuda.flash_sdp_enabled()  # the flag SDPA's fused CPU kernel obeys
+    )
+
+
+def windowed_work_ratio(windows: list[int], length: int) -> float:
+    """The scores the blocked path computes over those of dense causal attention, for a sequence of `length`."""
+    blocked = sum(min(w, length - 1) + windowed_block_size(min(w, length - 1)) for w in windows)
+    return blocked / (len(windows) * (length + 1) / 2)
