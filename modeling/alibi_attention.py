@@ -23,10 +23,10 @@ from transformers.modeling_utils import AttentionInterface
 from transformers.models.llama.modeling_llama import eager_attention_forward, repeat_kv
 
 from .alibi_blocked import (
-    ALIBI_UNDERFLOW_CUTOFF,
     FUSED_CPU_ATTENTION,
     WindowedAlibi,
     key_only_exact,
+    runs_key_only,
     windowed_block_size,
 )
 from .alibi_compile import UNCOMPILED_FLEX, compiled
@@ -55,11 +55,16 @@ def key_only_attention(
     return FUSED_CPU_ATTENTION(query, key, value, 0.0, True, attn_mask=bias, scale=scale)[0]
 
 
-def head_index(heads: list[int]) -> slice | list[int]:
-    """`heads` as an index: a slice (a view, no gather) where they are consecutive, as the key-only heads are for
-    ALiBi's slopes on a power-of-two head count."""
-    consecutive = heads == list(range(heads[0], heads[-1] + 1))
-    return slice(heads[0], heads[-1] + 1) if consecutive else heads
+def head_runs(whole: list[bool]) -> list[tuple[int, int, bool]]:
+    """`(first, stop, whole)` for each run of consecutive heads: those that see the whole sequence share one call
+    (ALiBi's mildest slopes come last, so usually one run), every other head is a run of its own."""
+    runs: list[tuple[int, int, bool]] = []
+    for h, fused in enumerate(whole):
+        if fused and runs and runs[-1][2]:
+            runs[-1] = (runs[-1][0], h + 1, True)
+        else:
+            runs.append((h, h + 1, fused))
+    return runs
 
 
 def block_pattern(slope: float, window: int, block: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -79,6 +84,62 @@ def block_pattern(slope: float, window: int, block: int, dtype: torch.dtype, dev
         return torch.where(visible, bias, float("-inf")).to(dtype)
 
 
+def cached(patterns: dict, key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """`patterns[key]`, built on first use. Read once: a model serving threads shares its cache between them."""
+    found = patterns.get(key)
+    if found is None:
+        found = patterns[key] = build()
+    return found
+
+
+def blocked_head(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    slope: float,
+    window: int,
+    patterns: dict,
+    scaling: float,
+    dropout: float,
+) -> torch.Tensor:
+    """One head `[B, L, D]` in blocks of queries, each against the `window` keys before it and its own block.
+
+    The bias-and-window pattern `[n, w + n]` is the same for every block. Blocks whose span starts at or after
+    position 0 go through one sdpa call (blocks as its head dimension, keys cut out with `unfold`); the first
+    `ceil(w / n)` blocks, whose span would start before 0, take one call each with the pattern's last columns.
+    Every call is 4-D: the CPU's fused kernel takes only 4-D (sdpa sends 3-D to its math kernel, which writes out
+    every score).
+    """
+    batch, length, dim = q.shape
+    block = windowed_block_size(window)
+    span = window + block  # the keys one block of queries can reach
+    device, dtype = q.device, q.dtype
+    pattern = cached(
+        patterns, (slope, window, dtype, device), lambda: block_pattern(slope, window, block, dtype, device)
+    )
+    lead = min(-(-window // block), -(-length // block))  # blocks whose span starts before position 0
+    parts = []
+    for i in range(lead):
+        start, stop = i * block, min(length, (i + 1) * block)
+        parts.append(F.scaled_dot_product_attention(
+            q[:, None, start:stop], k[:, None, :stop], v[:, None, :stop],
+            attn_mask=pattern[: stop - start, window - start : window - start + stop],
+            dropout_p=dropout, scale=scaling,
+        )[:, 0])  # fmt: skip
+    first = lead * block
+    if first < length:
+        blocks = -(-(length - first) // block)
+        tail = blocks * block - (length - first)  # zero queries that fill the last block (their rows are cut off)
+        # Keys and values from `first - window` on, cut into overlapping spans: [B, blocks, span, D].
+        k, v = (
+            F.pad(t[:, first - window :], (0, 0, 0, tail)).unfold(1, span, block).transpose(-1, -2) for t in (k, v)
+        )
+        q = F.pad(q[:, first:], (0, 0, 0, tail)).view(batch, blocks, block, dim)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=pattern, dropout_p=dropout, scale=scaling)
+        parts.append(attended.view(batch, blocks * block, dim)[:, : length - first])
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
 def windowed_alibi_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: WindowedAlibi, scaling: float, dropout: float
 ) -> torch.Tensor:
@@ -86,64 +147,42 @@ def windowed_alibi_attention(
 
     For head h with window w and block size n, query block i (positions `[i n, (i + 1) n)`) attends to key
     positions `[i n - w, (i + 1) n)`: w + n scores per query instead of the causal triangle's L / 2. The
-    bias-and-window pattern `[n, w + n]` is the same for every block, so it is built once per head. Blocks
-    whose span starts at or after position 0 go through one sdpa call (blocks as its head dimension, keys cut
-    out with `unfold`); the first `ceil(w / n)` blocks, whose span would start before 0, take one call each
-    with the pattern's last columns. Nothing is L x L: memory is O(L (w + n) / n) per head.
+    bias-and-window pattern `[n, w + n]` is the same for every block, so it is built once per head (`blocked_head`).
+    Nothing is L x L: memory is O(L (w + n) / n) per head. On the CPU flash kernel, the heads `runs_key_only` picks run
+    as one fused causal call with the key-only bias. The heads are split once and the outputs joined once, in the
+    `[B, L, H, D]` layout the caller transposes back to (each backward a slice or a copy, no zero-filled inputs).
     """
     batch, heads, length, dim = query.shape
-    out = query.new_empty(batch, length, heads, dim).transpose(1, 2)  # the layout the caller transposes back to
-    blocked = range(heads)
-    if key_only_exact(query.device, query.dtype, dropout):
-        # Heads that see the whole sequence: one fused causal call with the key-only bias, as fast as no bias; only
-        # while its bias stays small (m * L <= ALIBI_UNDERFLOW_CUTOFF), since its fp32 rounding grows with m * L.
-        whole = [
-            h for h in range(heads)
-            if mask.windows[h] >= length - 1 and mask.slopes[h] * (length - 1) <= ALIBI_UNDERFLOW_CUTOFF
-        ]  # fmt: skip
-        blocked = [h for h in range(heads) if h not in whole]
-        if whole:
-            slopes = tuple(mask.slopes[h] for h in whole)
-            bias_key = ("key-only", slopes, length, query.device)  # built by the first layer, as the patterns
-            bias = mask.patterns.get(bias_key)  # read once: a model serving threads shares its cache between them
-            if bias is None:
-                with torch.inference_mode(False):  # kept across forwards, as `block_pattern`
-                    bias = mask.patterns[bias_key] = key_only_bias(torch.tensor(slopes, device=query.device), length)
-            if not blocked:  # every head (short sequences, e.g. training at L): one call on the tensors as they are
-                return key_only_attention(query, key, value, bias, scaling)
-            heads_ = head_index(whole)
-            out[:, heads_] = key_only_attention(query[:, heads_], key[:, heads_], value[:, heads_], bias, scaling)
-    for h in blocked:
-        window = min(mask.windows[h], length - 1)
-        block = windowed_block_size(window)
-        span = window + block  # the keys one block of queries can reach
-        pattern_key = (mask.slopes[h], window, query.dtype, query.device)
-        pattern = mask.patterns.get(pattern_key)
-        if pattern is None:
-            pattern = mask.patterns[pattern_key] = block_pattern(
-                mask.slopes[h], window, block, query.dtype, query.device
+    fused = key_only_exact(query.device, query.dtype, dropout)
+    whole = [fused and runs_key_only(mask, h, length, query.dtype) for h in range(heads)]
+    if all(whole):  # every head (short sequences, e.g. training at L): one call on the tensors as they are
+        return key_only_attention(
+            query, key, value, key_only_pattern(mask, mask.slopes, length, query.device), scaling
+        )
+    runs = head_runs(whole)
+    sizes = [stop - first for first, stop, _ in runs]
+    outputs = []
+    for (first, stop, fused_run), q, k, v in zip(runs, *(t.split(sizes, dim=1) for t in (query, key, value))):
+        if fused_run:
+            bias = key_only_pattern(mask, mask.slopes[first:stop], length, query.device)
+            outputs.append(key_only_attention(q, k, v, bias, scaling).transpose(1, 2))
+        else:
+            window = min(mask.windows[first], length - 1)
+            attended = blocked_head(
+                q[:, 0], k[:, 0], v[:, 0], mask.slopes[first], window, mask.patterns, scaling, dropout
             )
-        q, k, v = query[:, h], key[:, h], value[:, h]  # [B, L, D]
-        lead = min(-(-window // block), -(-length // block))  # blocks whose span starts before position 0
-        for i in range(lead):
-            start, stop = i * block, min(length, (i + 1) * block)
-            out[:, h, start:stop] = F.scaled_dot_product_attention(  # 4-D: the CPU's fused kernel takes only 4-D
-                q[:, None, start:stop], k[:, None, :stop], v[:, None, :stop],
-                attn_mask=pattern[: stop - start, window - start : window - start + stop],
-                dropout_p=dropout, scale=scaling,
-            )[:, 0]  # fmt: skip
-        first = lead * block
-        if first >= length:
-            continue
-        blocks = -(-(length - first) // block)
-        tail = blocks * block - (length - first)  # zero rows that fill the last block (hidden by causality)
-        # Keys and values from `first - window` on, cut into overlapping spans: [B, blocks, span, D].
-        k = F.pad(k[:, first - window :], (0, 0, 0, tail)).unfold(1, span, block).transpose(-1, -2)
-        v = F.pad(v[:, first - window :], (0, 0, 0, tail)).unfold(1, span, block).transpose(-1, -2)
-        q = F.pad(q[:, first:], (0, 0, 0, tail)).view(batch, blocks, block, dim)
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=pattern, dropout_p=dropout, scale=scaling)
-        out[:, h, first:] = attended.reshape(batch, blocks * block, dim)[:, : length - first]
-    return out
+            outputs.append(attended[:, :, None])
+    return torch.cat(outputs, dim=2).transpose(1, 2)
+
+
+def key_only_pattern(mask: WindowedAlibi, slopes: list[float], length: int, device: torch.device) -> torch.Tensor:
+    """The key-only bias of these heads at this length, built by the first layer and kept like the patterns."""
+
+    def build():
+        with torch.inference_mode(False):  # kept across forwards, as `block_pattern`
+            return key_only_bias(torch.tensor(slopes, device=device), length)
+
+    return cached(mask.patterns, ("key-only", tuple(slopes), length, device), build)
 
 
 def sdpa_attention_forward(

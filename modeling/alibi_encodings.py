@@ -16,7 +16,14 @@ import math
 import torch
 from torch import nn
 
-from .alibi_masks import ScoreBias, alibi_bias, alibi_windows, get_alibi_slopes
+from .alibi_masks import (
+    ScoreBias,
+    alibi_bias,
+    alibi_slope_values,
+    alibi_window_values,
+    alibi_windows,
+    get_alibi_slopes,
+)
 from .configuration_alibi import AlibiConfig
 
 
@@ -67,6 +74,14 @@ class NoPositionEncoding(nn.Module):
         """`[H]` long: how far back each head looks (windowed ALiBi), or None for no limit."""
         return None
 
+    def slope_values(self) -> list[float] | None:
+        """`slopes` as Python floats (what a compiled forward can branch on and loop over), or None."""
+        return None
+
+    def window_values(self) -> list[int] | None:
+        """`windows` as Python ints, or None for no limit."""
+        return None
+
 
 class AlibiPositionalBias(NoPositionEncoding):
     """ALiBi: head h adds `-m_h * distance` to its attention scores; no parameters."""
@@ -76,6 +91,7 @@ class AlibiPositionalBias(NoPositionEncoding):
         self.num_heads, self.max_bias = config.num_attention_heads, config.alibi_max_bias
         self.config = config  # alibi_window_cutoff is read at each forward, so it can be switched on a loaded model
         self.register_buffer("alibi_slopes", get_alibi_slopes(self.num_heads, self.max_bias), persistent=False)
+        self._slope_values = alibi_slope_values(self.num_heads, self.max_bias)  # the buffer's values, as floats
 
     def slopes(self, device: torch.device) -> torch.Tensor:
         slopes = self.alibi_slopes
@@ -93,6 +109,13 @@ class AlibiPositionalBias(NoPositionEncoding):
         if cutoff is None:
             return None
         return alibi_windows(get_alibi_slopes(self.num_heads, self.max_bias), cutoff).to(device)
+
+    def slope_values(self) -> list[float]:
+        return self._slope_values
+
+    def window_values(self) -> list[int] | None:
+        cutoff = self.config.alibi_window_cutoff
+        return None if cutoff is None else alibi_window_values(self._slope_values, cutoff)
 
 
 class T5RelativePositionalBias(NoPositionEncoding):

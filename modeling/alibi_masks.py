@@ -14,6 +14,7 @@ so it imports only torch and transformers.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,7 +43,12 @@ ScoreBias = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def get_alibi_slopes(num_heads: int, max_bias: float = 8.0) -> torch.Tensor:
-    """The paper's per-head slopes, as an fp32 tensor of shape `[num_heads]`.
+    """The paper's per-head slopes, as an fp32 tensor of shape `[num_heads]` (`alibi_slope_values`)."""
+    return torch.tensor(alibi_slope_values(num_heads, max_bias), dtype=torch.float32)
+
+
+def alibi_slope_values(num_heads: int, max_bias: float = 8.0) -> list[float]:
+    """The paper's per-head slopes as Python floats, each rounded to fp32 (the values `get_alibi_slopes` holds).
 
     For a power of two n, `start = 2**(-max_bias / n)` and the slopes are `start**1 ... start**n`.
     Otherwise take the slopes of the nearest lower power of two, then every other slope of twice
@@ -59,12 +65,17 @@ def get_alibi_slopes(num_heads: int, max_bias: float = 8.0) -> torch.Tensor:
     slopes = power_of_two_slopes(closest)
     if closest != num_heads:
         slopes += power_of_two_slopes(2 * closest)[0::2][: num_heads - closest]
-    return torch.tensor(slopes, dtype=torch.float32)
+    return [struct.unpack("f", struct.pack("f", slope))[0] for slope in slopes]
 
 
 def alibi_windows(slopes: torch.Tensor, cutoff: float) -> torch.Tensor:
     """`[H]` long: the largest distance `d` whose bias `-m_h * d` is still at least `-cutoff`, per head."""
     return torch.floor(cutoff / slopes.double()).long()
+
+
+def alibi_window_values(slopes: list[float], cutoff: float) -> list[int]:
+    """`alibi_windows` over Python floats (the fp32 slopes as doubles: the same division, the same ints)."""
+    return [math.floor(cutoff / slope) for slope in slopes]
 
 
 @dataclass
@@ -432,11 +443,15 @@ def create_alibi_mask(
     bias = encoding.score_bias(layout.key_length, device)
     slopes = encoding.slopes(device)
     windows = encoding.windows(device)
+    # The same as Python numbers: the blocked path's plan, which a compiled forward traces as constants.
+    slope_values, window_values = encoding.slope_values(), encoding.window_values()
     first, count = heads
     if count != config.num_attention_heads:  # tensor parallel: this rank's heads, with their own slopes
         share = slice(first, first + count)
         slopes = slopes[share] if slopes is not None else None
         windows = windows[share] if windows is not None else None
+        slope_values = slope_values[share] if slope_values is not None else None
+        window_values = window_values[share] if window_values is not None else None
         if bias is not None:
             every_head = bias
             bias = lambda head, distance: every_head(head + first, distance)  # noqa: E731
@@ -457,33 +472,30 @@ def create_alibi_mask(
     if runs_flex(implementation, layout, bias, fused):
         return flex_alibi_mask(layout, bias, windows, block_masks)
     sdpa = implementation in ("sdpa", ALIBI_FUSED)
-    # The sdpa-style kernels (flex and Triton decode through sdpa) know `is_causal`; eager needs a tensor.
-    if (
-        (sdpa or implementation in ("flex_attention", ALIBI_TRITON))
-        and layout.is_plain
-        and not torch.compiler.is_compiling()
-    ):
+    # The sdpa-style kernels (flex and Triton decode through sdpa) know `is_causal`; eager needs a tensor. A plain
+    # layout is plain while compiling too (`build_layout` reads no values then: any attention_mask makes it general).
+    if (sdpa or implementation in ("flex_attention", ALIBI_TRITON)) and layout.is_plain:
         every_key = layout.query_length == layout.key_length or (
             layout.query_length == 1 and layout.past_length + 1 == layout.key_length
         )
         if bias is None and every_key:
             return None  # plain causal attention: sdpa's is_causal, or nothing to mask at all
-        if sdpa and slopes is not None and layout.query_length == layout.key_length:
+        if sdpa and slope_values is not None and layout.query_length == layout.key_length:
             # Windowed ALiBi in blocks where that saves work; where the windows hold most of the sequence, dense
             # ALiBi is faster (and the windowed model approximates it to its cutoff's tolerance anyway).
-            saves_work = windows is not None and (
-                windowed_work_ratio(windows.tolist(), layout.key_length) <= windowed_work_limit()
+            saves_work = window_values is not None and (
+                windowed_work_ratio(window_values, layout.key_length) <= windowed_work_limit()
             )
-            exact = saves_work or (windows is not None and config.alibi_window_cutoff < DENSE_SHORTCUT_CUTOFF)
+            exact = saves_work or (window_values is not None and config.alibi_window_cutoff < DENSE_SHORTCUT_CUTOFF)
+            patterns = {} if patterns is None else patterns
             if key_only_exact(device, dtype, fused.dropout):
                 # The CPU default: heads that see the whole sequence run fused with the key-only bias; steeper
                 # heads stop where their bias has silenced a key (no denormals, no large biases).
-                reach = alibi_windows(slopes.cpu(), ALIBI_UNDERFLOW_CUTOFF)
-                if exact:
-                    reach = torch.minimum(reach, windows.cpu())
-                return WindowedAlibi(slopes.tolist(), reach.tolist(), {} if patterns is None else patterns)
+                silenced = alibi_window_values(slope_values, ALIBI_UNDERFLOW_CUTOFF)
+                reach = [min(r, w) for r, w in zip(silenced, window_values)] if exact else silenced
+                return WindowedAlibi(slope_values, reach, patterns, [r == s for r, s in zip(reach, silenced)])
             if saves_work:
-                return WindowedAlibi(slopes.tolist(), windows.tolist(), {} if patterns is None else patterns)
+                return WindowedAlibi(slope_values, window_values, patterns)
     if layout.query_length == 1 and layout.is_plain and layout.custom_visible is None and slopes is not None:
         return decoding_mask(layout, slopes, windows, dtype)
     return build_dense_mask(layout, bias, count, dtype, windows)

@@ -224,7 +224,7 @@ def test_cpu_fast_path_is_not_used_where_it_would_be_wrong():
     for (mask, docs, q_len, k_len, past), dtype in [
         ((padding, None, 4, 4, 0), torch.float32),  # padding
         ((None, documents, 4, 4, 0), torch.float32),  # packed documents
-        ((None, None, 4, 4, 0), torch.bfloat16),  # low precision
+        ((None, None, 4, 4, 0), torch.float64),  # fp64: the key-only bias and the kernel's scores are fp32
         ((None, None, 1, 5, 4), torch.float32),  # decoding: Q != K
     ]:
         built = model.model.build_attention_mask(build_layout(mask, docs, 1, q_len, k_len, past, CPU), dtype)
