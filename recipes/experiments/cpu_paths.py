@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
 from alibi_lm.machine import describe
-from alibi_lm.modeling.alibi_blocked import DENORMAL_FREE_DTYPES
+from alibi_lm.modeling import alibi_blocked
 
 SIZES = {
     "cpu-small": dict(vocab_size=8192, hidden_size=512, num_hidden_layers=4, num_attention_heads=8, length=2048),
@@ -116,7 +116,8 @@ def main() -> None:
             parser.error(f"unknown --paths {unknown}; choose from {[path[0] for path in PATHS]}")
         paths = [path for path in PATHS if path[0] in wanted]
     machine = describe("cpu")
-    amx = "yes" if torch.bfloat16 in DENORMAL_FREE_DTYPES else "no"
+    # (read with getattr so that this script also measures the code before 2026-12-06, which had no such rule)
+    amx = "yes" if torch.bfloat16 in getattr(alibi_blocked, "DENORMAL_FREE_DTYPES", ()) else "no"
     versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
     rows = [measure(path, size, rounds) for path in tqdm(paths, desc="paths", unit="path")]
     args.out.mkdir(parents=True, exist_ok=True)
