@@ -21,7 +21,6 @@ from .alibi_masks import (
     alibi_bias,
     alibi_slope_values,
     alibi_window_values,
-    alibi_windows,
     get_alibi_slopes,
 )
 from .configuration_alibi import AlibiConfig
@@ -105,10 +104,8 @@ class AlibiPositionalBias(NoPositionEncoding):
         return lambda head, distance: alibi_bias(slopes[head], distance)
 
     def windows(self, device: torch.device) -> torch.Tensor | None:
-        cutoff = self.config.alibi_window_cutoff
-        if cutoff is None:
-            return None
-        return alibi_windows(get_alibi_slopes(self.num_heads, self.max_bias), cutoff).to(device)
+        values = self.window_values()
+        return None if values is None else torch.tensor(values, dtype=torch.long, device=device)
 
     def slope_values(self) -> list[float]:
         return self._slope_values
