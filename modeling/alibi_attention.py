@@ -12,10 +12,13 @@ Hub remote code like the rest of the model.
 from __future__ import annotations
 
 import importlib
+import re
+import sys
 from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 from torch.nn import functional as F
 from torch.nn.attention.flex_attention import BlockMask
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -24,6 +27,7 @@ from transformers.models.llama.modeling_llama import eager_attention_forward, re
 
 from .alibi_blocked import (
     FUSED_CPU_ATTENTION,
+    PatternCache,
     WindowedAlibi,
     key_only_exact,
     runs_key_only,
@@ -143,6 +147,112 @@ def blocked_head(
 def windowed_alibi_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: WindowedAlibi, scaling: float, dropout: float
 ) -> torch.Tensor:
+    """Causal windowed-ALiBi attention `[B, H, L, D]` (`blocked_attention`), traced where the length is fixed.
+
+    Where a compiled forward has a dynamic length (torch.compile's second length, or `dynamic=True`), the plan runs
+    as one opaque op (`dynamic_blocked_attention`) instead: its choices (which heads run whole, how many first blocks,
+    the cached patterns' keys) each guard on the length, so a traced plan would be specialized to one length after
+    all, and a sweep of lengths would recompile per length until dynamo's limit of 8 and then run the whole model
+    uncompiled. With dropout (whose mask the op's recomputing backward could not redraw) it runs outside the graph.
+    """
+    if not statically_known_true(query.shape[2] <= sys.maxsize):  # a symbol, asked without guarding on its value
+        slopes, windows, silenced = mask.slopes, mask.windows, mask.silenced
+        if dropout:
+            return uncompiled_blocked_attention(query, key, value, slopes, windows, silenced, scaling, dropout)
+        return dynamic_blocked_attention(query, key, value, slopes, windows, silenced, scaling).transpose(1, 2)
+    return blocked_attention(query, key, value, mask, scaling, dropout)
+
+
+# The op's name carries this module's import name, as `alibi_triton`'s do: a process may hold several copies of this
+# file (the package's and each Hub repo's remote code), and a second definition under one name replaces the first.
+_OP = "alibi_lm::" + re.sub(r"\W", "_", __name__)
+# The op's patterns, which no model can hand it: shared by every model in the process (keyed by slope, window, dtype
+# and device, as a model's own), bounded as a model's own.
+OP_PATTERNS = PatternCache()
+
+
+@torch.library.custom_op(f"{_OP}_blocked", mutates_args=())
+def dynamic_blocked_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    slopes: list[float],
+    windows: list[int],
+    silenced: list[bool],
+    scaling: float,
+) -> torch.Tensor:
+    """`blocked_attention` as one op for compiled forwards of dynamic length: `[B, L, H, D]` (contiguous).
+
+    Opaque to the compiler, so nothing in it guards on the length. Its backward (`dynamic_blocked_attention_backward`)
+    runs the plan again.
+    """
+    mask = WindowedAlibi(slopes, windows, OP_PATTERNS.for_forward(), silenced)
+    return blocked_attention(query, key, value, mask, scaling, 0.0).transpose(1, 2).contiguous()
+
+
+@dynamic_blocked_attention.register_fake
+def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *plan) -> torch.Tensor:
+    batch, heads, length = query.shape[:3]
+    return query.new_empty(batch, length, heads, value.shape[-1])
+
+
+@torch.library.custom_op(f"{_OP}_blocked_backward", mutates_args=())
+def dynamic_blocked_attention_backward(
+    grad: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    slopes: list[float],
+    windows: list[int],
+    silenced: list[bool],
+    scaling: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dQ, dK and dV of `dynamic_blocked_attention` for its output gradient `grad` `[B, L, H, D]`: the plan run
+    again under autograd (an op too, since the compiler traces a custom op's backward)."""
+    mask = WindowedAlibi(slopes, windows, OP_PATTERNS.for_forward(), silenced)
+    _, pullback = torch.func.vjp(lambda *qkv: blocked_attention(*qkv, mask, scaling, 0.0), query, key, value)
+    # Each gradient laid out as its input, as the fake states (and the compiled graph assumes).
+    return tuple(torch.empty_like(t).copy_(g) for t, g in zip((query, key, value), pullback(grad.transpose(1, 2))))
+
+
+@dynamic_blocked_attention_backward.register_fake
+def _(grad: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *plan) -> tuple:
+    return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+
+
+def _save_inputs(ctx, inputs: tuple, output: torch.Tensor) -> None:
+    query, key, value, *plan = inputs
+    ctx.save_for_backward(query, key, value)
+    ctx.plan = plan
+
+
+def _gradients(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    return *dynamic_blocked_attention_backward(grad, *ctx.saved_tensors, *ctx.plan), None, None, None, None
+
+
+dynamic_blocked_attention.register_autograd(_gradients, setup_context=_save_inputs)
+
+
+@torch.compiler.disable
+def uncompiled_blocked_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    slopes: list[float],
+    windows: list[int],
+    silenced: list[bool],
+    scaling: float,
+    dropout: float,
+) -> torch.Tensor:
+    """`blocked_attention` outside the compiled graph (with dropout), on the op's patterns."""
+    return blocked_attention(
+        query, key, value, WindowedAlibi(slopes, windows, OP_PATTERNS.for_forward(), silenced), scaling, dropout
+    )
+
+
+def blocked_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: WindowedAlibi, scaling: float, dropout: float
+) -> torch.Tensor:
     """Causal windowed-ALiBi attention `[B, H, L, D]` in blocks, each seeing only the keys its window reaches.
 
     For head h with window w and block size n, query block i (positions `[i n, (i + 1) n)`) attends to key
@@ -203,7 +313,10 @@ def sdpa_attention_forward(
         attn_output = windowed_alibi_attention(query, key, value, attention_mask, scaling, dropout)
         return attn_output.transpose(1, 2).contiguous(), None
     # None only when every query sees every key before it: Q == K (causal) or one query (decoding).
-    mask, is_causal = attention_mask, attention_mask is None and query.shape[2] > 1
+    # The length first, as transformers' `sdpa_attention_forward` (5.25) does: with a dynamic length (a compiled
+    # forward) `and` then tests the SymBool (a guard on L > 1) and yields a bool; last, it would be the SymBool itself,
+    # which sdpa refuses, breaking the graph at every layer.
+    mask, is_causal = attention_mask, query.shape[2] > 1 and attention_mask is None
     attn_output = F.scaled_dot_product_attention(
         query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling, is_causal=is_causal
     )

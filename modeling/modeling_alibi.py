@@ -42,6 +42,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import capture_outputs
 
 from .alibi_attention import ALIBI_KERNELS, ALL_ATTENTION_FUNCTIONS, UNSUPPORTED_ATTENTION
+from .alibi_blocked import PatternCache
 from .alibi_encodings import POSITION_ENCODING_CLASSES, AlibiPositionalBias
 from .alibi_masks import (
     ALIBI_FUSED,
@@ -54,24 +55,6 @@ from .alibi_masks import (
     get_alibi_slopes,
     packed_document_ids,
 )
-
-# What the model keeps of the blocked path's patterns between forwards: building them took 2.7 ms of a 1,024-token
-# prefill of the demo's model that otherwise takes 19 (Intel Xeon, 2 threads; four blocked heads), about the time
-# its two layers spend in attention. Patterns are small (`[n, w + n]` per head, 0.5 MiB at window 640) and depend on
-# the slope and window only, so training and scoring at one length find them every step; past this many bytes the
-# cache starts over, so a sweep of lengths or a 64k-token prefill (46 MiB for its widest blocked head) keeps at most
-# one forward's worth.
-PATTERN_CACHE_BYTES = 16 * 2**20
-
-
-class PatternCache(dict):
-    """The model's `WindowedAlibi.patterns` across forwards, bounded by PATTERN_CACHE_BYTES (`for_forward`)."""
-
-    def for_forward(self) -> "PatternCache":
-        if sum(t.numel() * t.element_size() for t in list(self.values())) > PATTERN_CACHE_BYTES:  # list: atomic
-            self.clear()
-        return self
-
 
 # --- 2. MLP --------------------------------------------------------------------------------
 

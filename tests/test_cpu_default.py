@@ -165,7 +165,7 @@ def test_every_attention_call_of_the_default_takes_the_fused_kernel():
 
 
 def test_the_model_keeps_its_patterns_across_forwards_and_bounds_them(monkeypatch):
-    from alibi_lm.modeling import alibi_attention, modeling_alibi
+    from alibi_lm.modeling import alibi_attention, alibi_blocked
 
     built = []
     block_pattern = alibi_attention.block_pattern
@@ -181,7 +181,7 @@ def test_the_model_keeps_its_patterns_across_forwards_and_bounds_them(monkeypatc
         first, again
     )  # the second forward builds nothing and computes the same
     # past PATTERN_CACHE_BYTES the cache starts over at the next forward, so a sweep of lengths keeps one forward's
-    monkeypatch.setattr(modeling_alibi, "PATTERN_CACHE_BYTES", 0)
+    monkeypatch.setattr(alibi_blocked, "PATTERN_CACHE_BYTES", 0)
     with torch.no_grad():
         for length in (600, 1500, 2500):
             model(random_ids(1, length))
@@ -203,9 +203,9 @@ def test_patterns_kept_from_inference_mode_can_train():
 def test_threads_sharing_a_model_and_its_pattern_cache_compute_what_each_does_alone(monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
-    from alibi_lm.modeling import modeling_alibi
+    from alibi_lm.modeling import alibi_blocked
 
-    monkeypatch.setattr(modeling_alibi, "PATTERN_CACHE_BYTES", 0)  # every forward starts the shared cache over
+    monkeypatch.setattr(alibi_blocked, "PATTERN_CACHE_BYTES", 0)  # every forward starts the shared cache over
     model = tiny_model(num_attention_heads=8, hidden_size=64)
     lengths = [700, 1100, 1500, 900] * 3
     with torch.no_grad():

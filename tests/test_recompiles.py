@@ -1,9 +1,11 @@
-"""Cached generation compiles a bounded, small number of graphs on every backend (dynamo's own counters).
+"""Cached generation, and compiled forwards over many lengths, compile a bounded, small number of graphs on every
+backend (dynamo's own counters).
 
 dynamo compiles a function for at most 8 shapes and then silently runs it uncompiled; for flex_attention that is the
 unfused path that materialises every score. Decoding steps run sdpa with a `[B, H, 1, K]` mask, and multi-token
 forwards run flex at bucketed lengths (`flex_bucket`), so neither the cache length nor the prompt length compiles
-anew.
+anew. The sdpa default on the CPU compiles one static graph and one of dynamic length, where its blocked plan is an
+opaque op (`dynamic_blocked_attention`).
 """
 
 from __future__ import annotations
@@ -131,3 +133,60 @@ def test_flex_refuses_to_run_uncompiled():
     with pytest.raises(RuntimeError, match="flex_attention ran uncompiled.*attn_implementation='sdpa'"):
         with torch.no_grad(), torch.compiler.set_stance("force_eager"):
             model(prompt(40))
+
+
+# The sdpa default on the CPU: heads whose bias silences keys run in blocks, the others fused. Lengths from where
+# every head sees the whole sequence (100) to where two of the tiny model's four heads run blocked (900).
+SWEEP = [100, 130, 170, 200, 260, 330, 400, 520, 700, 900]
+
+
+def test_a_compiled_sdpa_model_over_ten_lengths_compiles_two_graphs_and_stays_exact():
+    model = tiny_model()
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        for length in SWEEP:
+            ids = prompt(length, seed=length)
+            torch.testing.assert_close(compiled(ids).logits, model(ids).logits, atol=1e-5, rtol=0)
+    # One static graph, then one of dynamic length: the blocked plan's choices used to guard on the length, one
+    # graph per length until dynamo's limit, after which the whole model ran uncompiled.
+    assert graphs() == 2 and limit_hits() == 0
+
+
+def test_compiled_training_over_lengths_matches_eager_gradients():
+    model = tiny_model().train()
+    compiled = torch.compile(model)
+    for length in SWEEP[::2]:
+        ids = prompt(length, seed=length)
+        grads = []
+        for run in (compiled, model):
+            model.zero_grad()
+            run(ids, labels=ids).loss.backward()
+            grads.append([p.grad.clone() for p in model.parameters()])
+        for mine, reference in zip(*grads):
+            torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-4)
+    assert graphs() == 2 and limit_hits() == 0
+
+
+def test_compiled_attention_dropout_in_windowed_blocks_runs_at_every_length():
+    # Windowed ALiBi in blocks (windows 4 to 256 tokens): with dropout the plan runs outside the graph at a dynamic
+    # length (the op's recomputing backward could not redraw its masks). Its masks differ from eager's, its loss not.
+    model = tiny_model(attention_dropout=0.3, alibi_window_cutoff=1.0).train()
+    compiled = torch.compile(model)
+    for length in (900, 1000, 1100, 1200):
+        ids = prompt(length, seed=length)
+        with torch.no_grad():
+            mine, reference = (run(ids, labels=ids).loss for run in (compiled, model))
+        torch.testing.assert_close(mine, reference, atol=5e-3, rtol=0)
+    assert limit_hits() == 0
+
+
+def test_a_compiled_model_without_bias_keeps_one_graph_per_shape_kind():
+    # sdpa's `is_causal` must be a bool: at a dynamic length `L > 1` is a SymBool, and passing it broke the graph at
+    # every layer of every forward.
+    model = tiny_model(position_encoding="none")
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        for length in SWEEP[:5]:
+            ids = prompt(length, seed=length)
+            torch.testing.assert_close(compiled(ids).logits, model(ids).logits, atol=1e-5, rtol=0)
+    assert graphs() == 2 and limit_hits() == 0
