@@ -310,8 +310,16 @@ def sdpa_attention_forward(
     key = repeat_kv(key, module.num_key_value_groups)
     value = repeat_kv(value, module.num_key_value_groups)
     if isinstance(attention_mask, WindowedAlibi):
-        attn_output = windowed_alibi_attention(query, key, value, attention_mask, scaling, dropout)
-        return attn_output.transpose(1, 2).contiguous(), None
+        compaction = attention_mask.compaction
+        if compaction is None:
+            attn_output = windowed_alibi_attention(query, key, value, attention_mask, scaling, dropout)
+            return attn_output.transpose(1, 2).contiguous(), None
+        # A padded batch: the plan runs on each row's tokens gathered ahead of its padding, then they go back.
+        order = compaction.order[:, None, :, None]  # [B, 1, L, 1]
+        gathered = (torch.take_along_dim(t, order, dim=2) for t in (query, key, value))
+        attn_output = windowed_alibi_attention(*gathered, attention_mask, scaling, dropout).transpose(1, 2)
+        attn_output = torch.take_along_dim(attn_output, compaction.restore[:, :, None, None], dim=1)  # [B, L, H, D]
+        return torch.where(compaction.padding[:, :, None, None], value.transpose(1, 2), attn_output), None
     # None only when every query sees every key before it: Q == K (causal) or one query (decoding).
     # The length first, as transformers' `sdpa_attention_forward` (5.25) does: with a dynamic length (a compiled
     # forward) `and` then tests the SymBool (a guard on L > 1) and yields a bool; last, it would be the SymBool itself,

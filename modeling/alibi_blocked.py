@@ -36,6 +36,28 @@ class WindowedAlibi:
     # Heads whose window is only where their bias has silenced a key (`ALIBI_UNDERFLOW_CUTOFF`): they may also run
     # unwindowed, on the key-only bias, where that is faster and exact (`runs_key_only`).
     silenced: list[bool] = field(default_factory=list)
+    # A padded batch's rows with their tokens gathered ahead of their padding (`Compaction`); None: the batch as it is.
+    compaction: Compaction | None = None
+
+
+@dataclass
+class Compaction:
+    """How a padded batch (no cache, Q == K) runs as a plain one: each row's tokens first, in order, then its padding.
+
+    The tokens keep their positions (a token's position counts the tokens before it) and see what they saw, since
+    the padding now comes after them. Each padding slot attends to itself alone (its output is its value), as a
+    left-padding slot does under the visibility rule (`AttentionLayout.visible`); gathered after the tokens it would
+    otherwise see tokens that follow it.
+    """
+
+    order: torch.Tensor  # [B, L] long: the plan's slot i holds the batch's slot order[b, i]
+    restore: torch.Tensor  # [B, L] long: the inverse, where each slot of the batch's went
+    padding: torch.Tensor  # [B, L] bool: the batch's padding slots
+
+    @classmethod
+    def of(cls, key_valid: torch.Tensor) -> Compaction:
+        order = torch.sort((~key_valid).to(torch.uint8), dim=-1, stable=True).indices
+        return cls(order, order.argsort(dim=-1), ~key_valid)
 
 
 # What a model keeps of the blocked path's patterns between forwards (and the op compiled models of dynamic length run,

@@ -27,6 +27,7 @@ from transformers.utils import logging
 from .alibi_blocked import (
     ALIBI_UNDERFLOW_CUTOFF,
     DENSE_SHORTCUT_CUTOFF,
+    Compaction,
     WindowedAlibi,
     key_only_exact,
     windowed_work_limit,
@@ -416,6 +417,45 @@ class Fused:
     dropout: float = 0.0
 
 
+def blocked_plan(
+    config,
+    length: int,
+    slope_values: list[float],
+    window_values: list[int] | None,
+    dtype: torch.dtype,
+    fused: Fused,
+    patterns: dict[tuple, torch.Tensor] | None,
+    device: torch.device,
+) -> WindowedAlibi | None:
+    """The blocked sdpa plan for a plain causal layout of `length` (Q == K), or None where dense ALiBi runs."""
+    # Windowed ALiBi in blocks where that saves work; where the windows hold most of the sequence, dense ALiBi is
+    # faster (and the windowed model approximates it to its cutoff's tolerance anyway).
+    saves_work = window_values is not None and windowed_work_ratio(window_values, length) <= windowed_work_limit()
+    exact = saves_work or (window_values is not None and config.alibi_window_cutoff < DENSE_SHORTCUT_CUTOFF)
+    patterns = {} if patterns is None else patterns
+    if key_only_exact(device, dtype, fused.dropout):
+        # The CPU default: heads that see the whole sequence run fused with the key-only bias; steeper heads stop
+        # where their bias has silenced a key (no denormals, no large biases).
+        silenced = alibi_window_values(slope_values, ALIBI_UNDERFLOW_CUTOFF)
+        reach = [min(r, w) for r, w in zip(silenced, window_values)] if exact else silenced
+        return WindowedAlibi(slope_values, reach, patterns, [r == s for r, s in zip(reach, silenced)])
+    if saves_work:
+        return WindowedAlibi(slope_values, window_values, patterns)
+    return None
+
+
+def compactable(layout: AttentionLayout) -> bool:
+    """Whether `layout` is plain but for padding: a 2-D attention_mask, no documents, no cached tokens, Q == K."""
+    return (
+        layout.key_valid is not None
+        and layout.document_ids is None
+        and layout.custom_visible is None
+        and layout.query_length == layout.key_length
+        and isinstance(layout.past_length, int)
+        and layout.past_length == 0
+    )
+
+
 def create_alibi_mask(
     config,
     layout: AttentionLayout,
@@ -481,21 +521,19 @@ def create_alibi_mask(
         if bias is None and every_key:
             return None  # plain causal attention: sdpa's is_causal, or nothing to mask at all
         if sdpa and slope_values is not None and layout.query_length == layout.key_length:
-            # Windowed ALiBi in blocks where that saves work; where the windows hold most of the sequence, dense
-            # ALiBi is faster (and the windowed model approximates it to its cutoff's tolerance anyway).
-            saves_work = window_values is not None and (
-                windowed_work_ratio(window_values, layout.key_length) <= windowed_work_limit()
-            )
-            exact = saves_work or (window_values is not None and config.alibi_window_cutoff < DENSE_SHORTCUT_CUTOFF)
-            patterns = {} if patterns is None else patterns
-            if key_only_exact(device, dtype, fused.dropout):
-                # The CPU default: heads that see the whole sequence run fused with the key-only bias; steeper
-                # heads stop where their bias has silenced a key (no denormals, no large biases).
-                silenced = alibi_window_values(slope_values, ALIBI_UNDERFLOW_CUTOFF)
-                reach = [min(r, w) for r, w in zip(silenced, window_values)] if exact else silenced
-                return WindowedAlibi(slope_values, reach, patterns, [r == s for r, s in zip(reach, silenced)])
-            if saves_work:
-                return WindowedAlibi(slope_values, window_values, patterns)
+            plan = blocked_plan(config, layout.key_length, slope_values, window_values, dtype, fused, patterns, device)
+            if plan is not None:
+                return plan
+    if sdpa and slope_values is not None and compactable(layout):
+        # A padded batch with no cache (training on tokenizer output, a padded prefill): with each row's tokens
+        # gathered ahead of its padding the layout is plain (the tokens keep their positions, and the padding,
+        # now after them, is hidden by causality), so the blocked plan runs instead of an L x L mask. Compiled,
+        # every attention_mask counts as padding (its values cannot be read), so this is also the all-ones mask's
+        # path there: it used to take the L x L mask, a training step at 0.43x (2,048 tokens, Intel Xeon).
+        plan = blocked_plan(config, layout.key_length, slope_values, window_values, dtype, fused, patterns, device)
+        if plan is not None:
+            plan.compaction = Compaction.of(layout.key_valid)
+            return plan
     if layout.query_length == 1 and layout.is_plain and layout.custom_visible is None and slopes is not None:
         return decoding_mask(layout, slopes, windows, dtype)
     return build_dense_mask(layout, bias, count, dtype, windows)

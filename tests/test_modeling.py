@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 import torch
+from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import alibi_lm
@@ -179,9 +180,9 @@ def test_sdpa_builds_the_mask_once_per_forward(monkeypatch):
         layer.self_attn.register_forward_hook(
             lambda mod, args, kwargs, out: seen.append(id(kwargs["attention_mask"])), with_kwargs=True
         )
-    mask = torch.ones(2, 9, dtype=torch.long)
-    mask[0, :2] = 0  # padding: the 4-D mask path
-    logits(model, random_ids(2, 9), mask)
+    documents = torch.tensor([[0] * 4 + [1] * 5, [0] * 9])  # packed documents: the 4-D mask path
+    with torch.no_grad():
+        model(random_ids(2, 9), document_ids=documents)
     assert len(calls) == 1
     assert len(seen) == 4 and len(set(seen)) == 1
 
@@ -222,13 +223,22 @@ def test_cpu_fast_path_is_not_used_where_it_would_be_wrong():
     padding = torch.tensor([[0, 1, 1, 1]])
     documents = torch.tensor([[0, 0, 1, 1]])
     for (mask, docs, q_len, k_len, past), dtype in [
-        ((padding, None, 4, 4, 0), torch.float32),  # padding
+        ((F.pad(padding, (0, 1), value=1), None, 2, 5, 3), torch.float32),  # padding, two tokens after a cache
         ((None, documents, 4, 4, 0), torch.float32),  # packed documents
         ((None, None, 4, 4, 0), torch.float64),  # fp64: the key-only bias and the kernel's scores are fp32
         ((None, None, 1, 5, 4), torch.float32),  # decoding: Q != K
     ]:
         built = model.model.build_attention_mask(build_layout(mask, docs, 1, q_len, k_len, past, CPU), dtype)
         assert isinstance(built, torch.Tensor) and built.dim() == 4
+
+
+def test_cpu_fast_path_runs_a_padded_batch_with_its_tokens_gathered_ahead_of_its_padding():
+    model = tiny_model(attn_implementation="sdpa")
+    padding = torch.tensor([[0, 1, 1, 1, 0], [1, 0, 1, 1, 1]])  # left and right padding; a hole
+    built = model.model.build_attention_mask(build_layout(padding, None, 2, 5, 5, 0, CPU), torch.float32)
+    assert isinstance(built, WindowedAlibi)
+    assert built.compaction.order.tolist() == [[1, 2, 3, 0, 4], [0, 2, 3, 4, 1]]
+    assert built.compaction.restore.tolist() == [[3, 0, 1, 2, 4], [0, 4, 1, 2, 3]]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
