@@ -315,10 +315,13 @@ def sdpa_attention_forward(
             attn_output = windowed_alibi_attention(query, key, value, attention_mask, scaling, dropout)
             return attn_output.transpose(1, 2).contiguous(), None
         # A padded batch: the plan runs on each row's tokens gathered ahead of its padding, then they go back.
-        order = compaction.order[:, None, :, None]  # [B, 1, L, 1]
-        gathered = (torch.take_along_dim(t, order, dim=2) for t in (query, key, value))
+        # gather, not take_along_dim, whose broadcasting specializes a compiled graph to one length (torch 2.13).
+        batch, heads, length, dim = query.shape
+        order = compaction.order[:, None, :, None].expand(batch, heads, length, dim)
+        gathered = (torch.gather(t, 2, order) for t in (query, key, value))
         attn_output = windowed_alibi_attention(*gathered, attention_mask, scaling, dropout).transpose(1, 2)
-        attn_output = torch.take_along_dim(attn_output, compaction.restore[:, :, None, None], dim=1)  # [B, L, H, D]
+        restore = compaction.restore[:, :, None, None].expand(batch, length, heads, dim)
+        attn_output = torch.gather(attn_output, 1, restore)  # [B, L, H, D]
         return torch.where(compaction.padding[:, :, None, None], value.transpose(1, 2), attn_output), None
     # None only when every query sees every key before it: Q == K (causal) or one query (decoding).
     # The length first, as transformers' `sdpa_attention_forward` (5.25) does: with a dynamic length (a compiled

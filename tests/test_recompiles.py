@@ -167,6 +167,26 @@ def test_compiled_training_over_lengths_matches_eager_gradients():
     assert graphs() == 2 and limit_hits() == 0
 
 
+def test_compiled_training_on_padded_batches_of_many_lengths_compiles_two_graphs():
+    # DataCollatorWithPadding's batches: a length per batch, right padding. The rows' tokens are gathered ahead of
+    # their padding inside the graph (`Compaction`), which must not specialize it to one length.
+    model = tiny_model().train()
+    compiled = torch.compile(model)
+    for length in SWEEP[::2]:
+        ids = prompt(length, seed=length).expand(2, -1)
+        mask = torch.ones_like(ids)
+        mask[1, length - length // 5 :] = 0
+        labels = ids.masked_fill(mask == 0, -100)
+        grads = []
+        for run in (compiled, model):
+            model.zero_grad()
+            run(ids, attention_mask=mask, labels=labels).loss.backward()
+            grads.append([p.grad.clone() for p in model.parameters()])
+        for mine, reference in zip(*grads):
+            torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-4)
+    assert graphs() == 2 and limit_hits() == 0
+
+
 def test_compiled_attention_dropout_in_windowed_blocks_runs_at_every_length():
     # Windowed ALiBi in blocks (windows 4 to 256 tokens): with dropout the plan runs outside the graph at a dynamic
     # length (the op's recomputing backward could not redraw its masks). Its masks differ from eager's, its loss not.
