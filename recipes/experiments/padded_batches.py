@@ -1,6 +1,6 @@
 """The CPU default on batches that carry an attention_mask: padded batches, and compiled models given one at all.
 
-    python recipes/experiments/padded_batches.py --out recipes/results/padded-batches.md [--rounds 5]
+    python recipes/experiments/padded_batches.py --out recipes/results/padded-batches.md [--rounds 5] [--threads 1]
 
 The bench's cpu-small model (hidden 512, 4 layers, 8 heads, vocabulary 8,192; fp32, sdpa, the CPU default). Each row
 times one workload three ways, interleaved round by round in one process (medians): with the L x L mask the model
@@ -77,7 +77,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="markdown table to write")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
     config = AlibiConfig(vocab_size=8192, hidden_size=512, num_hidden_layers=4, num_attention_heads=8,
@@ -97,7 +100,8 @@ def main() -> None:
     lines = [
         "# The CPU default with an attention_mask: L x L mask (before) against tokens gathered ahead of padding (now)",
         "",
-        f"`python recipes/experiments/padded_batches.py --out {args.out} --rounds {args.rounds}`; {describe()}; "
+        f"`python recipes/experiments/padded_batches.py --out {args.out} --rounds {args.rounds}"
+        f"{f' --threads {args.threads}' if args.threads else ''}`; {describe()}; "
         f"torch {torch.__version__}, transformers {transformers.__version__}; {time.strftime('%Y-%m-%d')}. Seconds, "
         f"medians of {args.rounds} interleaved rounds; 'no mask' is the same batch without its attention_mask (its "
         "padding then attended to), the plain plan's time.",
