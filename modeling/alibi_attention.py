@@ -171,6 +171,11 @@ _OP = "alibi_lm::" + re.sub(r"\W", "_", __name__)
 OP_PATTERNS = PatternCache()
 
 
+def plan_from_numbers(slopes: list[float], windows: list[int], silenced: list[bool]) -> WindowedAlibi:
+    """The plan's `WindowedAlibi` where only its numbers arrive (an op's arguments), on the shared `OP_PATTERNS`."""
+    return WindowedAlibi(slopes, windows, OP_PATTERNS.for_forward(), silenced)
+
+
 @torch.library.custom_op(f"{_OP}_blocked", mutates_args=())
 def dynamic_blocked_attention(
     query: torch.Tensor,
@@ -186,8 +191,11 @@ def dynamic_blocked_attention(
     Opaque to the compiler, so nothing in it guards on the length. Its backward (`dynamic_blocked_attention_backward`)
     runs the plan again.
     """
-    mask = WindowedAlibi(slopes, windows, OP_PATTERNS.for_forward(), silenced)
-    return blocked_attention(query, key, value, mask, scaling, 0.0).transpose(1, 2).contiguous()
+    return (
+        blocked_attention(query, key, value, plan_from_numbers(slopes, windows, silenced), scaling, 0.0)
+        .transpose(1, 2)
+        .contiguous()
+    )
 
 
 @dynamic_blocked_attention.register_fake
@@ -209,7 +217,7 @@ def dynamic_blocked_attention_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dQ, dK and dV of `dynamic_blocked_attention` for its output gradient `grad` `[B, L, H, D]`: the plan run
     again under autograd (an op too, since the compiler traces a custom op's backward)."""
-    mask = WindowedAlibi(slopes, windows, OP_PATTERNS.for_forward(), silenced)
+    mask = plan_from_numbers(slopes, windows, silenced)
     _, pullback = torch.func.vjp(lambda *qkv: blocked_attention(*qkv, mask, scaling, 0.0), query, key, value)
     # Each gradient laid out as its input, as the fake states (and the compiled graph assumes).
     return tuple(torch.empty_like(t).copy_(g) for t, g in zip((query, key, value), pullback(grad.transpose(1, 2))))
@@ -245,9 +253,7 @@ def uncompiled_blocked_attention(
     dropout: float,
 ) -> torch.Tensor:
     """`blocked_attention` outside the compiled graph (with dropout), on the op's patterns."""
-    return blocked_attention(
-        query, key, value, WindowedAlibi(slopes, windows, OP_PATTERNS.for_forward(), silenced), scaling, dropout
-    )
+    return blocked_attention(query, key, value, plan_from_numbers(slopes, windows, silenced), scaling, dropout)
 
 
 def blocked_attention(

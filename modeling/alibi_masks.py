@@ -520,19 +520,17 @@ def create_alibi_mask(
         )
         if bias is None and every_key:
             return None  # plain causal attention: sdpa's is_causal, or nothing to mask at all
-        if sdpa and slope_values is not None and layout.query_length == layout.key_length:
-            plan = blocked_plan(config, layout.key_length, slope_values, window_values, dtype, fused, patterns, device)
-            if plan is not None:
-                return plan
-    if sdpa and slope_values is not None and compactable(layout):
-        # A padded batch with no cache (training on tokenizer output, a padded prefill): with each row's tokens
-        # gathered ahead of its padding the layout is plain (the tokens keep their positions, and the padding,
-        # now after them, is hidden by causality), so the blocked plan runs instead of an L x L mask. Compiled,
+    plain_prefill = layout.is_plain and layout.query_length == layout.key_length
+    if sdpa and slope_values is not None and (plain_prefill or compactable(layout)):
+        # A padded batch with no cache (training on tokenizer output, a padded prefill) runs with each row's tokens
+        # gathered ahead of its padding, which makes the layout plain (the tokens keep their positions, and the
+        # padding, now after them, is hidden by causality): the blocked plan instead of an L x L mask. Compiled,
         # every attention_mask counts as padding (its values cannot be read), so this is also the all-ones mask's
         # path there: it used to take the L x L mask, a training step at 0.43x (2,048 tokens, Intel Xeon).
         plan = blocked_plan(config, layout.key_length, slope_values, window_values, dtype, fused, patterns, device)
         if plan is not None:
-            plan.compaction = Compaction.of(layout.key_valid)
+            if not layout.is_plain:
+                plan.compaction = Compaction.of(layout.key_valid)
             return plan
     if layout.query_length == 1 and layout.is_plain and layout.custom_visible is None and slopes is not None:
         return decoding_mask(layout, slopes, windows, dtype)
