@@ -16,33 +16,19 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 import transformers
-from torch._dynamo.utils import counters
 from tqdm.auto import tqdm
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
 from alibi_lm.machine import describe
+from alibi_lm.measure import compiled_graphs, recompile_limit_hits, run_interleaved
 from alibi_lm.modeling import alibi_attention
 
 LENGTHS = [64, 100, 128, 200, 256, 300, 400, 512, 600, 700, 800, 900, 1024, 1100, 1500, 2048]
-
-
-def limit_hits() -> int:
-    return sum(n for reason, n in counters["unimplemented"].items() if "recompile limit" in reason.lower())
-
-
-def medians(compiled, model, ids: torch.Tensor, rounds: int = 5) -> tuple[float, float]:
-    """Median seconds of a compiled and an uncompiled forward, the two interleaved round by round."""
-    times = ([], [])
-    for _ in range(rounds):
-        for run, spent in zip((compiled, model), times):
-            start = time.perf_counter()
-            run(ids)
-            spent.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main() -> None:
@@ -67,10 +53,12 @@ def main() -> None:
             logits = compiled(ids).logits
             first = time.perf_counter() - start
             difference = (logits - model(ids).logits).abs().max().item()
-            warm, eager = medians(compiled, model, ids)
+            calls = {"compiled": partial(compiled, ids), "uncompiled": partial(model, ids)}
+            measured = run_interleaved(calls, ids.device, repeats=5, measure_memory=False)
+            warm, eager = (statistics.median(measured[name].times) for name in calls)
             rows.append(
                 f"| {length} | {first:.2f} | {1000 * warm:.1f} | {1000 * eager:.1f} | {eager / warm:.2f}x "
-                f"| {difference:.1e} | {counters['stats']['unique_graphs']} | {limit_hits()} |"
+                f"| {difference:.1e} | {compiled_graphs()} | {recompile_limit_hits()} |"
             )
     plan = "traced at every length (before 2026-12-06)" if args.traced else "the default"
     command = "python recipes/experiments/compile_sweep.py" + (" --traced" if args.traced else "")

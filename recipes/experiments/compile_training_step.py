@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ import transformers
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
 from alibi_lm.machine import describe
+from alibi_lm.measure import run_interleaved, train_step
 
 
 def main() -> None:
@@ -38,20 +40,9 @@ def main() -> None:
         "torch.compile(dynamic=True)": torch.compile(model, dynamic=True),
         "uncompiled": model,
     }
-
-    def step(run) -> float:
-        start = time.perf_counter()
-        model.zero_grad()
-        run(ids, labels=ids).loss.backward()
-        return time.perf_counter() - start
-
-    for run in ways.values():  # compile and warm up
-        step(run), step(run)
-    times = {name: [] for name in ways}
-    for _ in range(args.rounds):
-        for name, run in ways.items():
-            times[name].append(step(run))
-    medians = {name: statistics.median(spent) for name, spent in times.items()}
+    calls = {name: partial(train_step, run, ids) for name, run in ways.items()}
+    measured = run_interleaved(calls, ids.device, repeats=args.rounds, warmup=2, measure_memory=False)
+    medians = {name: statistics.median(measured[name].times) for name in ways}
     static = medians["torch.compile(dynamic=False)"]
     lines = [
         "# A CPU training step, 1 x 2,048 tokens: compiled for one length, for any length, and uncompiled",

@@ -15,6 +15,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
 from alibi_lm.machine import describe
+from alibi_lm.measure import run_interleaved
 from alibi_lm.modeling import alibi_masks
 
 ALWAYS = alibi_masks.compactable
@@ -66,11 +68,9 @@ def workloads(model: AlibiForCausalLM) -> list[tuple[str, Callable, torch.Tensor
     ]
 
 
-def timed(step, mask, plan) -> float:
+def run_with(step, mask, plan) -> None:
     alibi_masks.compactable = plan
-    start = time.perf_counter()
     step(mask)
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -88,11 +88,12 @@ def main() -> None:
     model = AlibiForCausalLM._from_config(config, attn_implementation="sdpa").train()
     rows = []
     for name, step, mask in tqdm(workloads(model), desc="workloads"):
-        ways = [(mask, never), (mask, ALWAYS), (None, ALWAYS)]
-        for way in ways:  # warm up (and compile) each way
-            timed(step, *way)
-        times = [[timed(step, *way) for way in ways] for _ in range(args.rounds)]
-        dense, gathered, plain = (statistics.median(column) for column in zip(*times))
+        ways = {"dense": (mask, never), "gathered": (mask, ALWAYS), "plain": (None, ALWAYS)}
+        calls = {way: partial(run_with, step, *arguments) for way, arguments in ways.items()}
+        measured = run_interleaved(
+            calls, mask.device, repeats=args.rounds, measure_memory=False
+        )  # warms up (compiles)
+        dense, gathered, plain = (statistics.median(measured[way].times) for way in ways)
         rows.append(
             f"| {name} | {dense:.3f} | {gathered:.3f} | {plain:.3f} | {dense / gathered:.2f}x | {plain / gathered:.2f}x |"
         )
