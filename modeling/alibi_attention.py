@@ -27,6 +27,7 @@ from transformers.models.llama.modeling_llama import eager_attention_forward, re
 
 from .alibi_blocked import (
     FUSED_CPU_ATTENTION,
+    PackedDocuments,
     PatternCache,
     WindowedAlibi,
     key_only_exact,
@@ -105,6 +106,7 @@ def blocked_head(
     patterns: dict,
     scaling: float,
     dropout: float,
+    documents: PackedDocuments | None = None,
 ) -> torch.Tensor:
     """One head `[B, L, D]` in blocks of queries, each against the `window` keys before it and its own block.
 
@@ -112,7 +114,8 @@ def blocked_head(
     position 0 go through one sdpa call (blocks as its head dimension, keys cut out with `unfold`); the first
     `ceil(w / n)` blocks, whose span would start before 0, take one call each with the pattern's last columns.
     Every call is 4-D: the CPU's fused kernel takes only 4-D (sdpa sends 3-D to its math kernel, which writes out
-    every score).
+    every score). With packed documents, each query's keys before its document's start are hidden too: the pattern
+    becomes a mask per row and block (linear in L), which the layers after the first find in `documents.masks`.
     """
     batch, length, dim = q.shape
     block = windowed_block_size(window)
@@ -125,10 +128,12 @@ def blocked_head(
     parts = []
     for i in range(lead):
         start, stop = i * block, min(length, (i + 1) * block)
+        mask = pattern[: stop - start, window - start : window - start + stop]
+        if documents is not None:  # [B, 1, n, stop]: keys from slot 0
+            mask = documents.cut((slope, window, dtype, i), mask, documents.starts[:, None, start:stop])
         parts.append(F.scaled_dot_product_attention(
             q[:, None, start:stop], k[:, None, :stop], v[:, None, :stop],
-            attn_mask=pattern[: stop - start, window - start : window - start + stop],
-            dropout_p=dropout, scale=scaling,
+            attn_mask=mask, dropout_p=dropout, scale=scaling,
         )[:, 0])  # fmt: skip
     first = lead * block
     if first < length:
@@ -139,7 +144,12 @@ def blocked_head(
             F.pad(t[:, first - window :], (0, 0, 0, tail)).unfold(1, span, block).transpose(-1, -2) for t in (k, v)
         )
         q = F.pad(q[:, first:], (0, 0, 0, tail)).view(batch, blocks, block, dim)
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=pattern, dropout_p=dropout, scale=scaling)
+        mask = pattern
+        if documents is not None:  # [B, blocks, n, span]: block i's keys from slot first - window + i n
+            spans = first - window + block * torch.arange(blocks, device=device)
+            begins = F.pad(documents.starts[:, first:], (0, tail)).view(batch, blocks, block)
+            mask = documents.cut((slope, window, dtype, "blocks"), pattern, begins - spans[:, None])
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)
         parts.append(attended.view(batch, blocks * block, dim)[:, : length - first])
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
@@ -156,10 +166,11 @@ def windowed_alibi_attention(
     uncompiled. With dropout (whose mask the op's recomputing backward could not redraw) it runs outside the graph.
     """
     if not statically_known_true(query.shape[2] <= sys.maxsize):  # a symbol, asked without guarding on its value
-        slopes, windows, silenced = mask.slopes, mask.windows, mask.silenced
+        starts = mask.documents.starts if mask.documents is not None else None
+        plan = (starts, mask.slopes, mask.windows, mask.silenced, scaling)
         if dropout:
-            return uncompiled_blocked_attention(query, key, value, slopes, windows, silenced, scaling, dropout)
-        return dynamic_blocked_attention(query, key, value, slopes, windows, silenced, scaling).transpose(1, 2)
+            return uncompiled_blocked_attention(query, key, value, *plan, dropout)
+        return dynamic_blocked_attention(query, key, value, *plan).transpose(1, 2)
     return blocked_attention(query, key, value, mask, scaling, dropout)
 
 
@@ -171,9 +182,13 @@ _OP = "alibi_lm::" + re.sub(r"\W", "_", __name__)
 OP_PATTERNS = PatternCache()
 
 
-def plan_from_numbers(slopes: list[float], windows: list[int], silenced: list[bool]) -> WindowedAlibi:
-    """The plan's `WindowedAlibi` where only its numbers arrive (an op's arguments), on the shared `OP_PATTERNS`."""
-    return WindowedAlibi(slopes, windows, OP_PATTERNS.for_forward(), silenced)
+def plan_from_numbers(
+    starts: torch.Tensor | None, slopes: list[float], windows: list[int], silenced: list[bool]
+) -> WindowedAlibi:
+    """The plan's `WindowedAlibi` where only its numbers (and documents' starts) arrive, as an op's arguments, on the
+    shared `OP_PATTERNS`."""
+    documents = PackedDocuments(starts) if starts is not None else None
+    return WindowedAlibi(slopes, windows, OP_PATTERNS.for_forward(), silenced, documents=documents)
 
 
 @torch.library.custom_op(f"{_OP}_blocked", mutates_args=())
@@ -181,6 +196,7 @@ def dynamic_blocked_attention(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
+    starts: torch.Tensor | None,
     slopes: list[float],
     windows: list[int],
     silenced: list[bool],
@@ -192,7 +208,7 @@ def dynamic_blocked_attention(
     runs the plan again.
     """
     return (
-        blocked_attention(query, key, value, plan_from_numbers(slopes, windows, silenced), scaling, 0.0)
+        blocked_attention(query, key, value, plan_from_numbers(starts, slopes, windows, silenced), scaling, 0.0)
         .transpose(1, 2)
         .contiguous()
     )
@@ -210,6 +226,7 @@ def dynamic_blocked_attention_backward(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
+    starts: torch.Tensor | None,
     slopes: list[float],
     windows: list[int],
     silenced: list[bool],
@@ -217,7 +234,7 @@ def dynamic_blocked_attention_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dQ, dK and dV of `dynamic_blocked_attention` for its output gradient `grad` `[B, L, H, D]`: the plan run
     again under autograd (an op too, since the compiler traces a custom op's backward)."""
-    mask = plan_from_numbers(slopes, windows, silenced)
+    mask = plan_from_numbers(starts, slopes, windows, silenced)
     _, pullback = torch.func.vjp(lambda *qkv: blocked_attention(*qkv, mask, scaling, 0.0), query, key, value)
     # Each gradient laid out as its input, as the fake states (and the compiled graph assumes).
     return tuple(torch.empty_like(t).copy_(g) for t, g in zip((query, key, value), pullback(grad.transpose(1, 2))))
@@ -229,13 +246,14 @@ def _(grad: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.T
 
 
 def _save_inputs(ctx, inputs: tuple, output: torch.Tensor) -> None:
-    query, key, value, *plan = inputs
-    ctx.save_for_backward(query, key, value)
+    query, key, value, starts, *plan = inputs
+    ctx.save_for_backward(query, key, value, starts)
     ctx.plan = plan
 
 
 def _gradients(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-    return *dynamic_blocked_attention_backward(grad, *ctx.saved_tensors, *ctx.plan), None, None, None, None
+    gradients = dynamic_blocked_attention_backward(grad, *ctx.saved_tensors, *ctx.plan)
+    return *gradients, None, None, None, None, None
 
 
 dynamic_blocked_attention.register_autograd(_gradients, setup_context=_save_inputs)
@@ -246,6 +264,7 @@ def uncompiled_blocked_attention(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
+    starts: torch.Tensor | None,
     slopes: list[float],
     windows: list[int],
     silenced: list[bool],
@@ -253,7 +272,8 @@ def uncompiled_blocked_attention(
     dropout: float,
 ) -> torch.Tensor:
     """`blocked_attention` outside the compiled graph (with dropout), on the op's patterns."""
-    return blocked_attention(query, key, value, plan_from_numbers(slopes, windows, silenced), scaling, dropout)
+    mask = plan_from_numbers(starts, slopes, windows, silenced)
+    return blocked_attention(query, key, value, mask, scaling, dropout)
 
 
 def blocked_attention(
@@ -269,7 +289,8 @@ def blocked_attention(
     `[B, L, H, D]` layout the caller transposes back to (each backward a slice or a copy, no zero-filled inputs).
     """
     batch, heads, length, dim = query.shape
-    fused = key_only_exact(query.device, query.dtype, dropout)
+    # Packed documents cut every head's keys per query: no head can take the key-only bias's one causal call.
+    fused = key_only_exact(query.device, query.dtype, dropout) and mask.documents is None
     whole = [fused and runs_key_only(mask, h, length, query.dtype) for h in range(heads)]
     if all(whole):  # every head (short sequences, e.g. training at L): one call on the tensors as they are
         return key_only_attention(
@@ -285,7 +306,7 @@ def blocked_attention(
         else:
             window = min(mask.windows[first], length - 1)
             attended = blocked_head(
-                q[:, 0], k[:, 0], v[:, 0], mask.slopes[first], window, mask.patterns, scaling, dropout
+                q[:, 0], k[:, 0], v[:, 0], mask.slopes[first], window, mask.patterns, scaling, dropout, mask.documents
             )
             outputs.append(attended[:, :, None])
     return torch.cat(outputs, dim=2).transpose(1, 2)

@@ -20,12 +20,11 @@ import torch
 class WindowedAlibi:
     """The blocked sdpa path's "mask": each head's slope and window, nothing L x L.
 
-    Head h sees the `windows[h]` tokens before each query and itself. `windowed_alibi_attention`
-    cuts the queries into blocks and gives each block only the keys its window reaches, so a
-    head's cost is linear in L; heads whose window holds the whole sequence share one fused causal
-    call. Plain causal layouts (no padding, no documents) with Q == K only. It serves windowed
-    ALiBi (`alibi_window_cutoff`) and the CPU default path, whose windows end where the bias
-    has silenced a key (`ALIBI_UNDERFLOW_CUTOFF`).
+    Head h sees the `windows[h]` tokens before each query and itself. `windowed_alibi_attention` cuts the queries
+    into blocks and gives each block only the keys its window reaches, so a head's cost is linear in L; heads whose
+    window holds the whole sequence share one fused causal call. Causal layouts with Q == K and no cache only: plain,
+    padded (`compaction`) or packed (`documents`). It serves windowed ALiBi (`alibi_window_cutoff`) and the CPU
+    default path, whose windows end where the bias has silenced a key (`ALIBI_UNDERFLOW_CUTOFF`).
     """
 
     slopes: list[float]
@@ -38,6 +37,30 @@ class WindowedAlibi:
     silenced: list[bool] = field(default_factory=list)
     # A padded batch's rows with their tokens gathered ahead of their padding (`Compaction`); None: the batch as it is.
     compaction: Compaction | None = None
+    # Packed documents (every head then runs in blocks, each block's keys cut at its queries' documents); None: one
+    # document per row.
+    documents: PackedDocuments | None = None
+
+
+@dataclass
+class PackedDocuments:
+    """Where each query's document begins, and each head's masks cut there: while training, built by the first layer
+    for one forward (each layer's backward keeps its masks, so the layers share one set; the next batch packs other
+    documents); without gradients built where used, so that one head's masks are alive at a time."""
+
+    starts: torch.Tensor  # [B, L] long: the slot where each slot's document begins
+    masks: dict[tuple, torch.Tensor] = field(default_factory=dict)
+
+    def cut(self, key: tuple, pattern: torch.Tensor, first_key: torch.Tensor) -> torch.Tensor:
+        """`pattern` `[n, S]` with -inf on each query's keys before `first_key` `[..., n]` (its document's start, as
+        an index into the S keys): `[..., n, S]`, built once per forward for each `key`."""
+        found = self.masks.get(key)
+        if found is None:
+            keys = torch.arange(pattern.shape[-1], device=pattern.device)
+            found = pattern.masked_fill(keys < first_key[..., None], float("-inf"))
+            if torch.is_grad_enabled():
+                self.masks[key] = found
+        return found
 
 
 @dataclass

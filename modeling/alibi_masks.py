@@ -28,6 +28,7 @@ from .alibi_blocked import (
     ALIBI_UNDERFLOW_CUTOFF,
     DENSE_SHORTCUT_CUTOFF,
     Compaction,
+    PackedDocuments,
     WindowedAlibi,
     key_only_exact,
     windowed_work_limit,
@@ -142,7 +143,8 @@ class AttentionLayout:
         key_positions: `[B, K]` long, each slot's position within its document, counting real
             tokens only; None when every slot is a token of one document (position = slot).
         key_valid: `[B, K]` bool, False for padding and empty slots; None when there are none.
-        document_ids: `[B, K]` long, the packed document of each slot; None for one per row.
+        document_ids: `[B, K]` long, the packed document of each slot (numbered by runs of equal given ids, from 1;
+            -1 for slots added past them); None for one per row.
         custom_visible: `[B, 1, Q, K]` bool from a prepared 4-D attention mask; it replaces the rule.
     """
 
@@ -265,6 +267,9 @@ def build_layout(
         # Restart the count at each document: subtract the tokens before the latest document start.
         starts = F.pad(document_ids[:, 1:] != document_ids[:, :-1], (1, 0), value=True)
         count = count - torch.where(starts, count - real, 0).cummax(-1).values
+        # A document is a run of equal ids: an id that comes back after another is a new document, as its positions
+        # (restarted above) and flash-attn's varlen sequences already say.
+        document_ids = starts.cumsum(-1)
     positions = (count - 1).clamp(min=0)[:, key_offset:]
     valid = valid[:, key_offset:] if valid is not None else None
     document_ids = document_ids[:, key_offset:] if document_ids is not None else None
@@ -444,16 +449,50 @@ def blocked_plan(
     return None
 
 
-def compactable(layout: AttentionLayout) -> bool:
-    """Whether `layout` is plain but for padding: a 2-D attention_mask, no documents, no cached tokens, Q == K."""
+def fresh_square(layout: AttentionLayout) -> bool:
+    """Whether `layout` has no cached tokens and no prepared 4-D mask, and Q == K (training, scoring, a prefill)."""
     return (
-        layout.key_valid is not None
-        and layout.document_ids is None
-        and layout.custom_visible is None
+        layout.custom_visible is None
         and layout.query_length == layout.key_length
         and isinstance(layout.past_length, int)
         and layout.past_length == 0
     )
+
+
+def compactable(layout: AttentionLayout) -> bool:
+    """Whether `layout` is plain but for padding: a 2-D attention_mask, no documents, no cached tokens, Q == K."""
+    return layout.key_valid is not None and layout.document_ids is None and fresh_square(layout)
+
+
+def packed(layout: AttentionLayout) -> bool:
+    """Whether `layout` is plain but for packed documents: no padding, no cached tokens, Q == K."""
+    return layout.document_ids is not None and layout.key_valid is None and fresh_square(layout)
+
+
+# Where documents are read (not compiling), the heads whose window outreaches every document run with a window of the
+# longest document's reach, rounded up to a multiple of this: batches of different documents then share a few
+# patterns, not one each.
+DOCUMENT_REACH_STEP = 128
+
+
+def document_starts(document_ids: torch.Tensor) -> torch.Tensor:
+    """`[B, L]` long: the slot where each slot's document begins (a document is a run of equal ids)."""
+    slots = torch.arange(document_ids.shape[1], device=document_ids.device)
+    begins = F.pad(document_ids[:, 1:] != document_ids[:, :-1], (1, 0), value=True)
+    return torch.where(begins, slots, 0).cummax(-1).values
+
+
+def packed_plan(plan: WindowedAlibi, document_ids: torch.Tensor) -> WindowedAlibi:
+    """`plan` for packed documents: each block's keys cut at its queries' documents' starts (`PackedDocuments`),
+    and, where the ids can be read, no head's window longer than the longest document (its reach)."""
+    starts = document_starts(document_ids)
+    plan.documents = PackedDocuments(starts)
+    if not torch.compiler.is_compiling():
+        length = document_ids.shape[1]
+        farthest = int((torch.arange(length, device=document_ids.device) - starts).max())
+        reach = min(length - 1, -(-max(farthest, 1) // DOCUMENT_REACH_STEP) * DOCUMENT_REACH_STEP)
+        plan.windows = [min(window, reach) for window in plan.windows]
+    return plan
 
 
 def create_alibi_mask(
@@ -521,13 +560,15 @@ def create_alibi_mask(
         if bias is None and every_key:
             return None  # plain causal attention: sdpa's is_causal, or nothing to mask at all
     plain_prefill = layout.is_plain and layout.query_length == layout.key_length
-    if sdpa and slope_values is not None and (plain_prefill or compactable(layout)):
+    if sdpa and slope_values is not None and (plain_prefill or compactable(layout) or packed(layout)):
         # A padded batch with no cache (training on tokenizer output, a padded prefill) runs with each row's tokens
         # gathered ahead of its padding, which makes the layout plain (the tokens keep their positions, and the
         # padding, now after them, is hidden by causality): the blocked plan instead of an L x L mask. Compiled,
         # every attention_mask counts as padding (its values cannot be read), so this is also the all-ones mask's
         # path there: it used to take the L x L mask, a training step at 0.43x (2,048 tokens, Intel Xeon).
         plan = blocked_plan(config, layout.key_length, slope_values, window_values, dtype, fused, patterns, device)
+        if plan is not None and packed(layout):
+            return packed_plan(plan, layout.document_ids)
         if plan is not None:
             if not layout.is_plain:
                 plan.compaction = Compaction.of(layout.key_valid)

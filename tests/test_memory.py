@@ -19,6 +19,7 @@ CASES = [
     ("flex_attention", LENGTH, True),
     ("default-on-a-gpu-path", LENGTH, False),  # no attn_implementation, the CPU standing in for CUDA: flex
     ("sdpa-windowed", LENGTH, False),  # windowed ALiBi (cutoff 8: windows 32 ... 2,048), the blocked path
+    ("sdpa-packed", LENGTH, False),  # packed documents of 256 tokens: every head blocked, cut at each document
 ]
 
 PROBE = textwrap.dedent(
@@ -42,19 +43,22 @@ PROBE = textwrap.dedent(
             model = AlibiForCausalLM(tiny_config(**size)).eval()
         elif backend == "sdpa-windowed":
             model = tiny_model(attn_implementation="sdpa", alibi_window_cutoff=8.0, **size)
+        elif backend == "sdpa-packed":
+            model = tiny_model(attn_implementation="sdpa", **size)
         else:
             model = tiny_model(attn_implementation=backend, **size)
         ids = random_ids(1, length)
         mask = torch.ones_like(ids)
         if padded:
             mask[0, :1] = 0
+        documents = torch.arange(length)[None] // 256 if backend == "sdpa-packed" else None
         rises = []
         with torch.no_grad():
-            model(ids, attention_mask=mask, logits_to_keep=1)  # compile and warm up at this shape
+            model(ids, attention_mask=mask, document_ids=documents, logits_to_keep=1)  # compile and warm up
             for _ in range(3):  # the least of three: an L x L tensor shows in every forward, a stray allocation not
                 open("/proc/self/clear_refs", "w").write("5")  # reset the peak resident set (VmHWM)
                 base = status("VmRSS")
-                model(ids, attention_mask=mask, logits_to_keep=1)
+                model(ids, attention_mask=mask, document_ids=documents, logits_to_keep=1)
                 rises.append(status("VmHWM") - base)
         peaks[f"{backend}-{length}-{padded}"] = min(rises) / 2**20
     print(json.dumps(peaks))
@@ -112,3 +116,9 @@ def test_windowed_alibi_builds_no_length_squared_tensor(peaks):
     # Per head O(L (w + n) / n) plus one n x (w + n) bias pattern: 512 x 2,560 for the widest head here (window
     # 2,048); a window of 5,120 (cutoff 20 with 8 heads) would make that pattern 24 MiB, independent of L.
     assert peaks[f"sdpa-windowed-{LENGTH}-False"] < LINEAR_BOUND_MIB
+
+
+def test_packed_documents_on_the_cpu_default_build_no_length_squared_tensor(peaks):
+    # They took the 4-D mask until 2026-12-06 ([1, 8, L, L] fp32: 2 GiB here). Now each head's blocks reach back to
+    # their documents' starts: one head's [1, blocks, 128, 384] fp32 masks (12 MiB) are alive at a time.
+    assert peaks[f"sdpa-packed-{LENGTH}-False"] < LINEAR_BOUND_MIB

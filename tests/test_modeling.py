@@ -180,9 +180,10 @@ def test_sdpa_builds_the_mask_once_per_forward(monkeypatch):
         layer.self_attn.register_forward_hook(
             lambda mod, args, kwargs, out: seen.append(id(kwargs["attention_mask"])), with_kwargs=True
         )
-    documents = torch.tensor([[0] * 4 + [1] * 5, [0] * 9])  # packed documents: the 4-D mask path
+    documents = torch.tensor([[0] * 4 + [1] * 5, [0] * 9])
+    padding = torch.tensor([[1] * 9, [0] * 2 + [1] * 7])  # packed documents and padding: the 4-D mask path
     with torch.no_grad():
-        model(random_ids(2, 9), document_ids=documents)
+        model(random_ids(2, 9), attention_mask=padding, document_ids=documents)
     assert len(calls) == 1
     assert len(seen) == 4 and len(set(seen)) == 1
 
@@ -224,7 +225,7 @@ def test_cpu_fast_path_is_not_used_where_it_would_be_wrong():
     documents = torch.tensor([[0, 0, 1, 1]])
     for (mask, docs, q_len, k_len, past), dtype in [
         ((F.pad(padding, (0, 1), value=1), None, 2, 5, 3), torch.float32),  # padding, two tokens after a cache
-        ((None, documents, 4, 4, 0), torch.float32),  # packed documents
+        ((padding, documents, 4, 4, 0), torch.float32),  # packed documents and padding
         ((None, None, 4, 4, 0), torch.float64),  # fp64: the key-only bias and the kernel's scores are fp32
         ((None, None, 1, 5, 4), torch.float32),  # decoding: Q != K
     ]:
@@ -274,6 +275,16 @@ def test_packed_documents_attend_only_inside_their_document():
     torch.testing.assert_close(packed[0, 5:], logits(model, ids[:, 5:])[0], atol=1e-5, rtol=0)
     flex = logits(tiny_model(attn_implementation="flex_attention"), ids, document_ids=documents)
     torch.testing.assert_close(flex, packed, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_a_document_id_that_comes_back_starts_a_new_document(backend):
+    # Positions restart at every change of id, so a returning id is a new document on every backend (flash-attn's
+    # varlen sequences are runs too); eager attention used to let it see its namesake's earlier tokens.
+    model = tiny_model(attn_implementation=backend)
+    ids = random_ids(1, 12)
+    returning = logits(model, ids, document_ids=torch.tensor([[0] * 4 + [1] * 4 + [0] * 4]))
+    torch.testing.assert_close(returning[0, 8:], logits(model, ids[:, 8:])[0], atol=1e-5, rtol=0)
 
 
 # --- cache and generation ---------------------------------------------------------------------

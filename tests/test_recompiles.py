@@ -187,6 +187,25 @@ def test_compiled_training_on_padded_batches_of_many_lengths_compiles_two_graphs
     assert graphs() == 2 and limit_hits() == 0
 
 
+def test_compiled_training_on_packed_batches_of_many_lengths_compiles_two_graphs():
+    # DataCollatorWithFlattening's batches: one row of a length per batch, position_ids restarting at each document.
+    # The documents are found inside the graph and cut every head's blocks there (`PackedDocuments`).
+    model = tiny_model().train()
+    compiled = torch.compile(model)
+    for length in SWEEP[::2]:
+        ids = prompt(length, seed=length)
+        first = length // 3
+        position_ids = torch.cat([torch.arange(first), torch.arange(length - first)])[None]
+        grads = []
+        for run in (compiled, model):
+            model.zero_grad()
+            run(ids, position_ids=position_ids, labels=ids).loss.backward()
+            grads.append([p.grad.clone() for p in model.parameters()])
+        for mine, reference in zip(*grads):
+            torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-4)
+    assert graphs() == 2 and limit_hits() == 0
+
+
 def test_compiled_attention_dropout_in_windowed_blocks_runs_at_every_length():
     # Windowed ALiBi in blocks (windows 4 to 256 tokens): with dropout the plan runs outside the graph at a dynamic
     # length (the op's recomputing backward could not redraw its masks). Its masks differ from eager's, its loss not.
