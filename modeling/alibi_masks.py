@@ -30,7 +30,7 @@ from .alibi_blocked import (
     Compaction,
     PackedDocuments,
     WindowedAlibi,
-    key_only_exact,
+    blocked_by_default,
     windowed_work_limit,
     windowed_work_ratio,
 )
@@ -438,7 +438,7 @@ def blocked_plan(
     saves_work = window_values is not None and windowed_work_ratio(window_values, length) <= windowed_work_limit()
     exact = saves_work or (window_values is not None and config.alibi_window_cutoff < DENSE_SHORTCUT_CUTOFF)
     patterns = {} if patterns is None else patterns
-    if key_only_exact(device, dtype, fused.dropout):
+    if blocked_by_default(device, dtype):
         # The CPU default: heads that see the whole sequence run fused with the key-only bias; steeper heads stop
         # where their bias has silenced a key (no denormals, no large biases).
         silenced = alibi_window_values(slope_values, ALIBI_UNDERFLOW_CUTOFF)

@@ -8,7 +8,8 @@ Each row is a training step (forward, loss, backward) of the bench's `cpu-small`
 vocabulary 8,192) at 1 x 2,048 tokens, and a 4,096-token prefill, timed by the wall clock; the ratio is the no-bias
 step's time over ALiBi's (1.00x: as fast). The header names the CPU, threads, whether its bf16 products run on AMX
 tiles (which flush denormals, so the CPU default runs more heads fused there) and the library versions. Until
-2026-12-06 bf16 weights, autocast and compiled models took an L x L mask on the CPU without a word.
+2026-12-06 bf16 weights, autocast and compiled models took an L x L mask on the CPU without a word, and so did
+attention dropout (a row with that mask switched back on stands beside it).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import argparse
 import json
 import statistics
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import transformers
@@ -26,47 +29,75 @@ from tqdm.auto import tqdm
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
 from alibi_lm.machine import describe
-from alibi_lm.modeling import alibi_blocked
+from alibi_lm.modeling import alibi_blocked, alibi_masks
 
 SIZES = {
     "cpu-small": dict(vocab_size=8192, hidden_size=512, num_hidden_layers=4, num_attention_heads=8, length=2048),
     "small": dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=8, length=600),
 }
-# (name, weight dtype, autocast dtype or None, compiled)
+
+
+class Way(NamedTuple):
+    """One way to train on the CPU: the weights' dtype, autocast's (or None), compiled or not, attention dropout; and
+    `dense`: the L x L mask dense ALiBi took with dropout until 2026-12-06, switched back on for comparison."""
+
+    name: str
+    dtype: torch.dtype
+    autocast: torch.dtype | None = None
+    compiled: bool = False
+    dropout: float = 0.0
+    dense: bool = False
+
+
 PATHS = [
-    ("fp32", torch.float32, None, False),
-    ("bf16 weights", torch.bfloat16, None, False),
-    ("fp16 weights", torch.float16, None, False),
-    ("bf16 autocast", torch.float32, torch.bfloat16, False),
-    ("fp32, torch.compile", torch.float32, None, True),
-    ("bf16 autocast, torch.compile", torch.float32, torch.bfloat16, True),
+    Way("fp32", torch.float32),
+    Way("bf16 weights", torch.bfloat16),
+    Way("fp16 weights", torch.float16),
+    Way("bf16 autocast", torch.float32, torch.bfloat16),
+    Way("fp32, torch.compile", torch.float32, compiled=True),
+    Way("bf16 autocast, torch.compile", torch.float32, torch.bfloat16, compiled=True),
+    Way("fp32, attention dropout 0.1", torch.float32, dropout=0.1),
+    Way("fp32, attention dropout 0.1, L x L mask (before 2026-12-06)", torch.float32, dropout=0.1, dense=True),
 ]
 
 
-def build(position_encoding: str, size: dict, dtype: torch.dtype, compiled: bool):
+def build(position_encoding: str, size: dict, dtype: torch.dtype, compiled: bool, dropout: float):
     torch.manual_seed(0)
     config = AlibiConfig(
         vocab_size=size["vocab_size"], hidden_size=size["hidden_size"], num_hidden_layers=size["num_hidden_layers"],
         num_attention_heads=size["num_attention_heads"], intermediate_size=4 * size["hidden_size"],
-        train_length=size["length"], position_encoding=position_encoding,
+        train_length=size["length"], position_encoding=position_encoding, attention_dropout=dropout,
     )  # fmt: skip
     model = AlibiForCausalLM(config).to(dtype)
     return model, (torch.compile(model, fullgraph=True, dynamic=False) if compiled else model)
 
 
-def measure(path: tuple, size: dict, rounds: int) -> dict:
-    name, dtype, autocast, compiled = path
+@contextmanager
+def dense_with_dropout(switched_on: bool) -> Iterator[None]:
+    """Within it (where switched on), training steps take the L x L mask, as dense ALiBi did with attention dropout
+    until 2026-12-06 (without dropout, and so for prefills, the CPU default then was what it is now)."""
+    blocked = alibi_masks.blocked_by_default
+    if switched_on:
+        alibi_masks.blocked_by_default = lambda device, dtype: False
+    try:
+        yield
+    finally:
+        alibi_masks.blocked_by_default = blocked
+
+
+def measure(path: Way, size: dict, rounds: int) -> dict:
+    name, dtype, autocast, compiled, dropout, dense = path
     length = size["length"]
     ids = torch.randint(0, size["vocab_size"], (1, length), generator=torch.Generator().manual_seed(0))
     prompt = torch.randint(0, size["vocab_size"], (1, 2 * length), generator=torch.Generator().manual_seed(1))
-    models = {encoding: build(encoding, size, dtype, compiled) for encoding in ("alibi", "none")}
+    models = {encoding: build(encoding, size, dtype, compiled, dropout) for encoding in ("alibi", "none")}
 
     def context():
         return torch.autocast("cpu", autocast) if autocast is not None else nullcontext()
 
     def train(model, forward) -> None:
         model.train()
-        with context():
+        with context(), dense_with_dropout(dense):
             loss = forward(ids, labels=ids).loss
         loss.backward()
         model.zero_grad(set_to_none=True)
@@ -102,7 +133,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--small", action="store_true", help="a tiny model, one round: checks every path runs")
-    parser.add_argument("--paths", default=None, help="comma-separated names of PATHS to run (default: all)")
+    parser.add_argument("--paths", default=None, help="names of PATHS to run, separated by ';' (default: all)")
     parser.add_argument("--out", type=Path, required=True, help="folder for cpu-paths.json and cpu-paths.md")
     args = parser.parse_args()
     if args.threads is not None:
@@ -110,11 +141,11 @@ def main() -> None:
     size, rounds = (SIZES["small"], 1) if args.small else (SIZES["cpu-small"], args.rounds)
     paths = PATHS
     if args.paths is not None:
-        wanted = [name.strip() for name in args.paths.split(",")]
-        unknown = sorted(set(wanted) - {path[0] for path in PATHS})
+        wanted = [name.strip() for name in args.paths.split(";")]  # the names hold commas
+        unknown = sorted(set(wanted) - {path.name for path in PATHS})
         if unknown:
-            parser.error(f"unknown --paths {unknown}; choose from {[path[0] for path in PATHS]}")
-        paths = [path for path in PATHS if path[0] in wanted]
+            parser.error(f"unknown --paths {unknown}; choose from {[path.name for path in PATHS]}")
+        paths = [path for path in PATHS if path.name in wanted]
     machine = describe("cpu")
     # (read with getattr so that this script also measures the code before 2026-12-06, which had no such rule)
     amx = "yes" if torch.bfloat16 in getattr(alibi_blocked, "DENORMAL_FREE_DTYPES", ()) else "no"
