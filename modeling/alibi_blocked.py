@@ -1,8 +1,10 @@
 # Copyright 2026 The alibi-lm authors. Licensed under the Apache License, Version 2.0.
-"""The blocked sdpa path's rules: its mask form, its block sizes and when it runs, and the CPU default's cutoff.
+"""The blocked sdpa path's rules: its mask form, its block sizes and when it runs, the CPU default's cutoff, and the
+plan itself (`blocked_plan`, `packed_plan` for packed documents).
 
-`WindowedAlibi` is what `create_alibi_mask` (`alibi_masks.py`) hands the sdpa kernel for windowed ALiBi and for the
-CPU default, and `windowed_alibi_attention` (`alibi_attention.py`) computes from it; both read the rules here. It
+`WindowedAlibi` is what `create_alibi_mask` (`alibi_masks.py`) builds with `blocked_plan` and hands the sdpa kernel for
+windowed ALiBi and for the CPU default, and `windowed_alibi_attention` (`alibi_attention.py`) computes from it; both
+read the rules here. It
 travels with checkpoints as Hub remote code beside `alibi_masks.py` and imports only torch.
 """
 
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+from torch.nn import functional as F
 
 
 @dataclass
@@ -208,3 +211,61 @@ def windowed_work_ratio(windows: list[int], length: int) -> float:
     """The scores the blocked path computes over those of dense causal attention, for a sequence of `length`."""
     blocked = sum(min(w, length - 1) + windowed_block_size(min(w, length - 1)) for w in windows)
     return blocked / (len(windows) * (length + 1) / 2)
+
+
+def alibi_window_values(slopes: list[float], cutoff: float) -> list[int]:
+    """`alibi_windows` over Python floats (the fp32 slopes as doubles: the same division, the same ints)."""
+    return [math.floor(cutoff / slope) for slope in slopes]
+
+
+def blocked_plan(
+    config,
+    length: int,
+    slope_values: list[float],
+    window_values: list[int] | None,
+    dtype: torch.dtype,
+    patterns: dict[tuple, torch.Tensor] | None,
+    device: torch.device,
+) -> WindowedAlibi | None:
+    """The blocked sdpa plan for a causal layout of `length` with Q == K and no cache (plain, padded once compacted,
+    or packed once `packed_plan` has cut it), or None where dense ALiBi runs."""
+    # Windowed ALiBi in blocks where that saves work; where the windows hold most of the sequence, dense ALiBi is
+    # faster (and the windowed model approximates it to its cutoff's tolerance anyway).
+    saves_work = window_values is not None and windowed_work_ratio(window_values, length) <= windowed_work_limit()
+    exact = saves_work or (window_values is not None and config.alibi_window_cutoff < DENSE_SHORTCUT_CUTOFF)
+    patterns = {} if patterns is None else patterns
+    if blocked_by_default(device, dtype):
+        # The CPU default: heads that see the whole sequence run fused with the key-only bias (where that is exact);
+        # steeper heads stop where their bias has silenced a key (no denormals, no large biases).
+        silenced = alibi_window_values(slope_values, ALIBI_UNDERFLOW_CUTOFF)
+        reach = [min(r, w) for r, w in zip(silenced, window_values)] if exact else silenced
+        return WindowedAlibi(slope_values, reach, patterns, [r == s for r, s in zip(reach, silenced)])
+    if saves_work:
+        return WindowedAlibi(slope_values, window_values, patterns)
+    return None
+
+
+# Where documents are read (not compiling), the heads whose window outreaches every document run with a window of the
+# longest document's reach, rounded up to a multiple of this: batches of different documents then share a few
+# patterns, not one each.
+DOCUMENT_REACH_STEP = 128
+
+
+def document_starts(document_ids: torch.Tensor) -> torch.Tensor:
+    """`[B, L]` long: the slot where each slot's document begins (a document is a run of equal ids)."""
+    slots = torch.arange(document_ids.shape[1], device=document_ids.device)
+    begins = F.pad(document_ids[:, 1:] != document_ids[:, :-1], (1, 0), value=True)
+    return torch.where(begins, slots, 0).cummax(-1).values
+
+
+def packed_plan(plan: WindowedAlibi, document_ids: torch.Tensor) -> WindowedAlibi:
+    """`plan` for packed documents: each block's keys cut at its queries' documents' starts (`PackedDocuments`),
+    and, where the ids can be read, no head's window longer than the longest document (its reach)."""
+    starts = document_starts(document_ids)
+    plan.documents = PackedDocuments(starts)
+    if not torch.compiler.is_compiling():
+        length = document_ids.shape[1]
+        farthest = int((torch.arange(length, device=document_ids.device) - starts).max())
+        reach = min(length - 1, -(-max(farthest, 1) // DOCUMENT_REACH_STEP) * DOCUMENT_REACH_STEP)
+        plan.windows = [min(window, reach) for window in plan.windows]
+    return plan

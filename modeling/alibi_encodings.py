@@ -16,13 +16,8 @@ import math
 import torch
 from torch import nn
 
-from .alibi_masks import (
-    ScoreBias,
-    alibi_bias,
-    alibi_slope_values,
-    alibi_window_values,
-    get_alibi_slopes,
-)
+from .alibi_blocked import alibi_window_values
+from .alibi_masks import ScoreBias, alibi_bias, alibi_slope_values, get_alibi_slopes
 from .configuration_alibi import AlibiConfig
 
 

@@ -24,16 +24,7 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 from transformers.masking_utils import find_packed_sequence_indices
 from transformers.utils import logging
 
-from .alibi_blocked import (
-    ALIBI_UNDERFLOW_CUTOFF,
-    DENSE_SHORTCUT_CUTOFF,
-    Compaction,
-    PackedDocuments,
-    WindowedAlibi,
-    blocked_by_default,
-    windowed_work_limit,
-    windowed_work_ratio,
-)
+from .alibi_blocked import Compaction, WindowedAlibi, blocked_plan, packed_plan
 from .alibi_compile import FUSED_UNCOMPILED, block_mask_call, compile_disabled, compiled, flex_compiles
 from .alibi_triton import TritonAlibiMask, build_triton_mask
 
@@ -73,11 +64,6 @@ def alibi_slope_values(num_heads: int, max_bias: float = 8.0) -> list[float]:
 def alibi_windows(slopes: torch.Tensor, cutoff: float) -> torch.Tensor:
     """`[H]` long: the largest distance `d` whose bias `-m_h * d` is still at least `-cutoff`, per head."""
     return torch.floor(cutoff / slopes.double()).long()
-
-
-def alibi_window_values(slopes: list[float], cutoff: float) -> list[int]:
-    """`alibi_windows` over Python floats (the fp32 slopes as doubles: the same division, the same ints)."""
-    return [math.floor(cutoff / slope) for slope in slopes]
 
 
 @dataclass
@@ -422,33 +408,6 @@ class Fused:
     dropout: float = 0.0
 
 
-def blocked_plan(
-    config,
-    length: int,
-    slope_values: list[float],
-    window_values: list[int] | None,
-    dtype: torch.dtype,
-    fused: Fused,
-    patterns: dict[tuple, torch.Tensor] | None,
-    device: torch.device,
-) -> WindowedAlibi | None:
-    """The blocked sdpa plan for a plain causal layout of `length` (Q == K), or None where dense ALiBi runs."""
-    # Windowed ALiBi in blocks where that saves work; where the windows hold most of the sequence, dense ALiBi is
-    # faster (and the windowed model approximates it to its cutoff's tolerance anyway).
-    saves_work = window_values is not None and windowed_work_ratio(window_values, length) <= windowed_work_limit()
-    exact = saves_work or (window_values is not None and config.alibi_window_cutoff < DENSE_SHORTCUT_CUTOFF)
-    patterns = {} if patterns is None else patterns
-    if blocked_by_default(device, dtype):
-        # The CPU default: heads that see the whole sequence run fused with the key-only bias; steeper heads stop
-        # where their bias has silenced a key (no denormals, no large biases).
-        silenced = alibi_window_values(slope_values, ALIBI_UNDERFLOW_CUTOFF)
-        reach = [min(r, w) for r, w in zip(silenced, window_values)] if exact else silenced
-        return WindowedAlibi(slope_values, reach, patterns, [r == s for r, s in zip(reach, silenced)])
-    if saves_work:
-        return WindowedAlibi(slope_values, window_values, patterns)
-    return None
-
-
 def fresh_square(layout: AttentionLayout) -> bool:
     """Whether `layout` has no cached tokens and no prepared 4-D mask, and Q == K (training, scoring, a prefill)."""
     return (
@@ -467,32 +426,6 @@ def compactable(layout: AttentionLayout) -> bool:
 def packed(layout: AttentionLayout) -> bool:
     """Whether `layout` is plain but for packed documents: no padding, no cached tokens, Q == K."""
     return layout.document_ids is not None and layout.key_valid is None and fresh_square(layout)
-
-
-# Where documents are read (not compiling), the heads whose window outreaches every document run with a window of the
-# longest document's reach, rounded up to a multiple of this: batches of different documents then share a few
-# patterns, not one each.
-DOCUMENT_REACH_STEP = 128
-
-
-def document_starts(document_ids: torch.Tensor) -> torch.Tensor:
-    """`[B, L]` long: the slot where each slot's document begins (a document is a run of equal ids)."""
-    slots = torch.arange(document_ids.shape[1], device=document_ids.device)
-    begins = F.pad(document_ids[:, 1:] != document_ids[:, :-1], (1, 0), value=True)
-    return torch.where(begins, slots, 0).cummax(-1).values
-
-
-def packed_plan(plan: WindowedAlibi, document_ids: torch.Tensor) -> WindowedAlibi:
-    """`plan` for packed documents: each block's keys cut at its queries' documents' starts (`PackedDocuments`),
-    and, where the ids can be read, no head's window longer than the longest document (its reach)."""
-    starts = document_starts(document_ids)
-    plan.documents = PackedDocuments(starts)
-    if not torch.compiler.is_compiling():
-        length = document_ids.shape[1]
-        farthest = int((torch.arange(length, device=document_ids.device) - starts).max())
-        reach = min(length - 1, -(-max(farthest, 1) // DOCUMENT_REACH_STEP) * DOCUMENT_REACH_STEP)
-        plan.windows = [min(window, reach) for window in plan.windows]
-    return plan
 
 
 def create_alibi_mask(
@@ -566,7 +499,7 @@ def create_alibi_mask(
         # padding, now after them, is hidden by causality): the blocked plan instead of an L x L mask. Compiled,
         # every attention_mask counts as padding (its values cannot be read), so this is also the all-ones mask's
         # path there: it used to take the L x L mask, a training step at 0.43x (2,048 tokens, Intel Xeon).
-        plan = blocked_plan(config, layout.key_length, slope_values, window_values, dtype, fused, patterns, device)
+        plan = blocked_plan(config, layout.key_length, slope_values, window_values, dtype, patterns, device)
         if plan is not None and packed(layout):
             return packed_plan(plan, layout.document_ids)
         if plan is not None:

@@ -221,12 +221,12 @@ def test_packed_documents_run_in_blocks_and_equal_the_dense_mask(cutoff):
 
 def test_packed_documents_cut_every_window_to_the_longest_document():
     # The work of a packed batch follows its documents, not its length: no head looks farther back than the longest
-    # document reaches (127 tokens here; windows rounded up to alibi_masks.DOCUMENT_REACH_STEP).
+    # document reaches (127 tokens here; windows rounded up to alibi_blocked.DOCUMENT_REACH_STEP).
     model = tiny_model(num_attention_heads=8, hidden_size=64)
     layout = build_layout(None, packing([[128] * 8]), 1, 1024, 1024, 0, CPU)
     plan = model.model.build_attention_mask(layout, torch.float32)
     assert isinstance(plan, WindowedAlibi)
-    assert max(plan.windows) == alibi_masks.DOCUMENT_REACH_STEP
+    assert max(plan.windows) == alibi_blocked.DOCUMENT_REACH_STEP
     assert plan.documents.starts[0, 300].item() == 256
 
 

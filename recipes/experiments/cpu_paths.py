@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
 from alibi_lm.machine import describe
-from alibi_lm.modeling import alibi_blocked, alibi_masks
+from alibi_lm.modeling import alibi_blocked
 
 SIZES = {
     "cpu-small": dict(vocab_size=8192, hidden_size=512, num_hidden_layers=4, num_attention_heads=8, length=2048),
@@ -76,13 +76,13 @@ def build(position_encoding: str, size: dict, dtype: torch.dtype, compiled: bool
 def dense_with_dropout(switched_on: bool) -> Iterator[None]:
     """Within it (where switched on), training steps take the L x L mask, as dense ALiBi did with attention dropout
     until 2026-12-06 (without dropout, and so for prefills, the CPU default then was what it is now)."""
-    blocked = alibi_masks.blocked_by_default
+    blocked = alibi_blocked.blocked_by_default
     if switched_on:
-        alibi_masks.blocked_by_default = lambda device, dtype: False
+        alibi_blocked.blocked_by_default = lambda device, dtype: False
     try:
         yield
     finally:
-        alibi_masks.blocked_by_default = blocked
+        alibi_blocked.blocked_by_default = blocked
 
 
 def measure(path: Way, size: dict, rounds: int) -> dict:
