@@ -337,6 +337,8 @@ def sdpa_attention_forward(
     key = repeat_kv(key, module.num_key_value_groups)
     value = repeat_kv(value, module.num_key_value_groups)
     if isinstance(attention_mask, WindowedAlibi):
+        # Keys past the queries are a static cache's empty slots (`own_slots`): the plan is for the queries' own.
+        key, value = key[:, :, : query.shape[2]], value[:, :, : query.shape[2]]
         compaction = attention_mask.compaction
         if compaction is None:
             attn_output = windowed_alibi_attention(query, key, value, attention_mask, scaling, dropout)

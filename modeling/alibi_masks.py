@@ -418,6 +418,29 @@ def fresh_square(layout: AttentionLayout) -> bool:
     )
 
 
+def own_slots(layout: AttentionLayout) -> AttentionLayout:
+    """`layout` with its keys cut to the queries' own slots where nothing was cached before them (a static cache's
+    first forward, whose later slots are empty); `layout` itself otherwise, and while compiling with a static cache
+    (its count of cached tokens is a tensor, which a graph cannot read)."""
+    past, length = layout.past_length, layout.query_length
+    if layout.custom_visible is not None or length == 1 or length >= layout.key_length:
+        return layout  # (a decoding step has its own small mask)
+    if isinstance(past, torch.Tensor):
+        if torch.compiler.is_compiling():
+            return layout
+        past = int(past)
+    if past != 0:
+        return layout
+
+    def cut(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return None if tensor is None else tensor[:, :length]
+
+    return AttentionLayout(
+        layout.batch_size, length, length, 0, layout.device,
+        cut(layout.key_positions), cut(layout.key_valid), cut(layout.document_ids),
+    )  # fmt: skip
+
+
 def compactable(layout: AttentionLayout) -> bool:
     """Whether `layout` is plain but for padding: a 2-D attention_mask, no documents, no cached tokens, Q == K."""
     return layout.key_valid is not None and layout.document_ids is None and fresh_square(layout)
@@ -492,19 +515,23 @@ def create_alibi_mask(
         )
         if bias is None and every_key:
             return None  # plain causal attention: sdpa's is_causal, or nothing to mask at all
-    plain_prefill = layout.is_plain and layout.query_length == layout.key_length
-    if sdpa and slope_values is not None and (plain_prefill or compactable(layout) or packed(layout)):
+    # A static cache's first forward has keys for `max_cache_len` slots, those after the queries empty: the plan runs
+    # on the queries' own slots (the kernel cuts the keys to them). It took a [B, H, Q, max_cache_len] mask: a
+    # 4,096-token prompt generated at 0.37x the dynamic cache's speed with 6x its peak memory (cpu-small, Intel Xeon).
+    own = own_slots(layout)
+    plain_prefill = own.is_plain and own.query_length == own.key_length
+    if sdpa and slope_values is not None and (plain_prefill or compactable(own) or packed(own)):
         # A padded batch with no cache (training on tokenizer output, a padded prefill) runs with each row's tokens
         # gathered ahead of its padding, which makes the layout plain (the tokens keep their positions, and the
         # padding, now after them, is hidden by causality): the blocked plan instead of an L x L mask. Compiled,
         # every attention_mask counts as padding (its values cannot be read), so this is also the all-ones mask's
         # path there: it used to take the L x L mask, a training step at 0.43x (2,048 tokens, Intel Xeon).
-        plan = blocked_plan(config, layout.key_length, slope_values, window_values, dtype, patterns, device)
-        if plan is not None and packed(layout):
-            return packed_plan(plan, layout.document_ids)
+        plan = blocked_plan(config, own.key_length, slope_values, window_values, dtype, patterns, device)
+        if plan is not None and packed(own):
+            return packed_plan(plan, own.document_ids)
         if plan is not None:
-            if not layout.is_plain:
-                plan.compaction = Compaction.of(layout.key_valid)
+            if not own.is_plain:
+                plan.compaction = Compaction.of(own.key_valid)
             return plan
     if layout.query_length == 1 and layout.is_plain and layout.custom_visible is None and slopes is not None:
         return decoding_mask(layout, slopes, windows, dtype)

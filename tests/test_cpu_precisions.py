@@ -271,3 +271,34 @@ def test_attention_dropout_runs_in_blocks_and_keeps_the_expected_attention():
     draws = torch.stack([windowed_alibi_attention(q, k, v, plan, 16**-0.5, 0.3) for _ in range(200)])
     assert (draws[0] - expected).abs().mean() > 0.1
     assert (draws.mean(0) - expected).abs().mean() < 0.03
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_a_static_cache_prefill_runs_the_plan_on_the_prompts_own_slots(padded):
+    # A static cache's first forward has max_cache_len key slots, those after the prompt empty: it took a
+    # [B, H, Q, max_cache_len] mask, and a 4,096-token prompt generated at 0.37x the dynamic cache's speed with 6x its
+    # peak memory (cpu-small, Intel Xeon).
+    from transformers import StaticCache
+
+    model = tiny_model(num_attention_heads=8, hidden_size=64)
+    ids = random_ids(2, 600)
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[1, :100] = 0
+    cache = StaticCache(config=model.config, max_cache_len=700)
+    outputs = {}
+    with torch.no_grad():
+        kernels, dense = calls_while(
+            lambda: outputs.setdefault("static", model(ids, attention_mask=mask, cache=cache, use_cache=True))
+        )
+        expected = model(ids, attention_mask=mask, use_cache=True)
+        assert dense == 0
+        assert "aten::_scaled_dot_product_attention_math" not in kernels
+        valid = mask.bool()
+        torch.testing.assert_close(outputs["static"].logits[valid], expected.logits[valid], atol=1e-5, rtol=0)
+        # and the cache it filled decodes as the dynamic one does
+        step = torch.tensor([[5], [7]])
+        after = F.pad(mask, (0, 1), value=1)
+        static_next = model(step, attention_mask=after, cache=cache).logits
+        dynamic_next = model(step, attention_mask=after, cache=expected.cache).logits
+    torch.testing.assert_close(static_next, dynamic_next, atol=1e-5, rtol=0)
