@@ -312,15 +312,16 @@ def build_dense_mask(
 def decoding_mask(
     layout: AttentionLayout, slopes: torch.Tensor, windows: torch.Tensor | None, dtype: torch.dtype
 ) -> torch.Tensor:
-    """`build_dense_mask` for one query over plain slots (a decoding step, where a slot is a position): `[1, H, 1, K]`,
-    the same values in five ops where the general rule takes fifteen (its 170 us a step were 15% of a decoding step
-    of the demo's model)."""
-    distance = layout.past_length - torch.arange(layout.key_length, device=layout.device)  # pos_q - pos_k
-    hidden = distance < 0  # a static cache's empty slots
+    """`build_dense_mask` for queries after a cache over plain slots (decoding steps, a prompt continued after cached
+    tokens; a slot is a position): `[1, H, Q, K]`, the same values in five ops where the general rule takes fifteen
+    (its 170 us a step were 15% of a decoding step of the demo's model)."""
+    queries = layout.past_length + torch.arange(layout.query_length, device=layout.device)
+    distance = queries[:, None] - torch.arange(layout.key_length, device=layout.device)  # [Q, K] pos_q - pos_k
+    hidden = distance < 0  # later queries, and a static cache's empty slots
     if windows is not None:
-        hidden = hidden | (distance > windows[:, None])
-    bias = alibi_bias(slopes[:, None], distance.float()).to(dtype)  # [H, K]
-    return bias.masked_fill(hidden, torch.finfo(dtype).min)[None, :, None, :]
+        hidden = hidden | (distance > windows[:, None, None])
+    bias = alibi_bias(slopes[:, None, None], distance.float()).to(dtype)  # [H, Q, K]
+    return bias.masked_fill(hidden, torch.finfo(dtype).min)[None]
 
 
 def flash_varlen_boundaries(
@@ -533,7 +534,7 @@ def create_alibi_mask(
             if not own.is_plain:
                 plan.compaction = Compaction.of(own.key_valid)
             return plan
-    if layout.query_length == 1 and layout.is_plain and layout.custom_visible is None and slopes is not None:
+    if layout.is_plain and layout.custom_visible is None and slopes is not None:
         return decoding_mask(layout, slopes, windows, dtype)
     return build_dense_mask(layout, bias, count, dtype, windows)
 

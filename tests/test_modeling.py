@@ -136,18 +136,20 @@ def test_bf16_bias_is_accurate_at_32k():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("windowed", [False, True])
-@pytest.mark.parametrize("past, keys", [(0, 1), (299, 300), (299, 512), (4999, 5000)])
-def test_the_decoding_mask_is_the_general_rule(past, keys, windowed, dtype):
-    """The decoding step's shortcut gives what the general rule gives: slots past the query (a static cache's empty
-    tail) hidden, keys past a head's window hidden, the rest the bias (past as an int and as a static cache's 0-d
-    tensor)."""
+@pytest.mark.parametrize(
+    "past, queries, keys", [(0, 1, 1), (299, 1, 300), (299, 1, 512), (4999, 1, 5000), (0, 300, 300), (200, 300, 700)]
+)
+def test_the_decoding_mask_is_the_general_rule(past, queries, keys, windowed, dtype):
+    """The shortcut for queries after a cache (decoding steps, a continued prompt) gives what the general rule gives:
+    later queries and slots past the last query (a static cache's empty tail) hidden, keys past a head's window
+    hidden, the rest the bias (past as an int and as a static cache's 0-d tensor)."""
     slopes = get_alibi_slopes(8)
     windows = alibi_windows(slopes, 20.0) if windowed else None
     for past_length in (past, torch.tensor(past)):
-        layout = build_layout(None, None, 1, 1, keys, past_length, CPU)
+        layout = build_layout(None, None, 1, queries, keys, past_length, CPU)
         want = build_dense_mask(layout, alibi_bias(8), 8, dtype, windows)
         got = decoding_mask(layout, slopes, windows, dtype)
-        assert got.shape == want.shape == (1, 8, 1, keys) and got.dtype == dtype
+        assert got.shape == want.shape == (1, 8, queries, keys) and got.dtype == dtype
         assert torch.equal(got, want)
 
 
