@@ -54,10 +54,24 @@ def key_only_bias(slopes: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def key_only_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, scale: float
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, scale: float, past: int = 0
 ) -> torch.Tensor:
-    """Causal attention `[B, H, L, D]` with the key-only bias (`key_only_bias`) on the fused CPU kernel."""
-    return FUSED_CPU_ATTENTION(query, key, value, 0.0, True, attn_mask=bias, scale=scale)[0]
+    """Causal attention `[B, H, Q, D]` with the key-only bias (`key_only_bias`, over all K keys) on the fused CPU
+    kernel, for queries after `past` cached keys (K = past + Q).
+
+    The kernel's `is_causal` aligns its first query with the first key, so after a cache the keys split in two: the
+    cached ones, which every query sees (no causal mask), and the queries' own, causal; the two partial softmaxes join
+    by their log-sum-exps. No gradient flows through a log-sum-exp: without a cache only (or without gradients)."""
+    if past == 0:
+        return FUSED_CPU_ATTENTION(query, key, value, 0.0, True, attn_mask=bias, scale=scale)[0]
+    cached, cached_lse = FUSED_CPU_ATTENTION(
+        query, key[:, :, :past], value[:, :, :past], 0.0, False, attn_mask=bias[..., :past], scale=scale
+    )[:2]
+    own, own_lse = FUSED_CPU_ATTENTION(
+        query, key[:, :, past:], value[:, :, past:], 0.0, True, attn_mask=bias[..., past:], scale=scale
+    )[:2]
+    lse = torch.logaddexp(cached_lse, own_lse)  # [B, H, Q]
+    return cached * (cached_lse - lse).exp()[..., None] + own * (own_lse - lse).exp()[..., None]
 
 
 def head_runs(whole: list[bool]) -> list[tuple[int, int, bool]]:
@@ -107,8 +121,10 @@ def blocked_head(
     scaling: float,
     dropout: float,
     documents: PackedDocuments | None = None,
+    past: int = 0,
 ) -> torch.Tensor:
-    """One head `[B, L, D]` in blocks of queries, each against the `window` keys before it and its own block.
+    """One head `[B, Q, D]` in blocks of queries, each against the `window` keys before it and its own block; the
+    queries follow `past` cached keys (`k` and `v` hold past + Q).
 
     The bias-and-window pattern `[n, w + n]` is the same for every block. Blocks whose span starts at or after
     position 0 go through one sdpa call (blocks as its head dimension, keys cut out with `unfold`); the first
@@ -117,31 +133,33 @@ def blocked_head(
     every score). With packed documents, each query's keys before its document's start are hidden too: the pattern
     becomes a mask per row and block (linear in L), which the layers after the first find in `documents.masks`.
     """
-    batch, length, dim = q.shape
+    batch, length, dim = q.shape  # length: the queries
     block = windowed_block_size(window)
     span = window + block  # the keys one block of queries can reach
     device, dtype = q.device, q.dtype
     pattern = cached(
         patterns, (slope, window, dtype, device), lambda: block_pattern(slope, window, block, dtype, device)
     )
-    lead = min(-(-window // block), -(-length // block))  # blocks whose span starts before position 0
+    lead = min(-(-max(window - past, 0) // block), -(-length // block))  # blocks whose span starts before slot 0
     parts = []
     for i in range(lead):
         start, stop = i * block, min(length, (i + 1) * block)
-        mask = pattern[: stop - start, window - start : window - start + stop]
+        begin = window - past - start  # the pattern's column of key slot 0
+        mask = pattern[: stop - start, begin : begin + past + stop]
         if documents is not None:  # [B, 1, n, stop]: keys from slot 0
             mask = documents.cut((slope, window, dtype, i), mask, documents.starts[:, None, start:stop])
         parts.append(F.scaled_dot_product_attention(
-            q[:, None, start:stop], k[:, None, :stop], v[:, None, :stop],
+            q[:, None, start:stop], k[:, None, : past + stop], v[:, None, : past + stop],
             attn_mask=mask, dropout_p=dropout, scale=scaling,
         )[:, 0])  # fmt: skip
     first = lead * block
     if first < length:
         blocks = -(-(length - first) // block)
         tail = blocks * block - (length - first)  # zero queries that fill the last block (their rows are cut off)
-        # Keys and values from `first - window` on, cut into overlapping spans: [B, blocks, span, D].
+        # Keys and values from slot `past + first - window` on, cut into overlapping spans: [B, blocks, span, D].
         k, v = (
-            F.pad(t[:, first - window :], (0, 0, 0, tail)).unfold(1, span, block).transpose(-1, -2) for t in (k, v)
+            F.pad(t[:, past + first - window :], (0, 0, 0, tail)).unfold(1, span, block).transpose(-1, -2)
+            for t in (k, v)
         )
         q = F.pad(q[:, first:], (0, 0, 0, tail)).view(batch, blocks, block, dim)
         mask = pattern
@@ -287,14 +305,17 @@ def blocked_attention(
     Nothing is L x L: memory is O(L (w + n) / n) per head. On the CPU flash kernel, the heads `runs_key_only` picks run
     as one fused causal call with the key-only bias. The heads are split once and the outputs joined once, in the
     `[B, L, H, D]` layout the caller transposes back to (each backward a slice or a copy, no zero-filled inputs).
+    After `mask.past` cached tokens (a continued prompt) the queries are the last of `past + Q` slots.
     """
-    batch, heads, length, dim = query.shape
+    batch, heads, queries, dim = query.shape
+    past = mask.past
+    length = past + queries  # the keys
     # Packed documents cut every head's keys per query: no head can take the key-only bias's one causal call.
     fused = key_only_exact(query.device, query.dtype, dropout) and mask.documents is None
     whole = [fused and runs_key_only(mask, h, length, query.dtype) for h in range(heads)]
     if all(whole):  # every head (short sequences, e.g. training at L): one call on the tensors as they are
         return key_only_attention(
-            query, key, value, key_only_pattern(mask, mask.slopes, length, query.device), scaling
+            query, key, value, key_only_pattern(mask, mask.slopes, length, query.device), scaling, past
         )
     runs = head_runs(whole)
     sizes = [stop - first for first, stop, _ in runs]
@@ -302,12 +323,13 @@ def blocked_attention(
     for (first, stop, fused_run), q, k, v in zip(runs, *(t.split(sizes, dim=1) for t in (query, key, value))):
         if fused_run:
             bias = key_only_pattern(mask, mask.slopes[first:stop], length, query.device)
-            outputs.append(key_only_attention(q, k, v, bias, scaling).transpose(1, 2))
+            outputs.append(key_only_attention(q, k, v, bias, scaling, past).transpose(1, 2))
         else:
             window = min(mask.windows[first], length - 1)
             attended = blocked_head(
-                q[:, 0], k[:, 0], v[:, 0], mask.slopes[first], window, mask.patterns, scaling, dropout, mask.documents
-            )
+                q[:, 0], k[:, 0], v[:, 0], mask.slopes[first], window, mask.patterns, scaling, dropout,
+                mask.documents, past,
+            )  # fmt: skip
             outputs.append(attended[:, :, None])
     return torch.cat(outputs, dim=2).transpose(1, 2)
 
@@ -337,8 +359,9 @@ def sdpa_attention_forward(
     key = repeat_kv(key, module.num_key_value_groups)
     value = repeat_kv(value, module.num_key_value_groups)
     if isinstance(attention_mask, WindowedAlibi):
-        # Keys past the queries are a static cache's empty slots (`own_slots`): the plan is for the queries' own.
-        key, value = key[:, :, : query.shape[2]], value[:, :, : query.shape[2]]
+        # Keys past the queries are a static cache's empty slots (`own_slots`): the plan is for the filled ones.
+        filled = attention_mask.past + query.shape[2]
+        key, value = key[:, :, :filled], value[:, :, :filled]
         compaction = attention_mask.compaction
         if compaction is None:
             attn_output = windowed_alibi_attention(query, key, value, attention_mask, scaling, dropout)
