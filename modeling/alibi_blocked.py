@@ -43,7 +43,7 @@ class WindowedAlibi:
     # Packed documents (every head then runs in blocks, each block's keys cut at its queries' documents); None: one
     # document per row.
     documents: PackedDocuments | None = None
-    # Tokens cached before the queries (a continued prompt, without gradients: `continued_plan`); 0: Q == K.
+    # Tokens cached before the queries (a continued prompt, without gradients: `alibi_masks.continued`); 0: Q == K.
     past: int = 0
 
 
