@@ -529,32 +529,29 @@ def create_alibi_mask(
         )
         if bias is None and every_key:
             return None  # plain causal attention: sdpa's is_causal, or nothing to mask at all
-    # A static cache's first forward has keys for `max_cache_len` slots, those after the queries empty: the plan runs
-    # on the queries' own slots (the kernel cuts the keys to them). It took a [B, H, Q, max_cache_len] mask: a
-    # 4,096-token prompt generated at 0.37x the dynamic cache's speed with 6x its peak memory (cpu-small, Intel Xeon).
-    own = own_slots(layout)
-    plain_prefill = own.is_plain and own.query_length == own.key_length
-    if sdpa and slope_values is not None and (plain_prefill or compactable(own) or packed(own)):
-        # A padded batch with no cache (training on tokenizer output, a padded prefill) runs with each row's tokens
-        # gathered ahead of its padding, which makes the layout plain (the tokens keep their positions, and the
-        # padding, now after them, is hidden by causality): the blocked plan instead of an L x L mask. Compiled,
-        # every attention_mask counts as padding (its values cannot be read), so this is also the all-ones mask's
-        # path there: it used to take the L x L mask, a training step at 0.43x (2,048 tokens, Intel Xeon).
-        plan = blocked_plan(config, own.key_length, slope_values, window_values, dtype, patterns, device)
-        if plan is not None and packed(own):
-            return packed_plan(plan, own.document_ids)
-        if plan is not None:
-            if not own.is_plain:
-                plan.compaction = Compaction.of(own.key_valid)
-            return plan
-    # After cached tokens the plan runs for the last queries (`WindowedAlibi.past`); a [1, H, Q, K] mask made a
-    # 512-token prompt continued after 4,096 cached ones run at 0.60x the no-bias model (cpu-small, Intel Xeon).
-    past = continued(layout) if sdpa and slope_values is not None else 0
-    if past:
-        length = past + layout.query_length
+    # Where the blocked plan runs instead of a [B, H, Q, K] mask (without it, measured on cpu-small, Intel Xeon):
+    # - a padded batch with no cache (training on tokenizer output, a padded prefill), with each row's tokens gathered
+    #   ahead of its padding, which makes the layout plain (the tokens keep their positions, and the padding, now after
+    #   them, is hidden by causality). Compiled, every attention_mask counts as padding (its values cannot be read), so
+    #   this is also the all-ones mask's path there (a training step at 0.43x, 2,048 tokens);
+    # - packed documents, each block cut at its queries' documents (`packed_plan`; 0.71x the unpacked step);
+    # - a static cache's first forward, on the queries' own slots (`own_slots`: the later ones are empty; the kernel
+    #   cuts the keys to them); a 4,096-token prompt generated at 0.37x the dynamic cache with 6x its memory;
+    # - a prompt continued after cached tokens, for its last queries (`continued`, `WindowedAlibi.past`): 512 tokens
+    #   after 4,096 at 0.60x the no-bias model.
+    blocked = sdpa and slope_values is not None
+    own = own_slots(layout) if blocked else layout
+    past = continued(layout) if blocked else 0
+    fresh = (own.is_plain and own.query_length == own.key_length) or compactable(own) or packed(own)
+    if blocked and (fresh or past):
+        length = past + own.query_length
         plan = blocked_plan(config, length, slope_values, window_values, dtype, patterns, device)
         if plan is not None:
             plan.past = past
+            if packed(own):
+                return packed_plan(plan, own.document_ids)
+            if compactable(own):
+                plan.compaction = Compaction.of(own.key_valid)
             return plan
     if layout.is_plain and layout.custom_visible is None and slopes is not None:
         return decoding_mask(layout, slopes, windows, dtype)
