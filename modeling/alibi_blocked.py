@@ -11,9 +11,11 @@ travels with checkpoints as Hub remote code beside `alibi_masks.py` and imports 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch.nn import functional as F
@@ -271,3 +273,75 @@ def packed_plan(plan: WindowedAlibi, document_ids: torch.Tensor) -> WindowedAlib
         reach = min(length - 1, -(-max(farthest, 1) // DOCUMENT_REACH_STEP) * DOCUMENT_REACH_STEP)
         plan.windows = [min(window, reach) for window in plan.windows]
     return plan
+
+
+class Layout(Protocol):
+    """What the rules below read of an `AttentionLayout` (`alibi_masks.py`, which imports this module): which
+    layouts the blocked plan serves."""
+
+    query_length: int
+    key_length: int
+    past_length: int | torch.Tensor
+    key_positions: torch.Tensor | None
+    key_valid: torch.Tensor | None
+    document_ids: torch.Tensor | None
+    custom_visible: torch.Tensor | None
+
+    @property
+    def is_plain(self) -> bool: ...
+
+
+def fresh_square(layout: Layout) -> bool:
+    """Whether `layout` has no cached tokens and no prepared 4-D mask, and Q == K (training, scoring, a prefill)."""
+    return (
+        layout.custom_visible is None
+        and layout.query_length == layout.key_length
+        and isinstance(layout.past_length, int)
+        and layout.past_length == 0
+    )
+
+
+def cached_tokens(layout: Layout) -> int | None:
+    """The tokens cached before the queries, as an int; None while compiling with a static cache (the count is a
+    tensor, which a graph cannot read)."""
+    past = layout.past_length
+    if isinstance(past, torch.Tensor):
+        return None if torch.compiler.is_compiling() else int(past)
+    return past
+
+
+def continued(layout: Layout) -> int:
+    """The tokens cached before a continued prompt (several queries over plain slots: a chat's next turn, a chunked
+    prefill), where the blocked plan can run after them (eager, without gradients); 0 otherwise."""
+    if not layout.is_plain or layout.query_length == 1 or torch.compiler.is_compiling() or torch.is_grad_enabled():
+        return 0
+    return cached_tokens(layout) or 0
+
+
+def own_slots(layout: Layout) -> Layout:
+    """`layout` with its keys cut to the queries' own slots where nothing was cached before them (a static cache's
+    first forward, whose later slots are empty); `layout` itself otherwise, and while compiling with a static cache
+    (its count of cached tokens is a tensor, which a graph cannot read)."""
+    length = layout.query_length
+    if layout.custom_visible is not None or length == 1 or length >= layout.key_length:
+        return layout  # (a decoding step has its own small mask)
+    if cached_tokens(layout) != 0:
+        return layout
+
+    def cut(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return None if tensor is None else tensor[:, :length]
+
+    return dataclasses.replace(
+        layout, key_length=length, past_length=0, key_positions=cut(layout.key_positions),
+        key_valid=cut(layout.key_valid), document_ids=cut(layout.document_ids),
+    )  # fmt: skip
+
+
+def compactable(layout: Layout) -> bool:
+    """Whether `layout` is plain but for padding: a 2-D attention_mask, no documents, no cached tokens, Q == K."""
+    return layout.key_valid is not None and layout.document_ids is None and fresh_square(layout)
+
+
+def packed(layout: Layout) -> bool:
+    """Whether `layout` is plain but for packed documents: no padding, no cached tokens, Q == K."""
+    return layout.document_ids is not None and layout.key_valid is None and fresh_square(layout)

@@ -24,7 +24,16 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 from transformers.masking_utils import find_packed_sequence_indices
 from transformers.utils import logging
 
-from .alibi_blocked import Compaction, WindowedAlibi, blocked_plan, packed_plan
+from .alibi_blocked import (
+    Compaction,
+    WindowedAlibi,
+    blocked_plan,
+    compactable,
+    continued,
+    own_slots,
+    packed,
+    packed_plan,
+)
 from .alibi_compile import FUSED_UNCOMPILED, block_mask_call, compile_disabled, compiled, flex_compiles
 from .alibi_triton import TritonAlibiMask, build_triton_mask
 
@@ -407,62 +416,6 @@ class Fused:
 
     devices: tuple[str, ...]
     dropout: float = 0.0
-
-
-def fresh_square(layout: AttentionLayout) -> bool:
-    """Whether `layout` has no cached tokens and no prepared 4-D mask, and Q == K (training, scoring, a prefill)."""
-    return (
-        layout.custom_visible is None
-        and layout.query_length == layout.key_length
-        and isinstance(layout.past_length, int)
-        and layout.past_length == 0
-    )
-
-
-def cached_tokens(layout: AttentionLayout) -> int | None:
-    """The tokens cached before the queries, as an int; None while compiling with a static cache (the count is a
-    tensor, which a graph cannot read)."""
-    past = layout.past_length
-    if isinstance(past, torch.Tensor):
-        return None if torch.compiler.is_compiling() else int(past)
-    return past
-
-
-def continued(layout: AttentionLayout) -> int:
-    """The tokens cached before a continued prompt (several queries over plain slots: a chat's next turn, a chunked
-    prefill), where the blocked plan can run after them (eager, without gradients); 0 otherwise."""
-    if not layout.is_plain or layout.query_length == 1 or torch.compiler.is_compiling() or torch.is_grad_enabled():
-        return 0
-    return cached_tokens(layout) or 0
-
-
-def own_slots(layout: AttentionLayout) -> AttentionLayout:
-    """`layout` with its keys cut to the queries' own slots where nothing was cached before them (a static cache's
-    first forward, whose later slots are empty); `layout` itself otherwise, and while compiling with a static cache
-    (its count of cached tokens is a tensor, which a graph cannot read)."""
-    length = layout.query_length
-    if layout.custom_visible is not None or length == 1 or length >= layout.key_length:
-        return layout  # (a decoding step has its own small mask)
-    if cached_tokens(layout) != 0:
-        return layout
-
-    def cut(tensor: torch.Tensor | None) -> torch.Tensor | None:
-        return None if tensor is None else tensor[:, :length]
-
-    return AttentionLayout(
-        layout.batch_size, length, length, 0, layout.device,
-        cut(layout.key_positions), cut(layout.key_valid), cut(layout.document_ids),
-    )  # fmt: skip
-
-
-def compactable(layout: AttentionLayout) -> bool:
-    """Whether `layout` is plain but for padding: a 2-D attention_mask, no documents, no cached tokens, Q == K."""
-    return layout.key_valid is not None and layout.document_ids is None and fresh_square(layout)
-
-
-def packed(layout: AttentionLayout) -> bool:
-    """Whether `layout` is plain but for packed documents: no padding, no cached tokens, Q == K."""
-    return layout.document_ids is not None and layout.key_valid is None and fresh_square(layout)
 
 
 def create_alibi_mask(

@@ -174,19 +174,24 @@ def test_a_compiled_step_with_an_attention_mask_builds_no_dense_mask_and_equals_
     # run_clm-style training passes) took the L x L mask: a training step at 0.43x (2,048 tokens, Intel Xeon).
     ids = random_ids(3, 600)
     mask = torch.ones_like(ids) if mask_kind == "all ones" else padding(ids)
-    labels = token_labels(ids, mask)
+    assert_a_compiled_step_builds_no_dense_mask_and_equals_eager(
+        False, ids, attention_mask=mask, labels=token_labels(ids, mask)
+    )  # the logits at padding slots too
+
+
+def assert_a_compiled_step_builds_no_dense_mask_and_equals_eager(dynamic: bool, ids: torch.Tensor, **inputs) -> None:
+    """A training step of `torch.compile(fullgraph=True)` builds no dense mask, takes no math kernel, and gives the
+    eager step's logits (every slot) and gradients."""
     eager, compiled = (tiny_model(num_attention_heads=8, hidden_size=64).train() for _ in range(2))
-    expected = eager(ids, attention_mask=mask, labels=labels)
+    expected = eager(ids, **inputs)
     expected.loss.backward()
     torch.compiler.reset()
-    forward = torch.compile(compiled, fullgraph=True, dynamic=False)
+    forward = torch.compile(compiled, fullgraph=True, dynamic=dynamic)
     outputs = {}
-    kernels, dense = calls_while(
-        lambda: outputs.setdefault("compiled", forward(ids, attention_mask=mask, labels=labels)).loss.backward()
-    )
+    kernels, dense = calls_while(lambda: outputs.setdefault("compiled", forward(ids, **inputs)).loss.backward())
     assert dense == 0
     assert "aten::_scaled_dot_product_attention_math" not in kernels
-    torch.testing.assert_close(outputs["compiled"].logits, expected.logits, atol=1e-5, rtol=0)  # padding slots too
+    torch.testing.assert_close(outputs["compiled"].logits, expected.logits, atol=1e-5, rtol=0)
     for (name, want), got in zip(eager.named_parameters(), compiled.parameters()):
         torch.testing.assert_close(got.grad, want.grad, atol=1e-5, rtol=1e-4, msg=name)
 
@@ -240,20 +245,7 @@ def test_a_compiled_packed_step_builds_no_dense_mask_and_equals_eager():
     lengths = [1, 130, 47, 300, 122]
     position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
     ids = random_ids(1, 600)
-    eager, compiled = (tiny_model(num_attention_heads=8, hidden_size=64).train() for _ in range(2))
-    expected = eager(ids, position_ids=position_ids, labels=ids)
-    expected.loss.backward()
-    torch.compiler.reset()
-    forward = torch.compile(compiled, fullgraph=True, dynamic=True)
-    outputs = {}
-    kernels, dense = calls_while(
-        lambda: outputs.setdefault("compiled", forward(ids, position_ids=position_ids, labels=ids)).loss.backward()
-    )
-    assert dense == 0
-    assert "aten::_scaled_dot_product_attention_math" not in kernels
-    torch.testing.assert_close(outputs["compiled"].logits, expected.logits, atol=1e-5, rtol=0)
-    for (name, want), got in zip(eager.named_parameters(), compiled.parameters()):
-        torch.testing.assert_close(got.grad, want.grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert_a_compiled_step_builds_no_dense_mask_and_equals_eager(True, ids, position_ids=position_ids, labels=ids)
 
 
 def test_attention_dropout_runs_in_blocks_and_keeps_the_expected_attention():
