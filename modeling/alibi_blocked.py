@@ -28,7 +28,7 @@ class WindowedAlibi:
     Head h sees the `windows[h]` tokens before each query and itself. `windowed_alibi_attention` cuts the queries
     into blocks and gives each block only the keys its window reaches, so a head's cost is linear in L; heads whose
     window holds the whole sequence share one fused causal call. Causal layouts with Q == K and no cache only: plain,
-    padded (`compaction`) or packed (`documents`). It serves windowed ALiBi (`alibi_window_cutoff`) and the CPU
+    padded (`compaction`), packed (`documents`) or both. It serves windowed ALiBi (`alibi_window_cutoff`) and the CPU
     default path, whose windows end where the bias has silenced a key (`ALIBI_UNDERFLOW_CUTOFF`).
     """
 
@@ -88,6 +88,13 @@ class Compaction:
     def of(cls, key_valid: torch.Tensor) -> Compaction:
         order = torch.sort((~key_valid).to(torch.uint8), dim=-1, stable=True).indices
         return cls(order, order.argsort(dim=-1), ~key_valid)
+
+    def documents(self, document_ids: torch.Tensor) -> torch.Tensor:
+        """Packed documents' ids `[B, L]` in the plan's slots: each document's tokens, in order and now side by side
+        (a token's position counts its document's tokens before it, so slot distances stay the distances), then each
+        padding slot a document of its own (ids from `build_layout` are positive)."""
+        slots = torch.arange(document_ids.shape[1], device=document_ids.device)
+        return torch.where(self.padding.gather(1, self.order), -1 - slots, document_ids.gather(1, self.order))
 
 
 # What a model keeps of the blocked path's patterns between forwards (and the op compiled models of dynamic length run,
@@ -338,10 +345,12 @@ def own_slots(layout: Layout) -> Layout:
 
 
 def compactable(layout: Layout) -> bool:
-    """Whether `layout` is plain but for padding: a 2-D attention_mask, no documents, no cached tokens, Q == K."""
-    return layout.key_valid is not None and layout.document_ids is None and fresh_square(layout)
+    """Whether `layout` has padding (a 2-D attention_mask) that the plan gathers away (`Compaction`): no cached tokens,
+    Q == K; packed documents or not."""
+    return layout.key_valid is not None and fresh_square(layout)
 
 
 def packed(layout: Layout) -> bool:
-    """Whether `layout` is plain but for packed documents: no padding, no cached tokens, Q == K."""
-    return layout.document_ids is not None and layout.key_valid is None and fresh_square(layout)
+    """Whether `layout` has packed documents that the plan cuts its blocks at (`packed_plan`): no cached tokens,
+    Q == K; padded (then compacted first) or not."""
+    return layout.document_ids is not None and fresh_square(layout)

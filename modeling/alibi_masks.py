@@ -487,7 +487,8 @@ def create_alibi_mask(
     #   ahead of its padding, which makes the layout plain (the tokens keep their positions, and the padding, now after
     #   them, is hidden by causality). Compiled, every attention_mask counts as padding (its values cannot be read), so
     #   this is also the all-ones mask's path there (a training step at 0.43x, 2,048 tokens);
-    # - packed documents, each block cut at its queries' documents (`packed_plan`; 0.71x the unpacked step);
+    # - packed documents, each block cut at its queries' documents (`packed_plan`; 0.71x the unpacked step), padded
+    #   ones too, compacted first (`Compaction.documents`; compiled, every packed batch with an attention_mask);
     # - a static cache's first forward, on the queries' own slots (`own_slots`: the later ones are empty; the kernel
     #   cuts the keys to them); a 4,096-token prompt generated at 0.37x the dynamic cache with 6x its memory;
     # - a prompt continued after cached tokens, for its last queries (`continued`, `WindowedAlibi.past`): 512 tokens
@@ -501,11 +502,11 @@ def create_alibi_mask(
         plan = blocked_plan(config, length, slope_values, window_values, dtype, patterns, device)
         if plan is not None:
             plan.past = past
-            if packed(own):
-                return packed_plan(plan, own.document_ids)
+            document_ids = own.document_ids if packed(own) else None
             if compactable(own):
                 plan.compaction = Compaction.of(own.key_valid)
-            return plan
+                document_ids = plan.compaction.documents(document_ids) if document_ids is not None else None
+            return packed_plan(plan, document_ids) if document_ids is not None else plan
     if layout.is_plain and layout.custom_visible is None and slopes is not None:
         return decoding_mask(layout, slopes, windows, dtype)
     return build_dense_mask(layout, bias, count, dtype, windows)

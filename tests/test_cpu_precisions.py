@@ -205,24 +205,39 @@ def packing(lengths: list[list[int]]) -> torch.Tensor:
 PACKED = [[1, 130, 47, 300, 122], [600], [20] * 30]
 
 
+def packed_padding() -> torch.Tensor:
+    """An attention_mask `[3, 600]` for `PACKED`: right padding inside the last document, left padding with a hole
+    inside the document, and a whole document of padding next to a hole across two documents."""
+    mask = torch.ones(3, 600, dtype=torch.long)
+    mask[0, 550:] = 0
+    mask[1, :100] = mask[1, 300:310] = 0
+    mask[2, 100:120] = mask[2, 395:405] = 0
+    return mask
+
+
+@pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("cutoff", [None, 4.0])
-def test_packed_documents_run_in_blocks_and_equal_the_dense_mask(cutoff):
+def test_packed_documents_run_in_blocks_and_equal_the_dense_mask(cutoff, padded):
     # Packed documents (transformers' padding-free format, our `packing`) took the L x L mask until 2026-12-06: a
-    # training step of 4 documents of 512 tokens at 0.71x the unpacked one (cpu-small model, Intel Xeon).
+    # training step of 4 documents of 512 tokens at 0.71x the unpacked one (cpu-small model, Intel Xeon); padded
+    # ones until 2026-12-07 (now gathered ahead of their padding first, each padding slot a document of its own).
     ids, documents = random_ids(3, 600), packing(PACKED)
+    mask = packed_padding() if padded else None
+    # Neither a padding slot's label, nor the label its logits predict (the next slot's), counts.
+    labels = ids.masked_fill((mask == 0) | (F.pad(mask, (1, 0), value=1)[:, :-1] == 0), -100) if padded else ids
     model, reference = (
         tiny_model(num_attention_heads=8, hidden_size=64, alibi_window_cutoff=cutoff, attn_implementation=backend)
         for backend in ("sdpa", "eager")
     )
+    inputs = dict(attention_mask=mask, document_ids=documents, labels=labels)
     outputs = {}
-    kernels, dense = calls_while(
-        lambda: outputs.setdefault("sdpa", model(ids, document_ids=documents, labels=ids)).loss.backward()
-    )
-    expected = reference(ids, document_ids=documents, labels=ids)
+    kernels, dense = calls_while(lambda: outputs.setdefault("sdpa", model(ids, **inputs)).loss.backward())
+    expected = reference(ids, **inputs)
     expected.loss.backward()
     assert dense == 0
     assert "aten::_scaled_dot_product_attention_math" not in kernels
-    torch.testing.assert_close(outputs["sdpa"].logits, expected.logits, atol=1e-5, rtol=0)
+    tokens = (mask == 1) if padded else torch.ones_like(ids, dtype=torch.bool)  # a padding slot's output is unused
+    torch.testing.assert_close(outputs["sdpa"].logits[tokens], expected.logits[tokens], atol=1e-5, rtol=0)
     for (name, want), got in zip(reference.named_parameters(), model.parameters()):
         torch.testing.assert_close(got.grad, want.grad, atol=1e-5, rtol=1e-4, msg=name)
 
@@ -246,6 +261,14 @@ def test_a_compiled_packed_step_builds_no_dense_mask_and_equals_eager():
     position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
     ids = random_ids(1, 600)
     assert_a_compiled_step_builds_no_dense_mask_and_equals_eager(True, ids, position_ids=position_ids, labels=ids)
+
+
+def test_a_compiled_packed_step_with_an_attention_mask_builds_no_dense_mask_and_equals_eager():
+    # Compiled, any attention_mask is padding (its values cannot be read): packed document_ids with the all-ones mask
+    # that a padding collator adds took the L x L mask until 2026-12-07.
+    ids, documents = random_ids(3, 600), packing(PACKED)
+    inputs = dict(attention_mask=torch.ones_like(ids), document_ids=documents, labels=ids)
+    assert_a_compiled_step_builds_no_dense_mask_and_equals_eager(False, ids, **inputs)
 
 
 def test_attention_dropout_runs_in_blocks_and_keeps_the_expected_attention():

@@ -20,6 +20,7 @@ CASES = [
     ("default-on-a-gpu-path", LENGTH, False),  # no attn_implementation, the CPU standing in for CUDA: flex
     ("sdpa-windowed", LENGTH, False),  # windowed ALiBi (cutoff 8: windows 32 ... 2,048), the blocked path
     ("sdpa-packed", LENGTH, False),  # packed documents of 256 tokens: every head blocked, cut at each document
+    ("sdpa-packed", LENGTH, True),  # and padded: compacted first
 ]
 
 PROBE = textwrap.dedent(
@@ -118,7 +119,9 @@ def test_windowed_alibi_builds_no_length_squared_tensor(peaks):
     assert peaks[f"sdpa-windowed-{LENGTH}-False"] < LINEAR_BOUND_MIB
 
 
-def test_packed_documents_on_the_cpu_default_build_no_length_squared_tensor(peaks):
-    # They took the 4-D mask until 2026-12-06 ([1, 8, L, L] fp32: 2 GiB here). Now each head's blocks reach back to
-    # their documents' starts: one head's [1, blocks, 128, 384] fp32 masks (12 MiB) are alive at a time.
-    assert peaks[f"sdpa-packed-{LENGTH}-False"] < LINEAR_BOUND_MIB
+@pytest.mark.parametrize("padded", [False, True])
+def test_packed_documents_on_the_cpu_default_build_no_length_squared_tensor(peaks, padded):
+    # They took the 4-D mask until 2026-12-06, padded ones until 2026-12-07 ([1, 8, L, L] fp32: 2 GiB here). Now
+    # each head's blocks reach back to their documents' starts: one head's [1, blocks, 128, 384] fp32 masks (12 MiB)
+    # are alive at a time.
+    assert peaks[f"sdpa-packed-{LENGTH}-{padded}"] < LINEAR_BOUND_MIB

@@ -182,10 +182,11 @@ def test_sdpa_builds_the_mask_once_per_forward(monkeypatch):
         layer.self_attn.register_forward_hook(
             lambda mod, args, kwargs, out: seen.append(id(kwargs["attention_mask"])), with_kwargs=True
         )
-    documents = torch.tensor([[0] * 4 + [1] * 5, [0] * 9])
-    padding = torch.tensor([[1] * 9, [0] * 2 + [1] * 7])  # packed documents and padding: the 4-D mask path
+    ids, padding = random_ids(2, 9), torch.tensor([[1] * 9, [0] * 2 + [1] * 7])
     with torch.no_grad():
-        model(random_ids(2, 9), attention_mask=padding, document_ids=documents)
+        cache = model(ids[:, :6], attention_mask=padding[:, :6], use_cache=True).cache  # compacted: no dense mask
+        seen.clear()
+        model(ids[:, 6:], attention_mask=padding, cache=cache, use_cache=True)  # padded, after a cache: the 4-D mask
     assert len(calls) == 1
     assert len(seen) == 4 and len(set(seen)) == 1
 
@@ -224,10 +225,8 @@ def test_cpu_fast_path_is_used_and_exact():
 def test_cpu_fast_path_is_not_used_where_it_would_be_wrong():
     model = tiny_model(attn_implementation="sdpa")
     padding = torch.tensor([[0, 1, 1, 1]])
-    documents = torch.tensor([[0, 0, 1, 1]])
     for (mask, docs, q_len, k_len, past), dtype in [
         ((F.pad(padding, (0, 1), value=1), None, 2, 5, 3), torch.float32),  # padding, two tokens after a cache
-        ((padding, documents, 4, 4, 0), torch.float32),  # packed documents and padding
         ((None, None, 4, 4, 0), torch.float64),  # fp64: the key-only bias and the kernel's scores are fp32
         ((None, None, 1, 5, 4), torch.float32),  # decoding: Q != K
     ]:
@@ -242,6 +241,10 @@ def test_cpu_fast_path_runs_a_padded_batch_with_its_tokens_gathered_ahead_of_its
     assert isinstance(built, WindowedAlibi)
     assert built.compaction.order.tolist() == [[1, 2, 3, 0, 4], [0, 2, 3, 4, 1]]
     assert built.compaction.restore.tolist() == [[3, 0, 1, 2, 4], [0, 4, 1, 2, 3]]
+    # Packed documents too: gathered the same way, each padding slot then a document of its own.
+    documents = torch.tensor([[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]])
+    built = model.model.build_attention_mask(build_layout(padding, documents, 2, 5, 5, 0, CPU), torch.float32)
+    assert built.documents.starts.tolist() == [[0, 0, 2, 3, 4], [0, 1, 1, 1, 4]]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

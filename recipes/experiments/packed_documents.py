@@ -1,4 +1,5 @@
-"""The CPU default on packed documents: the L x L mask it took until 2026-12-06 against blocks cut at each document.
+"""The CPU default on packed documents: the L x L mask it took until 2026-12-06 (padded ones until 2026-12-07) against
+blocks cut at each document.
 
     python recipes/experiments/packed_documents.py --out recipes/results/packed-documents.md [--rounds 5] [--threads 1]
 
@@ -6,8 +7,8 @@ Packing (transformers' DataCollatorWithFlattening and TRL's padding-free format,
 document; our `packing: true`, which passes `document_ids`) keeps attention inside each document. The bench's
 cpu-small model (hidden 512, 4 layers, 8 heads, vocabulary 8,192; fp32, sdpa, the CPU default). Each row times one
 workload three ways, interleaved round by round in one process (medians), with peak memory: with the L x L mask
-(`alibi_masks.packed` switched off), in blocks cut at each document (the default now), and the same tokens unpacked
-(one document per row: the plain plan, what packing is weighed against).
+(`alibi_masks.packed` and `alibi_masks.compactable` switched off), in blocks cut at each document (the default now),
+and the same tokens unpacked (one document per row, the same padding: what packing is weighed against).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
@@ -28,7 +30,7 @@ from alibi_lm.machine import describe
 from alibi_lm.measure import run_interleaved
 from alibi_lm.modeling import alibi_masks
 
-ALWAYS = alibi_masks.packed
+ALWAYS = {"packed": alibi_masks.packed, "compactable": alibi_masks.compactable}
 MiB = 2**20
 
 
@@ -46,11 +48,23 @@ def documents(lengths: list[int]) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))[None]
 
 
-def workloads(model: AlibiForCausalLM) -> list[tuple[str, Callable[[dict], None], dict]]:
-    """(name, step(packing arguments, or {} unpacked), the packing arguments) for each row."""
+def padded(lengths: list[list[int]], length: int) -> dict[str, torch.Tensor]:
+    """`document_ids` and `attention_mask` `[B, length]` of rows packed with documents of these lengths, each row
+    padded on the right (as a collator pads to the longest row)."""
+    ids = [F.pad(documents(row), (0, length - sum(row)), value=len(row)) for row in lengths]
+    mask = [F.pad(torch.ones(1, sum(row), dtype=torch.long), (0, length - sum(row))) for row in lengths]
+    return {"document_ids": torch.cat(ids), "attention_mask": torch.cat(mask)}
+
+
+def workloads(model: AlibiForCausalLM) -> list[tuple[str, Callable[[dict], None], dict, dict]]:
+    """(name, step(arguments), the packing arguments, the unpacked arguments) for each row."""
     compiled = torch.compile(model)
     generator = torch.Generator().manual_seed(0)
-    short, long = (torch.randint(0, 8192, (1, n), generator=generator) for n in (2048, 4096))
+    short, long, pair = (
+        torch.randint(0, 8192, shape, generator=generator) for shape in ((1, 2048), (1, 4096), (2, 2048))
+    )
+    rows = padded([[700, 600, 500], [1024, 1024]], 2048)
+    ones = {"attention_mask": torch.ones_like(short)}
 
     def train(forward, ids):
         def step(packing):
@@ -67,29 +81,50 @@ def workloads(model: AlibiForCausalLM) -> list[tuple[str, Callable[[dict], None]
         return step
 
     return [
-        ("training step, 1 x 2,048: 4 documents of 512", train(model, short), {"document_ids": documents([512] * 4)}),
+        (
+            "training step, 1 x 2,048: 4 documents of 512",
+            train(model, short),
+            {"document_ids": documents([512] * 4)},
+            {},
+        ),
         (
             "training step, 1 x 2,048: 1,536 + 4 x 128",
             train(model, short),
             {"document_ids": documents([1536] + [128] * 4)},
+            {},
         ),
         (
             "training step, 1 x 2,048: 16 documents of 128 (position_ids)",
             train(model, short),
             {"position_ids": restarting([128] * 16)},
+            {},
         ),
-        ("scoring, 1 x 4,096: 8 documents of 512", score(long), {"document_ids": documents([512] * 8)}),
+        (
+            "training step, 2 x 2,048: 700 + 600 + 500 + 248 padding, 2 x 1,024",
+            train(model, pair),
+            rows,
+            {"attention_mask": rows["attention_mask"]},
+        ),
+        ("scoring, 1 x 4,096: 8 documents of 512", score(long), {"document_ids": documents([512] * 8)}, {}),
         (
             "torch.compile training step, 1 x 2,048: 4 documents of 512 (position_ids)",
             train(compiled, short),
             {"position_ids": restarting([512] * 4)},
+            {},
+        ),
+        (
+            "torch.compile training step, 1 x 2,048: 4 documents of 512 (document_ids, all-ones attention_mask)",
+            train(compiled, short),
+            {"document_ids": documents([512] * 4), **ones},
+            ones,
         ),
     ]
 
 
-def run_with(step, packing, plan) -> None:
-    alibi_masks.packed = plan
-    step(packing)
+def run_with(step, arguments, plans: dict) -> None:
+    for name, plan in plans.items():
+        setattr(alibi_masks, name, plan)
+    step(arguments)
 
 
 def main() -> None:
@@ -106,8 +141,9 @@ def main() -> None:
                          intermediate_size=2048, train_length=2048)  # fmt: skip
     model = AlibiForCausalLM._from_config(config, attn_implementation="sdpa").train()
     rows = []
-    for name, step, packing in tqdm(workloads(model), desc="workloads"):
-        ways = {"dense": (packing, never), "blocked": (packing, ALWAYS), "unpacked": ({}, ALWAYS)}
+    for name, step, packing, unpacked in tqdm(workloads(model), desc="workloads"):
+        off = dict.fromkeys(ALWAYS, never)
+        ways = {"dense": (packing, off), "blocked": (packing, ALWAYS), "unpacked": (unpacked, ALWAYS)}
         calls = {way: partial(run_with, step, *arguments) for way, arguments in ways.items()}
         measured = run_interleaved(calls, torch.device("cpu"), repeats=args.rounds)  # warms up (compiles)
         dense, blocked, unpacked = (statistics.median(measured[way].times) for way in ways)
@@ -116,15 +152,15 @@ def main() -> None:
             f"| {name} | {dense:.3f} | {blocked:.3f} | {unpacked:.3f} | {dense / blocked:.2f}x "
             f"| {unpacked / blocked:.2f}x | {memory} |"
         )
-    alibi_masks.packed = ALWAYS
+    run_with(lambda arguments: None, {}, ALWAYS)
     lines = [
         "# The CPU default on packed documents: L x L mask (before) against blocks cut at each document (now)",
         "",
         f"`python recipes/experiments/packed_documents.py --out {args.out} --rounds {args.rounds}"
         f"{f' --threads {args.threads}' if args.threads else ''}`; {describe()}; "
         f"torch {torch.__version__}, transformers {transformers.__version__}; {time.strftime('%Y-%m-%d')}. Seconds, "
-        f"medians of {args.rounds} interleaved rounds; 'unpacked' is the same tokens as one document (the plain "
-        "plan). Peak memory: what the step allocates above what is live before it (torch's profiler).",
+        f"medians of {args.rounds} interleaved rounds; 'unpacked' is the same tokens as one document per row (the "
+        "plain plan, or the same padding compacted). Peak memory: what the step allocates above what is live before it (torch's profiler).",
         "",
         "| workload | L x L mask (before), s | blocks (now), s | unpacked, s | now ÷ before speed | now ÷ unpacked "
         "| peak MiB before | peak MiB now |",
