@@ -163,8 +163,8 @@ def blocked_head(
         )
         q = F.pad(q[:, first:], (0, 0, 0, tail)).view(batch, blocks, block, dim)
         mask = pattern
-        if documents is not None:  # [B, blocks, n, span]: block i's keys from slot first - window + i n
-            spans = first - window + block * torch.arange(blocks, device=device)
+        if documents is not None:  # [B, blocks, n, span]: block i's keys from slot past + first - window + i n
+            spans = past + first - window + block * torch.arange(blocks, device=device)
             begins = F.pad(documents.starts[:, first:], (0, tail)).view(batch, blocks, block)
             mask = documents.cut((slope, window, dtype, "blocks"), pattern, begins - spans[:, None])
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)
@@ -310,20 +310,30 @@ def blocked_attention(
     batch, heads, queries, dim = query.shape
     past = mask.past
     length = past + queries  # the keys
-    # Packed documents cut every head's keys per query: no head can take the key-only bias's one causal call.
-    fused = key_only_exact(query.device, query.dtype, dropout) and mask.documents is None
+    # Packed documents cut every head's keys per query: no head can take the key-only bias's one causal call, but
+    # where each row's queries share their document's start (`PackedDocuments.first`).
+    documents = mask.documents
+    fused = key_only_exact(query.device, query.dtype, dropout) and (documents is None or documents.first is not None)
     whole = [fused and runs_key_only(mask, h, length, query.dtype) for h in range(heads)]
-    if all(whole):  # every head (short sequences, e.g. training at L): one call on the tensors as they are
-        return key_only_attention(
-            query, key, value, key_only_pattern(mask, mask.slopes, length, query.device), scaling, past
+
+    def key_only_bias_of(slopes: list[float]) -> torch.Tensor:  # [1 or B, h, 1, K]
+        bias = key_only_pattern(mask, slopes, length, query.device)
+        if documents is None:
+            return bias
+        return bias.masked_fill(
+            torch.arange(length, device=bias.device) < documents.first[:, None, None, None], float("-inf")
         )
+
+    if all(whole):  # every head (short sequences, e.g. training at L): one call on the tensors as they are
+        return key_only_attention(query, key, value, key_only_bias_of(mask.slopes), scaling, past)
     runs = head_runs(whole)
     sizes = [stop - first for first, stop, _ in runs]
     outputs = []
     for (first, stop, fused_run), q, k, v in zip(runs, *(t.split(sizes, dim=1) for t in (query, key, value))):
         if fused_run:
-            bias = key_only_pattern(mask, mask.slopes[first:stop], length, query.device)
-            outputs.append(key_only_attention(q, k, v, bias, scaling, past).transpose(1, 2))
+            outputs.append(
+                key_only_attention(q, k, v, key_only_bias_of(mask.slopes[first:stop]), scaling, past).transpose(1, 2)
+            )
         else:
             window = min(mask.windows[first], length - 1)
             attended = blocked_head(

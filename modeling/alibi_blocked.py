@@ -55,8 +55,12 @@ class PackedDocuments:
     for one forward (each layer's backward keeps its masks, so the layers share one set; the next batch packs other
     documents); without gradients built where used, so that one head's masks are alive at a time."""
 
-    starts: torch.Tensor  # [B, L] long: the slot where each slot's document begins
+    starts: torch.Tensor  # [B, Q] long: the key slot where each query's document begins
     masks: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    # [B] long: where every query's document begins, where that is one slot per row before the queries (a left-padded
+    # batch's tokens after cached ones): heads may then take the key-only call, its keys before it hidden. None: each
+    # query its own.
+    first: torch.Tensor | None = None
 
     def cut(self, key: tuple, pattern: torch.Tensor, first_key: torch.Tensor) -> torch.Tensor:
         """`pattern` `[n, S]` with -inf on each query's keys before `first_key` `[..., n]` (its document's start, as
@@ -318,11 +322,39 @@ def cached_tokens(layout: Layout) -> int | None:
 
 
 def continued(layout: Layout) -> int:
-    """The tokens cached before a continued prompt (several queries over plain slots: a chat's next turn, a chunked
-    prefill), where the blocked plan can run after them (eager, without gradients); 0 otherwise."""
-    if not layout.is_plain or layout.query_length == 1 or torch.compiler.is_compiling() or torch.is_grad_enabled():
+    """The tokens cached before a continued prompt (several queries over plain or left-padded slots: a chat's next
+    turn, a chunked prefill, of one prompt or a batch), where the blocked plan can run after them (eager, without
+    gradients); 0 otherwise."""
+    if layout.query_length == 1 or torch.compiler.is_compiling() or torch.is_grad_enabled():
         return 0
-    return cached_tokens(layout) or 0
+    past = cached_tokens(layout) or 0
+    if past and (layout.is_plain or left_padded(layout, past + layout.query_length)):
+        return past
+    return 0
+
+
+def left_padded(layout: Layout, filled: int) -> bool:
+    """Whether each row of `layout` is padding and then tokens over its first `filled` key slots (generate's batches:
+    a token's position is then its slot less the row's padding), with no documents and no prepared 4-D mask. Reads
+    the mask's values: eager only."""
+    if layout.key_valid is None or layout.document_ids is not None or layout.custom_visible is not None:
+        return False
+    valid = layout.key_valid[:, :filled]
+    return bool((valid[:, 1:] >= valid[:, :-1]).all())
+
+
+def after_left_padding(key_valid: torch.Tensor, past: int, queries: int) -> PackedDocuments:
+    """The queries after `past` cached slots of a left-padded batch (`left_padded`) as documents: each token's begins
+    at its row's first token, each padding slot's at itself (it sees itself alone, as the visibility rule says)."""
+    valid = key_valid[:, : past + queries]
+    first = (~valid).sum(-1, keepdim=True)  # [B, 1] the row's padding: its first token's slot
+    slots = torch.arange(past, past + queries, device=valid.device)
+    documents = PackedDocuments(torch.where(valid[:, past:], first, slots))
+    # Every query a token, every row with a cached token (the kernel gives a row with no visible key a log-sum-exp of
+    # 0, not -inf, which the key-only call's join of cached and own keys would count).
+    if bool(valid[:, past:].all()) and bool((first < past).all()):
+        documents.first = first[:, 0]
+    return documents
 
 
 def own_slots(layout: Layout) -> Layout:

@@ -27,6 +27,7 @@ from transformers.utils import logging
 from .alibi_blocked import (
     Compaction,
     WindowedAlibi,
+    after_left_padding,
     blocked_plan,
     compactable,
     continued,
@@ -502,6 +503,9 @@ def create_alibi_mask(
         plan = blocked_plan(config, length, slope_values, window_values, dtype, patterns, device)
         if plan is not None:
             plan.past = past
+            if past and own.key_valid is not None:
+                plan.documents = after_left_padding(own.key_valid, past, own.query_length)
+                return plan
             document_ids = own.document_ids if packed(own) else None
             if compactable(own):
                 plan.compaction = Compaction.of(own.key_valid)

@@ -322,8 +322,11 @@ def test_a_static_cache_prefill_runs_the_plan_on_the_prompts_own_slots(padded):
     torch.testing.assert_close(static_next, dynamic_next, atol=1e-5, rtol=0)
 
 
-def continue_after(model, ids: torch.Tensor, past: int, cache_kind: str) -> tuple[torch.Tensor, set[str], int]:
-    """Logits of `ids[:, past:]` after a cache of `ids[:, :past]`, the kernels that ran and the dense masks built."""
+def continue_after(
+    model, ids: torch.Tensor, past: int, cache_kind: str, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, set[str], int]:
+    """Logits of `ids[:, past:]` after a cache of `ids[:, :past]` (with the attention_mask `mask` over both), the
+    kernels that ran and the dense masks built."""
     from transformers import DynamicCache, StaticCache
 
     if cache_kind == "dynamic":
@@ -332,9 +335,9 @@ def continue_after(model, ids: torch.Tensor, past: int, cache_kind: str) -> tupl
         cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + 100)
     outputs = {}
     with torch.no_grad():
-        model(ids[:, :past], cache=cache, use_cache=True)
+        model(ids[:, :past], attention_mask=None if mask is None else mask[:, :past], cache=cache, use_cache=True)
         kernels, dense = calls_while(
-            lambda: outputs.setdefault("continued", model(ids[:, past:], cache=cache, use_cache=True))
+            lambda: outputs.setdefault("continued", model(ids[:, past:], attention_mask=mask, cache=cache))
         )
     return outputs["continued"].logits, kernels, dense
 
@@ -354,3 +357,41 @@ def test_a_prompt_continued_after_a_cache_runs_the_plan_and_equals_the_whole_pro
         logits, kernels, dense = continue_after(model, ids[:, :stop], past, cache_kind)
         assert dense == 0 and "aten::_scaled_dot_product_attention_math" not in kernels
         torch.testing.assert_close(logits, whole[:, past:stop], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("cutoff", [None, 4.0])
+@pytest.mark.parametrize("cache_kind", ["dynamic", "static"])
+def test_a_left_padded_batch_continued_after_a_cache_runs_the_plan_and_equals_the_whole_prompts(cutoff, cache_kind):
+    # A batch's chunked prefill (generate's prefill_chunk_size) or next turn: left-padded queries after cached tokens
+    # took a [B, H, Q, K] mask until 2026-12-07. Rows unpadded, padded within the cache, and padded past it (padding
+    # queries see themselves alone, as the visibility rule says; a cache of padding alone); at 900 every query is a
+    # token, and the mild heads take the key-only call with each row's padding hidden.
+    size = dict(num_attention_heads=8, hidden_size=64, alibi_window_cutoff=cutoff)
+    model, reference = (tiny_model(attn_implementation=backend, **size) for backend in ("sdpa", "eager"))
+    ids, mask = random_ids(3, 1000), torch.ones(3, 1000, dtype=torch.long)
+    mask[1, :150] = mask[2, :700] = 0
+    with torch.no_grad():
+        whole = reference(ids, attention_mask=mask).logits
+    for past, stop in ((50, 300), (150, 400), (400, 1000), (900, 1000)):
+        logits, kernels, dense = continue_after(model, ids[:, :stop], past, cache_kind, mask[:, :stop])
+        assert dense == 0 and "aten::_scaled_dot_product_attention_math" not in kernels
+        torch.testing.assert_close(logits, whole[:, past:stop], atol=1e-5, rtol=0)
+
+
+def test_generate_with_a_chunked_prefill_of_a_left_padded_batch_runs_the_plan_and_gives_the_same_tokens():
+    # transformers' `prefill_chunk_size` prefills a long prompt in chunks after the cache of the earlier ones: on a
+    # left-padded batch every chunk after the first is a padded continuation (the [B, H, Q, K] mask until 2026-12-07).
+    model = tiny_model(num_attention_heads=8, hidden_size=64)
+    model.generation_config.pad_token_id = 0
+    ids, mask = random_ids(2, 700).clamp(min=1), torch.ones(2, 700, dtype=torch.long)
+    mask[1, :250] = 0
+    settings = dict(attention_mask=mask, max_new_tokens=8, do_sample=False)
+    with torch.no_grad():
+        whole = model.generate(ids, **settings)
+        kernels, dense = calls_while(
+            lambda: settings.update(chunked=model.generate(ids, prefill_chunk_size=128, **settings))
+        )
+    assert torch.equal(settings["chunked"], whole)
+    assert (
+        dense == 7
+    )  # the 7 decoding steps' [B, H, 1, K] masks (padded; the 8th token is the prefill's), none for chunks

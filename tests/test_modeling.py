@@ -10,7 +10,6 @@ import textwrap
 
 import pytest
 import torch
-from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import alibi_lm
@@ -182,11 +181,11 @@ def test_sdpa_builds_the_mask_once_per_forward(monkeypatch):
         layer.self_attn.register_forward_hook(
             lambda mod, args, kwargs, out: seen.append(id(kwargs["attention_mask"])), with_kwargs=True
         )
-    ids, padding = random_ids(2, 9), torch.tensor([[1] * 9, [0] * 2 + [1] * 7])
+    ids, padding = random_ids(2, 9), torch.tensor([[1] * 9, [1] * 2 + [0] * 2 + [1] * 5])
     with torch.no_grad():
         cache = model(ids[:, :6], attention_mask=padding[:, :6], use_cache=True).cache  # compacted: no dense mask
         seen.clear()
-        model(ids[:, 6:], attention_mask=padding, cache=cache, use_cache=True)  # padded, after a cache: the 4-D mask
+        model(ids[:, 6:], attention_mask=padding, cache=cache, use_cache=True)  # a hole, then a cache: the 4-D mask
     assert len(calls) == 1
     assert len(seen) == 4 and len(set(seen)) == 1
 
@@ -224,13 +223,14 @@ def test_cpu_fast_path_is_used_and_exact():
 
 def test_cpu_fast_path_is_not_used_where_it_would_be_wrong():
     model = tiny_model(attn_implementation="sdpa")
-    padding = torch.tensor([[0, 1, 1, 1]])
+    hole = torch.tensor([[1, 0, 1, 1, 1]])
     for (mask, docs, q_len, k_len, past), dtype in [
-        ((F.pad(padding, (0, 1), value=1), None, 2, 5, 3), torch.float32),  # padding, two tokens after a cache
+        ((hole, None, 2, 5, 3), torch.float32),  # a hole, two tokens after a cache (left padding would run blocked)
         ((None, None, 4, 4, 0), torch.float64),  # fp64: the key-only bias and the kernel's scores are fp32
         ((None, None, 1, 5, 4), torch.float32),  # decoding: Q != K
     ]:
-        built = model.model.build_attention_mask(build_layout(mask, docs, 1, q_len, k_len, past, CPU), dtype)
+        with torch.no_grad():  # as generation runs (continued prompts run blocked only without gradients)
+            built = model.model.build_attention_mask(build_layout(mask, docs, 1, q_len, k_len, past, CPU), dtype)
         assert isinstance(built, torch.Tensor) and built.dim() == 4
 
 

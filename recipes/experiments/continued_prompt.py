@@ -1,9 +1,10 @@
-"""The CPU default on a prompt continued after cached tokens: the [1, H, Q, K] mask it took until 2026-12-06 against
-the blocked plan for the last queries.
+"""The CPU default on a prompt continued after cached tokens: the [B, H, Q, K] mask it took until 2026-12-06 (for a
+left-padded batch until 2026-12-07) against the blocked plan for the last queries.
 
     python recipes/experiments/continued_prompt.py --out recipes/results/continued-prompt.md [--rounds 5]
 
-A chat's next turn, or a long prompt prefilled in chunks, runs several queries after a cache. The bench's cpu-small
+A chat's next turn, or a long prompt prefilled in chunks (of one prompt, or of a left-padded batch, as generate's
+`prefill_chunk_size` runs), runs several queries after a cache. The bench's cpu-small
 model (hidden 512, 4 layers, 8 heads, vocabulary 8,192; fp32, sdpa, the CPU default), no gradients. Each row times
 the continuation three ways, interleaved round by round in one process (medians; each call copies the cached prefix
 first, the same work in every column): with the old mask (`alibi_masks.continued` switched off), with the plan (now),
@@ -43,21 +44,30 @@ def model(position_encoding: str) -> AlibiForCausalLM:
     return AlibiForCausalLM._from_config(config, attn_implementation="sdpa").eval()
 
 
-def prefix(lm: AlibiForCausalLM, ids: torch.Tensor, past: int, kind: str):
+def prefix(lm: AlibiForCausalLM, ids: torch.Tensor, mask: torch.Tensor | None, past: int, kind: str):
     cache = (
         DynamicCache(config=lm.config)
         if kind == "dynamic"
         else StaticCache(config=lm.config, max_cache_len=ids.shape[1])
     )
     with torch.no_grad():
-        lm(ids[:, :past], cache=cache, use_cache=True)
+        lm(ids[:, :past], attention_mask=None if mask is None else mask[:, :past], cache=cache, use_cache=True)
     return cache
 
 
-def continue_(lm: AlibiForCausalLM, ids: torch.Tensor, past: int, cache, plan) -> torch.Tensor:
+def continue_(
+    lm: AlibiForCausalLM, ids: torch.Tensor, mask: torch.Tensor | None, past: int, cache, plan
+) -> torch.Tensor:
     alibi_masks.continued = plan
     with torch.no_grad():
-        return lm(ids[:, past:], cache=copy.deepcopy(cache), use_cache=True, logits_to_keep=1).logits
+        return lm(
+            ids[:, past:], attention_mask=mask, cache=copy.deepcopy(cache), use_cache=True, logits_to_keep=1
+        ).logits
+
+
+def left_padding(rows: list[int], length: int) -> torch.Tensor:
+    """An attention_mask `[len(rows), length]` with each row's padding on the left."""
+    return torch.stack([(torch.arange(length) >= padding).long() for padding in rows])
 
 
 def main() -> None:
@@ -67,16 +77,19 @@ def main() -> None:
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
     alibi, none = model("alibi"), model("none")
-    ids = torch.randint(0, 8192, (1, 4608), generator=torch.Generator().manual_seed(0))
-    workloads = [("512 tokens after 4,096, dynamic cache", 4096, "dynamic"),
-                 ("2,048 tokens after 2,048, dynamic cache", 2048, "dynamic"),
-                 ("512 tokens after 4,096, static cache", 4096, "static")]  # fmt: skip
+    ids = torch.randint(0, 8192, (2, 4608), generator=torch.Generator().manual_seed(0))
+    workloads = [("512 tokens after 4,096, dynamic cache", 4096, "dynamic", [0]),
+                 ("2,048 tokens after 2,048, dynamic cache", 2048, "dynamic", [0]),
+                 ("512 tokens after 4,096, static cache", 4096, "static", [0]),
+                 ("2 x 512 tokens after 4,096, left-padded by 0 and 1,000, dynamic cache", 4096, "dynamic", [0, 1000]),
+                 ("2 x 512 tokens after 4,096, left-padded by 0 and 1,000, static cache", 4096, "static", [0, 1000])]  # fmt: skip
     rows = []
-    for name, past, kind in tqdm(workloads, desc="workloads"):
-        text = ids[:, : past + (512 if past == 4096 else 2048)]
-        caches = {lm: prefix(lm, text, past, kind) for lm in (alibi, none)}
+    for name, past, kind, padding in tqdm(workloads, desc="workloads"):
+        text = ids[: len(padding), : past + (512 if past == 4096 else 2048)]
+        mask = left_padding(padding, text.shape[1]) if any(padding) else None
+        caches = {lm: prefix(lm, text, mask, past, kind) for lm in (alibi, none)}
         ways = {"before": (alibi, never), "now": (alibi, CONTINUED), "no bias": (none, CONTINUED)}
-        calls = {way: partial(continue_, lm, text, past, caches[lm], plan) for way, (lm, plan) in ways.items()}
+        calls = {way: partial(continue_, lm, text, mask, past, caches[lm], plan) for way, (lm, plan) in ways.items()}
         measured = run_interleaved(calls, torch.device("cpu"), repeats=args.rounds, measure_memory=False)
         before, now, limit = (statistics.median(measured[way].times) for way in ways)
         same = torch.allclose(measured["before"].output, measured["now"].output, atol=1e-5, rtol=0)
@@ -86,7 +99,7 @@ def main() -> None:
         )
     alibi_masks.continued = CONTINUED
     lines = [
-        "# A prompt continued after cached tokens, CPU default: [1, H, Q, K] mask (before) against the plan (now)",
+        "# A prompt continued after cached tokens, CPU default: [B, H, Q, K] mask (before) against the plan (now)",
         "",
         f"`python recipes/experiments/continued_prompt.py --out {args.out} --rounds {args.rounds}`; {describe()}; "
         f"torch {torch.__version__}, transformers {transformers.__version__}; {time.strftime('%Y-%m-%d')}. Seconds, "
