@@ -263,11 +263,13 @@ def test_a_compiled_packed_step_builds_no_dense_mask_and_equals_eager():
     assert_a_compiled_step_builds_no_dense_mask_and_equals_eager(True, ids, position_ids=position_ids, labels=ids)
 
 
-def test_a_compiled_packed_step_with_an_attention_mask_builds_no_dense_mask_and_equals_eager():
+@pytest.mark.parametrize("padded", [False, True])
+def test_a_compiled_packed_step_with_an_attention_mask_builds_no_dense_mask_and_equals_eager(padded):
     # Compiled, any attention_mask is padding (its values cannot be read): packed document_ids with the all-ones mask
-    # that a padding collator adds took the L x L mask until 2026-12-07.
+    # that a padding collator adds took the L x L mask until 2026-12-07, as did padded packed rows.
     ids, documents = random_ids(3, 600), packing(PACKED)
-    inputs = dict(attention_mask=torch.ones_like(ids), document_ids=documents, labels=ids)
+    mask = packed_padding() if padded else torch.ones_like(ids)
+    inputs = dict(attention_mask=mask, document_ids=documents, labels=ids.masked_fill(mask == 0, -100))
     assert_a_compiled_step_builds_no_dense_mask_and_equals_eager(False, ids, **inputs)
 
 
