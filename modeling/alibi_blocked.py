@@ -27,9 +27,10 @@ class WindowedAlibi:
 
     Head h sees the `windows[h]` tokens before each query and itself. `windowed_alibi_attention` cuts the queries
     into blocks and gives each block only the keys its window reaches, so a head's cost is linear in L; heads whose
-    window holds the whole sequence share one fused causal call. Causal layouts with Q == K and no cache only: plain,
-    padded (`compaction`), packed (`documents`) or both. It serves windowed ALiBi (`alibi_window_cutoff`) and the CPU
-    default path, whose windows end where the bias has silenced a key (`ALIBI_UNDERFLOW_CUTOFF`).
+    window holds the whole sequence share one fused causal call. Causal layouts with Q == K and no cache: plain,
+    padded (`compaction`), packed (`documents`) or both; and queries after cached tokens (`past`), plain or left-padded
+    (`after_left_padding`). It serves windowed ALiBi (`alibi_window_cutoff`) and the CPU default path, whose windows
+    end where the bias has silenced a key (`ALIBI_UNDERFLOW_CUTOFF`).
     """
 
     slopes: list[float]
