@@ -463,6 +463,19 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    def init_continuous_batching(self, *args, **kwargs):
+        """Refused, not yet built: transformers' continuous batching (`generate_batch`, `transformers serve
+        --continuous_batching`) hands the model a paged cache and every request's tokens in one flattened row, and
+        the ALiBi bias would have to be built per request from its boundaries there. Without this, each request
+        failed inside the batch manager, reported only in its output, with "'PagedAttentionCache' object has no
+        attribute 'get_seq_length'"."""
+        raise NotImplementedError(
+            "alibi-lm models do not run transformers' continuous batching yet (generate_batch, "
+            "init_continuous_batching, transformers serve --continuous_batching): its paged attention path would need "
+            "the ALiBi bias per request. Use generate() on a padded batch, or export (alibi-lm export MODEL OUT --to "
+            "mpt) and serve with vLLM or TGI."
+        )
+
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple
     def forward(
