@@ -388,12 +388,13 @@ def test_generate_with_a_chunked_prefill_of_a_left_padded_batch_runs_the_plan_an
     ids, mask = random_ids(2, 700).clamp(min=1), torch.ones(2, 700, dtype=torch.long)
     mask[1, :250] = 0
     settings = dict(attention_mask=mask, max_new_tokens=8, do_sample=False)
+    outputs = {}
     with torch.no_grad():
         whole = model.generate(ids, **settings)
-        kernels, dense = calls_while(
-            lambda: settings.update(chunked=model.generate(ids, prefill_chunk_size=128, **settings))
+        _, dense = calls_while(
+            lambda: outputs.setdefault("chunked", model.generate(ids, prefill_chunk_size=128, **settings))
         )
-    assert torch.equal(settings["chunked"], whole)
-    assert (
-        dense == 7
-    )  # the 7 decoding steps' [B, H, 1, K] masks (padded; the 8th token is the prefill's), none for chunks
+    assert torch.equal(outputs["chunked"], whole)
+    # The masks built are the 7 decoding steps' [B, H, 1, K] (padded; the 8th token comes from the prefill), none for
+    # the chunks.
+    assert dense == 7
