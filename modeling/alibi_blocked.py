@@ -346,7 +346,8 @@ def left_padded(layout: Layout, filled: int) -> bool:
 
 def after_left_padding(key_valid: torch.Tensor, past: int, queries: int) -> PackedDocuments:
     """The queries after `past` cached slots of a left-padded batch (`left_padded`) as documents: each token's document
-    begins at its row's first token, each padding slot's at itself (it sees itself alone, as the visibility rule says)."""
+    begins at its row's first token, each padding slot's at itself (it sees itself alone, as the visibility rule
+    says)."""
     valid = key_valid[:, : past + queries]
     first = (~valid).sum(-1, keepdim=True)  # [B, 1] the row's padding: its first token's slot
     slots = torch.arange(past, past + queries, device=valid.device)

@@ -160,7 +160,8 @@ def main() -> None:
         f"{f' --threads {args.threads}' if args.threads else ''}`; {describe()}; "
         f"torch {torch.__version__}, transformers {transformers.__version__}; {time.strftime('%Y-%m-%d')}. Seconds, "
         f"medians of {args.rounds} interleaved rounds; 'unpacked' is the same tokens as one document per row (the "
-        "plain plan, or the same padding compacted). Peak memory: what the step allocates above what is live before it (torch's profiler).",
+        "plain plan, or the same padding compacted). Peak memory: what the step allocates above what is live "
+        "before it (torch's profiler).",
         "",
         "| workload | L x L mask (before), s | blocks (now), s | unpacked, s | now ÷ before speed | now ÷ unpacked "
         "| peak MiB before | peak MiB now |",
