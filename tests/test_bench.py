@@ -132,6 +132,21 @@ def _row(family: str, backend: str, tokens_per_s: float, peak: int, measurement:
     )
 
 
+def test_write_results_writes_the_title_how_it_was_made_and_the_table(tmp_path, capsys):
+    import transformers
+
+    out = tmp_path / "deep" / "result.md"
+    rows = ["| a | 1 | 2 |", "| b | 3 | 4 |"]
+    text = measure.write_results(out, "Title", "python x.py --out r.md", "Seconds.", "| name | x | y |", rows)
+    lines = out.read_text().splitlines()
+    assert out.read_text() == text and capsys.readouterr().out == text
+    assert lines[:2] == ["# Title", ""] and lines[3:] == ["", "| name | x | y |", "|---|---|---|", *rows]
+    made = lines[2]
+    assert made.startswith("`python x.py --out r.md`; ")
+    assert f"torch {torch.__version__}, transformers {transformers.__version__}; " in made
+    assert made.endswith(". Seconds.") and "cores" in made  # the machine (`machine.describe`) is named
+
+
 def test_add_ratios_and_targets_on_known_numbers():
     rows = [
         _row("alibi", "sdpa", 200.0, 100),

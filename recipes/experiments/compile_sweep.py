@@ -24,8 +24,7 @@ import transformers
 from tqdm.auto import tqdm
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
-from alibi_lm.machine import describe
-from alibi_lm.measure import compiled_graphs, recompile_limit_hits, run_interleaved
+from alibi_lm.measure import compiled_graphs, recompile_limit_hits, run_interleaved, write_results
 from alibi_lm.modeling import alibi_attention
 
 LENGTHS = [64, 100, 128, 200, 256, 300, 400, 512, 600, 700, 800, 900, 1024, 1100, 1500, 2048]
@@ -62,19 +61,14 @@ def main() -> None:
             )
     plan = "traced at every length (before 2026-12-06)" if args.traced else "the default"
     command = "python recipes/experiments/compile_sweep.py" + (" --traced" if args.traced else "")
-    lines = [
-        f"# torch.compile over 16 lengths, CPU default, blocked plan {plan}",
-        "",
-        f"`{command} --out {args.out}`; {describe()}; torch {torch.__version__}, "
-        f"transformers {transformers.__version__}; {time.strftime('%Y-%m-%d')}.",
+    write_results(
+        args.out,
+        f"torch.compile over 16 lengths, CPU default, blocked plan {plan}",
+        f"{command} --out {args.out}",
         "",
         "| length | first call, s | compiled, ms | uncompiled, ms | speedup | max logit diff | graphs | limit hits |",
-        "|---|---|---|---|---|---|---|---|",
-        *rows,
-    ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from functools import partial
 from pathlib import Path
 
@@ -20,8 +19,7 @@ import torch
 import transformers
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
-from alibi_lm.machine import describe
-from alibi_lm.measure import run_interleaved, train_step
+from alibi_lm.measure import run_interleaved, train_step, write_results
 
 
 def main() -> None:
@@ -44,19 +42,14 @@ def main() -> None:
     measured = run_interleaved(calls, ids.device, repeats=args.rounds, warmup=2, measure_memory=False)
     medians = {name: statistics.median(measured[name].times) for name in ways}
     static = medians["torch.compile(dynamic=False)"]
-    lines = [
-        "# A CPU training step, 1 x 2,048 tokens: compiled for one length, for any length, and uncompiled",
-        "",
-        f"`python recipes/experiments/compile_training_step.py --out {args.out} --rounds {args.rounds}`; {describe()}; "
-        f"torch {torch.__version__}, transformers {transformers.__version__}; {time.strftime('%Y-%m-%d')}.",
+    write_results(
+        args.out,
+        "A CPU training step, 1 x 2,048 tokens: compiled for one length, for any length, and uncompiled",
+        f"python recipes/experiments/compile_training_step.py --out {args.out} --rounds {args.rounds}",
         "",
         "| step | seconds | speed ÷ compiled for one length |",
-        "|---|---|---|",
-        *(f"| {name} | {spent:.3f} | {static / spent:.2f}x |" for name, spent in medians.items()),
-    ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        (f"| {name} | {spent:.3f} | {static / spent:.2f}x |" for name, spent in medians.items()),
+    )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 from functools import partial
 from pathlib import Path
 
@@ -26,8 +25,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, StaticCache
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
-from alibi_lm.machine import describe
-from alibi_lm.measure import run_interleaved
+from alibi_lm.measure import run_interleaved, write_results
 from alibi_lm.modeling import alibi_masks
 
 CONTINUED = alibi_masks.continued
@@ -98,21 +96,15 @@ def main() -> None:
             f"| {limit / now:.2f}x | {'yes' if same else 'no'} |"
         )
     alibi_masks.continued = CONTINUED
-    lines = [
-        "# A prompt continued after cached tokens, CPU default: [B, H, Q, K] mask (before) against the plan (now)",
-        "",
-        f"`python recipes/experiments/continued_prompt.py --out {args.out} --rounds {args.rounds}`; {describe()}; "
-        f"torch {torch.__version__}, transformers {transformers.__version__}; {time.strftime('%Y-%m-%d')}. Seconds, "
-        f"medians of {args.rounds} interleaved rounds; 'same logits': before and now within 1e-5.",
-        "",
+    write_results(
+        args.out,
+        "A prompt continued after cached tokens, CPU default: [B, H, Q, K] mask (before) against the plan (now)",
+        f"python recipes/experiments/continued_prompt.py --out {args.out} --rounds {args.rounds}",
+        f"Seconds, medians of {args.rounds} interleaved rounds; 'same logits': before and now within 1e-5.",
         "| continuation | mask (before), s | plan (now), s | no bias, s | now ÷ before speed | before ÷ no bias "
         "| now ÷ no bias | same logits |",
-        "|---|---|---|---|---|---|---|---|",
-        *rows,
-    ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -26,8 +25,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
-from alibi_lm.machine import describe
-from alibi_lm.measure import run_interleaved
+from alibi_lm.measure import run_interleaved, write_results
 from alibi_lm.modeling import alibi_masks
 
 ALWAYS = {"packed": alibi_masks.packed, "compactable": alibi_masks.compactable}
@@ -153,24 +151,18 @@ def main() -> None:
             f"| {unpacked / blocked:.2f}x | {memory} |"
         )
     run_with(lambda arguments: None, {}, ALWAYS)
-    lines = [
-        "# The CPU default on packed documents: L x L mask (before) against blocks cut at each document (now)",
-        "",
-        f"`python recipes/experiments/packed_documents.py --out {args.out} --rounds {args.rounds}"
-        f"{f' --threads {args.threads}' if args.threads else ''}`; {describe()}; "
-        f"torch {torch.__version__}, transformers {transformers.__version__}; {time.strftime('%Y-%m-%d')}. Seconds, "
-        f"medians of {args.rounds} interleaved rounds; 'unpacked' is the same tokens as one document per row (the "
-        "plain plan, or the same padding compacted). Peak memory: what the step allocates above what is live "
+    write_results(
+        args.out,
+        "The CPU default on packed documents: L x L mask (before) against blocks cut at each document (now)",
+        f"python recipes/experiments/packed_documents.py --out {args.out} --rounds {args.rounds}"
+        f"{f' --threads {args.threads}' if args.threads else ''}",
+        f"Seconds, medians of {args.rounds} interleaved rounds; 'unpacked' is the same tokens as one document per row "
+        "(the plain plan, or the same padding compacted). Peak memory: what the step allocates above what is live "
         "before it (torch's profiler).",
-        "",
         "| workload | L x L mask (before), s | blocks (now), s | unpacked, s | now ÷ before speed | now ÷ unpacked "
         "| peak MiB before | peak MiB now |",
-        "|---|---|---|---|---|---|---|---|",
-        *rows,
-    ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        rows,
+    )
 
 
 if __name__ == "__main__":

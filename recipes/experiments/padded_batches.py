@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -23,8 +22,7 @@ import transformers
 from tqdm.auto import tqdm
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
-from alibi_lm.machine import describe
-from alibi_lm.measure import run_interleaved
+from alibi_lm.measure import run_interleaved, write_results
 from alibi_lm.modeling import alibi_masks
 
 ALWAYS = alibi_masks.compactable
@@ -98,22 +96,16 @@ def main() -> None:
             f"| {name} | {dense:.3f} | {gathered:.3f} | {plain:.3f} | {dense / gathered:.2f}x | {plain / gathered:.2f}x |"
         )
     alibi_masks.compactable = ALWAYS
-    lines = [
-        "# The CPU default with an attention_mask: L x L mask (before) against tokens gathered ahead of padding (now)",
-        "",
-        f"`python recipes/experiments/padded_batches.py --out {args.out} --rounds {args.rounds}"
-        f"{f' --threads {args.threads}' if args.threads else ''}`; {describe()}; "
-        f"torch {torch.__version__}, transformers {transformers.__version__}; {time.strftime('%Y-%m-%d')}. Seconds, "
-        f"medians of {args.rounds} interleaved rounds; 'no mask' is the same batch without its attention_mask (its "
-        "padding then attended to), the plain plan's time.",
-        "",
+    write_results(
+        args.out,
+        "The CPU default with an attention_mask: L x L mask (before) against tokens gathered ahead of padding (now)",
+        f"python recipes/experiments/padded_batches.py --out {args.out} --rounds {args.rounds}"
+        f"{f' --threads {args.threads}' if args.threads else ''}",
+        f"Seconds, medians of {args.rounds} interleaved rounds; 'no mask' is the same batch without its "
+        "attention_mask (its padding then attended to), the plain plan's time.",
         "| workload | L x L mask (before), s | gathered (now), s | no mask, s | now ÷ before speed | now ÷ no mask |",
-        "|---|---|---|---|---|---|",
-        *rows,
-    ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        rows,
+    )
 
 
 if __name__ == "__main__":

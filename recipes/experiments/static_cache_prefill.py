@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from functools import partial
 from pathlib import Path
 
@@ -23,8 +22,7 @@ import transformers
 from tqdm.auto import tqdm
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
-from alibi_lm.machine import describe
-from alibi_lm.measure import run_interleaved
+from alibi_lm.measure import run_interleaved, write_results
 from alibi_lm.modeling import alibi_masks
 
 OWN_SLOTS = alibi_masks.own_slots
@@ -73,23 +71,17 @@ def main() -> None:
             f"| {memory} | {'yes' if same else 'no'} |"
         )
     alibi_masks.own_slots = OWN_SLOTS
-    lines = [
-        "# generate with a static cache on the CPU default: its first forward's mask (before) against the plan (now)",
-        "",
-        f"`python recipes/experiments/static_cache_prefill.py --out {args.out} --rounds {args.rounds}`; {describe()}; "
-        f"torch {torch.__version__}, transformers {transformers.__version__}; {time.strftime('%Y-%m-%d')}. Seconds "
-        f"for the whole generate call (prompt and 8 greedy tokens), medians of {args.rounds} interleaved rounds; peak "
-        "memory above what is live before it (torch's profiler); 'same tokens': the static cache's now and the "
-        "dynamic cache's.",
-        "",
+    write_results(
+        args.out,
+        "generate with a static cache on the CPU default: its first forward's mask (before) against the plan (now)",
+        f"python recipes/experiments/static_cache_prefill.py --out {args.out} --rounds {args.rounds}",
+        f"Seconds for the whole generate call (prompt and 8 greedy tokens), medians of {args.rounds} interleaved "
+        "rounds; peak memory above what is live before it (torch's profiler); 'same tokens': the static cache's now "
+        "and the dynamic cache's.",
         "| prompt | static, [B, H, Q, max_cache_len] mask (before), s | static now, s | dynamic cache, s "
         "| now ÷ before speed | now ÷ dynamic | peak MiB before | now | dynamic | same tokens |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        *rows,
-    ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        rows,
+    )
 
 
 if __name__ == "__main__":

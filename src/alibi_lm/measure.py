@@ -11,16 +11,20 @@ import contextlib
 import gc
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from torch.autograd import DeviceType
 from transformers import (
     CompileConfig,
     PreTrainedModel,
 )
+
+from .machine import describe
 
 
 @dataclass
@@ -199,3 +203,17 @@ def generate_tokens(
     # padding, and the prompt then takes the padded-batch path (a [B, H, Q, K] mask) instead of the unpadded one.
     with torch.inference_mode():
         return model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+
+
+def write_results(out: Path, title: str, command: str, note: str, header: str, rows: Iterable[str]) -> str:
+    """Write an experiment's markdown results to `out` (and print them): `# title`, the `command` that made them with
+    this machine, torch, transformers and the date, then `note`, and the table (`header` `| a | b |`, then `rows`).
+    Returns the text."""
+    made = f"`{command}`; {describe()}; torch {torch.__version__}, transformers {transformers.__version__}; "
+    made += f"{time.strftime('%Y-%m-%d')}." + (f" {note}" if note else "")
+    separator = "|" + "---|" * (header.count("|") - 1)
+    text = "\n".join([f"# {title}", "", made, "", header, separator, *rows]) + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text, end="")
+    return text
