@@ -21,6 +21,8 @@ from .configuration_alibi import AlibiConfig
 
 # isort: on
 
+import copy
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -28,7 +30,7 @@ from torch.nn.attention.flex_attention import BlockMask
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
-from transformers.generation import GenerationMixin
+from transformers.generation import ContinuousBatchingConfig, GenerationConfig, GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel, slice_logits_to_keep
@@ -55,6 +57,7 @@ from .alibi_masks import (
     get_alibi_slopes,
     packed_document_ids,
 )
+from .alibi_paged import continuous_batch_mask, is_paged_cache
 
 # --- 2. MLP --------------------------------------------------------------------------------
 
@@ -111,8 +114,8 @@ class AlibiAttention(nn.Module):
         value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         if position_embeddings is not None:
             query_states, key_states = apply_rotary_pos_emb(query_states, key_states, *position_embeddings)
-        if cache is not None:
-            key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
+        if cache is not None:  # `kwargs`: continuous batching's paged cache reads its indices there (and edits them)
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
 
         # Our kernels on top of transformers' registry (alibi_attention.ALL_ATTENTION_FUNCTIONS, a local instance).
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
@@ -398,6 +401,8 @@ class AlibiModel(AlibiPreTrainedModel):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if is_paged_cache(cache):
+            return self.forward_continuous_batch(input_ids, inputs_embeds, attention_mask, position_ids, cache, kwargs)
         inputs = input_ids if input_ids is not None else inputs_embeds
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         empty_cache = cache is None  # no cached tokens: known without reading a value, also while compiling
@@ -435,8 +440,14 @@ class AlibiModel(AlibiPreTrainedModel):
                 attention_mask, document_ids, batch_size, query_length, key_length, past_length, device, key_offset
             )
         mask = self.build_attention_mask(layout, inputs_embeds.dtype)
+        hidden_states = self.decode(inputs_embeds, mask, layout.query_positions, cache, kwargs)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None)
 
-        positions = layout.query_positions
+    def decode(
+        self, inputs_embeds: torch.Tensor, mask: AlibiMask, positions: torch.Tensor, cache: Cache | None, kwargs: dict
+    ) -> torch.Tensor:
+        """Embeddings `[B, Q, hidden]` through the position encoding, every layer and the final norm; `positions`
+        `[B or 1, Q]` are the queries' (sinusoidal and rotary baselines)."""
         hidden_states = self.position_encoding.embed(inputs_embeds, positions, self.embed_layer_norm)
         position_embeddings = self.position_encoding.rotary(positions, hidden_states.dtype)
         hidden_states = self.embed_dropout(hidden_states)
@@ -444,8 +455,24 @@ class AlibiModel(AlibiPreTrainedModel):
             hidden_states = layer(
                 hidden_states, attention_mask=mask, position_embeddings=position_embeddings, cache=cache, **kwargs
             )
-        hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None)
+        return self.norm(hidden_states)
+
+    def forward_continuous_batch(
+        self,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        attention_mask: torch.Tensor | dict | None,
+        position_ids: torch.Tensor,
+        cache: Cache,
+        kwargs: dict,
+    ) -> BaseModelOutputWithPast:
+        """One step of transformers' continuous batching: every request's new tokens in one row `[1, Q]`, their keys
+        read from the paged cache, and the bias built per request from its boundaries (`alibi_paged`)."""
+        mask = continuous_batch_mask(self.position_encoding, self.local_heads(), attention_mask, position_ids, kwargs)
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        hidden_states = self.decode(inputs_embeds, mask, position_ids.long(), cache, kwargs)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states)
 
 
 class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
@@ -463,18 +490,41 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def init_continuous_batching(self, *args, **kwargs):
-        """Refused, not yet built: transformers' continuous batching (`generate_batch`, `transformers serve
-        --continuous_batching`) hands the model a paged cache and every request's tokens in one flattened row, and
-        the ALiBi bias would have to be built per request from its boundaries there. Without this, each request
-        failed inside the batch manager, reported only in its output, with "'PagedAttentionCache' object has no
-        attribute 'get_seq_length'"."""
-        raise NotImplementedError(
-            "alibi-lm models do not run transformers' continuous batching yet (generate_batch, "
-            "init_continuous_batching, transformers serve --continuous_batching): its paged attention path would need "
-            "the ALiBi bias per request. Use generate() on a padded batch, or export (alibi-lm export MODEL OUT --to "
-            "mpt) and serve with vLLM or TGI."
-        )
+    def init_continuous_batching(
+        self,
+        generation_config: GenerationConfig | None = None,
+        continuous_batching_config: ContinuousBatchingConfig | None = None,
+        **kwargs,
+    ):
+        """transformers' continuous batching manager (also behind `generate_batch` and `transformers serve
+        --continuous_batching`), on sdpa with the ALiBi bias per request (`alibi_paged`).
+
+        The manager takes only sdpa, its own eager or a flash kernel; none of transformers' paged kernels adds a bias.
+        So the model runs sdpa while the manager runs, with `auto_switch_to_flash` off, and goes back to its own
+        attention when the manager stops.
+        """
+        if continuous_batching_config is None:
+            given = getattr(generation_config or self.generation_config, "continuous_batching_config", None)
+            continuous_batching_config = given if isinstance(given, ContinuousBatchingConfig) else None
+        continuous_batching_config = copy.deepcopy(continuous_batching_config or ContinuousBatchingConfig())
+        continuous_batching_config.auto_switch_to_flash = False
+        original = self.config._attn_implementation
+        if original != "sdpa":
+            self.set_attn_implementation("sdpa")
+        try:
+            manager = super().init_continuous_batching(generation_config, continuous_batching_config, **kwargs)
+        except BaseException:
+            self.set_attn_implementation(original)
+            raise
+        if original != "sdpa":
+            stop = manager.stop
+
+            def stop_and_restore(*args, **kwargs):
+                stop(*args, **kwargs)
+                self.set_attn_implementation(original)
+
+            manager.stop = stop_and_restore
+        return manager
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple

@@ -72,17 +72,6 @@ def test_pipeline_text_generation_equals_generate(checkpoint: Path, model: Alibi
     assert text == tokenizer.decode(expected, skip_special_tokens=True)
 
 
-def test_continuous_batching_is_refused_with_a_clear_error_before_any_request_runs() -> None:
-    # transformers' generate_batch used to start its manager, fail every request inside it and return them marked
-    # failed, with "'PagedAttentionCache' object has no attribute 'get_seq_length'" in each output.
-    from transformers import GenerationConfig
-
-    model = tiny_model()
-    config = GenerationConfig(max_new_tokens=3, do_sample=False, eos_token_id=-1, pad_token_id=0)
-    with pytest.raises(NotImplementedError, match="continuous batching yet .* generate\\(\\) on a padded batch"):
-        model.generate_batch(inputs=random_ids(2, 9).tolist(), generation_config=config)
-
-
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # raised inside peft
 def test_lora_on_hf_layer_names_trains_and_merges() -> None:
     from peft import LoraConfig, get_peft_model

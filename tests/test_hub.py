@@ -80,6 +80,7 @@ def test_push_uploads_weights_config_and_remote_code(hub_server: HubServer, push
         "alibi_compile.py",
         "alibi_encodings.py",
         "alibi_masks.py",
+        "alibi_paged.py",
         "alibi_triton.py",
         "alibi_triton_kernels.py",
         "configuration_alibi.py",

@@ -1,0 +1,112 @@
+# Copyright 2026 The alibi-lm authors. Licensed under the Apache License, Version 2.0.
+"""The ALiBi bias for transformers' continuous batching (`generate_batch`, `transformers serve --continuous_batching`).
+
+Continuous batching runs every request of a step in one flattened row: the queries of all requests side by side, and
+the keys each request reads from the paged cache, request after request. It hands the model the request boundaries
+(`cu_seq_lens_q`, `cu_seq_lens_k`), each query's position (`position_ids`) and, for sdpa, a block-diagonal causal mask
+`[1, 1, Q, K]` of 0 and the dtype's minimum (`continuous_batching.utils.build_attention_mask`, transformers 5.25).
+ALiBi needs one more thing, each key's position: a request's keys are its last tokens up to and including its last
+query (the paged cache reads them in order), so the key in slot `k` of request `r` sits
+`cu_seq_lens_k[r + 1] - 1 - k` places before that query. From these, `paged_alibi_mask` adds the per-head bias to
+the given mask, reading no value on the host (CUDA graphs capture it).
+It travels with checkpoints as Hub remote code beside `modeling_alibi.py`, so it imports only torch and transformers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .alibi_masks import ScoreBias
+
+
+def is_paged_cache(cache: object) -> bool:
+    """Is `cache` continuous batching's paged cache? (Checked by name: importing it pulls in the whole manager.)"""
+    return type(cache).__name__ == "PagedAttentionCache"
+
+
+def paged_key_positions(
+    query_positions: torch.Tensor, cu_seq_lens_q: torch.Tensor, cu_seq_lens_k: torch.Tensor, key_length: int
+) -> torch.Tensor:
+    """`[K]` position of each key slot of a flattened continuous batch.
+
+    Args:
+        query_positions: `[Q]` long, each query's position within its request.
+        cu_seq_lens_q: `[R + 1]` query boundaries of the R requests (trailing repeats: padding requests).
+        cu_seq_lens_k: `[R + 1]` key boundaries.
+        key_length: K, the key slots (past the last boundary: padding, hidden by the given mask).
+    """
+    ends_q, ends_k = cu_seq_lens_q[1:].long(), cu_seq_lens_k[1:].long()
+    slots = torch.arange(key_length, device=query_positions.device)
+    request = torch.searchsorted(ends_k, slots, right=True).clamp(max=ends_k.numel() - 1)  # [K]
+    last_query = query_positions[(ends_q - 1).clamp(0, query_positions.numel() - 1)]  # [R]
+    return last_query[request] - (ends_k[request] - 1 - slots)
+
+
+def paged_alibi_mask(
+    mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    cu_seq_lens_q: torch.Tensor,
+    cu_seq_lens_k: torch.Tensor,
+    bias: ScoreBias | None,
+    heads: tuple[int, int],
+    windows: torch.Tensor | None,
+) -> torch.Tensor:
+    """The additive mask `[1, H, Q, K]` for one step of continuous batching: `mask`'s hidden pairs stay hidden, the
+    visible ones get the bias of their distance, and keys beyond a head's `windows[h]` are hidden (windowed ALiBi).
+
+    Args:
+        mask: `[1, 1, Q, K]` continuous batching's mask (0 where visible), in the model's dtype.
+        position_ids: `[1, Q]` each query's position within its request.
+        cu_seq_lens_q, cu_seq_lens_k: `[R + 1]` the requests' query and key boundaries.
+        bias: the position encoding's `score_bias` (a function of head and distance), or None.
+        heads: `(first, count)`, the heads this process computes.
+        windows: `[H]` how far back each head looks, or None.
+    """
+    query_positions = position_ids[0].long()
+    key_positions = paged_key_positions(query_positions, cu_seq_lens_q, cu_seq_lens_k, mask.shape[-1])
+    distance = query_positions[:, None] - key_positions[None, :]  # [Q, K]
+    first, count = heads
+    head = torch.arange(first, first + count, device=mask.device)[:, None, None]  # [H, 1, 1]
+    visible = (mask[0] == 0) & (distance >= 0)  # [1, Q, K]
+    if windows is not None:
+        visible = visible & (distance <= windows[head])
+    hidden = torch.finfo(mask.dtype).min
+    if bias is None:
+        return torch.where(visible, 0.0, hidden).to(mask.dtype)[None]
+    return torch.where(visible, bias(head, distance.clamp(min=0)).to(mask.dtype), hidden)[None]
+
+
+def continuous_batch_mask(
+    encoding,
+    heads: tuple[int, int],
+    attention_mask: torch.Tensor | dict | None,
+    position_ids: torch.Tensor,
+    kwargs: dict,
+) -> torch.Tensor:
+    """`paged_alibi_mask` from what continuous batching hands the model's forward: its sdpa mask (a tensor, or one per
+    layer type), `position_ids` `[1, Q]` and, in `kwargs`, `cu_seq_lens_q` and `cu_seq_lens_k` (one per layer type).
+
+    Args:
+        encoding: the model's position encoding (`score_bias` and `windows` of every head).
+        heads: `(first, count)`, the heads this process computes.
+    """
+    if isinstance(attention_mask, dict):  # every ALiBi layer is a full-attention one
+        attention_mask = attention_mask.get("full_attention")
+    if attention_mask is None:
+        raise ValueError(
+            "Continuous batching must give alibi-lm models its sdpa mask (attn_implementation='sdpa'), to which the "
+            "ALiBi bias is added: start it with model.generate_batch or model.init_continuous_batching."
+        )
+    cu_seq_lens_k = kwargs["cu_seq_lens_k"]
+    if isinstance(cu_seq_lens_k, dict):
+        cu_seq_lens_k = cu_seq_lens_k["full_attention"]
+    device = attention_mask.device
+    return paged_alibi_mask(
+        attention_mask,
+        position_ids,
+        kwargs["cu_seq_lens_q"],
+        cu_seq_lens_k,
+        encoding.score_bias(attention_mask.shape[-1], device),
+        heads,
+        encoding.windows(device),
+    )

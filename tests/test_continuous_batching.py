@@ -1,0 +1,111 @@
+"""transformers' continuous batching (`generate_batch`) on alibi-lm models: the bias per request of a flattened row."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import ContinuousBatchingConfig, GenerationConfig
+from transformers.generation.continuous_batching.utils import build_attention_mask
+
+from alibi_lm.modeling.alibi_masks import ALIBI_FUSED, alibi_bias, get_alibi_slopes
+from alibi_lm.modeling.alibi_paged import continuous_batch_mask, paged_alibi_mask, paged_key_positions
+from tests.tiny import perturb, random_ids, tiny_model
+
+# Three requests of one step: (cached tokens, new tokens).
+REQUESTS = [(3, 2), (0, 4), (6, 1)]
+
+
+def flattened_step(requests: list[tuple[int, int]], padding: int = 0):
+    """The inputs continuous batching gives the model for one step: query positions, boundaries, its sdpa mask."""
+    positions = [p for past, new in requests for p in range(past, past + new)]
+    cu_q, cu_k = [0], [0]
+    for past, new in requests:
+        cu_q.append(cu_q[-1] + new)
+        cu_k.append(cu_k[-1] + past + new)
+    mask = torch.zeros(1, 1, cu_q[-1], cu_k[-1] + padding)
+    mask.fill_(torch.finfo(mask.dtype).min)
+    build_attention_mask(mask, cu_q, cu_k)  # transformers' own block-diagonal causal mask
+    as_tensor = lambda values: torch.tensor(values, dtype=torch.int32)  # noqa: E731
+    return as_tensor(positions)[None], as_tensor(cu_q), as_tensor(cu_k), mask
+
+
+def test_key_positions_restart_at_each_request() -> None:
+    positions, cu_q, cu_k, _ = flattened_step(REQUESTS)
+    keys = paged_key_positions(positions[0].long(), cu_q, cu_k, key_length=int(cu_k[-1]))
+    assert keys.tolist() == [0, 1, 2, 3, 4] + [0, 1, 2, 3] + [0, 1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("windows", [None, [1, 2, 4, 8]], ids=["dense", "windowed"])
+def test_paged_mask_is_the_alibi_bias_inside_each_request_and_hidden_across(windows) -> None:
+    heads = 4
+    positions, cu_q, cu_k, mask = flattened_step(REQUESTS, padding=3)
+    slopes = get_alibi_slopes(heads)
+    window_tensor = None if windows is None else torch.tensor(windows)
+    bias = lambda head, distance: alibi_bias(slopes[head], distance)  # noqa: E731
+    built = paged_alibi_mask(mask, positions, cu_q, cu_k, bias, (0, heads), window_tensor)[0]  # [H, Q, K]
+    hidden = torch.finfo(built.dtype).min
+    expected = torch.full_like(built, hidden)
+    for (past, new), q0, k0 in zip(REQUESTS, cu_q.tolist(), cu_k.tolist()):
+        for i in range(new):
+            for j in range(past + i + 1):  # causal within the request, keys in order from its first token
+                for h in range(heads):
+                    distance = past + i - j
+                    if windows is None or distance <= windows[h]:
+                        expected[h, q0 + i, k0 + j] = -slopes[h] * distance
+    torch.testing.assert_close(built, expected)
+
+
+def cb_config(**overrides) -> ContinuousBatchingConfig:
+    """A small paged cache (the default sizes it from free memory) and no log-probability processors."""
+    return ContinuousBatchingConfig(
+        num_blocks=16, page_size=16, max_batch_tokens=64, return_logprobs=True, **overrides
+    )
+
+
+def reference(model, prompt: list[int], new_tokens: int) -> tuple[list[int], list[float]]:
+    """Greedy tokens of `generate` on the prompt alone, and the log-probability of each."""
+    config = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
+    config.update(output_logits=True, return_dict_in_generate=True)
+    ids = torch.tensor([prompt])  # with its mask: generate would read a token 0 (pad_token_id) as padding
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
+    tokens = out.sequences[0, len(prompt) :].tolist()
+    logprobs = [torch.log_softmax(s[0].float(), -1)[t].item() for s, t in zip(out.logits, tokens)]
+    return tokens, logprobs
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"alibi_window_cutoff": 4.0}, {"position_encoding": "sinusoidal"}],
+    ids=["alibi", "windowed", "sinusoidal"],
+)
+def test_generate_batch_gives_each_prompt_what_generate_gives_it_alone(overrides) -> None:
+    model = perturb(tiny_model(attn_implementation=None, **overrides), seed=1)
+    prompts = [random_ids(1, n, seed=n)[0].tolist() for n in (5, 23, 40, 9)]
+    config = GenerationConfig(max_new_tokens=8, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    outputs = model.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=cb_config())
+    assert len(outputs) == len(prompts)
+    for output in outputs.values():
+        assert output.error is None
+        tokens, logprobs = reference(model, output.prompt_ids, 8)
+        assert output.generated_tokens == tokens
+        torch.testing.assert_close(torch.tensor(output.logprobs), torch.tensor(logprobs), atol=1e-5, rtol=0)
+    # The manager ran sdpa; the model is back on its own default afterwards.
+    assert model.config._attn_implementation == ALIBI_FUSED
+
+
+def test_continuous_batching_leaves_the_users_config_alone() -> None:
+    model = tiny_model()
+    given = cb_config()
+    config = GenerationConfig(max_new_tokens=2, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    model.generate_batch(inputs=random_ids(2, 6).tolist(), generation_config=config, continuous_batching_config=given)
+    assert given.auto_switch_to_flash  # switched off on a copy only (no paged flash kernel adds a bias)
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_a_step_without_the_sdpa_mask_is_refused_by_name() -> None:
+    # A flash kernel under continuous batching hands no mask: the bias would have nothing to go into.
+    model = tiny_model()
+    positions, cu_q, cu_k, _ = flattened_step(REQUESTS)
+    kwargs = {"cu_seq_lens_q": cu_q, "cu_seq_lens_k": {"full_attention": cu_k}}
+    with pytest.raises(ValueError, match=r"sdpa mask \(attn_implementation=.sdpa.\).*model.generate_batch"):
+        continuous_batch_mask(model.model.position_encoding, (0, 4), None, positions, kwargs)
