@@ -36,6 +36,7 @@ from .alibi_blocked import (
 )
 from .alibi_compile import UNCOMPILED_FLEX, compiled
 from .alibi_masks import ALIBI_FUSED, ALIBI_TRITON, AttentionLayout, FlashAlibiMask, FlexAlibiMask, alibi_bias
+from .alibi_paged import PagedRequests
 from .alibi_triton import TritonAlibiMask, alibi_flash_attention
 
 
@@ -365,7 +366,9 @@ def sdpa_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """`F.scaled_dot_product_attention` with the 4-D mask or `is_causal` alone; windowed ALiBi (and the CPU default)
-    in blocks."""
+    in blocks; a continuous-batching step request by request."""
+    if isinstance(attention_mask, PagedRequests):
+        return paged_requests_attention(module, query, key, value, attention_mask, scaling, dropout)
     key = repeat_kv(key, module.num_key_value_groups)
     value = repeat_kv(value, module.num_key_value_groups)
     if isinstance(attention_mask, WindowedAlibi):
@@ -394,6 +397,25 @@ def sdpa_attention_forward(
         query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling, is_causal=is_causal
     )
     return attn_output.transpose(1, 2).contiguous(), None
+
+
+def paged_requests_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    requests: PagedRequests,
+    scaling: float,
+    dropout: float = 0.0,
+) -> tuple[torch.Tensor, None]:
+    """Each request's queries `[1, H, q1 - q0, D]` on its own keys, with its own mask; slots past the last request
+    (padding) stay zero."""
+    batch, heads, length, _ = query.shape
+    attn_output = query.new_zeros(batch, length, heads, value.shape[-1])  # [1, Q, H, D]
+    for (q0, q1, k0, k1), mask in zip(requests.spans, requests.masks):
+        span = (query[:, :, q0:q1], key[:, :, k0:k1], value[:, :, k0:k1])
+        attn_output[:, q0:q1] = sdpa_attention_forward(module, *span, mask, scaling, dropout)[0]
+    return attn_output, None
 
 
 def flex_attention_call(

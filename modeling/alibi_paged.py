@@ -9,14 +9,23 @@ ALiBi needs one more thing, each key's position: a request's keys are its last t
 query (the paged cache reads them in order), so the key in slot `k` of request `r` sits
 `cu_seq_lens_k[r + 1] - 1 - k` places before that query. From these, `paged_alibi_mask` adds the per-head bias to
 the given mask, reading no value on the host (CUDA graphs capture it).
+That mask is `[1, H, Q, K]`: H times the one the manager sizes its cache for, and every query pays for every key of
+the step. Where the blocked plan is the default (the CPU, `blocked_by_default`), a step runs request by request
+instead (`PagedRequests`): each request's queries on its own keys, with the mask `generate` builds for a prompt
+continued after its cache (the key-only bias, blocked heads, the small decoding mask), so a step costs what its
+requests cost alone.
 It travels with checkpoints as Hub remote code beside `modeling_alibi.py`, so it imports only torch and transformers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
-from .alibi_masks import ScoreBias
+from .alibi_blocked import blocked_by_default
+from .alibi_masks import AlibiMask, AttentionLayout, ScoreBias
 
 
 def is_paged_cache(cache: object) -> bool:
@@ -76,19 +85,44 @@ def paged_alibi_mask(
     return torch.where(visible, bias(head, distance.clamp(min=0)).to(mask.dtype), hidden)[None]
 
 
+@dataclass
+class PagedRequests:
+    """A continuous-batching step run request by request: each request's `(q0, q1, k0, k1)` slots in the flattened
+    row, and its own mask, for one query row `[1, q1 - q0]` after `k1 - k0 - (q1 - q0)` cached tokens."""
+
+    spans: list[tuple[int, int, int, int]]
+    masks: list[AlibiMask]
+
+
+def request_spans(
+    position_ids: torch.Tensor, cu_seq_lens_q: torch.Tensor, cu_seq_lens_k: torch.Tensor
+) -> list[tuple[int, int, int, int]] | None:
+    """`(q0, q1, k0, k1)` of each request with queries, read on the host; None unless every request's keys are all
+    its tokens from position 0 on (a paged cache that drops keys would need their offset)."""
+    cu_q, cu_k = cu_seq_lens_q.tolist(), cu_seq_lens_k.tolist()
+    positions = position_ids[0].tolist()
+    spans = [(q0, q1, k0, k1) for q0, q1, k0, k1 in zip(cu_q, cu_q[1:], cu_k, cu_k[1:]) if q1 > q0]
+    if any(q1 > len(positions) or positions[q0] != (k1 - k0) - (q1 - q0) for q0, q1, k0, k1 in spans):
+        return None
+    return spans
+
+
 def continuous_batch_mask(
     encoding,
     heads: tuple[int, int],
     attention_mask: torch.Tensor | dict | None,
     position_ids: torch.Tensor,
     kwargs: dict,
-) -> torch.Tensor:
-    """`paged_alibi_mask` from what continuous batching hands the model's forward: its sdpa mask (a tensor, or one per
-    layer type), `position_ids` `[1, Q]` and, in `kwargs`, `cu_seq_lens_q` and `cu_seq_lens_k` (one per layer type).
+    build: Callable[[AttentionLayout], AlibiMask],
+) -> torch.Tensor | PagedRequests:
+    """The mask for what continuous batching hands the model's forward: its sdpa mask (a tensor, or one per layer
+    type), `position_ids` `[1, Q]` and, in `kwargs`, `cu_seq_lens_q` and `cu_seq_lens_k` (one per layer type).
+    `PagedRequests` where the blocked plan is the default, else `paged_alibi_mask`.
 
     Args:
         encoding: the model's position encoding (`score_bias` and `windows` of every head).
         heads: `(first, count)`, the heads this process computes.
+        build: the model's mask for an `AttentionLayout` (`AlibiModel.build_attention_mask`).
     """
     if isinstance(attention_mask, dict):  # every ALiBi layer is a full-attention one
         attention_mask = attention_mask.get("full_attention")
@@ -101,6 +135,13 @@ def continuous_batch_mask(
     if isinstance(cu_seq_lens_k, dict):
         cu_seq_lens_k = cu_seq_lens_k["full_attention"]
     device = attention_mask.device
+    if blocked_by_default(device, attention_mask.dtype):
+        spans = request_spans(position_ids, kwargs["cu_seq_lens_q"], cu_seq_lens_k)
+        if spans is not None:
+            masks = [
+                build(AttentionLayout(1, q1 - q0, k1 - k0, k1 - k0 - (q1 - q0), device)) for q0, q1, k0, k1 in spans
+            ]
+            return PagedRequests(spans, masks)
     return paged_alibi_mask(
         attention_mask,
         position_ids,

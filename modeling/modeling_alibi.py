@@ -22,6 +22,7 @@ from .configuration_alibi import AlibiConfig
 # isort: on
 
 import copy
+from functools import partial
 
 import torch
 from torch import nn
@@ -468,9 +469,12 @@ class AlibiModel(AlibiPreTrainedModel):
     ) -> BaseModelOutputWithPast:
         """One step of transformers' continuous batching: every request's new tokens in one row `[1, Q]`, their keys
         read from the paged cache, and the bias built per request from its boundaries (`alibi_paged`)."""
-        mask = continuous_batch_mask(self.position_encoding, self.local_heads(), attention_mask, position_ids, kwargs)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
+        build = partial(self.build_attention_mask, dtype=inputs_embeds.dtype)
+        mask = continuous_batch_mask(
+            self.position_encoding, self.local_heads(), attention_mask, position_ids, kwargs, build
+        )
         hidden_states = self.decode(inputs_embeds, mask, position_ids.long(), cache, kwargs)
         return BaseModelOutputWithPast(last_hidden_state=hidden_states)
 

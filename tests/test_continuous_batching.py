@@ -7,6 +7,7 @@ import torch
 from transformers import ContinuousBatchingConfig, GenerationConfig
 from transformers.generation.continuous_batching.utils import build_attention_mask
 
+from alibi_lm.modeling import alibi_paged
 from alibi_lm.modeling.alibi_masks import ALIBI_FUSED, alibi_bias, get_alibi_slopes
 from alibi_lm.modeling.alibi_paged import continuous_batch_mask, paged_alibi_mask, paged_key_positions
 from tests.tiny import perturb, random_ids, tiny_model
@@ -73,12 +74,26 @@ def reference(model, prompt: list[int], new_tokens: int) -> tuple[list[int], lis
     return tokens, logprobs
 
 
+def refuse(*args, **kwargs):
+    raise AssertionError("the [1, H, Q, K] mask was built")
+
+
+@pytest.fixture(params=["request by request", "one mask"])
+def path(request, monkeypatch) -> str:
+    """The CPU's default (each request on its own keys), or the one `[1, H, Q, K]` mask other devices take."""
+    if request.param == "request by request":
+        monkeypatch.setattr(alibi_paged, "paged_alibi_mask", refuse)
+    else:
+        monkeypatch.setattr(alibi_paged, "blocked_by_default", lambda device, dtype: False)
+    return request.param
+
+
 @pytest.mark.parametrize(
     "overrides",
     [{}, {"alibi_window_cutoff": 4.0}, {"position_encoding": "sinusoidal"}],
     ids=["alibi", "windowed", "sinusoidal"],
 )
-def test_generate_batch_gives_each_prompt_what_generate_gives_it_alone(overrides) -> None:
+def test_generate_batch_gives_each_prompt_what_generate_gives_it_alone(overrides, path) -> None:
     model = perturb(tiny_model(attn_implementation=None, **overrides), seed=1)
     prompts = [random_ids(1, n, seed=n)[0].tolist() for n in (5, 23, 40, 9)]
     config = GenerationConfig(max_new_tokens=8, do_sample=False, eos_token_id=-1, pad_token_id=0)
@@ -108,4 +123,17 @@ def test_a_step_without_the_sdpa_mask_is_refused_by_name() -> None:
     positions, cu_q, cu_k, _ = flattened_step(REQUESTS)
     kwargs = {"cu_seq_lens_q": cu_q, "cu_seq_lens_k": {"full_attention": cu_k}}
     with pytest.raises(ValueError, match=r"sdpa mask \(attn_implementation=.sdpa.\).*model.generate_batch"):
-        continuous_batch_mask(model.model.position_encoding, (0, 4), None, positions, kwargs)
+        continuous_batch_mask(model.model.position_encoding, (0, 4), None, positions, kwargs, refuse)
+
+
+def test_prompts_sharing_a_prefix_keep_their_own_tokens(path) -> None:
+    # Block sharing (on by default) may hand them one cached prefix: ALiBi keys carry no position, so it fits each.
+    model = perturb(tiny_model(), seed=2)
+    prefix = random_ids(1, 40, seed=7)[0].tolist()  # two full 16-token pages and part of a third
+    prompts = [prefix + random_ids(1, n, seed=n)[0].tolist() for n in (3, 11, 20)]
+    config = GenerationConfig(max_new_tokens=6, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    outputs = model.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=cb_config())
+    for output in outputs.values():
+        tokens, logprobs = reference(model, output.prompt_ids, 6)
+        assert output.generated_tokens == tokens
+        torch.testing.assert_close(torch.tensor(output.logprobs), torch.tensor(logprobs), atol=1e-5, rtol=0)
