@@ -10,10 +10,10 @@ query (the paged cache reads them in order), so the key in slot `k` of request `
 `cu_seq_lens_k[r + 1] - 1 - k` places before that query. From these, `paged_alibi_mask` adds the per-head bias to
 the given mask, reading no value on the host (CUDA graphs capture it).
 That mask is `[1, H, Q, K]`: H times the one the manager sizes its cache for, and every query pays for every key of
-the step. Where the blocked plan is the default (the CPU, `blocked_by_default`), a step runs request by request
-instead (`PagedRequests`): each request's queries on its own keys, with the mask `generate` builds for a prompt
-continued after its cache (the key-only bias, blocked heads, the small decoding mask), so a step costs what its
-requests cost alone.
+the step. Where the blocked plan is the default (the CPU, `blocked_by_default`), and wherever that mask would be large
+(`by_request`), a step runs request by request instead (`PagedRequests`): each request's queries on its own keys, with
+the mask `generate` builds for a prompt continued after its cache (the key-only bias, blocked heads, the small
+decoding mask; flash's `is_causal` for a fresh prompt on a GPU), so a step costs what its requests cost alone.
 It travels with checkpoints as Hub remote code beside `modeling_alibi.py`, so it imports only torch and transformers.
 """
 
@@ -85,6 +85,21 @@ def paged_alibi_mask(
     return torch.where(visible, bias(head, distance.clamp(min=0)).to(mask.dtype), hidden)[None]
 
 
+# Past this size the one mask of a step gives way to running it request by request, also off the CPU: the manager
+# sizes its cache for a `[1, 1, Q, K]` mask, and H times that can leave a full cache without the memory to run.
+ONE_MASK_BYTES = 256 * 2**20
+
+
+def by_request(mask: torch.Tensor, heads: int) -> bool:
+    """Run a step request by request? Where the blocked plan is the default (the CPU), and elsewhere when the one mask
+    would pass ONE_MASK_BYTES; never while a CUDA graph is captured (it reads the boundaries on the host)."""
+    if blocked_by_default(mask.device, mask.dtype):
+        return True
+    if mask.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return False
+    return heads * mask.shape[-2] * mask.shape[-1] * mask.element_size() > ONE_MASK_BYTES
+
+
 @dataclass
 class PagedRequests:
     """A continuous-batching step run request by request: each request's `(q0, q1, k0, k1)` slots in the flattened
@@ -135,7 +150,7 @@ def continuous_batch_mask(
     if isinstance(cu_seq_lens_k, dict):
         cu_seq_lens_k = cu_seq_lens_k["full_attention"]
     device = attention_mask.device
-    if blocked_by_default(device, attention_mask.dtype):
+    if by_request(attention_mask, heads[1]):
         spans = request_spans(position_ids, kwargs["cu_seq_lens_q"], cu_seq_lens_k)
         if spans is not None:
             masks = [

@@ -78,13 +78,16 @@ def refuse(*args, **kwargs):
     raise AssertionError("the [1, H, Q, K] mask was built")
 
 
-@pytest.fixture(params=["request by request", "one mask"])
+@pytest.fixture(params=["request by request", "one mask", "off the CPU, a large mask"])
 def path(request, monkeypatch) -> str:
-    """The CPU's default (each request on its own keys), or the one `[1, H, Q, K]` mask other devices take."""
-    if request.param == "request by request":
-        monkeypatch.setattr(alibi_paged, "paged_alibi_mask", refuse)
-    else:
+    """The CPU's default (each request on its own keys), the one `[1, H, Q, K]` mask other devices take, and what
+    they take when that mask would pass ONE_MASK_BYTES (request by request)."""
+    if request.param != "request by request":
         monkeypatch.setattr(alibi_paged, "blocked_by_default", lambda device, dtype: False)
+    if request.param == "off the CPU, a large mask":
+        monkeypatch.setattr(alibi_paged, "ONE_MASK_BYTES", 0)
+    if request.param != "one mask":
+        monkeypatch.setattr(alibi_paged, "paged_alibi_mask", refuse)
     return request.param
 
 
@@ -137,3 +140,10 @@ def test_prompts_sharing_a_prefix_keep_their_own_tokens(path) -> None:
         tokens, logprobs = reference(model, output.prompt_ids, 6)
         assert output.generated_tokens == tokens
         torch.testing.assert_close(torch.tensor(output.logprobs), torch.tensor(logprobs), atol=1e-5, rtol=0)
+
+
+def test_request_spans_are_read_only_when_each_requests_keys_start_at_its_first_token() -> None:
+    positions, cu_q, cu_k, _ = flattened_step(REQUESTS)
+    assert alibi_paged.request_spans(positions, cu_q, cu_k) == [(0, 2, 0, 5), (2, 6, 5, 9), (6, 7, 9, 16)]
+    # Keys that begin later than position 0 (a cache that dropped some) have no plain layout: the one mask runs.
+    assert alibi_paged.request_spans(positions + 1, cu_q, cu_k) is None
