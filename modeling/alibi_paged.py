@@ -1,5 +1,5 @@
 # Copyright 2026 The alibi-lm authors. Licensed under the Apache License, Version 2.0.
-"""The ALiBi bias for transformers' continuous batching (`generate_batch`, `transformers serve --continuous_batching`).
+"""The ALiBi bias for transformers' continuous batching (`generate_batch`, `init_continuous_batching`).
 
 Continuous batching runs every request of a step in one flattened row: the queries of all requests side by side, and
 the keys each request reads from the paged cache, request after request. It hands the model the request boundaries

@@ -498,10 +498,10 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
         self,
         generation_config: GenerationConfig | None = None,
         continuous_batching_config: ContinuousBatchingConfig | None = None,
-        **kwargs,
+        workload_hints=None,
     ):
-        """transformers' continuous batching manager (also behind `generate_batch` and `transformers serve
-        --continuous_batching`), on sdpa with the ALiBi bias per request (`alibi_paged`).
+        """transformers' continuous batching manager (also behind `generate_batch`), on sdpa with the ALiBi bias per
+        request (`alibi_paged`).
 
         The manager takes only sdpa, its own eager or a flash kernel; none of transformers' paged kernels adds a bias.
         So the model runs sdpa while the manager runs, with `auto_switch_to_flash` off, and goes back to its own
@@ -516,7 +516,7 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
         if original != "sdpa":
             self.set_attn_implementation("sdpa")
         try:
-            manager = super().init_continuous_batching(generation_config, continuous_batching_config, **kwargs)
+            manager = super().init_continuous_batching(generation_config, continuous_batching_config, workload_hints)
         except BaseException:
             self.set_attn_implementation(original)
             raise
