@@ -19,10 +19,12 @@ It travels with checkpoints as Hub remote code beside `modeling_alibi.py`, so it
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from transformers.generation import ContinuousBatchingConfig
 
 from .alibi_blocked import blocked_by_default
 from .alibi_masks import AlibiMask, AttentionLayout, ScoreBias
@@ -166,3 +168,34 @@ def continuous_batch_mask(
         heads,
         encoding.windows(device),
     )
+
+
+def manager_on_sdpa(model, start: Callable, generation_config, continuous_batching_config, workload_hints):
+    """`start(generation_config, continuous_batching_config, workload_hints)` (transformers'
+    `init_continuous_batching`) with `model` on sdpa, and back on its own attention when the manager stops.
+
+    The manager takes only sdpa, its own eager or a flash kernel, and none of their paged forms but sdpa's mask takes
+    a bias: `auto_switch_to_flash` is turned off, on a copy of the config given.
+    """
+    if continuous_batching_config is None:  # transformers' deprecated place for it, else the defaults
+        given = getattr(generation_config or model.generation_config, "continuous_batching_config", None)
+        continuous_batching_config = given if isinstance(given, ContinuousBatchingConfig) else None
+    continuous_batching_config = copy.deepcopy(continuous_batching_config or ContinuousBatchingConfig())
+    continuous_batching_config.auto_switch_to_flash = False
+    original = model.config._attn_implementation
+    if original != "sdpa":
+        model.set_attn_implementation("sdpa")
+    try:
+        manager = start(generation_config, continuous_batching_config, workload_hints)
+    except BaseException:
+        model.set_attn_implementation(original)
+        raise
+    if original != "sdpa":
+        stop = manager.stop
+
+        def stop_and_restore(*args, **kwargs):
+            stop(*args, **kwargs)
+            model.set_attn_implementation(original)
+
+        manager.stop = stop_and_restore
+    return manager

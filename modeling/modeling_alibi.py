@@ -21,7 +21,6 @@ from .configuration_alibi import AlibiConfig
 
 # isort: on
 
-import copy
 from functools import partial
 
 import torch
@@ -58,7 +57,7 @@ from .alibi_masks import (
     get_alibi_slopes,
     packed_document_ids,
 )
-from .alibi_paged import continuous_batch_mask, is_paged_cache
+from .alibi_paged import continuous_batch_mask, is_paged_cache, manager_on_sdpa
 
 # --- 2. MLP --------------------------------------------------------------------------------
 
@@ -500,35 +499,10 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
         continuous_batching_config: ContinuousBatchingConfig | None = None,
         workload_hints=None,
     ):
-        """transformers' continuous batching manager (also behind `generate_batch`), on sdpa with the ALiBi bias per
-        request (`alibi_paged`).
-
-        The manager takes only sdpa, its own eager or a flash kernel; none of transformers' paged kernels adds a bias.
-        So the model runs sdpa while the manager runs, with `auto_switch_to_flash` off, and goes back to its own
-        attention when the manager stops.
-        """
-        if continuous_batching_config is None:
-            given = getattr(generation_config or self.generation_config, "continuous_batching_config", None)
-            continuous_batching_config = given if isinstance(given, ContinuousBatchingConfig) else None
-        continuous_batching_config = copy.deepcopy(continuous_batching_config or ContinuousBatchingConfig())
-        continuous_batching_config.auto_switch_to_flash = False
-        original = self.config._attn_implementation
-        if original != "sdpa":
-            self.set_attn_implementation("sdpa")
-        try:
-            manager = super().init_continuous_batching(generation_config, continuous_batching_config, workload_hints)
-        except BaseException:
-            self.set_attn_implementation(original)
-            raise
-        if original != "sdpa":
-            stop = manager.stop
-
-            def stop_and_restore(*args, **kwargs):
-                stop(*args, **kwargs)
-                self.set_attn_implementation(original)
-
-            manager.stop = stop_and_restore
-        return manager
+        """transformers' continuous batching manager (also behind `generate_batch`), with the model on sdpa while it
+        runs (`alibi_paged.manager_on_sdpa`) and the ALiBi bias per request (`alibi_paged.continuous_batch_mask`)."""
+        start = super().init_continuous_batching
+        return manager_on_sdpa(self, start, generation_config, continuous_batching_config, workload_hints)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple
