@@ -48,6 +48,9 @@ AUTO_MAP = {
     "AutoConfig": "configuration_alibi.AlibiConfig",
     "AutoModel": "modeling_alibi.AlibiModel",
     "AutoModelForCausalLM": "modeling_alibi.AlibiForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_alibi.AlibiForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_alibi.AlibiForTokenClassification",
+    "AutoModelForQuestionAnswering": "modeling_alibi.AlibiForQuestionAnswering",
 }
 
 

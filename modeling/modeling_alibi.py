@@ -31,7 +31,12 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 from transformers.generation import ContinuousBatchingConfig, GenerationConfig, GenerationMixin
-from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_layers import (
+    GenericForQuestionAnswering,
+    GenericForSequenceClassification,
+    GenericForTokenClassification,
+    GradientCheckpointingLayer,
+)
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel, slice_logits_to_keep
 from transformers.models.llama.modeling_llama import (  # the same math: softmax(QK^T * scale + mask) V, RoPE, GQA
@@ -46,6 +51,7 @@ from transformers.utils.output_capturing import capture_outputs
 from .alibi_attention import ALIBI_KERNELS, ALL_ATTENTION_FUNCTIONS, UNSUPPORTED_ATTENTION
 from .alibi_blocked import PatternCache
 from .alibi_encodings import POSITION_ENCODING_CLASSES, AlibiPositionalBias
+from .alibi_inputs import validate_inputs
 from .alibi_masks import (
     ALIBI_FUSED,
     AlibiMask,
@@ -247,50 +253,6 @@ class AlibiModel(AlibiPreTrainedModel):
         self._pattern_cache = PatternCache()
         self.post_init()
 
-    def validate_inputs(
-        self,
-        inputs: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        document_ids: torch.Tensor | None,
-        cache: Cache | None,
-    ) -> None:
-        """Raise a `ValueError` that names the bad argument (skipped while compiling: it reads values)."""
-        name = "input_ids" if inputs.dtype in (torch.int32, torch.int64) else "inputs_embeds"
-        rank = 2 if name == "input_ids" else 3
-        if inputs.dim() != rank:
-            layout = "[batch, length]" if rank == 2 else "[batch, length, hidden]"
-            raise ValueError(f"{name} must be {rank}-D {layout}, got shape {tuple(inputs.shape)}.")
-        batch, length = inputs.shape[:2]
-        if batch == 0 or length == 0:
-            raise ValueError(f"{name} is empty (shape {tuple(inputs.shape)}): pass at least one token per row.")
-        if name == "input_ids" and (int(inputs.min()) < 0 or int(inputs.max()) >= self.config.vocab_size):
-            raise ValueError(
-                f"input_ids must lie in [0, vocab_size={self.config.vocab_size}), got values in "
-                f"[{int(inputs.min())}, {int(inputs.max())}]. Is the tokenizer's vocabulary larger than the model's?"
-            )
-        past_length = int(cache.get_seq_length()) if cache is not None else 0
-        total = past_length + length
-        # Also accepted: a mask of the new tokens only, or of the whole static cache (create_masks_for_generate).
-        accepted = {(batch, total), (batch, length), (batch, cache.get_mask_sizes(length, 0)[0] if cache else length)}
-        if attention_mask is not None and attention_mask.dim() == 4:  # prepared: 0 (or True) marks a visible pair
-            if tuple(attention_mask.shape) != (batch, 1, length, total):
-                raise ValueError(
-                    f"A 4-D attention_mask must have shape {(batch, 1, length, total)} (batch, 1, new tokens, "
-                    f"cached + new tokens), got {tuple(attention_mask.shape)}."
-                )
-            attention_mask = None
-        for arg, value, shapes in (
-            ("attention_mask", attention_mask, accepted),
-            ("document_ids", document_ids, {(batch, total)}),
-        ):
-            if value is not None and (value.dim() != 2 or tuple(value.shape) not in shapes):
-                raise ValueError(
-                    f"{arg} must be 2-D with shape {(batch, total)} (batch, cached + new tokens), got {tuple(value.shape)}."
-                )
-        if attention_mask is not None and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-            values = attention_mask.unique().tolist()[:8]
-            raise ValueError(f"attention_mask must hold only 0 (padding) and 1 (token), got values {values}.")
-
     def build_attention_mask(self, layout: AttentionLayout, dtype: torch.dtype) -> AlibiMask:
         """The one mask every layer shares, in the form the attention backend wants (`create_alibi_mask`)."""
         dropout = self.config.attention_dropout if self.training else 0.0
@@ -412,7 +374,7 @@ class AlibiModel(AlibiPreTrainedModel):
         if not compiling:
             self.forget_what_no_head_sees(cache)
         if not compiling:  # the checks read values, which would break a compiled graph
-            self.validate_inputs(inputs, attention_mask, document_ids, cache)
+            validate_inputs(self.config.vocab_size, inputs, attention_mask, document_ids, cache)
         batch_size, query_length = inputs.shape[:2]
         past_length = cache.get_seq_length() if cache is not None else 0
         # A sliding cache (windowed ALiBi: `AlibiConfig.sliding_window`) holds only the last keys: `key_offset` dropped.
@@ -565,4 +527,55 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
         return F.pad(attention_mask, (0, cache.get_mask_sizes(query_length, 0)[0] - attention_mask.shape[1]), value=0)
 
 
-__all__ = ["AlibiForCausalLM", "AlibiModel", "AlibiPreTrainedModel", "get_alibi_slopes"]
+# transformers' generic heads, as Llama's, MPT's and Bloom's: each builds its decoder with `AutoModel.from_config`, which
+# remote code cannot resolve (its AutoModel mapping has no ALiBi), so each builds `AlibiModel` itself.
+
+
+class AlibiForSequenceClassification(GenericForSequenceClassification, AlibiPreTrainedModel):
+    """The ALiBi decoder with a linear head on each row's last token (the last one not `config.pad_token_id`)."""
+
+    _auto_class = "AutoModelForSequenceClassification"
+
+    def __init__(self, config: AlibiConfig):
+        AlibiPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.model = AlibiModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+
+class AlibiForTokenClassification(GenericForTokenClassification, AlibiPreTrainedModel):
+    """The ALiBi decoder with a linear head on every token, after `config.hidden_dropout`."""
+
+    _auto_class = "AutoModelForTokenClassification"
+
+    def __init__(self, config: AlibiConfig):
+        AlibiPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.model = AlibiModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.score = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+
+class AlibiForQuestionAnswering(GenericForQuestionAnswering, AlibiPreTrainedModel):
+    """The ALiBi decoder with span start and end logits on every token (extractive question answering)."""
+
+    _auto_class = "AutoModelForQuestionAnswering"
+
+    def __init__(self, config: AlibiConfig):
+        AlibiPreTrainedModel.__init__(self, config)
+        self.model = AlibiModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+
+__all__ = [
+    "AlibiForCausalLM",
+    "AlibiForQuestionAnswering",
+    "AlibiForSequenceClassification",
+    "AlibiForTokenClassification",
+    "AlibiModel",
+    "AlibiPreTrainedModel",
+    "get_alibi_slopes",
+]

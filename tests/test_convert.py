@@ -30,7 +30,7 @@ from alibi_lm.convert import (
     convert_mpt,
     mpt_to_alibi_config,
 )
-from tests.tiny import perturb, word_tokenizer
+from tests.tiny import AUTO_CLASSES, perturb, word_tokenizer
 
 VOCAB, HIDDEN, MAX_SEQ_LEN = 99, 48, 16  # hidden 48 divides by 4, 6, 8 and 12 heads
 ATOL = 1e-4
@@ -281,7 +281,7 @@ def test_cli_writes_hub_folder_that_loads_and_matches(bloom_folder, tmp_path: Pa
     for name in ("model.safetensors", "config.json", "modeling_alibi.py", "configuration_alibi.py", "tokenizer.json"):
         assert (dst / name).is_file(), name
     auto_map = json.loads((dst / "config.json").read_text())["auto_map"]
-    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
+    assert set(auto_map) == AUTO_CLASSES
     assert sorted(p.name for p in tmp_path.iterdir()) == ["converted"]  # no staging folder left behind
 
     loaded = AutoModelForCausalLM.from_pretrained(dst)

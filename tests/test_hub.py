@@ -33,7 +33,7 @@ from alibi_lm import AlibiConfig, AlibiForCausalLM, card, loading, model_files, 
 from alibi_lm.cli import main as cli_main
 from alibi_lm.scoring import LengthResult, PerplexityResult
 from tests.hub_server import HubServer, use_endpoint
-from tests.tiny import random_ids, tiny_model
+from tests.tiny import AUTO_CLASSES, random_ids, tiny_model
 
 TOKEN = "hf_test_token"  # the local server ignores it; passing one keeps a developer's real token at home
 EXTRAPOLATION = {16: 31.5, 32: 30.75, 64: 30.25}
@@ -79,6 +79,7 @@ def test_push_uploads_weights_config_and_remote_code(hub_server: HubServer, push
         "alibi_blocked.py",
         "alibi_compile.py",
         "alibi_encodings.py",
+        "alibi_inputs.py",
         "alibi_masks.py",
         "alibi_paged.py",
         "alibi_triton.py",
@@ -94,6 +95,9 @@ def test_push_uploads_weights_config_and_remote_code(hub_server: HubServer, push
         "AutoConfig": "configuration_alibi.AlibiConfig",
         "AutoModel": "modeling_alibi.AlibiModel",
         "AutoModelForCausalLM": "modeling_alibi.AlibiForCausalLM",
+        "AutoModelForSequenceClassification": "modeling_alibi.AlibiForSequenceClassification",
+        "AutoModelForTokenClassification": "modeling_alibi.AlibiForTokenClassification",
+        "AutoModelForQuestionAnswering": "modeling_alibi.AlibiForQuestionAnswering",
     }
 
 
@@ -161,7 +165,7 @@ def test_model_push_to_hub_method_round_trips(
     model.push_to_hub("user/pushed-by-method", token=TOKEN)
     files = hub_server.repo_files("user/pushed-by-method")
     assert {"configuration_alibi.py", "modeling_alibi.py"} <= set(files)
-    assert set(json.loads(files["config.json"])["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
+    assert set(json.loads(files["config.json"])["auto_map"]) == AUTO_CLASSES
     loaded = AutoModelForCausalLM.from_pretrained(
         "user/pushed-by-method", trust_remote_code=True, cache_dir=tmp_path, token=TOKEN
     )

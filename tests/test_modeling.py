@@ -391,6 +391,9 @@ def test_save_writes_a_hub_folder_and_loads_without_remote_code(tmp_path):
         "AutoConfig": "configuration_alibi.AlibiConfig",
         "AutoModel": "modeling_alibi.AlibiModel",
         "AutoModelForCausalLM": "modeling_alibi.AlibiForCausalLM",
+        "AutoModelForSequenceClassification": "modeling_alibi.AlibiForSequenceClassification",
+        "AutoModelForTokenClassification": "modeling_alibi.AlibiForTokenClassification",
+        "AutoModelForQuestionAnswering": "modeling_alibi.AlibiForQuestionAnswering",
     }
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert type(loaded).__module__ == "alibi_lm.modeling.modeling_alibi"

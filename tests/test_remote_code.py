@@ -81,3 +81,32 @@ def test_a_folder_whose_modeling_file_imports_a_missing_module_is_named(tmp_path
     (folder / "alibi_masks.py").unlink()
     with pytest.raises(FileNotFoundError, match=r"modeling_alibi\.py imports alibi_masks\.py, which .* does not hold"):
         remote_code_of(folder)
+
+
+def test_each_head_loads_from_an_lm_folder_with_transformers_alone(bare_python, tmp_path):
+    # transformers' generic heads build their decoder with AutoModel.from_config, which remote code cannot resolve.
+    model = tiny_model().eval()
+    folder = saved_folder(model, tmp_path / "model")
+    ids = random_ids(2, 40)
+    with torch.no_grad():
+        expected = model.model(ids).last_hidden_state
+    torch.save(ids, tmp_path / "ids.pt")
+    script = textwrap.dedent(
+        f"""
+        import torch, transformers
+        ids = torch.load({str(tmp_path / "ids.pt")!r})
+        for name in ("Sequence", "Token"):
+            auto = getattr(transformers, f"AutoModelFor{{name}}Classification")
+            head = auto.from_pretrained({str(folder)!r}, trust_remote_code=True, num_labels=3).eval()
+            with torch.no_grad():
+                torch.save(head.model(ids).last_hidden_state, {str(tmp_path)!r} + f"/{{name}}.pt")
+        qa = transformers.AutoModelForQuestionAnswering.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        with torch.no_grad():
+            torch.save(qa.eval().model(ids).last_hidden_state, {str(tmp_path / "QA.pt")!r})
+        """
+    )
+    env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([str(bare_python), "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("Sequence", "Token", "QA"):
+        torch.testing.assert_close(torch.load(tmp_path / f"{name}.pt"), expected, atol=0, rtol=0)

@@ -35,10 +35,9 @@ from alibi_lm.train import (
     train,
 )
 from alibi_lm.train import main as train_main
-from tests.tiny import tiny_model
+from tests.tiny import AUTO_CLASSES, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-AUTO_CLASSES = {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
 HUB_FILES = ("config.json", "model.safetensors", "configuration_alibi.py", "modeling_alibi.py", "tokenizer.json")
 
 

@@ -33,7 +33,7 @@ def test_transformers_shared_model_tests():
 
     code, output = assemble.run()
     counts = assemble.parse_summary(output)
-    print(f"transformers shared tests on AlibiModel/AlibiForCausalLM: {counts}")
+    print(f"transformers shared tests on the ALiBi model and its heads: {counts}")
     failed = failures(output)
     if failed and assemble.TRANSFORMERS_VERSION != assemble.PINNED_VERSION:
         # Another release's tests on helpers from the mirror's 5.24-era commit: some fail for every model. Ours must

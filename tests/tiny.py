@@ -6,6 +6,16 @@ import torch
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
 
+# Every Auto class a saved folder's config.json maps to its remote code (`configuration_alibi.AUTO_MAP`).
+AUTO_CLASSES = {
+    "AutoConfig",
+    "AutoModel",
+    "AutoModelForCausalLM",
+    "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
+    "AutoModelForQuestionAnswering",
+}
+
 TINY = dict(
     vocab_size=99,
     hidden_size=32,

@@ -100,7 +100,7 @@ def prepare_for_hub(model: PreTrainedModel, tokenizer: Any = None) -> PreTrained
     `trust_remote_code=True`, and loads the same tokenizer with it).
     """
     model.config.register_for_auto_class()
-    model.register_for_auto_class("AutoModelForCausalLM")
+    model.register_for_auto_class(type(model)._auto_class or "AutoModelForCausalLM")  # a head: its own Auto class
     if tokenizer is not None:
         tokenizer._auto_map = dict(TOKENIZER_AUTO_MAP)
     return model

@@ -12,7 +12,7 @@ auto-mapping tables (`MODEL_MAPPING_NAMES`, `MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`)
 in those tables; `AutoModel.register` does not add to them. Without an entry, `test_training*` neither skip
 the base model nor give the LM head `labels` (so they fail on `loss` being None), and
 `test_inputs_embeds_matches_input_ids` and `test_causal_lm_loss_honors_shift_labels` silently check
-nothing. `AlibiModelTest.setUp` therefore adds our two names to those tables for the duration of each test,
+nothing. `AlibiModelTest.setUp` therefore adds our names (the heads too) to those tables for the duration of each test,
 which is exactly the treatment Llama gets; no test is skipped or weakened by this module.
 
 One test is adapted, not skipped: `test_sdpa_can_dispatch_non_composite_models` asserts that a model loaded with no
@@ -33,7 +33,14 @@ from transformers.testing_utils import require_torch, torch_device
 from ...causal_lm_tester import CausalLMModelTest, CausalLMModelTester
 
 if is_torch_available():
-    from alibi_lm import AlibiConfig, AlibiForCausalLM, AlibiModel
+    from alibi_lm import (
+        AlibiConfig,
+        AlibiForCausalLM,
+        AlibiForQuestionAnswering,
+        AlibiForSequenceClassification,
+        AlibiForTokenClassification,
+        AlibiModel,
+    )
 
 
 class AlibiModelTester(CausalLMModelTester):
@@ -42,6 +49,9 @@ class AlibiModelTester(CausalLMModelTester):
         # Inference by name looks in transformers' namespace, where our classes are not.
         config_class = AlibiConfig
         causal_lm_class = AlibiForCausalLM
+        sequence_classification_class = AlibiForSequenceClassification
+        token_classification_class = AlibiForTokenClassification
+        question_answering_class = AlibiForQuestionAnswering
 
     def __init__(self, parent, **kwargs):
         # A tiny config; the rest (batch 13, seq 7, pad/bos/eos 0/1/2, ...) is the shared tester default.
@@ -57,9 +67,28 @@ class AlibiModelTester(CausalLMModelTester):
 @require_torch
 class AlibiModelTest(CausalLMModelTest, unittest.TestCase):
     model_tester_class = AlibiModelTester
-    all_model_classes = (AlibiModel, AlibiForCausalLM) if is_torch_available() else ()
+    all_model_classes = (
+        (
+            AlibiModel,
+            AlibiForCausalLM,
+            AlibiForSequenceClassification,
+            AlibiForTokenClassification,
+            AlibiForQuestionAnswering,
+        )
+        if is_torch_available()
+        else ()
+    )
     pipeline_model_mapping = (
-        {"feature-extraction": AlibiModel, "text-generation": AlibiForCausalLM} if is_torch_available() else {}
+        {
+            "feature-extraction": AlibiModel,
+            "text-generation": AlibiForCausalLM,
+            "text-classification": AlibiForSequenceClassification,
+            "zero-shot": AlibiForSequenceClassification,
+            "token-classification": AlibiForTokenClassification,
+            "question-answering": AlibiForQuestionAnswering,
+        }
+        if is_torch_available()
+        else {}
     )
 
     # As in Llama's test: `test_cpu_offload` needs 0.8 instead of 0.9.
@@ -90,5 +119,8 @@ class AlibiModelTest(CausalLMModelTest, unittest.TestCase):
         for table, model_class in (
             (modeling_auto.MODEL_MAPPING_NAMES, AlibiModel),
             (modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, AlibiForCausalLM),
+            (modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES, AlibiForSequenceClassification),
+            (modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES, AlibiForTokenClassification),
+            (modeling_auto.MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES, AlibiForQuestionAnswering),
         ):
             self.enterContext(mock.patch.dict(table, {model_type: model_class.__name__}))
