@@ -134,7 +134,8 @@ def continuous_batch_mask(
 ) -> torch.Tensor | PagedRequests:
     """The mask for what continuous batching hands the model's forward: its sdpa mask (a tensor, or one per layer
     type), `position_ids` `[1, Q]` and, in `kwargs`, `cu_seq_lens_q` and `cu_seq_lens_k` (one per layer type).
-    `PagedRequests` where the blocked plan is the default, else `paged_alibi_mask`.
+    `PagedRequests` where `by_request` says so and every request's keys start at its first token, else
+    `paged_alibi_mask`.
 
     Args:
         encoding: the model's position encoding (`score_bias` and `windows` of every head).

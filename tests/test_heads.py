@@ -96,3 +96,22 @@ def test_a_saved_classifier_reloads_with_its_head(tmp_path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(again(ids).logits, model(ids).logits, atol=0, rtol=0)
     assert {p.name for p in (tmp_path / "classifier").glob("*.py")} >= {"modeling_alibi.py", "alibi_masks.py"}
+
+
+def test_text_classification_pipeline_runs_the_classifier(tmp_path) -> None:
+    from transformers import pipeline
+
+    from tests.tiny import word_tokenizer
+
+    tokenizer = word_tokenizer(99)
+    tokenizer.pad_token = "[UNK]"  # id 0, the config's pad_token_id
+    torch.manual_seed(0)
+    config = tiny_config(num_labels=2, pad_token_id=0, id2label={0: "NO", 1: "YES"}, label2id={"NO": 0, "YES": 1})
+    model = perturb(AlibiForSequenceClassification(config), seed=7).eval()
+    texts = ["w5 w9 w12", "w3 w3 w40 w41 w42 w7 w8"]
+    answers = pipeline("text-classification", model=model, tokenizer=tokenizer, device="cpu")(texts)
+    with torch.no_grad():
+        for text, answer in zip(texts, answers):
+            probabilities = model(tokenizer(text, return_tensors="pt")["input_ids"]).logits.softmax(-1)[0]
+            assert answer["label"] == config.id2label[int(probabilities.argmax())]
+            assert answer["score"] == pytest.approx(float(probabilities.max()), abs=1e-5)
