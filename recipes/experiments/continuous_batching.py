@@ -1,8 +1,9 @@
 """transformers' continuous batching (`generate_batch`) on an alibi-lm model, against `generate` on a padded batch.
 
     python recipes/experiments/continuous_batching.py --out recipes/results/continuous-batching.md [--rounds 3]
+        [--prompts 16 --lengths 64 1024]
 
-Sixteen prompts of 64 to 1,024 tokens (lengths spread evenly, shuffled), 32 greedy tokens each, on the bench's
+Sixteen prompts of 64 to 1,024 tokens by default (lengths spread evenly, shuffled), 32 greedy tokens each, on the bench's
 cpu-small model (hidden 512, 4 layers, 8 heads, vocabulary 8,192; fp32, no gradients). Four ways, interleaved round by
 round in one process (medians): continuous batching as it runs on the CPU (each request's queries on its own keys,
 with the mask generate builds for it), as it runs elsewhere (one `[1, H, Q, K]` mask for the step's flattened row),
@@ -40,15 +41,16 @@ def model(position_encoding: str) -> AlibiForCausalLM:
     return AlibiForCausalLM._from_config(config).eval()  # the default attention (ALIBI_FUSED)
 
 
-def prompts(count: int = 16) -> list[list[int]]:
+def prompts(count: int, shortest: int, longest: int) -> list[list[int]]:
     generator = torch.Generator().manual_seed(0)
-    lengths = torch.linspace(64, 1024, count).long()[torch.randperm(count, generator=generator)]
+    lengths = torch.linspace(shortest, longest, count).long()[torch.randperm(count, generator=generator)]
     return [torch.randint(1, 8192, (int(n),), generator=generator).tolist() for n in lengths]
 
 
 def continuous(lm: AlibiForCausalLM, inputs: list[list[int]]) -> list[list[int]]:
-    # A paged cache sized for the work (the default takes most of the free memory), 512 tokens a step.
-    config = ContinuousBatchingConfig(num_blocks=160, page_size=64, max_batch_tokens=512)
+    # A paged cache that holds every request at once (the default takes most of the free memory), 512 tokens a step.
+    pages = sum(-(-(len(prompt) + NEW_TOKENS) // 64) for prompt in inputs)
+    config = ContinuousBatchingConfig(num_blocks=pages, page_size=64, max_batch_tokens=512)
     outputs = lm.generate_batch(inputs, GREEDY, continuous_batching_config=config, warmup=False)
     by_prompt = {tuple(output.prompt_ids): output.generated_tokens for output in outputs.values()}
     return [by_prompt[tuple(prompt)] for prompt in inputs]
@@ -80,10 +82,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="markdown table to write")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--prompts", type=int, default=16, help="how many prompts")
+    parser.add_argument("--lengths", type=int, nargs=2, default=(64, 1024), help="the shortest and longest prompt")
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
     alibi, none = model("alibi"), model("none")
-    inputs = prompts()
+    inputs = prompts(args.prompts, *args.lengths)
     calls = {
         "continuous batching, request by request (CPU default)": partial(continuous, alibi, inputs),
         "continuous batching, one [1, H, Q, K] mask": partial(one_mask, alibi, inputs),
@@ -107,7 +111,8 @@ def main() -> None:
     write_results(
         args.out,
         "Continuous batching (generate_batch) on an alibi-lm model, CPU",
-        f"python recipes/experiments/continuous_batching.py --out {args.out} --rounds {args.rounds}",
+        f"python recipes/experiments/continuous_batching.py --out {args.out} --rounds {args.rounds} "
+        f"--prompts {args.prompts} --lengths {args.lengths[0]} {args.lengths[1]}",
         f"{len(inputs)} prompts, {prompt_tokens:,} prompt tokens in all, {NEW_TOKENS} greedy tokens each; seconds for "
         f"all of them, medians of {args.rounds} interleaved rounds; 'same tokens': each prompt's tokens equal "
         "generate's on that prompt alone.",
