@@ -94,7 +94,10 @@ ONE_MASK_BYTES = 256 * 2**20
 
 def by_request(mask: torch.Tensor, heads: int) -> bool:
     """Run a step request by request? Where the blocked plan is the default (the CPU), and elsewhere when the one mask
-    would pass ONE_MASK_BYTES; never while a CUDA graph is captured (it reads the boundaries on the host)."""
+    would pass ONE_MASK_BYTES; never while compiling (the manager's `default_compile_level`, compile configs) or
+    capturing a CUDA graph: it reads the boundaries on the host, and the one mask is a graph's plain tensor work."""
+    if torch.compiler.is_compiling():
+        return False
     if blocked_by_default(mask.device, mask.dtype):
         return True
     if mask.device.type == "cuda" and torch.cuda.is_current_stream_capturing():

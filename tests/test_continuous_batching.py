@@ -147,3 +147,18 @@ def test_request_spans_are_read_only_when_each_requests_keys_start_at_its_first_
     assert alibi_paged.request_spans(positions, cu_q, cu_k) == [(0, 2, 0, 5), (2, 6, 5, 9), (6, 7, 9, 16)]
     # Keys that begin later than position 0 (a cache that dropped some) have no plain layout: the one mask runs.
     assert alibi_paged.request_spans(positions + 1, cu_q, cu_k) is None
+
+
+def test_a_compiled_manager_gives_generates_tokens() -> None:
+    # default_compile_level=1 compiles the model's forward (dynamic shapes): request by request, inductor failed every
+    # request ("Exponent must be non-negative"); compiled steps take the one mask.
+    model = perturb(tiny_model(attn_implementation=None), seed=1)
+    prompts = [random_ids(1, n, seed=n)[0].tolist() for n in (5, 23, 40, 9)]
+    config = GenerationConfig(max_new_tokens=4, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    compiled = cb_config(default_compile_level=1)
+    outputs = model.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=compiled)
+    for output in outputs.values():
+        assert output.error is None
+        tokens, logprobs = reference(model, output.prompt_ids, 4)
+        assert output.generated_tokens == tokens
+        torch.testing.assert_close(torch.tensor(output.logprobs), torch.tensor(logprobs), atol=1e-5, rtol=0)
