@@ -258,3 +258,17 @@ def test_generate_cli_on_truncated_checkpoint_names_the_file(checkpoint: Path, t
 def test_generate_cli_without_tokenizer(tmp_path: Path, capsys) -> None:
     tiny_model().save_pretrained(tmp_path)
     assert "no tokenizer files" in cli_error(["generate", str(tmp_path), "--prompt", PROMPT], capsys)
+
+
+def test_prompts_padded_by_the_tokenizer_generate_each_prompts_own_tokens(model: AlibiForCausalLM, tokenizer) -> None:
+    # tokenizer(prompts, padding=True) then generate: right padding would put each short row's first new token after
+    # a padding slot (transformers warns "right-padding was detected"); the tokenizer pads on the left.
+    prompts = [PROMPT, TEXTS[2], "A"]
+    batch = tokenizer(prompts, padding=True, return_tensors="pt")
+    assert tokenizer.padding_side == "left" and not bool(batch.attention_mask[:, -1].eq(0).any())
+    out = model.generate(**batch, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    width = batch.input_ids.shape[1]
+    for row, prompt in enumerate(prompts):
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        alone = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        assert out[row, width:].tolist() == alone[0, ids.shape[1] :].tolist()

@@ -30,7 +30,7 @@ from .integrity import give_plain_mode
 
 EOS_TOKEN = "<|endoftext|>"
 # Bump when the cached tokenizer or block format changes, so stale cache files are never reused.
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"  # 2: padding on the left
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -84,9 +84,11 @@ def train_bpe_tokenizer(dataset: Dataset, vocab_size: int, text_column: str = "t
         show_progress=True,
     )
     tokenizer.train_from_iterator(_iter_texts(dataset, text_column), trainer=trainer, length=len(dataset))
-    # pad = eos, as GPT-2 does in practice: blocks are never padded, and generation needs a pad id.
+    # pad = eos, as GPT-2 does in practice: blocks are never padded, and generation needs a pad id. Padding goes on
+    # the left, where batched generation needs it (right-padded, each row's first new token would follow a padding
+    # slot); positions, and so the bias, come from the attention mask on either side.
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, pad_token=EOS_TOKEN
+        tokenizer_object=tokenizer, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, pad_token=EOS_TOKEN, padding_side="left"
     )
 
 
