@@ -528,7 +528,8 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
 
 
 # transformers' generic heads, as Llama's, MPT's and Bloom's: each builds its decoder with `AutoModel.from_config`, which
-# remote code cannot resolve (its AutoModel mapping has no ALiBi), so each builds `AlibiModel` itself.
+# remote code cannot resolve (its AutoModel mapping has no ALiBi), so each builds `AlibiModel` itself; the rest of
+# each `__init__` is theirs (transformers 5.25, `modeling_layers.py`).
 
 
 class AlibiForSequenceClassification(GenericForSequenceClassification, AlibiPreTrainedModel):
@@ -545,7 +546,8 @@ class AlibiForSequenceClassification(GenericForSequenceClassification, AlibiPreT
 
 
 class AlibiForTokenClassification(GenericForTokenClassification, AlibiPreTrainedModel):
-    """The ALiBi decoder with a linear head on every token, after `config.hidden_dropout`."""
+    """The ALiBi decoder with a linear head on every token, after dropout (`classifier_dropout` if the config has it,
+    else `hidden_dropout`)."""
 
     _auto_class = "AutoModelForTokenClassification"
 
@@ -553,8 +555,11 @@ class AlibiForTokenClassification(GenericForTokenClassification, AlibiPreTrained
         AlibiPreTrainedModel.__init__(self, config)
         self.num_labels = config.num_labels
         self.model = AlibiModel(config)
-        self.dropout = nn.Dropout(config.hidden_dropout)
-        self.score = nn.Linear(config.hidden_size, config.num_labels)
+        dropout = getattr(config, "classifier_dropout", None)
+        self.dropout = nn.Dropout(config.hidden_dropout if dropout is None else dropout)
+        self.score = nn.Linear(
+            config.hidden_size, config.num_labels, bias=getattr(config, "token_classification_bias", True)
+        )
         self.post_init()
 
 
