@@ -162,3 +162,17 @@ def test_a_compiled_manager_gives_generates_tokens() -> None:
         tokens, logprobs = reference(model, output.prompt_ids, 4)
         assert output.generated_tokens == tokens
         torch.testing.assert_close(torch.tensor(output.logprobs), torch.tensor(logprobs), atol=1e-5, rtol=0)
+
+
+def test_forked_sequences_each_continue_their_prompt() -> None:
+    # num_return_sequences forks a request after its prefill: the copies read the parent's cache blocks. Forks need
+    # sampling; top_k=1 samples the greedy token.
+    model = perturb(tiny_model(), seed=2)
+    prompts = [random_ids(1, n, seed=n)[0].tolist() for n in (23, 40)]
+    config = GenerationConfig(
+        max_new_tokens=5, do_sample=True, top_k=1, num_return_sequences=2, eos_token_id=-1, pad_token_id=0
+    )  # fmt: skip
+    outputs = model.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=cb_config())
+    assert len(outputs) == 4
+    for output in outputs.values():
+        assert output.error is None and output.generated_tokens == reference(model, output.prompt_ids, 5)[0]
