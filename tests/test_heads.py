@@ -115,3 +115,30 @@ def test_text_classification_pipeline_runs_the_classifier(tmp_path) -> None:
             probabilities = model(tokenizer(text, return_tensors="pt")["input_ids"]).logits.softmax(-1)[0]
             assert answer["label"] == config.id2label[int(probabilities.argmax())]
             assert answer["score"] == pytest.approx(float(probabilities.max()), abs=1e-5)
+
+
+def test_a_classifier_folder_verifies_and_its_card_runs_as_written(tmp_path, capsys) -> None:
+    # `alibi-lm verify` and `push` built the LM from config.json and refused the classifier's score.weight.
+    import contextlib
+    import io
+    import json
+
+    from alibi_lm.card import build_model_card
+    from alibi_lm.loading import check_config_matches_weights
+    from tests.tiny import word_tokenizer
+
+    torch.manual_seed(0)
+    config = tiny_config(num_labels=2, pad_token_id=98, id2label={0: "NO", 1: "YES"}, label2id={"NO": 0, "YES": 1})
+    AlibiForSequenceClassification(config).save_pretrained(tmp_path / "classifier")
+    word_tokenizer(99).save_pretrained(tmp_path / "classifier")
+    check_config_matches_weights(tmp_path / "classifier")
+    card = build_model_card(
+        json.loads((tmp_path / "classifier" / "config.json").read_text()), str(tmp_path / "classifier")
+    )
+    assert card.data.pipeline_tag == "text-classification" and "text-classification" in card.data.tags
+    usage = card.text.split("```python")[1].split("```")[0]
+    assert "AutoModelForSequenceClassification.from_pretrained" in usage and "generate" not in usage
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(usage, {})  # noqa: S102 - the card's own snippet, on the folder it describes
+    assert printed.getvalue().strip() in {"NO", "YES"}

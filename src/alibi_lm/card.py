@@ -128,6 +128,26 @@ def count_parameters(weights: Sequence[Path]) -> int:
     return total
 
 
+# A folder holding a head (config.json's `architectures`): its task, Auto class and the usage line after the inputs.
+HEAD_CARDS = {
+    "AlibiForSequenceClassification": (
+        "text-classification",
+        "AutoModelForSequenceClassification",
+        "print(model.config.id2label[int(model(**inputs).logits.argmax(-1))])",
+    ),
+    "AlibiForTokenClassification": (
+        "token-classification",
+        "AutoModelForTokenClassification",
+        "print([model.config.id2label[int(i)] for i in model(**inputs).logits.argmax(-1)[0]])",
+    ),
+    "AlibiForQuestionAnswering": (
+        "question-answering",
+        "AutoModelForQuestionAnswering",
+        "out = model(**inputs)  # the answer spans start_logits.argmax() to end_logits.argmax()",
+    ),
+}
+
+
 def build_model_card(
     config: Mapping[str, Any],
     repo_id: str,
@@ -138,11 +158,14 @@ def build_model_card(
     datasets: Sequence[str] = (),
     base_model: str | None = None,
 ) -> ModelCard:
-    """The repo's README.md: YAML metadata, architecture, training length, extrapolation table, usage."""
+    """The repo's README.md: YAML metadata, architecture, training length, extrapolation table, usage (a head's own,
+    for a folder whose `architectures` names one: `HEAD_CARDS`)."""
+    architecture = (config.get("architectures") or ["AlibiForCausalLM"])[0]
+    task, auto_class, usage = HEAD_CARDS.get(architecture, ("text-generation", "AutoModelForCausalLM", None))
     data = ModelCardData(
         library_name="transformers",
-        pipeline_tag="text-generation",
-        tags=["alibi", "causal-lm", "length-extrapolation", "custom_code"],
+        pipeline_tag=task,
+        tags=["alibi", "causal-lm" if usage is None else task, "length-extrapolation", "custom_code"],
         license=license,
         datasets=list(datasets) or None,
         base_model=base_model,
@@ -163,11 +186,13 @@ def build_model_card(
     ]
     if num_parameters is not None:
         rows.insert(0, ("parameters", f"{num_parameters / 1e6:.2f}M" if num_parameters >= 1e5 else num_parameters))
+    head = [] if usage is None else [f"This repo holds the model with a {task} head (`{architecture}`).", ""]
     lines = [
         f"# {repo_id.split('/')[-1]}",
         "",
         CARD_INTRO,
         "",
+        *head,
         "| | |",
         "|---|---|",
         *(f"| {name} | {value} |" for name, value in rows),
@@ -194,13 +219,13 @@ def build_model_card(
         "## Usage",
         "",
         "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        f"from transformers import {auto_class}, AutoTokenizer",
         "",
-        f'model = AutoModelForCausalLM.from_pretrained("{repo_id}", trust_remote_code=True)',
+        f'model = {auto_class}.from_pretrained("{repo_id}", trust_remote_code=True)',
         # transformers 5 reads config.json before the tokenizer's files, so the tokenizer needs the flag too.
         f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}", trust_remote_code=True)',
         'inputs = tokenizer("The meaning of life is", return_tensors="pt")',
-        "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=50)[0]))",
+        usage or "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=50)[0]))",
         "```",
         "",
         CARD_REMOTE_CODE_NOTE,

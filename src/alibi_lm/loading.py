@@ -30,6 +30,7 @@ from .integrity import (
     verify_checksums,
 )
 from .model_files import TRAINER_FILES
+from .modeling import modeling_alibi
 
 
 def find_weights(folder: str | Path) -> list[Path]:
@@ -114,6 +115,15 @@ def load_model(name_or_path: str | Path, **kwargs: Any) -> PreTrainedModel:
         ) from err
 
 
+def model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
+    """The class config.json names in `architectures`: the LM, the bare decoder or a head (a fine-tuned classifier's
+    folder holds `score.weight` and no `lm_head`); the LM when it names none of ours."""
+    named = (getattr(config, "architectures", None) or ["AlibiForCausalLM"])[0]
+    if named in modeling_alibi.__all__ and named.startswith("Alibi"):
+        return getattr(modeling_alibi, named)
+    return modeling_alibi.AlibiForCausalLM
+
+
 def check_config_matches_weights(folder: str | Path) -> None:
     """Raise a ValueError unless the weights hold every tensor the folder's config.json implies, with its shape.
 
@@ -138,7 +148,7 @@ def check_config_matches_weights(folder: str | Path) -> None:
                 stored[name] = (list(f.get_slice(name).get_shape()), file.name)
     config = AutoConfig.from_pretrained(folder)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = model_class(config)(config)
     # keep_vars returns the tensors themselves, so names of one shared tensor (tied weights) group by identity.
     tied: dict[int, list[str]] = {}
     expected: dict[str, list[int]] = {}
