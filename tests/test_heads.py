@@ -142,3 +142,16 @@ def test_a_classifier_folder_verifies_and_its_card_runs_as_written(tmp_path, cap
     with contextlib.redirect_stdout(printed):
         exec(usage, {})  # noqa: S102 - the card's own snippet, on the folder it describes
     assert printed.getvalue().strip() in {"NO", "YES"}
+
+
+@pytest.mark.parametrize("command", [["eval", "--lengths", "16"], ["generate", "--prompt", "w1 w2"]])
+def test_language_model_commands_refuse_a_heads_folder_by_name(tmp_path, capsys, command) -> None:
+    # transformers loads the decoder, drops the head with a warning and ties an LM head: perplexity of a classifier.
+    from tests.tiny import cli_error, word_tokenizer
+
+    folder = tmp_path / "classifier"
+    AlibiForSequenceClassification(tiny_config(num_labels=2, pad_token_id=0)).save_pretrained(folder)
+    word_tokenizer(99).save_pretrained(folder)
+    message = cli_error([command[0], str(folder), *command[1:]], capsys)
+    assert "holds AlibiForSequenceClassification, a fine-tuned head, not a language model" in message
+    assert "AutoModelForSequenceClassification.from_pretrained" in message

@@ -97,7 +97,8 @@ def check_model_folder(folder: str | Path) -> list[Path]:
 
 
 def load_model(name_or_path: str | Path, **kwargs: Any) -> PreTrainedModel:
-    """`AutoModelForCausalLM.from_pretrained` that names the bad file when a checkpoint is truncated or corrupt.
+    """`AutoModelForCausalLM.from_pretrained` that names the bad file when a checkpoint is truncated or corrupt, and
+    refuses a head's folder (a fine-tuned classifier) by name.
 
     Raw `from_pretrained` raises `SafetensorError: Error while deserializing header: ...` without saying which
     file, and loads a file with a flipped bit inside a tensor without complaint. A local folder's safetensors
@@ -107,12 +108,20 @@ def load_model(name_or_path: str | Path, **kwargs: Any) -> PreTrainedModel:
     if Path(name_or_path).is_dir():
         check_model_folder(name_or_path)
     try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except SafetensorError as err:
         raise ValueError(
             f"the weights of {name_or_path} are not valid safetensors, probably truncated: {err}; "
             "download them again with force_download=True"
         ) from err
+    saved = model_class(model.config)
+    if saved not in (modeling_alibi.AlibiForCausalLM, modeling_alibi.AlibiModel):
+        # transformers would load the decoder, drop the head with a warning and tie an LM head to the embeddings.
+        raise ValueError(
+            f"{name_or_path} holds {saved.__name__}, a fine-tuned head, not a language model: load it with "
+            f"{saved._auto_class}.from_pretrained; perplexity, generation and export need a causal LM folder."
+        )
+    return model
 
 
 def model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
