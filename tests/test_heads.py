@@ -1,7 +1,12 @@
 """Sequence-classification, token-classification and question-answering heads on the ALiBi decoder (transformers'
-generic heads, as Llama, MPT and Bloom have them): loading a causal LM checkpoint, padding, Trainer."""
+generic heads, as Llama, MPT and Bloom have them): loading a causal LM checkpoint, padding, Trainer, pipeline, the
+card and the CLI."""
 
 from __future__ import annotations
+
+import contextlib
+import io
+import json
 
 import pytest
 import torch
@@ -11,10 +16,13 @@ from transformers import (
     AutoModelForTokenClassification,
     Trainer,
     TrainingArguments,
+    pipeline,
 )
 
 from alibi_lm import AlibiForSequenceClassification
-from tests.tiny import perturb, random_ids, saved_folder, tiny_config, tiny_model
+from alibi_lm.card import build_model_card
+from alibi_lm.loading import check_config_matches_weights
+from tests.tiny import cli_error, perturb, random_ids, saved_folder, tiny_config, tiny_model, word_tokenizer
 
 HEADS = [AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoModelForQuestionAnswering]
 
@@ -99,9 +107,6 @@ def test_a_saved_classifier_reloads_with_its_head(tmp_path) -> None:
 
 
 def test_text_classification_pipeline_runs_the_classifier(tmp_path) -> None:
-    from transformers import pipeline
-
-    from tests.tiny import word_tokenizer
 
     tokenizer = word_tokenizer(99)
     tokenizer.pad_token = "[UNK]"  # id 0, the config's pad_token_id
@@ -119,13 +124,6 @@ def test_text_classification_pipeline_runs_the_classifier(tmp_path) -> None:
 
 def test_a_classifier_folder_verifies_and_its_card_runs_as_written(tmp_path, capsys) -> None:
     # `alibi-lm verify` and `push` built the LM from config.json and refused the classifier's score.weight.
-    import contextlib
-    import io
-    import json
-
-    from alibi_lm.card import build_model_card
-    from alibi_lm.loading import check_config_matches_weights
-    from tests.tiny import word_tokenizer
 
     torch.manual_seed(0)
     config = tiny_config(num_labels=2, pad_token_id=98, id2label={0: "NO", 1: "YES"}, label2id={"NO": 0, "YES": 1})
@@ -147,7 +145,6 @@ def test_a_classifier_folder_verifies_and_its_card_runs_as_written(tmp_path, cap
 @pytest.mark.parametrize("command", [["eval", "--lengths", "16"], ["generate", "--prompt", "w1 w2"]])
 def test_language_model_commands_refuse_a_heads_folder_by_name(tmp_path, capsys, command) -> None:
     # transformers loads the decoder, drops the head with a warning and ties an LM head: perplexity of a classifier.
-    from tests.tiny import cli_error, word_tokenizer
 
     folder = tmp_path / "classifier"
     AlibiForSequenceClassification(tiny_config(num_labels=2, pad_token_id=0)).save_pretrained(folder)
