@@ -404,7 +404,7 @@ def paged_requests_attention(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    requests: PagedRequests,
+    step: PagedRequests,
     scaling: float,
     dropout: float = 0.0,
 ) -> tuple[torch.Tensor, None]:
@@ -412,7 +412,7 @@ def paged_requests_attention(
     (padding) stay zero."""
     batch, heads, length, _ = query.shape
     attn_output = query.new_zeros(batch, length, heads, value.shape[-1])  # [1, Q, H, D]
-    for (q0, q1, k0, k1), mask in zip(requests.spans, requests.masks):
+    for (q0, q1, k0, k1), mask in zip(step.spans, step.masks):
         span = (query[:, :, q0:q1], key[:, :, k0:k1], value[:, :, k0:k1])
         attn_output[:, q0:q1] = sdpa_attention_forward(module, *span, mask, scaling, dropout)[0]
     return attn_output, None

@@ -19,6 +19,8 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 from safetensors import safe_open
 
+from .loading import model_class
+
 # Where `alibi-lm eval CKPT --json CKPT/extrapolation.json` puts its results; `push` picks them up from there.
 RESULTS_FILE = "extrapolation.json"
 
@@ -128,21 +130,19 @@ def count_parameters(weights: Sequence[Path]) -> int:
     return total
 
 
-# A folder holding a head (config.json's `architectures`): its task, Auto class and the usage line after the inputs.
+# A folder holding a head (config.json's `architectures`): its task and the usage line after the inputs (the Auto
+# class is the head's own `_auto_class`).
 HEAD_CARDS = {
     "AlibiForSequenceClassification": (
         "text-classification",
-        "AutoModelForSequenceClassification",
         "print(model.config.id2label[int(model(**inputs).logits.argmax(-1))])",
     ),
     "AlibiForTokenClassification": (
         "token-classification",
-        "AutoModelForTokenClassification",
         "print([model.config.id2label[int(i)] for i in model(**inputs).logits.argmax(-1)[0]])",
     ),
     "AlibiForQuestionAnswering": (
         "question-answering",
-        "AutoModelForQuestionAnswering",
         "out = model(**inputs)  # the answer spans start_logits.argmax() to end_logits.argmax()",
     ),
 }
@@ -160,8 +160,9 @@ def build_model_card(
 ) -> ModelCard:
     """The repo's README.md: YAML metadata, architecture, training length, extrapolation table, usage (a head's own,
     for a folder whose `architectures` names one: `HEAD_CARDS`)."""
-    architecture = (config.get("architectures") or ["AlibiForCausalLM"])[0]
-    task, auto_class, usage = HEAD_CARDS.get(architecture, ("text-generation", "AutoModelForCausalLM", None))
+    model = model_class(config.get("architectures"))
+    architecture, auto_class = model.__name__, model._auto_class
+    task, usage = HEAD_CARDS.get(architecture, ("text-generation", None))
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag=task,

@@ -114,7 +114,7 @@ def load_model(name_or_path: str | Path, **kwargs: Any) -> PreTrainedModel:
             f"the weights of {name_or_path} are not valid safetensors, probably truncated: {err}; "
             "download them again with force_download=True"
         ) from err
-    saved = model_class(model.config)
+    saved = model_class(model.config.architectures)
     if saved not in (modeling_alibi.AlibiForCausalLM, modeling_alibi.AlibiModel):
         # transformers would load the decoder, drop the head with a warning and tie an LM head to the embeddings.
         raise ValueError(
@@ -124,10 +124,10 @@ def load_model(name_or_path: str | Path, **kwargs: Any) -> PreTrainedModel:
     return model
 
 
-def model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
+def model_class(architectures: Sequence[str] | None) -> type[PreTrainedModel]:
     """The class config.json names in `architectures`: the LM, the bare decoder or a head (a fine-tuned classifier's
     folder holds `score.weight` and no `lm_head`); the LM when it names none of ours."""
-    named = (getattr(config, "architectures", None) or ["AlibiForCausalLM"])[0]
+    named = (architectures or ["AlibiForCausalLM"])[0]
     if named in modeling_alibi.__all__ and named.startswith("Alibi"):
         return getattr(modeling_alibi, named)
     return modeling_alibi.AlibiForCausalLM
@@ -157,7 +157,7 @@ def check_config_matches_weights(folder: str | Path) -> None:
                 stored[name] = (list(f.get_slice(name).get_shape()), file.name)
     config = AutoConfig.from_pretrained(folder)
     with torch.device("meta"):
-        model = model_class(config)(config)
+        model = model_class(config.architectures)(config)
     # keep_vars returns the tensors themselves, so names of one shared tensor (tied weights) group by identity.
     tied: dict[int, list[str]] = {}
     expected: dict[str, list[int]] = {}
