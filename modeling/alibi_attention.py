@@ -315,6 +315,8 @@ def blocked_attention(
     # where each row's queries share their document's start (`PackedDocuments.first`).
     documents = mask.documents
     fused = key_only_exact(query.device, query.dtype, dropout) and (documents is None or documents.first is not None)
+    if past and torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
+        fused = False  # after a cache, the key-only call joins two softmaxes by log-sum-exps, which carry no gradient
     whole = [fused and runs_key_only(mask, h, length, query.dtype) for h in range(heads)]
 
     def key_only_bias_of(slopes: list[float]) -> torch.Tensor:  # [1 or B, h, 1, K]

@@ -46,7 +46,7 @@ class WindowedAlibi:
     # Packed documents (every head then runs in blocks, each block's keys cut at its queries' documents); None: one
     # document per row.
     documents: PackedDocuments | None = None
-    # Tokens cached before the queries (a continued prompt, without gradients: `alibi_masks.continued`); 0: Q == K.
+    # Tokens cached before the queries (a continued prompt: `continued`); 0: Q == K.
     past: int = 0
 
 
@@ -324,9 +324,9 @@ def cached_tokens(layout: Layout) -> int | None:
 
 def continued(layout: Layout) -> int:
     """The tokens cached before a continued prompt (several queries over plain or left-padded slots: a chat's next
-    turn, a chunked prefill, of one prompt or a batch), where the blocked plan can run after them (eager, without
-    gradients); 0 otherwise."""
-    if layout.query_length == 1 or torch.compiler.is_compiling() or torch.is_grad_enabled():
+    turn, a chunked prefill, of one prompt or a batch; with gradients too), where the blocked plan can run after them
+    (eager); 0 otherwise."""
+    if layout.query_length == 1 or torch.compiler.is_compiling():
         return 0
     past = cached_tokens(layout) or 0
     if past and (layout.is_plain or left_padded(layout, past + layout.query_length)):

@@ -494,7 +494,8 @@ def create_alibi_mask(
     #   cuts the keys to them); a 4,096-token prompt generated at 0.37x the dynamic cache with 6x its memory;
     # - a prompt continued after cached tokens, for its last queries (`continued`, `WindowedAlibi.past`): 512 tokens
     #   after 4,096 at 0.60x the no-bias model; a left-padded batch's as documents from each row's first token
-    #   (`after_left_padding`; a chunked prefill of 2 x 512 after 4,096 at 0.68x).
+    #   (`after_left_padding`; a chunked prefill of 2 x 512 after 4,096 at 0.68x); with gradients too (a training step
+    #   on 512 tokens after 4,096 at 0.41x).
     blocked = sdpa and slope_values is not None
     own = own_slots(layout) if blocked else layout
     past = continued(layout) if blocked else 0
