@@ -388,3 +388,40 @@ def packed(layout: Layout) -> bool:
     """Whether `layout` has packed documents that the plan cuts its blocks at (`packed_plan`): no cached tokens,
     Q == K; padded (then compacted first) or not."""
     return layout.document_ids is not None and fresh_square(layout)
+
+
+# One forward's [B, H, Q, K] ALiBi mask of at least this many bytes gets the warning `quadratic_mask_reason` words
+# (2,048 tokens with 16 heads in bf16 take 128 MiB; it quadruples with each doubling of the length).
+QUADRATIC_WARNING_BYTES = 64 * 2**20
+
+
+def quadratic_mask_reason(layout: Layout, named: str, fused_devices: tuple[str, ...], dropout: float) -> str | None:
+    """Why ALiBi takes a `[B, H, Q, K]` mask in this forward where no fused path serves it, and what avoids that; None
+    where the user chose that mask (eager, a prepared 4-D mask) or was told already (torch.compile unavailable)."""
+    device = layout.device.type
+    if named == "eager" or layout.custom_visible is not None:
+        return None
+    if device in fused_devices:
+        if named == "sdpa":
+            return (
+                f"attn_implementation='sdpa' takes the bias as a mask on {device}; leave attn_implementation unset: "
+                "the default runs flex_attention there, with no mask tensor"
+            )
+        if dropout:
+            return (
+                f"flex_attention, the default's kernel on {device}, has no attention dropout (attention_dropout="
+                f"{dropout}): set attention_dropout=0.0, or install flash-attn and pass "
+                "attn_implementation='flash_attention_2' (its alibi_slopes take dropout)"
+            )
+        return None
+    if device != "cpu":
+        return (
+            f"alibi-lm's fused paths are flex_attention on {', '.join(fused_devices)} and blocked sdpa on the CPU; "
+            f"on {device} the bias is a mask"
+        )
+    if cached_tokens(layout):
+        return (
+            "the attention_mask pads these queries other than on the left after cached tokens; the blocked plan "
+            "continues left-padded batches (tokenizer.padding_side='left', as generate expects)"
+        )
+    return f"no blocked form serves {layout.query_length} queries over {layout.key_length} keys here"

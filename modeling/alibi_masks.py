@@ -25,6 +25,7 @@ from transformers.masking_utils import find_packed_sequence_indices
 from transformers.utils import logging
 
 from .alibi_blocked import (
+    QUADRATIC_WARNING_BYTES,
     Compaction,
     WindowedAlibi,
     after_left_padding,
@@ -34,6 +35,7 @@ from .alibi_blocked import (
     own_slots,
     packed,
     packed_plan,
+    quadratic_mask_reason,
 )
 from .alibi_compile import FUSED_UNCOMPILED, block_mask_call, compile_disabled, compiled, flex_compiles
 from .alibi_triton import TritonAlibiMask, build_triton_mask
@@ -514,8 +516,31 @@ def create_alibi_mask(
                 document_ids = plan.compaction.documents(document_ids) if document_ids is not None else None
             return packed_plan(plan, document_ids) if document_ids is not None else plan
     if layout.is_plain and layout.custom_visible is None and slopes is not None:
-        return decoding_mask(layout, slopes, windows, dtype)
-    return build_dense_mask(layout, bias, count, dtype, windows)
+        mask = decoding_mask(layout, slopes, windows, dtype)
+    else:
+        mask = build_dense_mask(layout, bias, count, dtype, windows)
+    if slopes is not None and layout.query_length > 1 and not torch.compiler.is_compiling():
+        warn_if_quadratic(mask, layout, implementation, fused)
+    return mask
+
+
+QUADRATIC_WARNED: set[str] = set()  # the causes warned of in this process
+
+
+def warn_if_quadratic(mask: torch.Tensor, layout: AttentionLayout, implementation: str, fused: Fused) -> None:
+    """Warn once per cause where an ALiBi forward took a `[B, H, Q, K]` mask of `QUADRATIC_WARNING_BYTES` or more on
+    a path the user did not choose for it: it ran out of memory silently before."""
+    size = mask.numel() * mask.element_size()
+    if size < QUADRATIC_WARNING_BYTES:
+        return
+    reason = quadratic_mask_reason(layout, implementation, fused.devices, fused.dropout)
+    if reason is not None and reason not in QUADRATIC_WARNED:
+        QUADRATIC_WARNED.add(reason)
+        logger.warning(
+            f"alibi-lm builds the ALiBi bias as a [B, H, Q, K] mask here (the first: {size / 2**20:,.0f} MiB at "
+            f"{layout.query_length:,} x {layout.key_length:,}), memory that grows with the square of the length, "
+            f"because {reason}."
+        )
 
 
 def flex_alibi_mask(

@@ -1,12 +1,13 @@
 """The CPU default on a prompt continued after cached tokens: the [B, H, Q, K] mask it took until 2026-12-06 (for a
-left-padded batch until 2026-12-07) against the blocked plan for the last queries.
+left-padded batch until 2026-12-07, with gradients until later that day) against the blocked plan for the last queries.
 
     python recipes/experiments/continued_prompt.py --out recipes/results/continued-prompt.md [--rounds 5]
 
 A chat's next turn, or a long prompt prefilled in chunks (of one prompt, or of a left-padded batch, as generate's
 `prefill_chunk_size` runs), runs several queries after a cache. The bench's cpu-small
-model (hidden 512, 4 layers, 8 heads, vocabulary 8,192; fp32, sdpa, the CPU default), no gradients. Each row times
-the continuation three ways, interleaved round by round in one process (medians; each call copies the cached prefix
+model (hidden 512, 4 layers, 8 heads, vocabulary 8,192; fp32, sdpa, the CPU default), without gradients, and with
+them for a training step on a continuation (forward and backward; a cached prefix, a prompt tuned after it). Each
+row times the continuation three ways, interleaved round by round in one process (medians; each call copies the cached prefix
 first, the same work in every column): with the old mask (`alibi_masks.continued` switched off), with the plan (now),
 and the same model without a bias (the no-bias limit, its own cache).
 """
@@ -54,13 +55,18 @@ def prefix(lm: AlibiForCausalLM, ids: torch.Tensor, mask: torch.Tensor | None, p
 
 
 def continue_(
-    lm: AlibiForCausalLM, ids: torch.Tensor, mask: torch.Tensor | None, past: int, cache, plan
+    lm: AlibiForCausalLM, ids: torch.Tensor, mask: torch.Tensor | None, past: int, cache, plan, train: bool
 ) -> torch.Tensor:
+    """The continuation's last logits, or with `train` its loss after a backward through it."""
     alibi_masks.continued = plan
+    cache = copy.deepcopy(cache)
+    if train:
+        lm.zero_grad(set_to_none=True)
+        loss = lm(ids[:, past:], attention_mask=mask, cache=cache, use_cache=True, labels=ids[:, past:]).loss
+        loss.backward()
+        return loss.detach()
     with torch.no_grad():
-        return lm(
-            ids[:, past:], attention_mask=mask, cache=copy.deepcopy(cache), use_cache=True, logits_to_keep=1
-        ).logits
+        return lm(ids[:, past:], attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1).logits
 
 
 def left_padding(rows: list[int], length: int) -> torch.Tensor:
@@ -76,18 +82,22 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     alibi, none = model("alibi"), model("none")
     ids = torch.randint(0, 8192, (2, 4608), generator=torch.Generator().manual_seed(0))
-    workloads = [("512 tokens after 4,096, dynamic cache", 4096, "dynamic", [0]),
-                 ("2,048 tokens after 2,048, dynamic cache", 2048, "dynamic", [0]),
-                 ("512 tokens after 4,096, static cache", 4096, "static", [0]),
-                 ("2 x 512 tokens after 4,096, left-padded by 0 and 1,000, dynamic cache", 4096, "dynamic", [0, 1000]),
-                 ("2 x 512 tokens after 4,096, left-padded by 0 and 1,000, static cache", 4096, "static", [0, 1000])]  # fmt: skip
+    workloads = [("512 tokens after 4,096, dynamic cache", 4096, "dynamic", [0], False),
+                 ("2,048 tokens after 2,048, dynamic cache", 2048, "dynamic", [0], False),
+                 ("512 tokens after 4,096, static cache", 4096, "static", [0], False),
+                 ("2 x 512 tokens after 4,096, left-padded by 0 and 1,000, dynamic cache", 4096, "dynamic", [0, 1000], False),
+                 ("2 x 512 tokens after 4,096, left-padded by 0 and 1,000, static cache", 4096, "static", [0, 1000], False),
+                 ("training step: 512 tokens after 4,096, dynamic cache", 4096, "dynamic", [0], True),
+                 ("training step: 2 x 512 tokens after 4,096, left-padded by 0 and 1,000", 4096, "dynamic", [0, 1000], True)]  # fmt: skip
     rows = []
-    for name, past, kind, padding in tqdm(workloads, desc="workloads"):
+    for name, past, kind, padding, train in tqdm(workloads, desc="workloads"):
         text = ids[: len(padding), : past + (512 if past == 4096 else 2048)]
         mask = left_padding(padding, text.shape[1]) if any(padding) else None
         caches = {lm: prefix(lm, text, mask, past, kind) for lm in (alibi, none)}
         ways = {"before": (alibi, never), "now": (alibi, CONTINUED), "no bias": (none, CONTINUED)}
-        calls = {way: partial(continue_, lm, text, mask, past, caches[lm], plan) for way, (lm, plan) in ways.items()}
+        calls = {
+            way: partial(continue_, lm, text, mask, past, caches[lm], plan, train) for way, (lm, plan) in ways.items()
+        }
         measured = run_interleaved(calls, torch.device("cpu"), repeats=args.rounds, measure_memory=False)
         before, now, limit = (statistics.median(measured[way].times) for way in ways)
         same = torch.allclose(measured["before"].output, measured["now"].output, atol=1e-5, rtol=0)
@@ -100,7 +110,8 @@ def main() -> None:
         args.out,
         "A prompt continued after cached tokens, CPU default: [B, H, Q, K] mask (before) against the plan (now)",
         f"python recipes/experiments/continued_prompt.py --out {args.out} --rounds {args.rounds}",
-        f"Seconds, medians of {args.rounds} interleaved rounds; 'same logits': before and now within 1e-5.",
+        f"Seconds, medians of {args.rounds} interleaved rounds; 'same logits': before and now within 1e-5 (the last "
+        "logits; the loss of a training step).",
         "| continuation | mask (before), s | plan (now), s | no bias, s | now ÷ before speed | before ÷ no bias "
         "| now ÷ no bias | same logits |",
         rows,
