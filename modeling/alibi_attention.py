@@ -184,7 +184,8 @@ def windowed_alibi_attention(
     all, and a sweep of lengths would recompile per length until dynamo's limit of 8 and then run the whole model
     uncompiled. With dropout (whose mask the op's recomputing backward could not redraw) it runs outside the graph.
     """
-    if not statically_known_true(query.shape[2] <= sys.maxsize):  # a symbol, asked without guarding on its value
+    length = query.shape[2]
+    if isinstance(length, torch.SymInt) or not statically_known_true(length <= sys.maxsize):  # a symbol, unguarded
         starts = mask.documents.starts if mask.documents is not None else None
         plan = (starts, mask.slopes, mask.windows, mask.silenced, scaling)
         if dropout:

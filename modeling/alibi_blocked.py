@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from torch.nn import functional as F
 
 
 @dataclass
@@ -247,7 +246,12 @@ def blocked_plan(
     or packed once `packed_plan` has cut it), or None where dense ALiBi runs."""
     # Windowed ALiBi in blocks where that saves work; where the windows hold most of the sequence, dense ALiBi is
     # faster (and the windowed model approximates it to its cutoff's tolerance anyway).
-    saves_work = window_values is not None and windowed_work_ratio(window_values, length) <= windowed_work_limit()
+    # torch.export with a dynamic length cannot keep a choice that guards on the length: it takes the exact windows,
+    # right at every length (the dense shortcut only approximates them where they hold most of the sequence).
+    exporting = isinstance(length, torch.SymInt) and torch.compiler.is_exporting()
+    saves_work = window_values is not None and (
+        exporting or windowed_work_ratio(window_values, length) <= windowed_work_limit()
+    )
     exact = saves_work or (window_values is not None and config.alibi_window_cutoff < DENSE_SHORTCUT_CUTOFF)
     patterns = {} if patterns is None else patterns
     if blocked_by_default(device, dtype):
@@ -270,7 +274,10 @@ DOCUMENT_REACH_STEP = 128
 def document_starts(document_ids: torch.Tensor) -> torch.Tensor:
     """`[B, L]` long: the slot where each slot's document begins (a document is a run of equal ids)."""
     slots = torch.arange(document_ids.shape[1], device=document_ids.device)
-    begins = F.pad(document_ids[:, 1:] != document_ids[:, :-1], (1, 0), value=True)
+    # Against the left neighbour by `roll`, not by slices of L - 1 (torch.export would guard on L - 1 != 1).
+    begins = (document_ids != document_ids.roll(1, -1)) | (
+        torch.arange(document_ids.shape[1], device=document_ids.device) == 0
+    )
     return torch.where(begins, slots, 0).cummax(-1).values
 
 

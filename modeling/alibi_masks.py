@@ -263,7 +263,10 @@ def build_layout(
     count = real.cumsum(-1)  # [B, K] real tokens up to and including each slot
     if document_ids is not None:
         # Restart the count at each document: subtract the tokens before the latest document start.
-        starts = F.pad(document_ids[:, 1:] != document_ids[:, :-1], (1, 0), value=True)
+        # Against the left neighbour by `roll`, not by slices of L - 1 (torch.export would guard on L - 1 != 1).
+        starts = (document_ids != document_ids.roll(1, -1)) | (
+            torch.arange(document_ids.shape[1], device=document_ids.device) == 0
+        )
         count = count - torch.where(starts, count - real, 0).cummax(-1).values
         # A document is a run of equal ids: an id that comes back after another is a new document, as its positions
         # (restarted above) and flash-attn's varlen sequences already say.
