@@ -272,3 +272,27 @@ def test_prompts_padded_by_the_tokenizer_generate_each_prompts_own_tokens(model:
         ids = tokenizer(prompt, return_tensors="pt").input_ids
         alone = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         assert out[row, width:].tolist() == alone[0, ids.shape[1] :].tolist()
+
+
+def test_gradient_accumulation_with_uneven_label_counts_takes_the_step_of_one_whole_batch(tmp_path: Path):
+    # Trainer passes `num_items_in_batch` to a model whose forward takes loss kwargs, so that 4 micro-batches of 2
+    # rows sum to the loss of the 8 rows together, not to a mean of 4 means. Rows here keep 32 down to 4 labels each:
+    # with the loss a mean per micro-batch (the bug transformers fixed in 4.46), the weights after one SGD step differ
+    # by 1.9e-2; summed as they should be, by 6e-8.
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(8):
+        ids = torch.randint(0, 99, (32,), generator=generator)
+        rows.append({"input_ids": ids.tolist(), "labels": ids.index_fill(0, torch.arange(i * 4), -100).tolist()})
+
+    def weights_after_one_step(batch_size: int, accumulation: int) -> torch.Tensor:
+        model = tiny_model().train()
+        args = TrainingArguments(
+            tmp_path / f"{batch_size}x{accumulation}", per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=1.0, optim="sgd",
+            lr_scheduler_type="constant", report_to=[], use_cpu=True, save_strategy="no", seed=0,
+        )  # fmt: skip
+        Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows)).train()
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    torch.testing.assert_close(weights_after_one_step(2, 4), weights_after_one_step(8, 1), atol=1e-6, rtol=0)
