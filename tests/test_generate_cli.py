@@ -5,6 +5,7 @@ A slip such as `--max-new-tokens 1e20` must fail at once rather than generate fo
 
 from __future__ import annotations
 
+import argparse
 import re
 
 import pytest
@@ -123,3 +124,21 @@ def test_generate_runs_at_the_ends_of_every_range(model_and_tokenizer):
     options = {"max_new_tokens": 1, "top_k": 0, "top_p": 1.0, "temperature": 1e-3, "repetition_penalty": 1e-3}
     text = generate(model, tokenizer, PROMPT, do_sample=True, seed=0, **options)
     assert len(tokenizer(text)["input_ids"]) >= 1
+
+
+def test_every_dashed_option_of_every_subcommand_takes_the_underscore_spelling_too():
+    # As transformers' HfArgumentParser does for `alibi-lm train`: `--max_new_tokens` is generate's keyword, and
+    # "unrecognized arguments" was all a user typing it got.
+    from alibi_lm.cli import SUBCOMMANDS
+
+    assert parse(["--max_new_tokens", "7", "--do_sample", "--top_k", "3"]) == parse(
+        ["--max-new-tokens", "7", "--do-sample", "--top-k", "3"]
+    )
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(subcommands) == set(SUBCOMMANDS)
+    for name, subparser in subcommands.items():
+        dashed = {o for action in subparser._actions for o in action.option_strings if "-" in o[2:]}
+        for option in dashed:  # the same action under either spelling
+            assert option in subparser._option_string_actions["--" + option[2:].replace("-", "_")].option_strings
+        assert name != "generate" or "--max-new-tokens" in dashed

@@ -64,7 +64,19 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                 raise
             continue  # subcommand not built yet
         module.add_subparser(subparsers)
+        accept_underscores(subparsers.choices[name])
     return parser
+
+
+def accept_underscores(parser: argparse.ArgumentParser) -> None:
+    """Accept each `--dashed-option` spelt `--dashed_option` too, as transformers' `HfArgumentParser` does for
+    `alibi-lm train` (and as the keywords are named: `--max_new_tokens` is `generate`'s). Help and errors keep the
+    dashed name alone."""
+    for action in list(parser._actions):
+        for option in action.option_strings:
+            alias = "--" + option[2:].replace("-", "_")
+            if option.startswith("--") and alias not in parser._option_string_actions:
+                parser._option_string_actions[alias] = action
 
 
 def debug_enabled(flag: bool = False) -> bool:
