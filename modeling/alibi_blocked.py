@@ -1,6 +1,7 @@
 # Copyright 2026 The alibi-lm authors. Licensed under the Apache License, Version 2.0.
 """The blocked sdpa path's rules: its mask form, its block sizes and when it runs, the CPU default's cutoff, and the
-plan itself (`blocked_plan`, `packed_plan` for packed documents).
+plan itself (`blocked_plan`, `packed_plan` for packed documents), and where it cannot serve an ALiBi forward, why
+(`quadratic_mask_reason`, the warning's words).
 
 `WindowedAlibi` is what `create_alibi_mask` (`alibi_masks.py`) builds with `blocked_plan` and hands the sdpa kernel for
 windowed ALiBi and for the CPU default, and `windowed_alibi_attention` (`alibi_attention.py`) computes from it; both
@@ -275,9 +276,7 @@ def document_starts(document_ids: torch.Tensor) -> torch.Tensor:
     """`[B, L]` long: the slot where each slot's document begins (a document is a run of equal ids)."""
     slots = torch.arange(document_ids.shape[1], device=document_ids.device)
     # Against the left neighbour by `roll`, not by slices of L - 1 (torch.export would guard on L - 1 != 1).
-    begins = (document_ids != document_ids.roll(1, -1)) | (
-        torch.arange(document_ids.shape[1], device=document_ids.device) == 0
-    )
+    begins = (document_ids != document_ids.roll(1, -1)) | (slots == 0)
     return torch.where(begins, slots, 0).cummax(-1).values
 
 
