@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -234,6 +234,10 @@ def alibi_window_values(slopes: list[float], cutoff: float) -> list[int]:
     return [math.floor(cutoff / slope) for slope in slopes]
 
 
+# torch.export's flag (torch >= 2.6; on older torch a windowed model's length-guarded choice stays, which export refuses).
+is_exporting: Callable[[], bool] = getattr(torch.compiler, "is_exporting", lambda: False)
+
+
 def blocked_plan(
     config,
     length: int,
@@ -249,7 +253,7 @@ def blocked_plan(
     # faster (and the windowed model approximates it to its cutoff's tolerance anyway).
     # torch.export with a dynamic length cannot keep a choice that guards on the length: it takes the exact windows,
     # right at every length (the dense shortcut only approximates them where they hold most of the sequence).
-    exporting = isinstance(length, torch.SymInt) and torch.compiler.is_exporting()
+    exporting = isinstance(length, torch.SymInt) and is_exporting()
     saves_work = window_values is not None and (
         exporting or windowed_work_ratio(window_values, length) <= windowed_work_limit()
     )
