@@ -24,6 +24,7 @@ from torch.nn.attention.flex_attention import BlockMask
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 from transformers.models.llama.modeling_llama import eager_attention_forward, repeat_kv
+from transformers.utils import logging
 
 from .alibi_blocked import (
     FUSED_CPU_ATTENTION,
@@ -38,6 +39,18 @@ from .alibi_compile import UNCOMPILED_FLEX, compiled
 from .alibi_masks import ALIBI_FUSED, ALIBI_TRITON, AttentionLayout, FlashAlibiMask, FlexAlibiMask, alibi_bias
 from .alibi_paged import PagedRequests
 from .alibi_triton import TritonAlibiMask, alibi_flash_attention
+
+logger = logging.get_logger(__name__)
+
+
+def warn_without_weights(kwargs: dict, backend: str) -> None:
+    """The warning transformers' sdpa and flash kernels give where `output_attentions=True` asks a kernel that returns
+    no attention weights (the model's outputs then hold none), with the setting that gives them."""
+    if kwargs.get("output_attentions", False):
+        logger.warning_once(
+            f"`{backend}` attention returns no attention weights, so `output_attentions=True` gives none: load the "
+            'model with attn_implementation="eager" (or call model.set_attn_implementation("eager")) to get them.'
+        )
 
 
 def key_only_bias(slopes: torch.Tensor, length: int) -> torch.Tensor:
@@ -370,6 +383,7 @@ def sdpa_attention_forward(
 ) -> tuple[torch.Tensor, None]:
     """`F.scaled_dot_product_attention` with the 4-D mask or `is_causal` alone; windowed ALiBi (and the CPU default)
     in blocks; a continuous-batching step request by request."""
+    warn_without_weights(kwargs, "sdpa")
     if isinstance(attention_mask, PagedRequests):
         return paged_requests_attention(module, query, key, value, attention_mask, scaling, dropout)
     key = repeat_kv(key, module.num_key_value_groups)
@@ -448,6 +462,7 @@ def flex_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """flex_attention with the bias `score_mod` and a `BlockMask`; single-token decoding uses sdpa."""
+    warn_without_weights(kwargs, "flex_attention")
     if not isinstance(attention_mask, FlexAlibiMask):
         # Decoding steps get a [B, H, 1, K] tensor mask: tiny, and no recompile per cache length.
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
@@ -484,6 +499,7 @@ def flash_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """flash-attn 2 with `alibi_slopes` (fp32); padding and packed documents go through the varlen kernel."""
+    warn_without_weights(kwargs, "flash_attention_2")
     # Imported by name: a literal `import flash_attn` would make transformers' remote-code loader
     # require the package even for users who never pick this backend.
     flash_attn = importlib.import_module("flash_attn")
@@ -519,6 +535,7 @@ def triton_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """The Triton flash kernel with the bias per tile (`alibi_triton`); single-token decoding uses sdpa."""
+    warn_without_weights(kwargs, ALIBI_TRITON)
     if not isinstance(attention_mask, TritonAlibiMask):
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
     if dropout > 0.0:
@@ -540,6 +557,7 @@ def alibi_fused_attention_forward(
     """The default (`ALIBI_FUSED`): flex_attention where `create_alibi_mask` built a flex mask (multi-token forwards on
     a GPU), sdpa with whatever else it built (the key-only bias and blocked heads on the CPU, the small decoding
     mask)."""
+    warn_without_weights(kwargs, ALIBI_FUSED)
     if isinstance(attention_mask, FlexAlibiMask):
         return flex_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
     return sdpa_attention_forward(module, query, key, value, attention_mask, scaling, dropout)

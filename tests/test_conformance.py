@@ -276,9 +276,25 @@ def test_hidden_states_and_attentions_are_recorded():
     assert torch.equal(base.hidden_states[-1], base.last_hidden_state)
 
 
-def test_fused_backends_record_no_attention_weights():
-    out = tiny_model(attn_implementation="sdpa")(random_ids(1, 5), output_attentions=True)
+@pytest.mark.parametrize("backend", ["sdpa", None])
+def test_fused_backends_record_no_attention_weights_and_say_how_to_get_them(backend):
+    from transformers.testing_utils import CaptureLogger
+
+    from alibi_lm.modeling import alibi_attention
+
+    model = tiny_model(attn_implementation=backend)
+    alibi_attention.logger.warning_once.cache_clear()
+    with CaptureLogger(alibi_attention.logger) as quiet:
+        model(random_ids(1, 5))
+    with CaptureLogger(alibi_attention.logger) as captured:
+        out = model(random_ids(1, 5), output_attentions=True)
     assert out.attentions == ()  # as transformers' own sdpa models: the kernel never forms the weights
+    # ... and as they do, it says so (it used to give the empty tuple silently), naming the backend and the way out.
+    assert quiet.out == ""
+    assert f"`{model.config._attn_implementation}` attention returns no attention weights" in captured.out
+    assert 'attn_implementation="eager"' in captured.out
+    model.set_attn_implementation("eager")
+    assert len(model(random_ids(1, 5), output_attentions=True).attentions) == model.config.num_hidden_layers
 
 
 def test_attention_rows_decay_with_the_paper_slopes():
