@@ -325,6 +325,32 @@ def test_a_static_cache_prefill_runs_the_plan_on_the_prompts_own_slots(padded):
     torch.testing.assert_close(static_next, dynamic_next, atol=1e-5, rtol=0)
 
 
+def test_a_compiled_forward_prefills_a_fresh_static_cache_on_the_plan(monkeypatch):
+    # transformers' compiled-generation recipe, `model.forward = torch.compile(model.forward, fullgraph=True)` with a
+    # static cache, traces the prefill too. A graph cannot read a static cache's count of cached tokens (a tensor), but
+    # a fresh cache reports the int 0 until its first update, so the prompt's own slots are known and the plan runs:
+    # this pins that, should transformers start its static caches filled in.
+    model = tiny_model(num_attention_heads=8, hidden_size=64, max_position_embeddings=1024)
+    ids = random_ids(2, 300)
+    mask = torch.ones_like(ids)
+    mask[1, :100] = 0  # the compiled graph takes every attention_mask as padding anyway
+    generate = dict(attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        expected = model.generate(ids, **generate)
+    queries = []  # of every [B, H, Q, K] mask built, traced or not
+    original = alibi_masks.build_dense_mask
+    monkeypatch.setattr(
+        alibi_masks,
+        "build_dense_mask",
+        lambda layout, *a, **k: queries.append(layout.query_length) or original(layout, *a, **k),
+    )
+    model.forward = torch.compile(model.forward, fullgraph=True)
+    with torch.no_grad():
+        tokens = model.generate(ids, cache_implementation="static", **generate)
+    assert torch.equal(tokens, expected)
+    assert queries and all(q == 1 for q in queries)  # decoding steps' small masks only
+
+
 def continue_after(
     model, ids: torch.Tensor, past: int, cache_kind: str, mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, set[str], int]:
