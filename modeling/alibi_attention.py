@@ -30,13 +30,25 @@ from .alibi_blocked import (
     FUSED_CPU_ATTENTION,
     PackedDocuments,
     PatternCache,
+    StaticContinuation,
     WindowedAlibi,
+    after_left_padding,
     key_only_exact,
+    rows_left_padded,
     runs_key_only,
     windowed_block_size,
 )
 from .alibi_compile import UNCOMPILED_FLEX, compiled
-from .alibi_masks import ALIBI_FUSED, ALIBI_TRITON, AttentionLayout, FlashAlibiMask, FlexAlibiMask, alibi_bias
+from .alibi_masks import (
+    ALIBI_FUSED,
+    ALIBI_TRITON,
+    AttentionLayout,
+    FlashAlibiMask,
+    FlexAlibiMask,
+    alibi_bias,
+    build_dense_mask,
+    build_layout,
+)
 from .alibi_paged import PagedRequests
 from .alibi_triton import TritonAlibiMask, alibi_flash_attention
 
@@ -292,6 +304,47 @@ def _gradients(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
 dynamic_blocked_attention.register_autograd(_gradients, setup_context=_save_inputs)
 
 
+@torch.library.custom_op(f"{_OP}_continued", mutates_args=())
+def continued_blocked_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cached: torch.Tensor,
+    key_valid: torch.Tensor | None,
+    slopes: list[float],
+    windows: list[int],
+    silenced: list[bool],
+    scaling: float,
+) -> torch.Tensor:
+    """`StaticContinuation`'s attention `[B, Q, H, D]` (contiguous): the queries after `cached` tokens of a static
+    cache's `K` slots, read here, outside the compiled graph, as `continued` reads them eagerly. Plain or left-padded
+    rows run the plan after the cache (`WindowedAlibi.past`, `after_left_padding`); rows padded otherwise take the
+    `[B, H, Q, K]` mask the eager model builds for them. Without gradients only (`compiled_continuation`)."""
+    past, queries = int(cached), query.shape[2]
+    filled = past + queries  # the slots after them are the cache's empty ones
+    key, value = key[:, :, :filled], value[:, :, :filled]
+    valid = None if key_valid is None else key_valid[:, :filled]
+    if valid is not None and not bool(valid.all()) and not rows_left_padded(valid):
+        layout = build_layout(valid, None, query.shape[0], queries, filled, past, query.device)
+        rates = torch.tensor(slopes, device=query.device)
+        mask = build_dense_mask(
+            layout, lambda head, distance: alibi_bias(rates[head], distance), len(slopes), query.dtype
+        )
+        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
+        return attended.transpose(1, 2).contiguous()
+    plan = plan_from_numbers(None, slopes, windows, silenced)
+    plan.past = past
+    if valid is not None and not bool(valid.all()):
+        plan.documents = after_left_padding(valid, past, queries)
+    return blocked_attention(query, key, value, plan, scaling, 0.0).transpose(1, 2).contiguous()
+
+
+@continued_blocked_attention.register_fake
+def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *plan) -> torch.Tensor:
+    batch, heads, queries = query.shape[:3]
+    return query.new_empty(batch, queries, heads, value.shape[-1])
+
+
 @torch.compiler.disable
 def uncompiled_blocked_attention(
     query: torch.Tensor,
@@ -388,6 +441,13 @@ def sdpa_attention_forward(
         return paged_requests_attention(module, query, key, value, attention_mask, scaling, dropout)
     key = repeat_kv(key, module.num_key_value_groups)
     value = repeat_kv(value, module.num_key_value_groups)
+    if isinstance(attention_mask, StaticContinuation):
+        plan = attention_mask.plan
+        attn_output = continued_blocked_attention(
+            query, key, value, attention_mask.cached, attention_mask.key_valid, plan.slopes, plan.windows,
+            plan.silenced, scaling,
+        )  # fmt: skip
+        return attn_output, None
     if isinstance(attention_mask, WindowedAlibi):
         # Keys past the queries are a static cache's empty slots (`own_slots`): the plan is for the filled ones.
         filled = attention_mask.past + query.shape[2]

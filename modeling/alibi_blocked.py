@@ -350,7 +350,11 @@ def left_padded(layout: Layout, filled: int) -> bool:
     the mask's values: eager only."""
     if layout.key_valid is None or layout.document_ids is not None or layout.custom_visible is not None:
         return False
-    valid = layout.key_valid[:, :filled]
+    return rows_left_padded(layout.key_valid[:, :filled])
+
+
+def rows_left_padded(valid: torch.Tensor) -> bool:
+    """Whether each row of `valid` `[B, K]` is padding and then tokens."""
     return bool((valid[:, 1:] >= valid[:, :-1]).all())
 
 
@@ -367,6 +371,32 @@ def after_left_padding(key_valid: torch.Tensor, past: int, queries: int) -> Pack
     if bool(valid[:, past:].all()) and bool((first < past).all()):
         documents.first = first[:, 0]
     return documents
+
+
+@dataclass
+class StaticContinuation:
+    """Queries after a static cache's tokens in a compiled forward (`compiled_continuation`): the graph cannot read how
+    many tokens are cached (a tensor), so the plan runs in one op per layer that reads it
+    (`continued_blocked_attention`), as `continued` runs it eagerly: plain or left-padded rows, and the `[B, H, Q, K]`
+    mask only where the rows are padded otherwise."""
+
+    plan: WindowedAlibi  # the slopes, windows and silenced heads; its `past` is read at run time
+    cached: torch.Tensor  # 0-d: the tokens cached before the queries (a copy: the cache counts on in place)
+    key_valid: torch.Tensor | None  # [B, K] the attention_mask over the cache's slots, or None
+
+
+def compiled_continuation(layout: Layout) -> bool:
+    """Whether `layout` is several queries after a static cache's tokens in a compiled forward without gradients (a
+    chunked prefill's later chunks, a next turn; the first forward into a fresh cache counts 0 as an int), with no
+    documents or prepared mask: the case `StaticContinuation` serves."""
+    return (
+        torch.compiler.is_compiling()
+        and isinstance(layout.past_length, torch.Tensor)
+        and layout.query_length > 1
+        and layout.document_ids is None
+        and layout.custom_visible is None
+        and not torch.is_grad_enabled()
+    )
 
 
 def own_slots(layout: Layout) -> Layout:

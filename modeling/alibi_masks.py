@@ -27,10 +27,13 @@ from transformers.utils import logging
 from .alibi_blocked import (
     QUADRATIC_WARNING_BYTES,
     Compaction,
+    StaticContinuation,
     WindowedAlibi,
     after_left_padding,
+    blocked_by_default,
     blocked_plan,
     compactable,
+    compiled_continuation,
     continued,
     own_slots,
     packed,
@@ -376,7 +379,7 @@ def flash_varlen_boundaries(
 
 
 # What `AlibiModel` hands every layer as `attention_mask`, by backend (None: plain causal attention).
-AlibiMask = torch.Tensor | WindowedAlibi | FlexAlibiMask | FlashAlibiMask | TritonAlibiMask | None
+AlibiMask = torch.Tensor | WindowedAlibi | StaticContinuation | FlexAlibiMask | FlashAlibiMask | TritonAlibiMask | None
 
 
 # The default attention implementation (`AlibiPreTrainedModel.get_correct_attn_implementation`), registered with
@@ -500,7 +503,8 @@ def create_alibi_mask(
     # - a prompt continued after cached tokens, for its last queries (`continued`, `WindowedAlibi.past`): 512 tokens
     #   after 4,096 at 0.60x the no-bias model; a left-padded batch's as documents from each row's first token
     #   (`after_left_padding`; a chunked prefill of 2 x 512 after 4,096 at 0.68x); with gradients too (a training step
-    #   on 512 tokens after 4,096 at 0.41x).
+    #   on 512 tokens after 4,096 at 0.41x); compiled after a static cache's tokens, in an op that reads their count
+    #   (`StaticContinuation`; 512 after 4,096 at 0.57x).
     blocked = sdpa and slope_values is not None
     own = own_slots(layout) if blocked else layout
     past = continued(layout) if blocked else 0
@@ -518,6 +522,10 @@ def create_alibi_mask(
                 plan.compaction = Compaction.of(own.key_valid)
                 document_ids = plan.compaction.documents(document_ids) if document_ids is not None else None
             return packed_plan(plan, document_ids) if document_ids is not None else plan
+    if blocked and window_values is None and compiled_continuation(layout) and blocked_by_default(device, dtype):
+        # Compiled after a static cache's tokens (its count a tensor): the plan, past and padding read in the op.
+        plan = blocked_plan(config, layout.query_length, slope_values, None, dtype, patterns, device)
+        return StaticContinuation(plan, layout.past_length.clone(), layout.key_valid)
     if layout.is_plain and layout.custom_visible is None and slopes is not None:
         mask = decoding_mask(layout, slopes, windows, dtype)
     else:

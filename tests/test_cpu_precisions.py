@@ -325,30 +325,72 @@ def test_a_static_cache_prefill_runs_the_plan_on_the_prompts_own_slots(padded):
     torch.testing.assert_close(static_next, dynamic_next, atol=1e-5, rtol=0)
 
 
-def test_a_compiled_forward_prefills_a_fresh_static_cache_on_the_plan(monkeypatch):
+def test_a_compiled_forward_prefills_a_static_cache_in_chunks_on_the_plan(monkeypatch):
     # transformers' compiled-generation recipe, `model.forward = torch.compile(model.forward, fullgraph=True)` with a
-    # static cache, traces the prefill too. A graph cannot read a static cache's count of cached tokens (a tensor), but
-    # a fresh cache reports the int 0 until its first update, so the prompt's own slots are known and the plan runs:
-    # this pins that, should transformers start its static caches filled in.
-    model = tiny_model(num_attention_heads=8, hidden_size=64, max_position_embeddings=1024)
-    ids = random_ids(2, 300)
+    # static cache, traces the prefill too, here in chunks (`prefill_chunk_size`). The first chunk finds a fresh cache,
+    # which counts 0 as an int until its first update, so its own slots are known. The later ones find the count as a
+    # tensor the graph cannot read: they took the [B, H, Q, K] mask until `StaticContinuation` read it in an op.
+    model = tiny_model(num_attention_heads=8, hidden_size=64, max_position_embeddings=2048)
+    ids = random_ids(2, 700)
     mask = torch.ones_like(ids)
-    mask[1, :100] = 0  # the compiled graph takes every attention_mask as padding anyway
-    generate = dict(attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    mask[1, :150] = 0  # past the first chunk: the later chunks start with padding in the cache
+    generate = dict(attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0, prefill_chunk_size=200)
     with torch.no_grad():
         expected = model.generate(ids, **generate)
-    queries = []  # of every [B, H, Q, K] mask built, traced or not
+    dense = []  # multi-token [B, H, Q, K] masks; appended to only then, so the list adds no guard to the graphs
     original = alibi_masks.build_dense_mask
     monkeypatch.setattr(
         alibi_masks,
         "build_dense_mask",
-        lambda layout, *a, **k: queries.append(layout.query_length) or original(layout, *a, **k),
+        lambda layout, *a, **k: (
+            (layout.query_length > 1 and dense.append(layout.query_length)) or original(layout, *a, **k)
+        ),
     )
     model.forward = torch.compile(model.forward, fullgraph=True)
     with torch.no_grad():
         tokens = model.generate(ids, cache_implementation="static", **generate)
     assert torch.equal(tokens, expected)
-    assert queries and all(q == 1 for q in queries)  # decoding steps' small masks only
+    assert dense == []
+
+
+@pytest.mark.parametrize(
+    "rows", ["plain", "left-padded in the cache", "left-padded past it", "a hole", "right-padded", "no cache"]
+)
+def test_the_static_continuation_op_equals_the_dense_mask(rows):
+    """`continued_blocked_attention`, which compiled forwards call after a static cache's tokens, against sdpa with
+    the `[B, H, Q, K]` mask the eager model builds for the same slots: the plan for plain and left-padded rows (and a
+    cache counted 0 as a tensor, once reset), that mask itself for rows padded otherwise."""
+    from alibi_lm.modeling.alibi_attention import continued_blocked_attention
+    from alibi_lm.modeling.alibi_masks import alibi_bias, build_dense_mask
+
+    torch.manual_seed(0)
+    heads, slots, queries = 8, 1000, 300
+    past = 0 if rows == "no cache" else 600
+    filled = past + queries
+    valid = torch.ones(2, slots, dtype=torch.bool)
+    valid[:, filled:] = False  # the cache's empty slots
+    if rows == "left-padded in the cache":
+        valid[1, :250] = False
+    elif rows in ("left-padded past it", "no cache"):
+        valid[1, : past + 40] = False
+    elif rows == "a hole":
+        valid[0, 650:700] = False
+    elif rows == "right-padded":
+        valid[1, filled - 30 : filled] = False
+    q = torch.randn(2, heads, queries, 16)
+    k, v = (torch.randn(2, heads, slots, 16) for _ in range(2))
+    slopes = get_alibi_slopes(heads).tolist()
+    plan = alibi_blocked.blocked_plan(tiny_model(num_attention_heads=8, hidden_size=64).config, queries, slopes, None,
+                                      torch.float32, None, CPU)  # fmt: skip
+    got = continued_blocked_attention(
+        q, k, v, torch.tensor(past), None if rows == "plain" else valid, slopes, plan.windows, plan.silenced, 0.25
+    )
+    layout = build_layout(valid[:, :filled], None, 2, queries, filled, past, CPU)
+    rates = torch.tensor(slopes)
+    mask = build_dense_mask(layout, lambda h, distance: alibi_bias(rates[h], distance), heads, torch.float32)
+    expected = F.scaled_dot_product_attention(q, k[:, :, :filled], v[:, :, :filled], attn_mask=mask, scale=0.25)
+    query_valid = valid[:, past:filled]  # a padding query's output is its own value on both (it sees itself alone)
+    torch.testing.assert_close(got[query_valid], expected.transpose(1, 2)[query_valid], atol=1e-5, rtol=0)
 
 
 def continue_after(

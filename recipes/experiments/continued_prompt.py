@@ -1,15 +1,18 @@
 """The CPU default on a prompt continued after cached tokens: the [B, H, Q, K] mask it took until 2026-12-06 (for a
-left-padded batch until 2026-12-07, with gradients until later that day) against the blocked plan for the last queries.
+left-padded batch until 2026-12-07, with gradients until later that day; compiled after a static cache's tokens until
+a later stop) against the blocked plan for the last queries.
 
     python recipes/experiments/continued_prompt.py --out recipes/results/continued-prompt.md [--rounds 5]
 
 A chat's next turn, or a long prompt prefilled in chunks (of one prompt, or of a left-padded batch, as generate's
 `prefill_chunk_size` runs), runs several queries after a cache. The bench's cpu-small
 model (hidden 512, 4 layers, 8 heads, vocabulary 8,192; fp32, sdpa, the CPU default), without gradients, and with
-them for a training step on a continuation (forward and backward; a cached prefix, a prompt tuned after it). Each
+them for a training step on a continuation (forward and backward; a cached prefix, a prompt tuned after it), and
+compiled (`torch.compile(model.forward, fullgraph=True)`, transformers' recipe) after a static cache's tokens. Each
 row times the continuation three ways, interleaved round by round in one process (medians; each call copies the cached prefix
-first, the same work in every column): with the old mask (`alibi_masks.continued` switched off), with the plan (now),
-and the same model without a bias (the no-bias limit, its own cache).
+first, the same work in every column): with the old mask (`alibi_masks.continued`, compiled
+`alibi_masks.compiled_continuation`, switched off), with the plan (now), and the same model without a bias (the no-bias
+limit, its own cache).
 """
 
 from __future__ import annotations
@@ -30,10 +33,15 @@ from alibi_lm.measure import run_interleaved, write_results
 from alibi_lm.modeling import alibi_masks
 
 CONTINUED = alibi_masks.continued
+COMPILED_CONTINUATION = alibi_masks.compiled_continuation
 
 
 def never(layout) -> int:
     return 0
+
+
+def not_compiled(layout) -> bool:
+    return False
 
 
 def model(position_encoding: str) -> AlibiForCausalLM:
@@ -55,10 +63,21 @@ def prefix(lm: AlibiForCausalLM, ids: torch.Tensor, mask: torch.Tensor | None, p
 
 
 def continue_(
-    lm: AlibiForCausalLM, ids: torch.Tensor, mask: torch.Tensor | None, past: int, cache, plan, train: bool
+    lm: AlibiForCausalLM,
+    ids: torch.Tensor,
+    mask: torch.Tensor | None,
+    past: int,
+    cache,
+    plan,
+    train: bool,
+    forward=None,
 ) -> torch.Tensor:
-    """The continuation's last logits, or with `train` its loss after a backward through it."""
-    alibi_masks.continued = plan
+    """The continuation's last logits, or with `train` its loss after a backward through it; through `forward` (the
+    compiled one) where given, the plan then switched by `compiled_continuation`."""
+    if forward is None:
+        alibi_masks.continued = plan
+    else:
+        alibi_masks.compiled_continuation = COMPILED_CONTINUATION if plan is CONTINUED else not_compiled
     cache = copy.deepcopy(cache)
     if train:
         lm.zero_grad(set_to_none=True)
@@ -66,7 +85,9 @@ def continue_(
         loss.backward()
         return loss.detach()
     with torch.no_grad():
-        return lm(ids[:, past:], attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1).logits
+        return (forward or lm)(
+            ids[:, past:], attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1
+        ).logits
 
 
 def left_padding(rows: list[int], length: int) -> torch.Tensor:
@@ -88,15 +109,21 @@ def main() -> None:
                  ("2 x 512 tokens after 4,096, left-padded by 0 and 1,000, dynamic cache", 4096, "dynamic", [0, 1000], False),
                  ("2 x 512 tokens after 4,096, left-padded by 0 and 1,000, static cache", 4096, "static", [0, 1000], False),
                  ("training step: 512 tokens after 4,096, dynamic cache", 4096, "dynamic", [0], True),
-                 ("training step: 2 x 512 tokens after 4,096, left-padded by 0 and 1,000", 4096, "dynamic", [0, 1000], True)]  # fmt: skip
+                 ("training step: 2 x 512 tokens after 4,096, left-padded by 0 and 1,000", 4096, "dynamic", [0, 1000], True),
+                 ("compiled: 512 tokens after 4,096, static cache", 4096, "compiled", [0], False),
+                 ("compiled: 2 x 512 tokens after 4,096, left-padded by 0 and 1,000, static cache", 4096, "compiled", [0, 1000], False)]  # fmt: skip
+    compiled = {lm: torch.compile(lm.forward, fullgraph=True) for lm in (alibi, none)}
     rows = []
     for name, past, kind, padding, train in tqdm(workloads, desc="workloads"):
         text = ids[: len(padding), : past + (512 if past == 4096 else 2048)]
         mask = left_padding(padding, text.shape[1]) if any(padding) else None
-        caches = {lm: prefix(lm, text, mask, past, kind) for lm in (alibi, none)}
+        caches = {lm: prefix(lm, text, mask, past, "static" if kind == "compiled" else kind) for lm in (alibi, none)}
         ways = {"before": (alibi, never), "now": (alibi, CONTINUED), "no bias": (none, CONTINUED)}
         calls = {
-            way: partial(continue_, lm, text, mask, past, caches[lm], plan, train) for way, (lm, plan) in ways.items()
+            way: partial(
+                continue_, lm, text, mask, past, caches[lm], plan, train, compiled[lm] if kind == "compiled" else None
+            )
+            for way, (lm, plan) in ways.items()
         }
         measured = run_interleaved(calls, torch.device("cpu"), repeats=args.rounds, measure_memory=False)
         before, now, limit = (statistics.median(measured[way].times) for way in ways)
@@ -105,7 +132,7 @@ def main() -> None:
             f"| {name} | {before:.3f} | {now:.3f} | {limit:.3f} | {before / now:.2f}x | {limit / before:.2f}x "
             f"| {limit / now:.2f}x | {'yes' if same else 'no'} |"
         )
-    alibi_masks.continued = CONTINUED
+    alibi_masks.continued, alibi_masks.compiled_continuation = CONTINUED, COMPILED_CONTINUATION
     write_results(
         args.out,
         "A prompt continued after cached tokens, CPU default: [B, H, Q, K] mask (before) against the plan (now)",
