@@ -388,9 +388,11 @@ class StaticContinuation:
 def compiled_continuation(layout: Layout) -> bool:
     """Whether `layout` is several queries after a static cache's tokens in a compiled forward without gradients (a
     chunked prefill's later chunks, a next turn; the first forward into a fresh cache counts 0 as an int), with no
-    documents or prepared mask: the case `StaticContinuation` serves."""
+    documents or prepared mask: the case `StaticContinuation` serves. Not under torch.export, whose programs keep
+    the mask's aten ops there (a runtime such as ExecuTorch has no kernel for this package's op)."""
     return (
         torch.compiler.is_compiling()
+        and not is_exporting()
         and isinstance(layout.past_length, torch.Tensor)
         and layout.query_length > 1
         and layout.document_ids is None

@@ -84,3 +84,21 @@ def test_the_executorch_wrapper_exports_a_static_cache_decoder_that_generates_th
     with torch.no_grad():
         expected = model.generate(prompt, max_new_tokens=12, do_sample=False, cache_implementation="dynamic")
     assert tokens.tolist() == expected.tolist()
+
+
+def test_an_exported_continuation_after_a_static_cache_holds_only_aten_ops():
+    # Compiled, a multi-token forward after a static cache's tokens runs the plan in this package's own op
+    # (`StaticContinuation`); an exported program keeps aten's ops there instead, which runtimes such as ExecuTorch
+    # have kernels for (with that op in it, the program ran only where alibi_lm is imported).
+    from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
+
+    model = tiny_model(attn_implementation=None, **SIZE)
+    model.generation_config.cache_implementation = "static"
+    model.generation_config.cache_config = {"batch_size": 1, "max_cache_len": 512}
+    wrapper = TorchExportableModuleWithStaticCache(model, batch_size=1, max_cache_len=512)
+    with torch.no_grad():
+        program = torch.export.export(
+            wrapper, (), {"input_ids": random_ids(1, 8), "cache_position": torch.arange(16, 24)}, strict=False
+        )
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert targets and not [target for target in targets if "alibi" in target]
