@@ -315,11 +315,13 @@ def continued_blocked_attention(
     windows: list[int],
     silenced: list[bool],
     scaling: float,
+    model_windows: list[int],
 ) -> torch.Tensor:
     """`StaticContinuation`'s attention `[B, Q, H, D]` (contiguous): the queries after `cached` tokens of a static
     cache's `K` slots, read here, outside the compiled graph, as `continued` reads them eagerly. Plain or left-padded
     rows run the plan after the cache (`WindowedAlibi.past`, `after_left_padding`); rows padded otherwise take the
-    `[B, H, Q, K]` mask the eager model builds for them. Without gradients only (`compiled_continuation`)."""
+    `[B, H, Q, K]` mask the eager model builds for them (`model_windows`: windowed ALiBi's, empty for dense). Without
+    gradients only (`compiled_continuation`)."""
     past, queries = int(cached), query.shape[2]
     filled = past + queries  # the slots after them are the cache's empty ones
     key, value = key[:, :, :filled], value[:, :, :filled]
@@ -327,8 +329,9 @@ def continued_blocked_attention(
     if valid is not None and not bool(valid.all()) and not rows_left_padded(valid):
         layout = build_layout(valid, None, query.shape[0], queries, filled, past, query.device)
         rates = torch.tensor(slopes, device=query.device)
+        reach = torch.tensor(model_windows, device=query.device) if model_windows else None
         mask = build_dense_mask(
-            layout, lambda head, distance: alibi_bias(rates[head], distance), len(slopes), query.dtype
+            layout, lambda head, distance: alibi_bias(rates[head], distance), len(slopes), query.dtype, reach
         )
         attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
         return attended.transpose(1, 2).contiguous()
@@ -445,7 +448,7 @@ def sdpa_attention_forward(
         plan = attention_mask.plan
         attn_output = continued_blocked_attention(
             query, key, value, attention_mask.cached, attention_mask.key_valid, plan.slopes, plan.windows,
-            plan.silenced, scaling,
+            plan.silenced, scaling, attention_mask.model_windows or [],
         )  # fmt: skip
         return attn_output, None
     if isinstance(attention_mask, WindowedAlibi):

@@ -246,16 +246,18 @@ def blocked_plan(
     dtype: torch.dtype,
     patterns: dict[tuple, torch.Tensor] | None,
     device: torch.device,
+    exact_windows: bool = False,
 ) -> WindowedAlibi | None:
     """The blocked sdpa plan for a causal layout of `length` with Q == K and no cache (plain, padded once compacted,
-    or packed once `packed_plan` has cut it), or None where dense ALiBi runs."""
+    or packed once `packed_plan` has cut it), or None where dense ALiBi runs. `exact_windows`: a windowed model takes
+    its windows at every length (where `length` is not the length the plan will run at: `StaticContinuation`)."""
     # Windowed ALiBi in blocks where that saves work; where the windows hold most of the sequence, dense ALiBi is
     # faster (and the windowed model approximates it to its cutoff's tolerance anyway).
     # torch.export with a dynamic length cannot keep a choice that guards on the length: it takes the exact windows,
     # right at every length (the dense shortcut only approximates them where they hold most of the sequence).
     exporting = isinstance(length, torch.SymInt) and is_exporting()
     saves_work = window_values is not None and (
-        exporting or windowed_work_ratio(window_values, length) <= windowed_work_limit()
+        exporting or exact_windows or windowed_work_ratio(window_values, length) <= windowed_work_limit()
     )
     exact = saves_work or (window_values is not None and config.alibi_window_cutoff < DENSE_SHORTCUT_CUTOFF)
     patterns = {} if patterns is None else patterns
@@ -383,6 +385,7 @@ class StaticContinuation:
     plan: WindowedAlibi  # the slopes, windows and silenced heads; its `past` is read at run time
     cached: torch.Tensor  # 0-d: the tokens cached before the queries (a copy: the cache counts on in place)
     key_valid: torch.Tensor | None  # [B, K] the attention_mask over the cache's slots, or None
+    model_windows: list[int] | None = None  # windowed ALiBi's windows, for that mask
 
 
 def compiled_continuation(layout: Layout) -> bool:

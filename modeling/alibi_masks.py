@@ -522,10 +522,10 @@ def create_alibi_mask(
                 plan.compaction = Compaction.of(own.key_valid)
                 document_ids = plan.compaction.documents(document_ids) if document_ids is not None else None
             return packed_plan(plan, document_ids) if document_ids is not None else plan
-    if blocked and window_values is None and compiled_continuation(layout) and blocked_by_default(device, dtype):
+    if blocked and compiled_continuation(layout) and blocked_by_default(device, dtype):
         # Compiled after a static cache's tokens (its count a tensor): the plan, past and padding read in the op.
-        plan = blocked_plan(config, layout.query_length, slope_values, None, dtype, patterns, device)
-        return StaticContinuation(plan, layout.past_length.clone(), layout.key_valid)
+        plan = blocked_plan(config, layout.query_length, slope_values, window_values, dtype, patterns, device, True)
+        return StaticContinuation(plan, layout.past_length.clone(), layout.key_valid, window_values)
     if layout.is_plain and layout.custom_visible is None and slopes is not None:
         mask = decoding_mask(layout, slopes, windows, dtype)
     else:

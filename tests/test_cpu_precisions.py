@@ -353,13 +353,14 @@ def test_a_compiled_forward_prefills_a_static_cache_in_chunks_on_the_plan(monkey
     assert dense == []
 
 
+@pytest.mark.parametrize("cutoff", [None, 4.0])
 @pytest.mark.parametrize(
     "rows", ["plain", "left-padded in the cache", "left-padded past it", "a hole", "right-padded", "no cache"]
 )
-def test_the_static_continuation_op_equals_the_dense_mask(rows):
+def test_the_static_continuation_op_equals_the_dense_mask(rows, cutoff):
     """`continued_blocked_attention`, which compiled forwards call after a static cache's tokens, against sdpa with
     the `[B, H, Q, K]` mask the eager model builds for the same slots: the plan for plain and left-padded rows (and a
-    cache counted 0 as a tensor, once reset), that mask itself for rows padded otherwise."""
+    cache counted 0 as a tensor, once reset), that mask itself for rows padded otherwise; dense and windowed ALiBi."""
     from alibi_lm.modeling.alibi_attention import continued_blocked_attention
     from alibi_lm.modeling.alibi_masks import alibi_bias, build_dense_mask
 
@@ -380,14 +381,16 @@ def test_the_static_continuation_op_equals_the_dense_mask(rows):
     q = torch.randn(2, heads, queries, 16)
     k, v = (torch.randn(2, heads, slots, 16) for _ in range(2))
     slopes = get_alibi_slopes(heads).tolist()
-    plan = alibi_blocked.blocked_plan(tiny_model(num_attention_heads=8, hidden_size=64).config, queries, slopes, None,
-                                      torch.float32, None, CPU)  # fmt: skip
+    config = tiny_model(num_attention_heads=8, hidden_size=64, alibi_window_cutoff=cutoff).config
+    windows = None if cutoff is None else alibi_blocked.alibi_window_values(slopes, cutoff)  # 8 ... 1,024
+    plan = alibi_blocked.blocked_plan(config, queries, slopes, windows, torch.float32, None, CPU, exact_windows=True)
     got = continued_blocked_attention(
-        q, k, v, torch.tensor(past), None if rows == "plain" else valid, slopes, plan.windows, plan.silenced, 0.25
-    )
+        q, k, v, torch.tensor(past), None if rows == "plain" else valid, slopes, plan.windows, plan.silenced, 0.25,
+        windows or [],
+    )  # fmt: skip
     layout = build_layout(valid[:, :filled], None, 2, queries, filled, past, CPU)
-    rates = torch.tensor(slopes)
-    mask = build_dense_mask(layout, lambda h, distance: alibi_bias(rates[h], distance), heads, torch.float32)
+    rates, reach = torch.tensor(slopes), None if windows is None else torch.tensor(windows)
+    mask = build_dense_mask(layout, lambda h, distance: alibi_bias(rates[h], distance), heads, torch.float32, reach)
     expected = F.scaled_dot_product_attention(q, k[:, :, :filled], v[:, :, :filled], attn_mask=mask, scale=0.25)
     query_valid = valid[:, past:filled]  # a padding query's output is its own value on both (it sees itself alone)
     torch.testing.assert_close(got[query_valid], expected.transpose(1, 2)[query_valid], atol=1e-5, rtol=0)
