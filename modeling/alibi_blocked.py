@@ -300,7 +300,7 @@ def packed_plan(plan: WindowedAlibi, document_ids: torch.Tensor) -> WindowedAlib
 
 
 class Layout(Protocol):
-    """What the rules below read of an `AttentionLayout` (`alibi_masks.py`, which imports this module): which
+    """What the rules below read of an `AttentionLayout` (`alibi_layout.py`; `alibi_masks.py` imports this module): which
     layouts the blocked plan serves."""
 
     query_length: int

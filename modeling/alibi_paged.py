@@ -27,7 +27,8 @@ import torch
 from transformers.generation import ContinuousBatchingConfig
 
 from .alibi_blocked import blocked_by_default
-from .alibi_masks import AlibiMask, AttentionLayout, ScoreBias
+from .alibi_layout import AttentionLayout
+from .alibi_masks import AlibiMask, ScoreBias
 
 
 def is_paged_cache(cache: object) -> bool:

@@ -4,7 +4,7 @@
 Device code only (the launches, the autograd and the mask form are in `alibi_triton.py`). Each tile of scores gets
 `-m_h * (pos_q - pos_k)` from the slope and the two positions, so no bias tensor exists. Tiles above the causal
 diagonal, before the query block's document start and past a head's window are never visited. Padding, packed
-documents and windows are the layout's rule (`alibi_masks.AttentionLayout.visible_within`) evaluated per tile.
+documents and windows are the layout's rule (`alibi_layout.AttentionLayout.visible_within`) evaluated per tile.
 
 The kernels follow the FlashAttention-2 algorithm (Dao, 2023) and the layout of Triton's fused-attention tutorial
 (`python/tutorials/06-fused-attention.py`): online softmax in base 2, the log-sum-exp saved for a backward that

@@ -52,17 +52,8 @@ from .alibi_attention import ALIBI_KERNELS, ALL_ATTENTION_FUNCTIONS, UNSUPPORTED
 from .alibi_blocked import PatternCache
 from .alibi_encodings import POSITION_ENCODING_CLASSES, AlibiPositionalBias
 from .alibi_inputs import validate_inputs
-from .alibi_masks import (
-    ALIBI_FUSED,
-    AlibiMask,
-    AttentionLayout,
-    Fused,
-    build_layout,
-    create_alibi_mask,
-    custom_mask_layout,
-    get_alibi_slopes,
-    packed_document_ids,
-)
+from .alibi_layout import AttentionLayout, build_layout, custom_mask_layout, packed_document_ids
+from .alibi_masks import ALIBI_FUSED, AlibiMask, Fused, create_alibi_mask, get_alibi_slopes
 from .alibi_paged import continuous_batch_mask, is_paged_cache, manager_on_sdpa
 
 # --- 2. MLP --------------------------------------------------------------------------------

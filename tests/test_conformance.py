@@ -24,7 +24,8 @@ from transformers import CompileConfig, DataCollatorWithFlattening, DynamicCache
 
 from alibi_lm.blocks import train_bpe_tokenizer
 from alibi_lm.modeling import configuration_alibi
-from alibi_lm.modeling.alibi_masks import build_layout, flash_varlen_boundaries, get_alibi_slopes
+from alibi_lm.modeling.alibi_layout import build_layout
+from alibi_lm.modeling.alibi_masks import flash_varlen_boundaries, get_alibi_slopes
 from tests.tiny import random_ids, tiny_config, tiny_model
 
 BACKENDS = ["eager", "sdpa", "flex_attention"]

@@ -11,9 +11,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from alibi_lm.modeling.alibi_attention import key_only_attention, key_only_bias, windowed_alibi_attention
+from alibi_lm.modeling.alibi_attention import windowed_alibi_attention
 from alibi_lm.modeling.alibi_blocked import ALIBI_UNDERFLOW_CUTOFF, WindowedAlibi
-from alibi_lm.modeling.alibi_masks import alibi_windows, build_layout, get_alibi_slopes
+from alibi_lm.modeling.alibi_blocked_attention import key_only_attention, key_only_bias
+from alibi_lm.modeling.alibi_layout import build_layout
+from alibi_lm.modeling.alibi_masks import alibi_windows, get_alibi_slopes
 from tests.tiny import random_ids, tiny_model
 
 CPU = torch.device("cpu")
@@ -165,11 +167,11 @@ def test_every_attention_call_of_the_default_takes_the_fused_kernel():
 
 
 def test_the_model_keeps_its_patterns_across_forwards_and_bounds_them(monkeypatch):
-    from alibi_lm.modeling import alibi_attention, alibi_blocked
+    from alibi_lm.modeling import alibi_blocked, alibi_blocked_attention
 
     built = []
-    block_pattern = alibi_attention.block_pattern
-    monkeypatch.setattr(alibi_attention, "block_pattern", lambda *a: built.append(a) or block_pattern(*a))
+    block_pattern = alibi_blocked_attention.block_pattern
+    monkeypatch.setattr(alibi_blocked_attention, "block_pattern", lambda *a: built.append(a) or block_pattern(*a))
     model = tiny_model(num_attention_heads=8, hidden_size=64)
     ids = random_ids(1, 1500)
     with torch.no_grad():

@@ -15,7 +15,8 @@ from transformers import DynamicCache
 from alibi_lm.modeling import alibi_blocked, alibi_masks
 from alibi_lm.modeling.alibi_attention import windowed_alibi_attention
 from alibi_lm.modeling.alibi_blocked import WindowedAlibi, runs_key_only
-from alibi_lm.modeling.alibi_masks import build_layout, get_alibi_slopes
+from alibi_lm.modeling.alibi_layout import build_layout
+from alibi_lm.modeling.alibi_masks import get_alibi_slopes
 from tests.tiny import random_ids, tiny_model
 
 CPU = torch.device("cpu")

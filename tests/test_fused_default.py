@@ -15,7 +15,8 @@ import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from alibi_lm import AlibiForCausalLM
-from alibi_lm.modeling.alibi_masks import ALIBI_FUSED, FlexAlibiMask, build_layout
+from alibi_lm.modeling.alibi_layout import build_layout
+from alibi_lm.modeling.alibi_masks import ALIBI_FUSED, FlexAlibiMask
 from alibi_lm.modeling.modeling_alibi import AlibiModel
 from tests.tiny import random_ids, tiny_config, tiny_model
 

@@ -77,9 +77,11 @@ def test_push_uploads_weights_config_and_remote_code(hub_server: HubServer, push
     assert model_files.MODELING_FILES == (
         "alibi_attention.py",
         "alibi_blocked.py",
+        "alibi_blocked_attention.py",
         "alibi_compile.py",
         "alibi_encodings.py",
         "alibi_inputs.py",
+        "alibi_layout.py",
         "alibi_masks.py",
         "alibi_paged.py",
         "alibi_triton.py",

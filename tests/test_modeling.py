@@ -15,13 +15,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 import alibi_lm
 from alibi_lm.modeling import alibi_masks
 from alibi_lm.modeling.alibi_blocked import WindowedAlibi
-from alibi_lm.modeling.alibi_masks import (
-    alibi_windows,
-    build_dense_mask,
-    build_layout,
-    decoding_mask,
-    get_alibi_slopes,
-)
+from alibi_lm.modeling.alibi_layout import build_layout
+from alibi_lm.modeling.alibi_masks import alibi_windows, build_dense_mask, decoding_mask, get_alibi_slopes
 from tests.tiny import random_ids, tiny_config, tiny_model
 
 BACKENDS = ["eager", "sdpa", "flex_attention"]

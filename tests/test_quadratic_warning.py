@@ -13,7 +13,7 @@ from transformers.testing_utils import CaptureLogger
 
 from alibi_lm.modeling import alibi_blocked, alibi_masks
 from alibi_lm.modeling.alibi_blocked import quadratic_mask_reason
-from alibi_lm.modeling.alibi_masks import build_layout
+from alibi_lm.modeling.alibi_layout import build_layout
 from alibi_lm.modeling.modeling_alibi import AlibiModel
 from tests.tiny import random_ids, tiny_model
 

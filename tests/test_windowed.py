@@ -16,7 +16,8 @@ from transformers import DynamicCache
 from alibi_lm import AlibiConfig, AlibiForCausalLM
 from alibi_lm.modeling.alibi_attention import windowed_alibi_attention
 from alibi_lm.modeling.alibi_blocked import WINDOWED_WORK_LIMIT, WindowedAlibi, windowed_work_ratio
-from alibi_lm.modeling.alibi_masks import alibi_windows, build_layout, get_alibi_slopes
+from alibi_lm.modeling.alibi_layout import build_layout
+from alibi_lm.modeling.alibi_masks import alibi_windows, get_alibi_slopes
 from tests.tiny import random_ids, tiny_config, tiny_model
 
 

@@ -137,7 +137,8 @@ def attention_alone(device: torch.device, shape: tuple[int, int, int, int], dtyp
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     from torch.nn.functional import scaled_dot_product_attention
 
-    from alibi_lm.modeling.alibi_masks import AttentionLayout, get_alibi_slopes, triton_alibi_mask
+    from alibi_lm.modeling.alibi_layout import AttentionLayout
+    from alibi_lm.modeling.alibi_masks import get_alibi_slopes, triton_alibi_mask
     from alibi_lm.modeling.alibi_triton import alibi_flash_attention
 
     batch, heads, length, dim = shape

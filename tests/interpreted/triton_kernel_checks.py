@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from alibi_lm.modeling import alibi_triton
+from alibi_lm.modeling.alibi_layout import build_layout
 from alibi_lm.modeling.alibi_masks import (
     ALIBI_TRITON,
     alibi_bias,
     alibi_windows,
     build_dense_mask,
-    build_layout,
     get_alibi_slopes,
     triton_alibi_mask,
 )

@@ -1,0 +1,184 @@
+# Copyright 2026 The alibi-lm authors. Licensed under the Apache License, Version 2.0.
+"""Where each query and key slot sits in a forward (`AttentionLayout`): its positions, padding, packed documents and
+cached tokens, read once per forward from the inputs (`build_layout`, `custom_mask_layout` for a prepared 4-D mask,
+`packed_document_ids` for padding-free packing), and the one visibility rule every mask form follows.
+
+`alibi_masks.create_alibi_mask` turns a layout into each backend's mask. Hub remote code like the rest of the model;
+imports only torch and transformers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+from transformers.masking_utils import find_packed_sequence_indices
+
+
+def packed_document_ids(
+    position_ids: torch.Tensor | None, cu_seq_lens: torch.Tensor | None, batch_size: int, length: int
+) -> torch.Tensor | None:
+    """Document ids `[B, L]` of a padding-free packed batch, or None when nothing is packed.
+
+    Args:
+        position_ids: `[B or 1, L]`; a position that does not follow its left neighbour starts a
+            new document (transformers' `find_packed_sequence_indices`).
+        cu_seq_lens: `[n + 1]` flash-attn varlen boundaries over the flattened batch; they win
+            over `position_ids` when both are given.
+    """
+    if cu_seq_lens is not None:
+        if not torch.compiler.is_compiling() and int(cu_seq_lens[-1]) != batch_size * length:
+            raise ValueError(
+                f"cu_seq_lens_k must end at the number of tokens ({batch_size} x {length} = "
+                f"{batch_size * length}), got {int(cu_seq_lens[-1])}."
+            )
+        flat = torch.arange(batch_size * length, device=cu_seq_lens.device)
+        return torch.searchsorted(cu_seq_lens[1:].to(flat.dtype), flat, right=True).view(batch_size, length)
+    if position_ids is None:
+        return None
+    return find_packed_sequence_indices(position_ids.expand(batch_size, -1))
+
+
+@dataclass
+class AttentionLayout:
+    """Where each query and key slot sits, derived once per forward from padding, documents and the cache.
+
+    Attributes:
+        batch_size, query_length, key_length: B, Q and K (K includes a static cache's empty slots).
+        past_length: tokens already in the cache (an int, or a 0-d tensor for static caches).
+        device: where the index tensors live.
+        key_positions: `[B, K]` long, each slot's position within its document, counting real
+            tokens only; None when every slot is a token of one document (position = slot).
+        key_valid: `[B, K]` bool, False for padding and empty slots; None when there are none.
+        document_ids: `[B, K]` long, the packed document of each slot (numbered by runs of equal given ids, from 1;
+            -1 for slots added past them); None for one per row.
+        custom_visible: `[B, 1, Q, K]` bool from a prepared 4-D attention mask; it replaces the rule.
+    """
+
+    batch_size: int
+    query_length: int
+    key_length: int
+    past_length: int | torch.Tensor
+    device: torch.device
+    key_positions: torch.Tensor | None = None
+    key_valid: torch.Tensor | None = None
+    document_ids: torch.Tensor | None = None
+    custom_visible: torch.Tensor | None = None
+
+    @property
+    def is_plain(self) -> bool:
+        """Causal attention over one unpadded document per row: the mask depends only on the shape."""
+        return self.key_positions is None
+
+    @property
+    def query_positions(self) -> torch.Tensor:
+        """`[B, Q]` (or `[1, Q]` when plain) position of each query."""
+        query_slots = torch.arange(self.query_length, device=self.device) + self.past_length
+        if self.key_positions is None:
+            return query_slots[None]
+        return self.key_positions[:, query_slots]
+
+    def visible(self, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        """May query `q_idx` see key slot `kv_idx`? The one visibility rule, as a flex `mask_mod`.
+
+        Causal in slot order, never a padding slot, only inside the query's document. A query always
+        sees its own slot, so no row is empty and a padding row's softmax stays finite. Works on the
+        scalars flex_attention passes and on broadcast index tensors for the dense mask alike.
+        """
+        if self.custom_visible is not None:
+            return self.custom_visible[b, 0, q_idx, kv_idx]
+        q_slot = q_idx + self.past_length
+        keep = kv_idx <= q_slot
+        if self.key_valid is not None:
+            keep = keep & self.key_valid[b, kv_idx]
+        if self.document_ids is not None:
+            keep = keep & (self.document_ids[b, kv_idx] == self.document_ids[b, q_slot])
+        return keep | (kv_idx == q_slot)
+
+    def visible_within(
+        self, windows: torch.Tensor | None, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor
+    ) -> torch.Tensor:
+        """`visible`, and no farther than head h's window `windows[h]` (windowed ALiBi; None: no window)."""
+        keep = self.visible(b, h, q_idx, kv_idx)
+        if windows is None:
+            return keep
+        return keep & ((self.distance(b, q_idx, kv_idx) <= windows[h]) | (kv_idx == q_idx + self.past_length))
+
+    def distance(self, b: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        """`pos_q - pos_k` (long), on scalars or broadcast index tensors like `visible`."""
+        q_slot = q_idx + self.past_length
+        if self.key_positions is None:
+            return q_slot - kv_idx
+        return self.key_positions[b, q_slot] - self.key_positions[b, kv_idx]
+
+
+def build_layout(
+    attention_mask: torch.Tensor | None,
+    document_ids: torch.Tensor | None,
+    batch_size: int,
+    query_length: int,
+    key_length: int,
+    past_length: int | torch.Tensor,
+    device: torch.device,
+    key_offset: int = 0,
+) -> AttentionLayout:
+    """The `AttentionLayout` of a forward pass.
+
+    Args:
+        attention_mask: `[B, <= key_offset + K]` 0/1 padding mask over cached + new tokens, or None.
+        document_ids: `[B, <= key_offset + K]` packed-document ids over cached + new tokens, or None.
+        key_offset: tokens a sliding cache has dropped (windowed ALiBi): key slot k holds token `key_offset + k`.
+
+    Positions count real tokens inside each document (a cumulative sum), so a left-padded row, or a
+    document packed after others, gets the positions, and so the ALiBi bias, it would have alone.
+    Slots past the given masks (a static cache's empty tail) are padding of document -1. With a `key_offset`,
+    positions are counted over every token and only the kept slots' are kept, so the bias is the same.
+    """
+    valid = None
+    full = key_offset + key_length
+    if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
+        valid = attention_mask.to(device=device, dtype=torch.bool)
+        valid = F.pad(valid, (0, full - valid.shape[1]), value=False)
+    if document_ids is not None:
+        document_ids = F.pad(document_ids.to(device), (0, full - document_ids.shape[1]), value=-1)
+    if valid is None and document_ids is None:
+        return AttentionLayout(batch_size, query_length, key_length, past_length - key_offset, device)
+
+    real = valid.long() if valid is not None else torch.ones(batch_size, full, dtype=torch.long, device=device)
+    count = real.cumsum(-1)  # [B, K] real tokens up to and including each slot
+    if document_ids is not None:
+        # Restart the count at each document: subtract the tokens before the latest document start.
+        # Against the left neighbour by `roll`, not by slices of L - 1 (torch.export would guard on L - 1 != 1).
+        starts = (document_ids != document_ids.roll(1, -1)) | (
+            torch.arange(document_ids.shape[1], device=document_ids.device) == 0
+        )
+        count = count - torch.where(starts, count - real, 0).cummax(-1).values
+        # A document is a run of equal ids: an id that comes back after another is a new document, as its positions
+        # (restarted above) and flash-attn's varlen sequences already say.
+        document_ids = starts.cumsum(-1)
+    positions = (count - 1).clamp(min=0)[:, key_offset:]
+    valid = valid[:, key_offset:] if valid is not None else None
+    document_ids = document_ids[:, key_offset:] if document_ids is not None else None
+    return AttentionLayout(
+        batch_size, query_length, key_length, past_length - key_offset, device, positions, valid, document_ids
+    )
+
+
+def custom_mask_layout(
+    mask: torch.Tensor,
+    position_ids: torch.Tensor | None,
+    query_length: int,
+    key_length: int,
+    past_length: int | torch.Tensor,
+    device: torch.device,
+) -> AttentionLayout:
+    """The layout of a prepared 4-D mask `[B, 1, Q, K]` (True or 0.0 where visible), as transformers' models take
+    one; positions come from `position_ids` `[B or 1, K]` (branches after a shared prefix), or the slot order."""
+    visible = (mask if mask.dtype == torch.bool else mask == 0).to(device)
+    batch_size = visible.shape[0]
+    positions = position_ids if position_ids is not None else torch.arange(key_length, device=device)[None]
+    positions = positions.to(device).expand(batch_size, key_length)
+    return AttentionLayout(
+        batch_size, query_length, key_length, past_length, device, positions, custom_visible=visible
+    )
