@@ -182,7 +182,8 @@ def continued_blocked_attention(
     filled = past + queries  # the slots after them are the cache's empty ones
     key, value = key[:, :, :filled], value[:, :, :filled]
     valid = None if key_valid is None else key_valid[:, :filled]
-    if valid is not None and not bool(valid.all()) and not rows_left_padded(valid):
+    padded = valid is not None and not bool(valid.all())
+    if padded and not rows_left_padded(valid):
         layout = build_layout(valid, None, query.shape[0], queries, filled, past, query.device)
         rates = torch.tensor(slopes, device=query.device)
         reach = torch.tensor(model_windows, device=query.device) if model_windows else None
@@ -193,7 +194,7 @@ def continued_blocked_attention(
         return attended.transpose(1, 2).contiguous()
     plan = plan_from_numbers(None, slopes, windows, silenced)
     plan.past = past
-    if valid is not None and not bool(valid.all()):
+    if padded:
         plan.documents = after_left_padding(valid, past, queries)
     return blocked_attention(query, key, value, plan, scaling, 0.0).transpose(1, 2).contiguous()
 

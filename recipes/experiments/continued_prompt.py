@@ -1,6 +1,6 @@
 """The CPU default on a prompt continued after cached tokens: the [B, H, Q, K] mask it took until 2026-12-06 (for a
 left-padded batch until 2026-12-07, with gradients until later that day; compiled after a static cache's tokens until
-a later stop) against the blocked plan for the last queries.
+later still) against the blocked plan for the last queries.
 
     python recipes/experiments/continued_prompt.py --out recipes/results/continued-prompt.md [--rounds 5]
 
