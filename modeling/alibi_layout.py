@@ -1,7 +1,8 @@
 # Copyright 2026 The alibi-lm authors. Licensed under the Apache License, Version 2.0.
 """Where each query and key slot sits in a forward (`AttentionLayout`): its positions, padding, packed documents and
 cached tokens, read once per forward from the inputs (`build_layout`, `custom_mask_layout` for a prepared 4-D mask,
-`packed_document_ids` for padding-free packing), and the one visibility rule every mask form follows.
+`packed_document_ids` for padding-free packing), and the one visibility rule every mask form follows; and the cache
+that forgets the keys no head reads (`forget_old_keys`), whose dropped tokens a layout counts (`key_offset`).
 
 `alibi_masks.create_alibi_mask` turns a layout into each backend's mask. Hub remote code like the rest of the model;
 imports only torch and transformers.
@@ -9,10 +10,12 @@ imports only torch and transformers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 from transformers.masking_utils import find_packed_sequence_indices
 
 
@@ -182,3 +185,38 @@ def custom_mask_layout(
     return AttentionLayout(
         batch_size, query_length, key_length, past_length, device, positions, custom_visible=visible
     )
+
+
+def forget_old_keys(cache: Cache | None, keys_to_keep: Callable[[], int | None]) -> None:
+    """Keep a `DynamicCache` to the last `keys_to_keep()` keys (None: all of them), at the start of a forward.
+
+    Once its keys outnumber them, its layers become transformers' sliding layers (`sliding_layer`), recording past
+    states so that assisted decoding can still roll back rejected tokens; at the start of each later forward they are
+    cut back to the keys kept (`crop(0)`). Shorter generations keep transformers' own layers. A cache of another
+    class (static, a subclass) or with layers of transformers' own choosing is left as it is.
+    """
+    if type(cache) is not DynamicCache or not cache.layers:
+        return
+    if all(isinstance(layer, DynamicSlidingWindowLayer) and layer.record_past for layer in cache.layers):
+        for layer in cache.layers:
+            if layer.get_seq_length() >= layer.sliding_window:
+                layer.crop(0)  # back to the last sliding_window - 1 keys
+        return
+    if not all(type(layer) is DynamicLayer for layer in cache.layers):
+        return
+    kept = keys_to_keep()
+    if kept is None or kept < 1 or cache.get_seq_length() <= kept:  # a window of 0 keys keeps them all
+        return
+    cache.layers = [sliding_layer(layer, kept) for layer in cache.layers]
+    cache.layer_class_to_replicate = None
+    cache.activate_past_recording()
+
+
+def sliding_layer(layer: DynamicLayer, kept: int) -> DynamicSlidingWindowLayer:
+    """`layer`'s last `kept` keys as transformers' sliding layer of window `kept + 1`: the state it would hold had it
+    been one from the start (recording past states, after its `crop(0)`)."""
+    sliding = DynamicSlidingWindowLayer(sliding_window=kept + 1)
+    sliding.lazy_initialization(layer.keys, layer.values)
+    sliding.keys, sliding.values = layer.keys[:, :, -kept:], layer.values[:, :, -kept:]
+    sliding.cumulative_length = layer.get_seq_length()
+    return sliding

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from torch.nn.attention.flex_attention import BlockMask
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import ContinuousBatchingConfig, GenerationConfig, GenerationMixin
 from transformers.modeling_layers import (
     GenericForQuestionAnswering,
@@ -49,10 +49,10 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import capture_outputs
 
 from .alibi_attention import ALIBI_KERNELS, ALL_ATTENTION_FUNCTIONS, UNSUPPORTED_ATTENTION
-from .alibi_blocked import PatternCache
+from .alibi_blocked import ALIBI_UNDERFLOW_CUTOFF, PatternCache, alibi_window_values, blocked_by_default
 from .alibi_encodings import POSITION_ENCODING_CLASSES, AlibiPositionalBias
 from .alibi_inputs import validate_inputs
-from .alibi_layout import AttentionLayout, build_layout, custom_mask_layout, packed_document_ids
+from .alibi_layout import AttentionLayout, build_layout, custom_mask_layout, forget_old_keys, packed_document_ids
 from .alibi_masks import ALIBI_FUSED, AlibiMask, Fused, create_alibi_mask, get_alibi_slopes
 from .alibi_paged import continuous_batch_mask, is_paged_cache, manager_on_sdpa
 
@@ -242,6 +242,7 @@ class AlibiModel(AlibiPreTrainedModel):
         self.gradient_checkpointing = False
         self._block_mask_cache: dict[tuple, BlockMask] = {}
         self._pattern_cache = PatternCache()
+        self._keys_kept: dict[tuple, int | None] = {}  # `keys_to_keep` by what it reads (it runs every forward)
         self.post_init()
 
     def build_attention_mask(self, layout: AttentionLayout, dtype: torch.dtype) -> AlibiMask:
@@ -265,31 +266,42 @@ class AlibiModel(AlibiPreTrainedModel):
         windows = self.position_encoding.windows(torch.device("cpu"))
         return int(windows.max()) if windows is not None else None
 
-    def forget_what_no_head_sees(self, cache: Cache | None) -> None:
-        """Keep a windowed model's `DynamicCache` to the keys some head can still see.
+    def keys_to_keep(self, device: torch.device | None = None, dtype: torch.dtype | None = None) -> int | None:
+        """How many past keys some head can still read (the widest head's reach), or None for every key.
 
-        Keys older than the widest window are never read again. On its first forward an empty `DynamicCache` gets
-        transformers' sliding layers (`DynamicSlidingWindowLayer`), recording past states so that assisted decoding
-        can still roll back rejected tokens; at the start of each forward those layers are cut back to the last
-        `widest_window()` keys (transformers' own `crop(0)`), so a long generation's memory stops growing there.
-        Positions and padding are still counted over every token (`build_layout`'s `key_offset`), so the bias, the
-        logits and greedy tokens are those of a full cache. A cache of another class (a static cache, a subclass) is
-        left as it is.
+        With windowed ALiBi, each head's window. Where the CPU default runs (sdpa or the default kernel on the CPU in
+        fp32, bf16 or fp16: `blocked_by_default`), also dense ALiBi's: that path drops every key whose bias has
+        silenced it (past e^-40, `ALIBI_UNDERFLOW_CUTOFF`, at most 4.2e-18 of the weight of the query's own token),
+        so no head there reads a key older than `floor(40 / m)` for its slope m: 10,240 tokens for the mildest of
+        ALiBi's default slopes (1/256). `device` and `dtype` default to the embeddings'.
         """
-        if type(cache) is not DynamicCache:
-            return
-        if cache.get_seq_length() > 0:
-            for layer in cache.layers:
-                sliding = isinstance(layer, DynamicSlidingWindowLayer) and layer.record_past
-                if sliding and layer.get_seq_length() >= layer.sliding_window:
-                    layer.crop(0)  # back to the last sliding_window - 1 keys
-            return
-        window = self.widest_window()
-        if window is None or not all(type(layer) is DynamicLayer for layer in cache.layers):
-            return  # dense ALiBi, or layers of transformers' own choosing
-        cache.layers = [DynamicSlidingWindowLayer(sliding_window=window + 1) for _ in range(len(self.layers))]
-        cache.layer_class_to_replicate = None
-        cache.activate_past_recording()
+        if device is None or dtype is None:
+            weight = self.embed_tokens.weight
+            device, dtype = device or weight.device, dtype or weight.dtype
+        implementation = self.config._attn_implementation
+        key = (self.config.alibi_window_cutoff, implementation, device, dtype)
+        if key not in self._keys_kept:
+            encoding = self.position_encoding
+            reach, slopes = encoding.window_values(), encoding.slope_values()
+            if slopes is not None and implementation in ("sdpa", ALIBI_FUSED) and blocked_by_default(device, dtype):
+                silenced = alibi_window_values(slopes, ALIBI_UNDERFLOW_CUTOFF)
+                reach = silenced if reach is None else [min(w, s) for w, s in zip(reach, silenced)]
+            self._keys_kept[key] = max(reach) if reach is not None else None
+        return self._keys_kept[key]
+
+    def forget_what_no_head_sees(
+        self, cache: Cache | None, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        """Keep a `DynamicCache` to the keys some head can still read (`keys_to_keep`): older ones are never read again.
+
+        Once its keys outnumber them, at the start of a forward, its layers become transformers' sliding layers
+        (`sliding_layer`), recording past states so that assisted decoding can still roll back rejected tokens; at
+        the start of each later forward they are cut back to the last `keys_to_keep()` keys (`crop(0)`), so a long
+        generation's memory stops growing there. Shorter generations keep transformers' own layers. Positions and
+        padding are still counted over every token (`build_layout`'s `key_offset`): the logits and greedy tokens are
+        those of a full cache. A cache of another class (static, a subclass) is left as it is.
+        """
+        forget_old_keys(cache, lambda: self.keys_to_keep(device, dtype))
 
     def local_heads(self) -> tuple[int, int]:
         """`(first, count)`: the attention heads this process computes.
@@ -363,21 +375,24 @@ class AlibiModel(AlibiPreTrainedModel):
             cache = DynamicCache(config=self.config)
         compiling = torch.compiler.is_compiling()
         if not compiling:
-            self.forget_what_no_head_sees(cache)
+            self.forget_what_no_head_sees(cache, inputs.device, self.embed_tokens.weight.dtype)
         if not compiling:  # the checks read values, which would break a compiled graph
             validate_inputs(self.config.vocab_size, inputs, attention_mask, document_ids, cache)
         batch_size, query_length = inputs.shape[:2]
         past_length = cache.get_seq_length() if cache is not None else 0
-        # A sliding cache (windowed ALiBi: `AlibiConfig.sliding_window`) holds only the last keys: `key_offset` dropped.
+        # A sliding cache (`forget_what_no_head_sees`) holds only the last keys: `key_offset` dropped.
         key_length, key_offset = cache.get_mask_sizes(query_length, 0) if cache is not None else (query_length, 0)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
 
         device = inputs_embeds.device
         if attention_mask is not None and attention_mask.dim() == 4:
-            if key_offset:
-                raise ValueError("A prepared 4-D attention_mask cannot be used with a sliding (windowed ALiBi) cache.")
-            layout = custom_mask_layout(attention_mask, position_ids, query_length, key_length, past_length, device)
+            if key_offset:  # a sliding cache: the columns (and positions) of the keys it still holds
+                attention_mask = attention_mask[..., key_offset:]
+                if position_ids is not None and position_ids.shape[-1] == key_offset + key_length:
+                    position_ids = position_ids[..., key_offset:]
+            past = past_length - key_offset
+            layout = custom_mask_layout(attention_mask, position_ids, query_length, key_length, past, device)
         else:
             # transformers' padding-free packing (DataCollatorWithFlattening, TRL packing=True). Compiled, the
             # documents are found inside the graph, as transformers' `find_packed_sequence_indices` does: no check

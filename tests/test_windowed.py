@@ -257,23 +257,77 @@ class FullCache(DynamicCache):
     """A cache of another class: the model leaves it as it is, so it keeps every key (the reference)."""
 
 
-def test_the_widest_window_and_an_empty_dynamic_cache_made_sliding():
-    model = tiny_model(alibi_window_cutoff=2.0)  # slopes 1/4 ... 1/256: windows 8, 32, 128, 512
-    assert model.model.widest_window() == 512
-    assert tiny_model().model.widest_window() is None
+def filled_cache(model, length: int) -> DynamicCache:
     cache = DynamicCache()
+    with torch.no_grad():
+        model(random_ids(1, length), cache=cache)
+    return cache
+
+
+def test_a_dynamic_cache_turns_sliding_once_it_holds_more_keys_than_any_head_reads():
+    model = tiny_model(alibi_window_cutoff=2.0)  # slopes 1/4 ... 1/256: windows 8, 32, 128, 512
+    assert model.model.widest_window() == model.model.keys_to_keep() == 512
+    assert tiny_model().model.widest_window() is None
+    short = filled_cache(model, 512)
+    model.model.forget_what_no_head_sees(short)  # no key to forget yet: transformers' own layers stay
+    assert {type(layer).__name__ for layer in short.layers} == {"DynamicLayer"}
+    cache = filled_cache(model, 600)
+    keys = cache.layers[1].keys.clone()
     model.model.forget_what_no_head_sees(cache)
     assert [(type(layer).__name__, layer.sliding_window) for layer in cache.layers] == [
         ("DynamicSlidingWindowLayer", 513)
     ] * 2
-    for untouched in (FullCache(), DynamicCache()):
-        if type(untouched) is DynamicCache:
-            tiny_model().model.forget_what_no_head_sees(untouched)  # dense ALiBi: nothing to forget
-        assert untouched.layers == []
-    model.config.alibi_window_cutoff = None  # switched off on a loaded model: caches stay full
-    fresh = DynamicCache()
+    assert cache.get_seq_length() == 600 and torch.equal(cache.layers[1].keys, keys[:, :, -512:])
+    assert all(layer.record_past for layer in cache.layers)  # assisted decoding can still roll back
+    untouched = FullCache()
+    model(random_ids(1, 600), cache=untouched)  # a cache of another class
+    assert {type(layer).__name__ for layer in untouched.layers} == {"DynamicLayer"}
+    model.config.alibi_window_cutoff = None  # switched off on a loaded model: dense ALiBi's reach on the CPU default
+    assert model.model.keys_to_keep() == 10240
+    fresh = filled_cache(model, 600)
     model.model.forget_what_no_head_sees(fresh)
-    assert fresh.layers == []
+    assert {type(layer).__name__ for layer in fresh.layers} == {"DynamicLayer"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "device", "dtype", "kept"),
+    [
+        ({}, "cpu", torch.float32, 10240),  # the CPU default drops keys past 40 / (1/256)
+        ({}, "cpu", torch.bfloat16, 10240),
+        ({"alibi_max_bias": 1.0}, "cpu", torch.float32, 80),  # slopes 2^-1/4 ... 1/2
+        ({"alibi_max_bias": 1.0, "alibi_window_cutoff": 60.0}, "cpu", torch.float32, 80),  # silenced before its window
+        ({"alibi_max_bias": 1.0, "alibi_window_cutoff": 30.0}, "cpu", torch.float32, 60),
+        ({"alibi_max_bias": 1.0, "alibi_window_cutoff": 30.0}, "meta", torch.float32, 60),  # windows everywhere
+        ({}, "cpu", torch.float64, None),  # no blocked plan in fp64: every key is read
+        ({}, "meta", torch.float32, None),  # off the CPU (flex or Triton on a GPU): dense ALiBi reads every key
+        ({"attn_implementation": "eager"}, "cpu", torch.float32, None),  # the reference keeps every key
+        ({"position_encoding": "sinusoidal"}, "cpu", torch.float32, None),
+    ],
+)
+def test_the_keys_a_cache_keeps_are_those_some_head_can_still_read(overrides, device, dtype, kept):
+    model = tiny_model(**overrides)
+    assert model.model.keys_to_keep(torch.device(device), dtype) == kept
+
+
+def test_dense_alibi_on_the_cpu_default_forgets_silenced_keys_and_keeps_its_logits():
+    # Dense ALiBi's CPU default drops each key past e^-40 of bias: decoding need not keep those either. Slopes down to
+    # 1/2 (alibi_max_bias=1): no head reads a key 81 tokens back.
+    model = tiny_model(alibi_max_bias=1.0)
+    ids = random_ids(2, 20)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # left padding
+    settings = dict(attention_mask=mask, max_new_tokens=300, min_new_tokens=300, do_sample=False)
+    settings |= dict(return_dict_in_generate=True, output_logits=True)
+    eager = tiny_model(alibi_max_bias=1.0, attn_implementation="eager")
+    with torch.no_grad():
+        full = eager.generate(ids, cache=FullCache(), **settings)  # every key kept and read
+        out = model.generate(ids, **settings)
+    assert torch.equal(out.sequences, full.sequences)
+    worst = max(float((a - b).abs().max()) for a, b in zip(out.logits, full.logits))
+    assert worst < 1e-5
+    cache = out.past_key_values
+    assert {type(layer).__name__ for layer in cache.layers} == {"DynamicSlidingWindowLayer"}
+    assert cache.layers[0].keys.shape[-2] == 81 < out.sequences.shape[1]
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "eager"])
@@ -353,3 +407,26 @@ def test_a_windowed_model_decodes_compiled_with_a_static_cache():
         torch.compiler.reset()
         static = model.generate(ids, cache_implementation="static", compile_config=compile_config, **options)
     assert hasattr(model, "_compiled_call") and torch.equal(static, dynamic)
+
+
+@pytest.mark.parametrize("overrides", [{"alibi_window_cutoff": 1.0}, {"alibi_max_bias": 1.0}])  # windowed; dense
+def test_a_prepared_4d_mask_after_a_sliding_cache_branches_as_after_a_full_one(overrides):
+    # Three continuations of 300 cached tokens in one forward (transformers' custom 4-D mask, positions given): the
+    # sliding cache holds only the last keys, so the mask's columns and positions are cut to them.
+    model = tiny_model(**overrides)
+    ids = random_ids(1, 300)
+    ends = torch.tensor([[7, 8, 9]])
+    visible = torch.ones(3, 303).tril(300).bool()
+    visible[:, 300:] = torch.eye(3, dtype=torch.bool)
+    positions = torch.tensor([list(range(300)) + [300] * 3])
+    results = []
+    with torch.no_grad():
+        for cache in (FullCache(), DynamicCache()):
+            model(ids, cache=cache)
+            results.append(model(ends, cache=cache, attention_mask=visible[None, None], position_ids=positions).logits)
+            kinds = {type(layer).__name__ for layer in cache.layers}
+    assert kinds == {"DynamicSlidingWindowLayer"}
+    torch.testing.assert_close(results[1], results[0], atol=1e-5, rtol=0)
+    with torch.no_grad():  # each branch alone, after the prefix
+        alone = model(torch.cat([ids.expand(3, -1), ends.T], dim=1)).logits[:, -1]
+    torch.testing.assert_close(results[1][0], alone, atol=1e-5, rtol=0)

@@ -1,16 +1,17 @@
-"""A long generation with windowed ALiBi against dense: the cache that forgets what no head can see.
+"""A long generation, windowed and dense ALiBi: the cache that forgets what no head can see.
 
   python recipes/experiments/sliding_cache.py [--tokens 65536] [--cutoff 20] [--out recipes/results]
 
-One random-weight model (hidden 128, 2 layers, 8 heads, fp32) generates greedily three ways, in one process, one
-after the other: windowed ALiBi (`alibi_window_cutoff`, T = 8: the widest head sees 2,048 tokens back) with the
-cache `generate` builds from its config (the model gives an empty `DynamicCache` transformers' sliding layers, which keep the last keys the widest head
-can see), to
-`--tokens`; then, to `--compare-tokens`, the same windowed model with a full `DynamicCache` (what it did before) and
-dense ALiBi. A full cache is copied whole at every step (transformers' `DynamicLayer` concatenates), so those two
-slow down as they grow: on a 2-core CPU they are run to a shorter length. Every `--every` tokens it records the
-bytes the cache holds, the process's peak resident memory and the clock. The windowed runs must agree token for
-token over their common length. Writes `sliding-cache.json`, `.md` and `.png` into --out.
+One random-weight model (hidden 128, 2 layers, 8 heads, fp32) generates greedily four ways, in one process, one
+after the other, with the cache `generate` builds (the model gives an empty `DynamicCache` transformers' sliding
+layers, which keep the last keys some head can read) to `--tokens`: windowed ALiBi (`alibi_window_cutoff`, T = 8:
+the widest head sees 2,048 tokens back), and dense ALiBi, whose CPU default drops keys past e^-40 of bias (the
+mildest slope, 1/256, reads 10,240 tokens back); then each with a full cache (a `DynamicCache` subclass, which the
+model leaves alone: what it did before) to `--compare-tokens`. A full cache is copied whole at every step
+(transformers' `DynamicLayer` concatenates), so those slow down as they grow: on a 2-core CPU they are run to a
+shorter length. Every `--every` tokens it records the bytes the cache holds, the process's peak resident memory and
+the clock. Each model's two runs must agree token for token over their common length. Writes `sliding-cache.json`,
+`.md` and `.png` into --out.
 """
 
 from __future__ import annotations
@@ -96,22 +97,27 @@ def main(argv: list[str] | None = None) -> int:
     prompt = torch.randint(1, 512, (1, 64), generator=torch.Generator().manual_seed(0))
     results = {"machine": f"{describe('cpu')}", "torch": torch.__version__, "tokens": args.tokens,
                "cutoff": args.cutoff, "threads": torch.get_num_threads(), "runs": {}}  # fmt: skip
-    model.config.alibi_window_cutoff = args.cutoff
-    results["widest_window"] = model.model.widest_window()
+    results["kept"] = {}
+    for model_name, cutoff in (("windowed", args.cutoff), ("dense", None)):
+        model.config.alibi_window_cutoff = cutoff
+        results["kept"][model_name] = model.model.keys_to_keep()
     results["compare_tokens"] = args.compare_tokens
     runs = (
         ("windowed, sliding cache", args.cutoff, False, args.tokens),
         ("windowed, full cache", args.cutoff, True, args.compare_tokens),
-        ("dense", None, False, args.compare_tokens),
+        ("dense, sliding cache", None, False, args.tokens),
+        ("dense, full cache", None, True, args.compare_tokens),
     )
     for name, cutoff, full, tokens in runs:  # fmt: skip
         model.config.alibi_window_cutoff = cutoff
         print(f"{name}: generating {tokens} tokens", flush=True)
         results["runs"][name] = run(model, prompt, tokens, args.every, full)
         print(f"  {results['runs'][name]['tokens_per_second']:.1f} tokens/s", flush=True)
-    sliding, full = results["runs"]["windowed, sliding cache"], results["runs"]["windowed, full cache"]
-    common = min(len(sliding["generated"]), len(full["generated"]))
-    results["windowed_tokens_identical"] = sliding["generated"][:common] == full["generated"][:common]
+    results["tokens_identical"] = {}
+    for model_name in ("windowed", "dense"):
+        sliding, full = (results["runs"][f"{model_name}, {kind} cache"]["generated"] for kind in ("sliding", "full"))
+        common = min(len(sliding), len(full))
+        results["tokens_identical"][model_name] = sliding[:common] == full[:common]
     for run_ in results["runs"].values():
         run_.pop("generated")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -119,17 +125,18 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "sliding-cache.md").write_text(markdown(results, argv if argv is not None else sys.argv[1:]))
     plot(results, args.out / "sliding-cache.png")
     print((args.out / "sliding-cache.md").read_text())
-    return 0 if results["windowed_tokens_identical"] else 1
+    return 0 if all(results["tokens_identical"].values()) else 1
 
 
 def markdown(results: dict, argv: list[str]) -> str:
     lines = [
-        "# A long generation: windowed ALiBi's sliding cache against a full cache and dense ALiBi",
+        "# A long generation: the sliding cache against a full one, windowed and dense ALiBi",
         "",
         f"Made by `{' '.join(['python recipes/experiments/sliding_cache.py', *argv])}`" + f" on {results['machine']}, "
         f"torch {results['torch']}: a random-weight model (hidden 128, 2 layers, 8 heads, fp32), greedy, after a "
-        f"64-token prompt. Cutoff T = {results['cutoff']:g}: the widest head sees {results['widest_window']:,} "
-        "tokens back, so the sliding cache keeps that many keys per layer.",
+        f"64-token prompt. Windowed, cutoff T = {results['cutoff']:g}: the widest head sees "
+        f"{results['kept']['windowed']:,} tokens back; dense, the CPU default drops keys past e^-40 of bias, so the "
+        f"mildest head reads {results['kept']['dense']:,} back. The sliding cache keeps that many keys per layer.",
         "",
         "| run | cache layers | tokens generated | tokens/s | cache at the end (MiB) | resident peak of the run (MiB) |",
         "|---|---|---|---|---|---|",
@@ -141,12 +148,20 @@ def markdown(results: dict, argv: list[str]) -> str:
             f"{end['cache_mib']:.1f} | "
             f"{end['rss_peak_mib']:.0f} |"
         )
-    lines += ["", f"Windowed greedy tokens, sliding against full cache, over the first {results['compare_tokens']:,}: "
-              f"{'identical' if results['windowed_tokens_identical'] else 'DIFFER'}.", ""]  # fmt: skip
-    sliding = results["runs"]["windowed, sliding cache"]["curve"]
-    past = [row["cache_mib"] for row in sliding if row["tokens"] > results["widest_window"]]
-    if past:
-        lines.append(f"Sliding cache once past the widest window: {min(past):.2f} to {max(past):.2f} MiB (flat).")
+    lines.append("")
+    for model_name, identical in results["tokens_identical"].items():
+        lines.append(
+            f"{model_name.capitalize()} greedy tokens, sliding against full cache, over the first "
+            f"{results['compare_tokens']:,}: {'identical' if identical else 'DIFFER'}."
+        )
+    for model_name, kept in results["kept"].items():
+        sliding = results["runs"][f"{model_name}, sliding cache"]["curve"]
+        past = [row["cache_mib"] for row in sliding if row["tokens"] > kept]
+        if past:
+            lines.append(
+                f"{model_name.capitalize()} sliding cache once past {kept:,} tokens: {min(past):.2f} to "
+                f"{max(past):.2f} MiB."
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -162,7 +177,8 @@ def plot(results: dict, path: Path) -> None:
         memory.plot(tokens, [row["cache_mib"] for row in run_["curve"]], label=name)
         rates = [row["tokens"] / row["seconds"] for row in run_["curve"]]
         speed.plot(tokens, rates, label=name)
-    memory.axvline(results["widest_window"], color="grey", linestyle=":", label="widest window")
+    for (model_name, kept), style in zip(results["kept"].items(), (":", "--")):
+        memory.axvline(kept, color="grey", linestyle=style, label=f"keys kept, {model_name}")
     memory.set(xlabel="generated tokens", ylabel="KV cache (MiB)", title="Cache memory during generation")
     speed.set(xlabel="generated tokens", ylabel="tokens/s so far", title="Decoding speed")
     memory.legend()
