@@ -147,6 +147,25 @@ def test_the_decoding_mask_is_the_general_rule(past, queries, keys, windowed, dt
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("windowed", [False, True])
+def test_decoding_steps_slice_one_kept_row_that_holds_the_decoding_masks_values(windowed, dtype):
+    # A decoding step's mask depends on the key's distance alone: each step slices a row per head kept across steps
+    # (rebuilt twice as long when outgrown) instead of computing it, and gives the same values.
+    model = tiny_model(num_attention_heads=4, alibi_window_cutoff=2.0 if windowed else None)
+    slopes = get_alibi_slopes(4)
+    windows = alibi_windows(slopes, 2.0) if windowed else None
+    rows = set()
+    for keys in (1, 40, 41, 1024, 1025, 3000):
+        layout = build_layout(None, None, 1, 1, keys, keys - 1, CPU)
+        mask = model.model.build_attention_mask(layout, dtype)
+        assert torch.equal(mask, decoding_mask(layout, slopes, windows, dtype)) and mask.dtype == dtype
+        rows.add(mask.untyped_storage().data_ptr())
+    assert len(rows) == 3  # 1,024 columns, then 2,048 (for 1,025 keys), then 4,096 (for 3,000)
+    cached = build_layout(None, None, 1, 1, 4096, 99, CPU)  # a static cache's slots: computed, its tail hidden
+    assert torch.equal(model.model.build_attention_mask(cached, dtype), decoding_mask(cached, slopes, windows, dtype))
+
+
 def test_a_decoding_step_takes_the_shortcut_and_matches_eager():
     model = tiny_model(num_attention_heads=4)
     layout = build_layout(None, None, 1, 1, 40, 39, CPU)
