@@ -24,6 +24,7 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 from transformers.utils import logging
 
 from .alibi_blocked import (
+    PATTERN_CACHE_BYTES,
     QUADRATIC_WARNING_BYTES,
     Compaction,
     StaticContinuation,
@@ -193,16 +194,20 @@ def decoding_row(
     dtype: torch.dtype,
     device: torch.device,
     length: int,
-) -> torch.Tensor:
+) -> torch.Tensor | None:
     """`decoding_mask` of a decoding step (`decoding_step`) over `length` keys, `[1, H, 1, length]`, the same values:
     the last `length` columns of a row per head, `-m_h * d` for distances `d = N - 1 ... 0` (the dtype's minimum past
     a window), kept in `patterns` and rebuilt twice as long when outgrown, so a step slices instead of computing (the
     mask's ops and their Python were a quarter of the ALiBi model's extra time in a decoding step of the demo's
-    model)."""
+    model). None where the row would take over a quarter of the patterns' budget (`PATTERN_CACHE_BYTES`), which
+    would then be cleared and the row rebuilt at every step: the mask is computed there (8 heads in fp32: past
+    131,072 keys, where attending to them costs far more than the mask)."""
     key = ("decoding", tuple(slopes), tuple(windows) if windows is not None else None, dtype, device)
     row = patterns.get(key)
     if row is None or row.shape[-1] < length:
         size = max(2 * (row.shape[-1] if row is not None else 0), length, 1024)
+        if len(slopes) * size * torch.finfo(dtype).bits // 8 > PATTERN_CACHE_BYTES // 4:
+            return None
         with torch.inference_mode(False):  # kept across forwards, as the blocked patterns
             distance = torch.arange(size - 1, -1, -1, device=device)
             slope = torch.tensor(slopes, dtype=torch.float32, device=device)[:, None]
@@ -330,7 +335,9 @@ def create_alibi_mask(
             window_values = encoding.window_values()
             share = slice(first, first + count)
             window_values = window_values[share] if window_values is not None else None
-            return decoding_row(patterns, slope_values[share], window_values, dtype, device, layout.key_length)
+            row = decoding_row(patterns, slope_values[share], window_values, dtype, device, layout.key_length)
+            if row is not None:
+                return row
     bias = encoding.score_bias(layout.key_length, device)
     slopes = encoding.slopes(device)
     windows = encoding.windows(device)

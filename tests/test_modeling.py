@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import alibi_lm
 from alibi_lm.modeling import alibi_masks
-from alibi_lm.modeling.alibi_blocked import WindowedAlibi
+from alibi_lm.modeling.alibi_blocked import PATTERN_CACHE_BYTES, WindowedAlibi
 from alibi_lm.modeling.alibi_layout import build_layout
 from alibi_lm.modeling.alibi_masks import alibi_windows, build_dense_mask, decoding_mask, get_alibi_slopes
 from tests.tiny import random_ids, tiny_config, tiny_model
@@ -164,6 +164,11 @@ def test_decoding_steps_slice_one_kept_row_that_holds_the_decoding_masks_values(
     assert len(rows) == 3  # 1,024 columns, then 2,048 (for 1,025 keys), then 4,096 (for 3,000)
     cached = build_layout(None, None, 1, 1, 4096, 99, CPU)  # a static cache's slots: computed, its tail hidden
     assert torch.equal(model.model.build_attention_mask(cached, dtype), decoding_mask(cached, slopes, windows, dtype))
+    # A row past a quarter of the patterns' budget would be cleared and rebuilt every step: computed instead.
+    keys = PATTERN_CACHE_BYTES // 4 // (4 * torch.finfo(dtype).bits // 8) + 1
+    long = build_layout(None, None, 1, 1, keys, keys - 1, CPU)
+    mask = model.model.build_attention_mask(long, dtype)
+    assert torch.equal(mask, decoding_mask(long, slopes, windows, dtype)) and mask.is_contiguous()
 
 
 def test_a_decoding_step_takes_the_shortcut_and_matches_eager():
