@@ -209,12 +209,9 @@ def decoding_row(
         if len(slopes) * size * torch.finfo(dtype).bits // 8 > PATTERN_CACHE_BYTES // 4:
             return None
         with torch.inference_mode(False):  # kept across forwards, as the blocked patterns
-            distance = torch.arange(size - 1, -1, -1, device=device)
-            slope = torch.tensor(slopes, dtype=torch.float32, device=device)[:, None]
-            row = alibi_bias(slope, distance.float()).to(dtype)  # [H, N]
-            if windows is not None:
-                beyond = distance > torch.tensor(windows, device=device)[:, None]
-                row = row.masked_fill(beyond, torch.finfo(dtype).min)
+            reach = torch.tensor(windows, device=device) if windows is not None else None
+            rates = torch.tensor(slopes, dtype=torch.float32, device=device)
+            row = decoding_mask(AttentionLayout(1, 1, size, size - 1, device), rates, reach, dtype)[0, :, 0]  # [H, N]
         patterns[key] = row
     return row[None, :, None, row.shape[-1] - length :]
 

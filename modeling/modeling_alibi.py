@@ -375,7 +375,7 @@ class AlibiModel(AlibiPreTrainedModel):
             cache = DynamicCache(config=self.config)
         compiling = torch.compiler.is_compiling()
         if not compiling:
-            self.forget_what_no_head_sees(cache, inputs.device, self.embed_tokens.weight.dtype)
+            self.forget_what_no_head_sees(cache, inputs.device)  # the dtype read only where it is needed
         if not compiling:  # the checks read values, which would break a compiled graph
             validate_inputs(self.config.vocab_size, inputs, attention_mask, document_ids, cache)
         batch_size, query_length = inputs.shape[:2]
