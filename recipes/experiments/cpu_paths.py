@@ -6,8 +6,8 @@ autocast, torch.compile. One process, the two models interleaved round by round.
 
 Each row is a training step (forward, loss, backward) of the bench's `cpu-small` model (hidden 512, 4 layers, 8 heads,
 vocabulary 8,192) at 1 x 2,048 tokens, and a 4,096-token prefill, timed by the wall clock; the ratio is the no-bias
-step's time over ALiBi's (1.00x: as fast). The header names the CPU, threads, whether its bf16 products run on AMX
-tiles (which flush denormals, so the CPU default runs more heads fused there) and the library versions. Until
+step's time over ALiBi's (1.00x: as fast). The header names the CPU, threads, whether its bf16 products treat denormals
+as zero (AMX tiles or AVX512-BF16, where the CPU default runs more heads fused) and the library versions. Until
 2026-12-06 bf16 weights, autocast and compiled models took an L x L mask on the CPU without a word, and so did
 attention dropout (a row with that mask switched back on stands beside it).
 """
@@ -39,7 +39,8 @@ SIZES = {
 
 class Way(NamedTuple):
     """One way to train on the CPU: the weights' dtype, autocast's (or None), compiled or not, attention dropout; and
-    `dense`: the L x L mask dense ALiBi took with dropout until 2026-12-06, switched back on for comparison."""
+    `dense`: the L x L mask dense ALiBi took with dropout until 2026-12-06, switched back on for comparison;
+    `amx_rule`: bf16 heads run key-only where blocks would not halve their work, as on CPUs with bf16 products, on any CPU."""
 
     name: str
     dtype: torch.dtype
@@ -47,6 +48,7 @@ class Way(NamedTuple):
     compiled: bool = False
     dropout: float = 0.0
     dense: bool = False
+    amx_rule: bool = False
 
 
 PATHS = [
@@ -58,6 +60,7 @@ PATHS = [
     Way("bf16 autocast, torch.compile", torch.float32, torch.bfloat16, compiled=True),
     Way("fp32, attention dropout 0.1", torch.float32, dropout=0.1),
     Way("fp32, attention dropout 0.1, L x L mask (before 2026-12-06)", torch.float32, dropout=0.1, dense=True),
+    Way("bf16 weights, AMX's key-only rule on any CPU", torch.bfloat16, amx_rule=True),
 ]
 
 
@@ -85,8 +88,26 @@ def dense_with_dropout(switched_on: bool) -> Iterator[None]:
         alibi_blocked.blocked_by_default = blocked
 
 
+@contextmanager
+def amx_key_only_rule(switched_on: bool) -> Iterator[None]:
+    """Within it (where switched on), bf16 counts as denormal-free whatever the CPU, so steep bf16 heads whose blocks
+    would not halve their work run key-only, as on CPUs with AMX tiles or AVX512-BF16 (`alibi_blocked.runs_key_only`)."""
+    kept = alibi_blocked.DENORMAL_FREE_DTYPES
+    if switched_on:
+        alibi_blocked.DENORMAL_FREE_DTYPES = (torch.bfloat16,)
+    try:
+        yield
+    finally:
+        alibi_blocked.DENORMAL_FREE_DTYPES = kept
+
+
 def measure(path: Way, size: dict, rounds: int) -> dict:
-    name, dtype, autocast, compiled, dropout, dense = path
+    with amx_key_only_rule(path.amx_rule):
+        return measure_within(path, size, rounds)
+
+
+def measure_within(path: Way, size: dict, rounds: int) -> dict:
+    name, dtype, autocast, compiled, dropout, dense, _ = path
     length = size["length"]
     ids = torch.randint(0, size["vocab_size"], (1, length), generator=torch.Generator().manual_seed(0))
     prompt = torch.randint(0, size["vocab_size"], (1, 2 * length), generator=torch.Generator().manual_seed(1))
@@ -148,13 +169,13 @@ def main() -> None:
         paths = [path for path in PATHS if path.name in wanted]
     machine = describe("cpu")
     # (read with getattr so that this script also measures the code before 2026-12-06, which had no such rule)
-    amx = "yes" if torch.bfloat16 in getattr(alibi_blocked, "DENORMAL_FREE_DTYPES", ()) else "no"
+    bf16_free = "yes" if torch.bfloat16 in getattr(alibi_blocked, "DENORMAL_FREE_DTYPES", ()) else "no"
     versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
     rows = [measure(path, size, rounds) for path in tqdm(paths, desc="paths", unit="path")]
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
         "machine": machine,
-        "bf16_on_amx": amx,
+        "bf16_denormal_free": bf16_free,
         "versions": versions,
         "size": size,
         "rounds": rounds,
@@ -164,7 +185,7 @@ def main() -> None:
     length = size["length"]
     lines = [
         "# ALiBi's CPU default against the no-bias model, by precision and compilation\n",
-        f"{machine}; bf16 products on AMX tiles: {amx}; {versions}. Model: hidden {size['hidden_size']}, "
+        f"{machine}; bf16 products denormal-free (AMX or AVX512-BF16): {bf16_free}; {versions}. Model: hidden {size['hidden_size']}, "
         f"{size['num_hidden_layers']} layers, {size['num_attention_heads']} heads, vocabulary {size['vocab_size']}. "
         f"Medians of {rounds} interleaved rounds, wall clock; ratio = no-bias time / ALiBi time.\n",
         f"| path | train 1x{length}: ALiBi s | no bias s | ratio | prefill {2 * length}: ALiBi s | no bias s | ratio "
