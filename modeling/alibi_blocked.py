@@ -202,7 +202,7 @@ def fused_cpu_kernel_enabled() -> bool:
 # treat denormal inputs as zero. There the key-only bias runs on heads that blocks would not save half the work of
 # (measured on an Intel Xeon with AMX, bf16, 2,048 tokens: a head with window 640 took 15.7 ms in blocks, 12.6 ms
 # key-only, 10.6 ms with no bias; on an AMD EPYC with AVX512-BF16 and no AMX the bf16 training step of the bench's
-# cpu-small model took 1.16 s key-only, 1.30 s in blocks, 1.16 s with no bias; with neither, oneDNN and ATen held to
+# cpu-small model took 1.09 s key-only, 1.19 s in blocks, 1.09 s with no bias; with neither, oneDNN and ATen held to
 # AVX2 on the Intel machine, the same key-only call took twice the causal one, and blocks win).
 BF16_DENORMAL_FREE_CHECKS = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # in torch.cpu
 

@@ -40,7 +40,8 @@ SIZES = {
 class Way(NamedTuple):
     """One way to train on the CPU: the weights' dtype, autocast's (or None), compiled or not, attention dropout; and
     `dense`: the L x L mask dense ALiBi took with dropout until 2026-12-06, switched back on for comparison;
-    `amx_rule`: bf16 heads run key-only where blocks would not halve their work, as on CPUs with bf16 products, on any CPU."""
+    `amx_rule`: steep bf16 heads run key-only where blocks would not halve their work, on any CPU (the rule of CPUs
+    with bf16 products)."""
 
     name: str
     dtype: torch.dtype
@@ -91,7 +92,7 @@ def dense_with_dropout(switched_on: bool) -> Iterator[None]:
 @contextmanager
 def amx_key_only_rule(switched_on: bool) -> Iterator[None]:
     """Within it (where switched on), bf16 counts as denormal-free whatever the CPU, so steep bf16 heads whose blocks
-    would not halve their work run key-only, as on CPUs with AMX tiles or AVX512-BF16 (`alibi_blocked.runs_key_only`)."""
+    would not halve their work run key-only, as on CPUs with AMX tiles or AVX512-BF16 (`runs_key_only`)."""
     kept = alibi_blocked.DENORMAL_FREE_DTYPES
     if switched_on:
         alibi_blocked.DENORMAL_FREE_DTYPES = (torch.bfloat16,)
@@ -185,8 +186,9 @@ def main() -> None:
     length = size["length"]
     lines = [
         "# ALiBi's CPU default against the no-bias model, by precision and compilation\n",
-        f"{machine}; bf16 products denormal-free (AMX or AVX512-BF16): {bf16_free}; {versions}. Model: hidden {size['hidden_size']}, "
-        f"{size['num_hidden_layers']} layers, {size['num_attention_heads']} heads, vocabulary {size['vocab_size']}. "
+        f"{machine}; bf16 products denormal-free (AMX or AVX512-BF16): {bf16_free}; {versions}. "
+        f"Model: hidden {size['hidden_size']}, {size['num_hidden_layers']} layers, "
+        f"{size['num_attention_heads']} heads, vocabulary {size['vocab_size']}. "
         f"Medians of {rounds} interleaved rounds, wall clock; ratio = no-bias time / ALiBi time.\n",
         f"| path | train 1x{length}: ALiBi s | no bias s | ratio | prefill {2 * length}: ALiBi s | no bias s | ratio "
         "| warm-up s |",
