@@ -292,15 +292,9 @@ class AlibiModel(AlibiPreTrainedModel):
     def forget_what_no_head_sees(
         self, cache: Cache | None, device: torch.device | None = None, dtype: torch.dtype | None = None
     ) -> None:
-        """Keep a `DynamicCache` to the keys some head can still read (`keys_to_keep`): older ones are never read again.
-
-        Once its keys outnumber them, at the start of a forward, its layers become transformers' sliding layers
-        (`sliding_layer`), recording past states so that assisted decoding can still roll back rejected tokens; at
-        the start of each later forward they are cut back to the last `keys_to_keep()` keys (`crop(0)`), so a long
-        generation's memory stops growing there. Shorter generations keep transformers' own layers. Positions and
-        padding are still counted over every token (`build_layout`'s `key_offset`): the logits and greedy tokens are
-        those of a full cache. A cache of another class (static, a subclass) is left as it is.
-        """
+        """Keep a `DynamicCache` to the keys some head can still read (`keys_to_keep`), by `forget_old_keys`: older
+        ones are never read again. Positions and padding are still counted over every token (`build_layout`'s
+        `key_offset`), so the logits and greedy tokens are those of a full cache."""
         forget_old_keys(cache, lambda: self.keys_to_keep(device, dtype))
 
     def local_heads(self) -> tuple[int, int]:

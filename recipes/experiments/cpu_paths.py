@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import NamedTuple
+from unittest import mock
 
 import torch
 import transformers
@@ -89,21 +90,12 @@ def dense_with_dropout(switched_on: bool) -> Iterator[None]:
         alibi_blocked.blocked_by_default = blocked
 
 
-@contextmanager
-def amx_key_only_rule(switched_on: bool) -> Iterator[None]:
-    """Within it (where switched on), bf16 counts as denormal-free whatever the CPU, so steep bf16 heads whose blocks
-    would not halve their work run key-only, as on CPUs with AMX tiles or AVX512-BF16 (`runs_key_only`)."""
-    kept = alibi_blocked.DENORMAL_FREE_DTYPES
-    if switched_on:
-        alibi_blocked.DENORMAL_FREE_DTYPES = (torch.bfloat16,)
-    try:
-        yield
-    finally:
-        alibi_blocked.DENORMAL_FREE_DTYPES = kept
-
-
 def measure(path: Way, size: dict, rounds: int) -> dict:
-    with amx_key_only_rule(path.amx_rule):
+    # amx_rule: bf16 counts as denormal-free whatever the CPU (`alibi_blocked.runs_key_only`)
+    rule = (
+        mock.patch.object(alibi_blocked, "DENORMAL_FREE_DTYPES", (torch.bfloat16,)) if path.amx_rule else nullcontext()
+    )
+    with rule:
         return measure_within(path, size, rounds)
 
 
