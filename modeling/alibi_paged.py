@@ -20,6 +20,7 @@ It travels with checkpoints as Hub remote code beside `modeling_alibi.py`, so it
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -118,14 +119,25 @@ class PagedRequests:
 def request_spans(
     position_ids: torch.Tensor, cu_seq_lens_q: torch.Tensor, cu_seq_lens_k: torch.Tensor
 ) -> list[tuple[int, int, int, int]] | None:
-    """`(q0, q1, k0, k1)` of each request with queries, read on the host; None unless every request's keys are all
-    its tokens from position 0 on (a paged cache that drops keys would need their offset)."""
+    """`(q0, q1, k0, k1)` of each request with queries, read on the host. A request's keys are its last `k1 - k0`
+    tokens, up to its last query: all of them, or the last ones of a sliding cache (`manager_on_sdpa`), which to
+    ALiBi's bias (a function of distance) are the same layout. None where a request holds more keys than tokens."""
     cu_q, cu_k = cu_seq_lens_q.tolist(), cu_seq_lens_k.tolist()
     positions = position_ids[0].tolist()
     spans = [(q0, q1, k0, k1) for q0, q1, k0, k1 in zip(cu_q, cu_q[1:], cu_k, cu_k[1:]) if q1 > q0]
-    if any(q1 > len(positions) or positions[q0] != (k1 - k0) - (q1 - q0) for q0, q1, k0, k1 in spans):
+    if any(q1 > len(positions) or not 0 <= (k1 - k0) - (q1 - q0) <= positions[q0] for q0, q1, k0, k1 in spans):
         return None
     return spans
+
+
+def one_layer_type(value):
+    """`value`, or the one entry of a dict keyed by layer type: every layer of an alibi-lm model is of one type
+    (full attention, or sliding while the manager forgets old keys, `manager_on_sdpa`)."""
+    if not isinstance(value, dict):
+        return value
+    if len(value) != 1:
+        raise ValueError(f"alibi-lm layers are all of one attention type; continuous batching gave {sorted(value)}.")
+    return next(iter(value.values()))
 
 
 def continuous_batch_mask(
@@ -146,16 +158,13 @@ def continuous_batch_mask(
         heads: `(first, count)`, the heads this process computes.
         build: the model's mask for an `AttentionLayout` (`AlibiModel.build_attention_mask`).
     """
-    if isinstance(attention_mask, dict):  # every ALiBi layer is a full-attention one
-        attention_mask = attention_mask.get("full_attention")
+    attention_mask = one_layer_type(attention_mask)
     if attention_mask is None:
         raise ValueError(
             "Continuous batching must give alibi-lm models its sdpa mask (attn_implementation='sdpa'), to which the "
             "ALiBi bias is added: start it with model.generate_batch or model.init_continuous_batching."
         )
-    cu_seq_lens_k = kwargs["cu_seq_lens_k"]
-    if isinstance(cu_seq_lens_k, dict):
-        cu_seq_lens_k = cu_seq_lens_k["full_attention"]
+    cu_seq_lens_k = one_layer_type(kwargs["cu_seq_lens_k"])
     device = attention_mask.device
     if by_request(attention_mask, heads[1]):
         spans = request_spans(position_ids, kwargs["cu_seq_lens_q"], cu_seq_lens_k)
@@ -181,26 +190,44 @@ def manager_on_sdpa(model, start: Callable, generation_config, continuous_batchi
 
     The manager takes only sdpa, its own eager or a flash kernel, and none of their paged forms but sdpa's mask takes
     a bias: `auto_switch_to_flash` is turned off, on a copy of the config given.
+    Where no head reads keys older than `keys_to_keep` (windowed ALiBi; dense ALiBi on the CPU past e^-40), the
+    config carries `sliding_window = keys_to_keep + 1` while the manager runs: its paged cache then holds at most
+    that many tokens per request (transformers' sliding allocator, a ring of pages), and a request may run longer
+    than the whole cache. The manager reads the config at every step; the attribute goes when it stops.
     """
     if continuous_batching_config is None:  # transformers' deprecated place for it, else the defaults
         given = getattr(generation_config or model.generation_config, "continuous_batching_config", None)
         continuous_batching_config = given if isinstance(given, ContinuousBatchingConfig) else None
     continuous_batching_config = copy.deepcopy(continuous_batching_config or ContinuousBatchingConfig())
     continuous_batching_config.auto_switch_to_flash = False
-    original = model.config._attn_implementation
+    config, original = model.config, model.config._attn_implementation
     if original != "sdpa":
         model.set_attn_implementation("sdpa")
+    kept = model.base_model.keys_to_keep()
+    forgets = kept is not None and getattr(config, "sliding_window", None) is None
+    if forgets:
+        config.sliding_window = kept + 1
+
+    def restore() -> None:
+        if forgets and hasattr(config, "sliding_window"):
+            del config.sliding_window
+        if original != "sdpa":
+            model.set_attn_implementation(original)
+
     try:
         manager = start(generation_config, continuous_batching_config, workload_hints)
     except BaseException:
-        model.set_attn_implementation(original)
+        restore()
         raise
-    if original != "sdpa":
-        stop = manager.stop
+    stop = manager.stop
 
-        def stop_and_restore(*args, **kwargs):
-            stop(*args, **kwargs)
-            model.set_attn_implementation(original)
+    def stop_and_restore(*args, **kwargs):
+        stop(*args, **kwargs)
+        thread = getattr(manager, "_generation_thread", None)  # still running after a stop(block=False)
+        if thread is None or not thread.is_alive():
+            restore()
+        else:  # its last steps still read the config
+            threading.Thread(target=lambda: (thread.join(), restore()), daemon=True).start()
 
-        manager.stop = stop_and_restore
+    manager.stop = stop_and_restore
     return manager

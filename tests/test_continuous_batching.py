@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from transformers import ContinuousBatchingConfig, GenerationConfig
@@ -58,9 +60,8 @@ def test_paged_mask_is_the_alibi_bias_inside_each_request_and_hidden_across(wind
 
 def cb_config(**overrides) -> ContinuousBatchingConfig:
     """A small paged cache (the default sizes it from free memory) and no log-probability processors."""
-    return ContinuousBatchingConfig(
-        num_blocks=16, page_size=16, max_batch_tokens=64, return_logprobs=True, **overrides
-    )
+    sizes = dict(num_blocks=16, page_size=16, max_batch_tokens=64)
+    return ContinuousBatchingConfig(**{**sizes, "return_logprobs": True, **overrides})
 
 
 def reference(model, prompt: list[int], new_tokens: int) -> tuple[list[int], list[float]]:
@@ -142,11 +143,46 @@ def test_prompts_sharing_a_prefix_keep_their_own_tokens(path) -> None:
         torch.testing.assert_close(torch.tensor(output.logprobs), torch.tensor(logprobs), atol=1e-5, rtol=0)
 
 
-def test_request_spans_are_read_only_when_each_requests_keys_start_at_its_first_token() -> None:
+def test_request_spans_take_each_requests_last_keys_as_a_sliding_cache_holds_them() -> None:
     positions, cu_q, cu_k, _ = flattened_step(REQUESTS)
-    assert alibi_paged.request_spans(positions, cu_q, cu_k) == [(0, 2, 0, 5), (2, 6, 5, 9), (6, 7, 9, 16)]
-    # Keys that begin later than position 0 (a cache that dropped some) have no plain layout: the one mask runs.
-    assert alibi_paged.request_spans(positions + 1, cu_q, cu_k) is None
+    spans = [(0, 2, 0, 5), (2, 6, 5, 9), (6, 7, 9, 16)]
+    assert alibi_paged.request_spans(positions, cu_q, cu_k) == spans
+    # Keys that begin later than position 0 (a sliding cache dropped the first): the same spans, the same distances.
+    assert alibi_paged.request_spans(positions + 1, cu_q, cu_k) == spans
+    # More keys than the request has tokens fit no layout: the one mask runs.
+    assert alibi_paged.request_spans(positions - 1, cu_q, cu_k) is None
+
+
+def test_a_step_with_layers_of_two_types_is_refused_by_name() -> None:
+    positions, cu_q, cu_k, mask = flattened_step(REQUESTS)
+    kwargs = {"cu_seq_lens_q": cu_q, "cu_seq_lens_k": {"full_attention": cu_k, "sliding_attention": cu_k}}
+    masks = {"full_attention": mask, "sliding_attention": mask}
+    with pytest.raises(ValueError, match=r"all of one attention type.*\['full_attention', 'sliding_attention'\]"):
+        continuous_batch_mask(tiny_model().model.position_encoding, (0, 4), masks, positions, kwargs, refuse)
+
+
+def test_a_windowed_manager_keeps_only_the_keys_some_head_reads(path, monkeypatch) -> None:
+    # Steep slopes (alibi_max_bias=2) and cutoff 4: windows of 5, 8, 11 and 16 tokens. The paged cache holds 64
+    # tokens, fewer than either request's 70 and 75: it runs them only by forgetting keys older than 16 (a sliding cache).
+    model = perturb(tiny_model(attn_implementation=None, alibi_max_bias=2.0, alibi_window_cutoff=4.0), seed=1)
+    assert model.model.keys_to_keep() == 16
+    windows = []
+    hook = model.register_forward_pre_hook(lambda module, args: windows.append(model.config.sliding_window))
+    prompts = [random_ids(1, n, seed=n)[0].tolist() for n in (40, 45)]
+    config = GenerationConfig(max_new_tokens=30, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    small = cb_config(num_blocks=4)
+    outputs = model.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=small)
+    hook.remove()
+    for output in outputs.values():
+        assert output.error is None
+        tokens, logprobs = reference(model, output.prompt_ids, 30)
+        assert output.generated_tokens == tokens
+        torch.testing.assert_close(torch.tensor(output.logprobs), torch.tensor(logprobs), atol=1e-5, rtol=0)
+    assert set(windows) == {17} and not hasattr(model.config, "sliding_window")  # set while the manager ran only
+    # Keeping every key, the same cache cannot hold them.
+    monkeypatch.setattr(type(model.model), "keys_to_keep", lambda self, *args: None)
+    outputs = model.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=small)
+    assert all("No requests can be scheduled" in str(output.error) for output in outputs.values())
 
 
 def test_a_compiled_manager_gives_generates_tokens() -> None:
@@ -176,3 +212,23 @@ def test_forked_sequences_each_continue_their_prompt() -> None:
     assert len(outputs) == 4
     for output in outputs.values():
         assert output.error is None and output.generated_tokens == reference(model, output.prompt_ids, 5)[0]
+
+
+def test_a_manager_stopped_without_waiting_keeps_the_window_until_its_thread_ends() -> None:
+    # stop(block=False) returns while the thread may still run steps, which read config.sliding_window.
+    model = perturb(tiny_model(alibi_max_bias=2.0, alibi_window_cutoff=4.0), seed=1)
+    config = GenerationConfig(max_new_tokens=30, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    manager = model.init_continuous_batching(generation_config=config, continuous_batching_config=cb_config())
+    assert model.config.sliding_window == 17
+    manager.start()
+    manager.add_request(random_ids(1, 40)[0].tolist(), request_id="long")
+    thread = manager._generation_thread
+    manager.stop(block=False)
+    thread.join(timeout=60)
+    for _ in range(600):  # the restoring thread runs once the generation thread has ended
+        if not hasattr(model.config, "sliding_window"):
+            break
+        time.sleep(0.05)
+    assert not hasattr(model.config, "sliding_window") and model.config._attn_implementation == "sdpa"
+    result = manager.get_result("long", timeout=1)  # flushed: the request ran to its end on the sliding cache
+    assert result is not None and result.error is None and len(result.generated_tokens) == 30
