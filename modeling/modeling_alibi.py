@@ -54,7 +54,7 @@ from .alibi_encodings import POSITION_ENCODING_CLASSES, AlibiPositionalBias
 from .alibi_inputs import validate_inputs
 from .alibi_layout import AttentionLayout, build_layout, custom_mask_layout, forget_old_keys, packed_document_ids
 from .alibi_masks import ALIBI_FUSED, AlibiMask, Fused, create_alibi_mask, get_alibi_slopes
-from .alibi_paged import continuous_batch_mask, is_paged_cache, manager_on_sdpa
+from .alibi_paged import continuous_batch_mask, is_paged_cache, manager_on_sdpa, read_sliding_cache_by_index
 
 # --- 2. MLP --------------------------------------------------------------------------------
 
@@ -432,6 +432,7 @@ class AlibiModel(AlibiPreTrainedModel):
         read from the paged cache, and the bias built per request from its boundaries (`alibi_paged`)."""
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
+        read_sliding_cache_by_index(cache)
         build = partial(self.build_attention_mask, dtype=inputs_embeds.dtype)
         mask = continuous_batch_mask(
             self.position_encoding, self.local_heads(), attention_mask, position_ids, kwargs, build

@@ -167,7 +167,13 @@ def test_a_windowed_manager_keeps_only_the_keys_some_head_reads(path, monkeypatc
     model = perturb(tiny_model(attn_implementation=None, alibi_max_bias=2.0, alibi_window_cutoff=4.0), seed=1)
     assert model.model.keys_to_keep() == 16
     windows = []
-    hook = model.register_forward_pre_hook(lambda module, args: windows.append(model.config.sliding_window))
+    caches = []
+
+    def record(module, args, kwargs):
+        windows.append(model.config.sliding_window)
+        caches.append(kwargs.get("cache", kwargs.get("past_key_values")))
+
+    hook = model.model.register_forward_pre_hook(record, with_kwargs=True)
     prompts = [random_ids(1, n, seed=n)[0].tolist() for n in (40, 45)]
     config = GenerationConfig(max_new_tokens=30, do_sample=False, eos_token_id=-1, pad_token_id=0)
     small = cb_config(num_blocks=4)
@@ -179,6 +185,8 @@ def test_a_windowed_manager_keeps_only_the_keys_some_head_reads(path, monkeypatc
         assert output.generated_tokens == tokens
         torch.testing.assert_close(torch.tensor(output.logprobs), torch.tensor(logprobs), atol=1e-5, rtol=0)
     assert set(windows) == {17} and not hasattr(model.config, "sliding_window")  # set while the manager ran only
+    (allocator,) = caches[0].cache_allocators.values()  # one ring of pages, read by index (the tokens above)
+    assert allocator.sliding_window == 17 and "update" in vars(allocator)
     # Keeping every key, the same cache cannot hold them.
     monkeypatch.setattr(type(model.model), "keys_to_keep", lambda self, *args: None)
     outputs = model.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=small)
@@ -232,3 +240,29 @@ def test_a_manager_stopped_without_waiting_keeps_the_window_until_its_thread_end
     assert not hasattr(model.config, "sliding_window") and model.config._attn_implementation == "sdpa"
     result = manager.get_result("long", timeout=1)  # flushed: the request ran to its end on the sliding cache
     assert result is not None and result.error is None and len(result.generated_tokens) == 30
+
+
+def test_sliding_reads_by_index_are_transformers_masked_scatter_row_for_row() -> None:
+    # transformers' own SlidingAttentionCacheAllocator.update on a stand-in holding what it reads: a cache of 12 slots
+    # (slot 1 the sentinel), two requests reading 3 and 3 cached keys and 2 and 3 new ones, 2 rows of padding.
+    from types import SimpleNamespace
+
+    from transformers.generation.continuous_batching.cache_allocators import SlidingAttentionCacheAllocator
+
+    def stand_in():
+        cache = torch.randn(12, 2, 4, generator=torch.Generator().manual_seed(0))
+        allocator = SimpleNamespace(_kv_token_views={0: (cache.clone(), cache.clone() + 1)}, sentinel_index=1)
+        allocator.update = SlidingAttentionCacheAllocator.update.__get__(allocator)
+        return SimpleNamespace(cache_allocators={"sliding_attention": allocator}), allocator
+
+    keys, values = torch.randn(7, 2, 4), torch.randn(7, 2, 4)
+    read = torch.tensor([5, 9, 2, 1, 1, 7, 3, 11, 1, 1, 1])
+    write = torch.tensor([6, 8, 10, 2, 7, 0, 0])  # slot 0: where padding rows are written
+    _, reference = stand_in()
+    expected = reference.update(keys, values, 0, read, write)
+    cache, allocator = stand_in()
+    alibi_paged.read_sliding_cache_by_index(cache)
+    assert "update" in vars(allocator) and allocator.update is not reference.update
+    got = allocator.update(keys, values, 0, read, write)
+    for a, b in zip(got + allocator._kv_token_views[0], expected + reference._kv_token_views[0]):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)

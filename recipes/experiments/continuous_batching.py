@@ -4,12 +4,14 @@
         [--prompts 16 --lengths 64 1024]
 
 Sixteen prompts of 64 to 1,024 tokens by default (lengths spread evenly, shuffled), 32 greedy tokens each, on the bench's
-cpu-small model (hidden 512, 4 layers, 8 heads, vocabulary 8,192; fp32, no gradients). Four ways, interleaved round by
-round in one process (medians): continuous batching as it runs on the CPU (each request's queries on its own keys,
-with the mask generate builds for it), as it runs elsewhere (one `[1, H, Q, K]` mask for the step's flattened row),
-both again with no bias (the model with `position_encoding="none"`; the second is transformers' own sdpa path, one
-`[1, 1, Q, K]` mask), `generate` on one left-padded batch of all sixteen, and `generate` on each prompt alone. Checked: continuous batching gives every prompt
-the greedy tokens `generate` gives it alone.
+cpu-small model (hidden 512, 4 layers, 8 heads, vocabulary 8,192; fp32, no gradients). Seven ways, interleaved round
+by round in one process (medians): continuous batching as it runs on the CPU (each request's queries on its own
+keys, with the mask generate builds for it; the paged cache a ring of the 10,241 keys some head reads per request);
+the same on transformers' full-attention pages, every key kept (the default before the ring); as it runs elsewhere
+(one `[1, H, Q, K]` mask for the step's flattened row); the first and third again with no bias (the model with
+`position_encoding="none"`; the second of them is transformers' own sdpa path, one `[1, 1, Q, K]` mask); `generate` on
+one left-padded batch of all sixteen; and `generate` on each prompt alone. Checked: continuous batching gives every
+prompt the greedy tokens `generate` gives it alone.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import statistics
 from functools import partial
 from pathlib import Path
+from unittest import mock
 
 import torch
 import transformers
@@ -56,6 +59,12 @@ def continuous(lm: AlibiForCausalLM, inputs: list[list[int]]) -> list[list[int]]
     return [by_prompt[tuple(prompt)] for prompt in inputs]
 
 
+def every_key(lm: AlibiForCausalLM, inputs: list[list[int]]) -> list[list[int]]:
+    """The paged cache before it forgot keys no head reads: transformers' full-attention pages, no sliding window."""
+    with mock.patch.object(lm.model, "keys_to_keep", lambda *args: None):
+        return continuous(lm, inputs)
+
+
 def one_mask(lm: AlibiForCausalLM, inputs: list[list[int]]) -> list[list[int]]:
     """What other devices run: one mask for the step's flattened row, every query against every key read."""
     alibi_paged.blocked_by_default = lambda device, dtype: False
@@ -90,6 +99,7 @@ def main() -> None:
     inputs = prompts(args.prompts, *args.lengths)
     calls = {
         "continuous batching, request by request (CPU default)": partial(continuous, alibi, inputs),
+        "continuous batching, request by request, a paged cache keeping every key": partial(every_key, alibi, inputs),
         "continuous batching, one [1, H, Q, K] mask": partial(one_mask, alibi, inputs),
         "continuous batching, no bias, request by request": partial(continuous, none, inputs),
         "continuous batching, no bias, one [1, 1, Q, K] mask (transformers' sdpa path)": partial(
