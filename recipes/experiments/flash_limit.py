@@ -4,7 +4,9 @@
     TRITON_INTERPRET=1 python recipes/experiments/flash_limit.py --device cpu --small --out /tmp/fl  # the same code
 
 1. Exactness in fp32 on the device: `alibi_triton` logits and gradients against eager with left padding, packed
-   documents and windows; greedy tokens against eager; the model under `torch.compile`, forward and backward.
+   documents and windows; greedy tokens against eager; the model under `torch.compile`, forward and backward; a
+   windowed model's continuous batching on a paged cache smaller than its requests (the ring of kept keys) against
+   `generate`.
 2. The issue's two tables side by side (gpu-350m: hidden 1024, 24 layers, 16 heads, bf16): training tokens/s at
    8 x 2,048 and 1 x 8,192, prefill seconds at 16k and 64k; every row over the limit (no bias on sdpa's flash
    kernel). Interleaved repeats (`alibi_lm.measure.run_interleaved`), medians.
@@ -24,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import ContinuousBatchingConfig, GenerationConfig
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM
 from alibi_lm.bench import build_model, environment
@@ -99,6 +102,26 @@ def exactness(device: torch.device) -> dict:
             "greedy_tokens_equal": bool(torch.equal(tokens, eager_tokens)),
         }
         print(name, out[name], flush=True)
+    return out
+
+
+def continuous_batching(device: torch.device) -> dict:
+    """A windowed model's `generate_batch` on a 64-token paged cache, two requests of 70 and 75 tokens (only a ring
+    of the keys some head reads holds them): greedy tokens against `generate` on each prompt alone."""
+    model = small_model(device, alibi_window_cutoff=4.0, alibi_max_bias=2.0)  # windows of 5 to 16 tokens
+    model.set_attn_implementation(ALIBI_FUSED)
+    generator = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(1, 256, (n,), generator=generator).tolist() for n in (40, 45)]
+    config = GenerationConfig(max_new_tokens=30, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    paged = ContinuousBatchingConfig(num_blocks=4, page_size=16, max_batch_tokens=64)
+    outputs = model.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=paged)
+    equal = []
+    for output in outputs.values():
+        ids = torch.tensor([output.prompt_ids], device=device)
+        alone = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        equal.append(output.error is None and output.generated_tokens == alone[0, ids.shape[1] :].tolist())
+    out = {"windowed_generate_batch_tokens_equal": all(equal), "requests": len(equal)}
+    print("continuous batching", out, flush=True)
     return out
 
 
@@ -287,7 +310,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     dtype = torch.float32 if args.small else torch.bfloat16
     sections = {
-        "exactness": lambda: {"exactness": exactness(device)},
+        "exactness": lambda: {"exactness": {**exactness(device), "continuous batching": continuous_batching(device)}},
         "alone": lambda: {
             "attention_alone_ms": {" x ".join(map(str, s)): attention_alone(device, s, dtype) for s in alone_shapes}
         },
