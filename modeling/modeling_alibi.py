@@ -395,7 +395,9 @@ class AlibiModel(AlibiPreTrainedModel):
             if fresh and attention_mask is None and document_ids is None:
                 cu_seq_lens = kwargs.get("cu_seq_lens_k")
                 document_ids = packed_document_ids(position_ids, cu_seq_lens, batch_size, query_length)
-            if not compiling and past_length > 0 and attention_mask is not None:
+            # Compiled, only a past length known to Python (a sliding static cache's: generate gives it a mask of
+            # the window) can pad: a static cache's is a tensor, and its mask covers every slot.
+            if (not compiling or isinstance(past_length, int)) and past_length > 0 and attention_mask is not None:
                 missing = max(0, past_length + query_length - attention_mask.shape[1])
                 attention_mask = F.pad(attention_mask, (missing, 0), value=1)  # a mask of the new tokens only
             layout = build_layout(

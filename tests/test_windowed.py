@@ -18,7 +18,7 @@ from alibi_lm.modeling.alibi_attention import windowed_alibi_attention
 from alibi_lm.modeling.alibi_blocked import WINDOWED_WORK_LIMIT, WindowedAlibi, windowed_work_ratio
 from alibi_lm.modeling.alibi_layout import build_layout
 from alibi_lm.modeling.alibi_masks import alibi_windows, get_alibi_slopes
-from tests.tiny import random_ids, tiny_config, tiny_model
+from tests.tiny import perturb, random_ids, tiny_config, tiny_model
 
 
 def naive_windowed_attention(q, k, v, slopes, windows, scale):
@@ -407,6 +407,28 @@ def test_a_windowed_model_decodes_compiled_with_a_static_cache():
         torch.compiler.reset()
         static = model.generate(ids, cache_implementation="static", compile_config=compile_config, **options)
     assert hasattr(model, "_compiled_call") and torch.equal(static, dynamic)
+
+
+def test_a_compiled_forward_reads_a_sliding_static_cache_as_eager_does():
+    # A static cache of transformers' sliding layers (a config with sliding_window, as a user may build one): generate
+    # hands each step a mask of the window only. Compiled, the forward padded it on the right as a static cache's
+    # empty tail, hiding the new token: 29 of 30 greedy tokens differed.
+    import copy
+
+    from transformers import StaticCache
+
+    model = tiny_model(alibi_max_bias=2.0, alibi_window_cutoff=4.0, attn_implementation=None)  # windows of 5-16
+    model = perturb(model, seed=1).eval()  # weights whose greedy tokens depend on what is seen
+    config = copy.deepcopy(model.config)
+    config.sliding_window = model.model.widest_window() + 1
+    ids = random_ids(1, 40, seed=3)
+    options = dict(attention_mask=torch.ones_like(ids), max_new_tokens=30, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        dynamic = model.generate(ids, **options)
+        torch.compiler.reset()
+        model.forward = torch.compile(model.forward)
+        static = model.generate(ids, cache=StaticCache(config=config, max_cache_len=80), **options)
+    assert torch.equal(static, dynamic)
 
 
 @pytest.mark.parametrize("overrides", [{"alibi_window_cutoff": 1.0}, {"alibi_max_bias": 1.0}])  # windowed; dense
