@@ -161,11 +161,21 @@ def test_a_step_with_layers_of_two_types_is_refused_by_name() -> None:
         continuous_batch_mask(tiny_model().model.position_encoding, (0, 4), masks, positions, kwargs, refuse)
 
 
-def test_a_windowed_manager_keeps_only_the_keys_some_head_reads(path, monkeypatch) -> None:
-    # Steep slopes (alibi_max_bias=2) and cutoff 4: windows of 5, 8, 11 and 16 tokens. The paged cache holds 64
-    # tokens, fewer than either request's 70 and 75: it runs them only by forgetting keys older than 16 (a sliding cache).
-    model = perturb(tiny_model(attn_implementation=None, alibi_max_bias=2.0, alibi_window_cutoff=4.0), seed=1)
-    assert model.model.keys_to_keep() == 16
+# Steep slopes (alibi_max_bias=2, 0.71 to 0.25): windowed with cutoff 4, windows of 5, 8, 11 and 16 tokens; dense on
+# the CPU, the default path drops keys past e^-40, 160 tokens back for the mildest head. (overrides, keys kept,
+# prompt lengths, paged cache blocks of 16 tokens): each cache is smaller than every request's prompt + 30 tokens.
+KEPT_KEYS = {
+    "windowed": ({"alibi_window_cutoff": 4.0}, 16, (40, 45), 4),
+    "dense on the CPU": ({}, 160, (200, 210), 12),
+}
+
+
+@pytest.mark.parametrize("case", KEPT_KEYS, ids=list(KEPT_KEYS))
+def test_a_manager_keeps_only_the_keys_some_head_reads(case, path, monkeypatch) -> None:
+    # The cache runs the requests only by forgetting older keys (a ring of pages per request).
+    overrides, kept, lengths, blocks = KEPT_KEYS[case]
+    model = perturb(tiny_model(attn_implementation=None, alibi_max_bias=2.0, **overrides), seed=1)
+    assert model.model.keys_to_keep() == kept
     windows = []
     caches = []
 
@@ -174,9 +184,9 @@ def test_a_windowed_manager_keeps_only_the_keys_some_head_reads(path, monkeypatc
         caches.append(kwargs.get("cache", kwargs.get("past_key_values")))
 
     hook = model.model.register_forward_pre_hook(record, with_kwargs=True)
-    prompts = [random_ids(1, n, seed=n)[0].tolist() for n in (40, 45)]
+    prompts = [random_ids(1, n, seed=n)[0].tolist() for n in lengths]
     config = GenerationConfig(max_new_tokens=30, do_sample=False, eos_token_id=-1, pad_token_id=0)
-    small = cb_config(num_blocks=4)
+    small = cb_config(num_blocks=blocks)
     outputs = model.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=small)
     hook.remove()
     for output in outputs.values():
@@ -184,9 +194,9 @@ def test_a_windowed_manager_keeps_only_the_keys_some_head_reads(path, monkeypatc
         tokens, logprobs = reference(model, output.prompt_ids, 30)
         assert output.generated_tokens == tokens
         torch.testing.assert_close(torch.tensor(output.logprobs), torch.tensor(logprobs), atol=1e-5, rtol=0)
-    assert set(windows) == {17} and not hasattr(model.config, "sliding_window")  # set while the manager ran only
+    assert set(windows) == {kept + 1} and not hasattr(model.config, "sliding_window")  # while the manager ran only
     (allocator,) = caches[0].cache_allocators.values()  # one ring of pages, read by index (the tokens above)
-    assert allocator.sliding_window == 17 and "update" in vars(allocator)
+    assert allocator.sliding_window == kept + 1 and "update" in vars(allocator)
     # Keeping every key, the same cache cannot hold them.
     monkeypatch.setattr(type(model.model), "keys_to_keep", lambda self, *args: None)
     outputs = model.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=small)
