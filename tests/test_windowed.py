@@ -431,6 +431,28 @@ def test_a_compiled_forward_reads_a_sliding_static_cache_as_eager_does():
     assert torch.equal(static, dynamic)
 
 
+@pytest.mark.parametrize(
+    "overrides, prompt, kept", [({"alibi_window_cutoff": 4.0}, 30, 16), ({}, 150, 160)], ids=["windowed", "dense"]
+)
+def test_a_compiled_forward_forgets_in_generate_as_an_eager_one_does(overrides, prompt, kept):
+    # A compiled forward cannot swap its cache's layers; generate's step preparation (eager) does it instead. Steep
+    # slopes (alibi_max_bias=2): windows of 5-16 tokens, or dense keys silenced past 160 on the CPU.
+    model = perturb(tiny_model(alibi_max_bias=2.0, attn_implementation=None, **overrides), seed=1).eval()
+    assert model.model.keys_to_keep() == kept
+    ids = random_ids(2, prompt, seed=3)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    options = dict(attention_mask=mask, max_new_tokens=50, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        eager = model.generate(ids, **options)
+        torch.compiler.reset()
+        model.forward = torch.compile(model.forward)
+        compiled = model.generate(ids, return_dict_in_generate=True, **options)
+    layer = compiled.past_key_values.layers[0]
+    assert type(layer).__name__ == "DynamicSlidingWindowLayer" and layer.keys.shape[-2] == kept + 1
+    assert torch.equal(compiled.sequences, eager)
+
+
 @pytest.mark.parametrize("overrides", [{"alibi_window_cutoff": 1.0}, {"alibi_max_bias": 1.0}])  # windowed; dense
 def test_a_prepared_4d_mask_after_a_sliding_cache_branches_as_after_a_full_one(overrides):
     # Three continuations of 300 cached tokens in one forward (transformers' custom 4-D mask, positions given): the
