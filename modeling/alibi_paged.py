@@ -210,16 +210,34 @@ def continuous_batch_mask(
     )
 
 
+def ring_pays(kept: int | None, windowed: bool, workload_hints, max_length: int | None) -> bool:
+    """Does a ring of the last `kept + 1` keys per request beat transformers' full pages? The ring bounds a request's
+    memory, but transformers' sliding allocator shares no blocks, so requests lose their shared prefix's cache (16
+    requests after a 768-token prefix took 2.2x as long, `recipes/experiments/continuous_batching.py
+    --shared-prefix 768` on an AMD EPYC). With the requests' sizes
+    known (`generate_batch`'s `workload_hints`; new tokens up to `max_length` where it gives none): the ring where
+    one may outgrow `kept + 1` tokens. Unknown (a manager started by hand): the ring for windowed models, whose
+    windows bound their memory as Mistral's sliding window does in transformers, and full pages for dense ALiBi,
+    whose CPU reach (10,240 tokens at a slope of 1/256) few requests pass."""
+    if kept is None:
+        return False
+    prompt = getattr(workload_hints, "max_prompt_length", 0)
+    if not prompt:
+        return windowed
+    return prompt + (getattr(workload_hints, "max_generated_length", 0) or max_length or 0) > kept + 1
+
+
 def manager_on_sdpa(model, start: Callable, generation_config, continuous_batching_config, workload_hints):
     """`start(generation_config, continuous_batching_config, workload_hints)` (transformers'
     `init_continuous_batching`) with `model` on sdpa, and back on its own attention when the manager stops.
 
     The manager takes only sdpa, its own eager or a flash kernel, and none of their paged forms but sdpa's mask takes
     a bias: `auto_switch_to_flash` is turned off, on a copy of the config given.
-    Where no head reads keys older than `keys_to_keep` (windowed ALiBi; dense ALiBi on the CPU past e^-40), the
-    config carries `sliding_window = keys_to_keep + 1` while the manager runs: its paged cache then holds at most
-    that many tokens per request (transformers' sliding allocator, a ring of pages), and a request may run longer
-    than the whole cache. The manager reads the config at every step; the attribute goes when it stops.
+    Where no head reads keys older than `keys_to_keep` (windowed ALiBi; dense ALiBi on the CPU past e^-40) and a
+    request may outgrow them (`forgets`), the config carries `sliding_window = keys_to_keep + 1` while the manager
+    runs: its paged cache then holds at most that many tokens per request (transformers' sliding allocator, a ring
+    of pages), and a request may run longer than the whole cache. The manager reads the config at every step; the
+    attribute goes when it stops.
     """
     if continuous_batching_config is None:  # transformers' deprecated place for it, else the defaults
         given = getattr(generation_config or model.generation_config, "continuous_batching_config", None)
@@ -230,7 +248,9 @@ def manager_on_sdpa(model, start: Callable, generation_config, continuous_batchi
     if original != "sdpa":
         model.set_attn_implementation("sdpa")
     kept = model.base_model.keys_to_keep()
-    forgets = kept is not None and getattr(config, "sliding_window", None) is None
+    windowed = model.base_model.widest_window() is not None
+    max_length = (generation_config or model.generation_config).max_length
+    forgets = getattr(config, "sliding_window", None) is None and ring_pays(kept, windowed, workload_hints, max_length)
     if forgets:
         config.sliding_window = kept + 1
 

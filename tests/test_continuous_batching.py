@@ -132,11 +132,16 @@ def test_a_step_without_the_sdpa_mask_is_refused_by_name() -> None:
 
 def test_prompts_sharing_a_prefix_keep_their_own_tokens(path) -> None:
     # Block sharing (on by default) may hand them one cached prefix: ALiBi keys carry no position, so it fits each.
+    # No request outgrows the 10,240 keys the CPU keeps, so the manager keeps full pages, which share blocks.
     model = perturb(tiny_model(), seed=2)
     prefix = random_ids(1, 40, seed=7)[0].tolist()  # two full 16-token pages and part of a third
     prompts = [prefix + random_ids(1, n, seed=n)[0].tolist() for n in (3, 11, 20)]
     config = GenerationConfig(max_new_tokens=6, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    caches = []
+    hook = model.model.register_forward_pre_hook(lambda m, a, kwargs: caches.append(kwargs["cache"]), with_kwargs=True)
     outputs = model.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=cb_config())
+    hook.remove()
+    assert caches[0].use_prefix_sharing and list(caches[0].cache_allocators) == ["full_attention"]
     for output in outputs.values():
         tokens, logprobs = reference(model, output.prompt_ids, 6)
         assert output.generated_tokens == tokens
@@ -201,6 +206,24 @@ def test_a_manager_keeps_only_the_keys_some_head_reads(case, path, monkeypatch) 
     monkeypatch.setattr(type(model.model), "keys_to_keep", lambda self, *args: None)
     outputs = model.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=small)
     assert all("No requests can be scheduled" in str(output.error) for output in outputs.values())
+
+
+@pytest.mark.parametrize(
+    "kept, windowed, prompt, new, max_length, ring",
+    [
+        (None, False, 9000, 9000, 20, False),  # every key read: full pages
+        (160, False, 100, 61, 20, False),  # 161 tokens: no more than a ring of 161 holds; full pages share prefixes
+        (160, False, 100, 62, 20, True),  # 162 may outgrow it: the ring
+        (160, False, 150, 0, 20, True),  # no max_new_tokens: up to max_length more
+        (16, True, 0, 0, 20, True),  # sizes unknown (a manager started by hand): windowed takes the ring
+        (10240, False, 0, 0, 20, False),  # and dense ALiBi full pages
+    ],
+)
+def test_the_ring_is_taken_where_a_request_may_outgrow_the_keys_kept(kept, windowed, prompt, new, max_length, ring):
+    from transformers.generation.continuous_batching.utils import WorkloadHints
+
+    hints = WorkloadHints(max_prompt_length=prompt, max_generated_length=new, num_requests=4) if prompt else None
+    assert alibi_paged.ring_pays(kept, windowed, hints, max_length) is ring
 
 
 def test_a_compiled_manager_gives_generates_tokens() -> None:

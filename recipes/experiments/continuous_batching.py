@@ -1,13 +1,13 @@
 """transformers' continuous batching (`generate_batch`) on an alibi-lm model, against `generate` on a padded batch.
 
     python recipes/experiments/continuous_batching.py --out recipes/results/continuous-batching.md [--rounds 3]
-        [--prompts 16 --lengths 64 1024]
+        [--prompts 16 --lengths 64 1024] [--shared-prefix 0]
 
 Sixteen prompts of 64 to 1,024 tokens by default (lengths spread evenly, shuffled), 32 greedy tokens each, on the bench's
 cpu-small model (hidden 512, 4 layers, 8 heads, vocabulary 8,192; fp32, no gradients). Seven ways, interleaved round
 by round in one process (medians): continuous batching as it runs on the CPU (each request's queries on its own
-keys, with the mask generate builds for it; the paged cache a ring of the 10,241 keys some head reads per request);
-the same on transformers' full-attention pages, every key kept (the default before the ring); as it runs elsewhere
+keys, with the mask generate builds for it; full pages, since no request outgrows the 10,241 keys some head reads);
+the same on a ring of those keys per request (what a longer request gets); as it runs elsewhere
 (one `[1, H, Q, K]` mask for the step's flattened row); the first and third again with no bias (the model with
 `position_encoding="none"`; the second of them is transformers' own sdpa path, one `[1, 1, Q, K]` mask); `generate` on
 one left-padded batch of all sixteen; and `generate` on each prompt alone. Checked: continuous batching gives every
@@ -44,10 +44,12 @@ def model(position_encoding: str) -> AlibiForCausalLM:
     return AlibiForCausalLM._from_config(config).eval()  # the default attention (ALIBI_FUSED)
 
 
-def prompts(count: int, shortest: int, longest: int) -> list[list[int]]:
+def prompts(count: int, shortest: int, longest: int, shared: int = 0) -> list[list[int]]:
+    """`count` random prompts of `shortest` to `longest` tokens, each after the same `shared` tokens."""
     generator = torch.Generator().manual_seed(0)
     lengths = torch.linspace(shortest, longest, count).long()[torch.randperm(count, generator=generator)]
-    return [torch.randint(1, 8192, (int(n),), generator=generator).tolist() for n in lengths]
+    prefix = torch.randint(1, 8192, (shared,), generator=generator).tolist()
+    return [prefix + torch.randint(1, 8192, (int(n),), generator=generator).tolist() for n in lengths]
 
 
 def continuous(lm: AlibiForCausalLM, inputs: list[list[int]]) -> list[list[int]]:
@@ -59,9 +61,10 @@ def continuous(lm: AlibiForCausalLM, inputs: list[list[int]]) -> list[list[int]]
     return [by_prompt[tuple(prompt)] for prompt in inputs]
 
 
-def every_key(lm: AlibiForCausalLM, inputs: list[list[int]]) -> list[list[int]]:
-    """The paged cache before it forgot keys no head reads: transformers' full-attention pages, no sliding window."""
-    with mock.patch.object(lm.model, "keys_to_keep", lambda *args: None):
+def ring(lm: AlibiForCausalLM, inputs: list[list[int]]) -> list[list[int]]:
+    """The paged cache as a ring of the 10,241 keys some head reads per request, which the manager takes only where a
+    request may outgrow them (`alibi_paged.ring_pays`): forced here, to weigh what it costs."""
+    with mock.patch.object(alibi_paged, "ring_pays", lambda *args: True):
         return continuous(lm, inputs)
 
 
@@ -93,13 +96,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=16, help="how many prompts")
     parser.add_argument("--lengths", type=int, nargs=2, default=(64, 1024), help="the shortest and longest prompt")
+    parser.add_argument("--shared-prefix", type=int, default=0, help="tokens every prompt begins with (default 0)")
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
     alibi, none = model("alibi"), model("none")
-    inputs = prompts(args.prompts, *args.lengths)
+    inputs = prompts(args.prompts, *args.lengths, args.shared_prefix)
     calls = {
         "continuous batching, request by request (CPU default)": partial(continuous, alibi, inputs),
-        "continuous batching, request by request, a paged cache keeping every key": partial(every_key, alibi, inputs),
+        "continuous batching, request by request, the ring of kept keys": partial(ring, alibi, inputs),
         "continuous batching, one [1, H, Q, K] mask": partial(one_mask, alibi, inputs),
         "continuous batching, no bias, request by request": partial(continuous, none, inputs),
         "continuous batching, no bias, one [1, 1, Q, K] mask (transformers' sdpa path)": partial(
@@ -122,7 +126,8 @@ def main() -> None:
         args.out,
         "Continuous batching (generate_batch) on an alibi-lm model, CPU",
         f"python recipes/experiments/continuous_batching.py --out {args.out} --rounds {args.rounds} "
-        f"--prompts {args.prompts} --lengths {args.lengths[0]} {args.lengths[1]}",
+        f"--prompts {args.prompts} --lengths {args.lengths[0]} {args.lengths[1]}"
+        + (f" --shared-prefix {args.shared_prefix}" if args.shared_prefix else ""),
         f"{len(inputs)} prompts, {prompt_tokens:,} prompt tokens in all, {NEW_TOKENS} greedy tokens each; seconds for "
         f"all of them, medians of {args.rounds} interleaved rounds; 'same tokens': each prompt's tokens equal "
         "generate's on that prompt alone.",
