@@ -213,12 +213,11 @@ def continuous_batch_mask(
 def ring_pays(kept: int | None, windowed: bool, workload_hints, max_length: int | None) -> bool:
     """Does a ring of the last `kept + 1` keys per request beat transformers' full pages? The ring bounds a request's
     memory, but transformers' sliding allocator shares no blocks, so requests lose their shared prefix's cache (16
-    requests after a 768-token prefix took 2.2x as long, `recipes/experiments/continuous_batching.py
-    --shared-prefix 768` on an AMD EPYC). With the requests' sizes
-    known (`generate_batch`'s `workload_hints`; new tokens up to `max_length` where it gives none): the ring where
-    one may outgrow `kept + 1` tokens. Unknown (a manager started by hand): the ring for windowed models, whose
-    windows bound their memory as Mistral's sliding window does in transformers, and full pages for dense ALiBi,
-    whose CPU reach (10,240 tokens at a slope of 1/256) few requests pass."""
+    requests after a 768-token prefix took 2.2x as long: `recipes/experiments/continuous_batching.py
+    --shared-prefix 768`, AMD EPYC). With the requests' sizes known (`generate_batch`'s `workload_hints`; new tokens
+    up to `max_length` where they give none): the ring where one may outgrow `kept + 1` tokens. Unknown (a manager
+    started by hand): the ring for windowed models, whose windows bound their memory as Mistral's sliding window does
+    in transformers, and full pages for dense ALiBi, whose CPU reach (10,240 tokens at a slope of 1/256) few pass."""
     if kept is None:
         return False
     prompt = getattr(workload_hints, "max_prompt_length", 0)

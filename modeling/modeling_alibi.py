@@ -469,7 +469,7 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
         start = super().init_continuous_batching
         return manager_on_sdpa(self, start, generation_config, continuous_batching_config, workload_hints)
 
-    @wraps(GenerationMixin.prepare_inputs_for_generation)  # generate reads its signature
+    @wraps(GenerationMixin.prepare_inputs_for_generation, assigned=())  # generate reads its signature
     def prepare_inputs_for_generation(self, *args, **kwargs) -> dict:
         """transformers' inputs for each step of `generate`, its cache kept to the keys some head reads here, outside
         the forward: a compiled forward cannot change the cache's layers (`AlibiModel.forget_what_no_head_sees`)."""
