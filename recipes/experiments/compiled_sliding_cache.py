@@ -16,40 +16,32 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch._dynamo.utils import counters
-from transformers import DynamicCache
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sliding_cache import FullCache, Recorder, cache_bytes  # noqa: E402
+import sliding_cache  # noqa: E402
 
 from alibi_lm import AlibiConfig, AlibiForCausalLM  # noqa: E402
 from alibi_lm.measure import write_results  # noqa: E402
 
 
 def run(model, prompt: torch.Tensor, tokens: int, full: bool) -> dict:
+    """`sliding_cache.run` (a cache's bytes and the clock every 1,024 tokens), from a fresh compilation."""
     torch.compiler.reset()
     counters.clear()
-    cache = FullCache() if full else DynamicCache(config=model.config)
-    recorder = Recorder(1024, prompt.shape[1])
-    recorder.cache = cache
-    start = time.perf_counter()
-    with torch.no_grad():
-        out = model.generate(
-            prompt, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, cache=cache,
-            stopping_criteria=[recorder], pad_token_id=0,
-        )  # fmt: skip
-    seconds = time.perf_counter() - start
-    last = recorder.rows[-1]["seconds"] - recorder.rows[-2]["seconds"]
+    result = sliding_cache.run(model, prompt, tokens, 1024, full)
+    curve = result["curve"]
     return {
-        "tokens_per_second": tokens / seconds, "last_1024_per_second": 1024 / last,
-        "cache_mib": cache_bytes(cache) / 2**20, "graphs": counters["stats"]["unique_graphs"],
-        "layers": sorted({type(layer).__name__ for layer in cache.layers}),
-        "generated": out[0, prompt.shape[1] :].tolist(),
-    }  # fmt: skip
+        "tokens_per_second": result["tokens_per_second"],
+        "last_1024_per_second": 1024 / (curve[-1]["seconds"] - curve[-2]["seconds"]),
+        "cache_mib": curve[-1]["cache_mib"],  # at the last token: what the cache holds when generate ends
+        "graphs": counters["stats"]["unique_graphs"],
+        "layers": result["cache_layers"],
+        "generated": result["generated"],
+    }
 
 
 def main() -> int:
