@@ -30,6 +30,7 @@ from transformers.generation import ContinuousBatchingConfig
 from .alibi_blocked import blocked_by_default
 from .alibi_layout import AttentionLayout
 from .alibi_masks import AlibiMask, ScoreBias
+from .configuration_alibi import RING_MARK
 
 
 def is_paged_cache(cache: object) -> bool:
@@ -236,7 +237,7 @@ def manager_on_sdpa(model, start: Callable, generation_config, continuous_batchi
     request may outgrow them (`forgets`), the config carries `sliding_window = keys_to_keep + 1` while the manager
     runs: its paged cache then holds at most that many tokens per request (transformers' sliding allocator, a ring
     of pages), and a request may run longer than the whole cache. The manager reads the config at every step; the
-    attribute goes when it stops.
+    attribute goes when it stops, and is never saved meanwhile (`RING_MARK`).
     """
     if continuous_batching_config is None:  # transformers' deprecated place for it, else the defaults
         given = getattr(generation_config or model.generation_config, "continuous_batching_config", None)
@@ -252,10 +253,13 @@ def manager_on_sdpa(model, start: Callable, generation_config, continuous_batchi
     forgets = getattr(config, "sliding_window", None) is None and ring_pays(kept, windowed, workload_hints, max_length)
     if forgets:
         config.sliding_window = kept + 1
+        setattr(config, RING_MARK, kept + 1)
 
     def restore() -> None:
         if forgets and hasattr(config, "sliding_window"):
             del config.sliding_window
+        if forgets and hasattr(config, RING_MARK):
+            delattr(config, RING_MARK)
         if original != "sdpa":
             model.set_attn_implementation(original)
 

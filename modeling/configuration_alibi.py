@@ -16,6 +16,9 @@ import transformers
 from transformers.utils import logging
 
 MIN_TRANSFORMERS_VERSION = "5.24.0"
+# Set beside a `sliding_window` that continuous batching lends the config while its manager runs (alibi_paged): a
+# window of the run, not of the model, so no save writes it.
+RING_MARK = "_continuous_batching_ring"
 
 
 def check_transformers_version(found: str = transformers.__version__) -> None:
@@ -183,6 +186,11 @@ class AlibiConfig(PreTrainedConfig):
                     "again to write both fields."
                 )
         return super().from_dict(config_dict, **kwargs)
+
+    def _remove_keys_not_serialized(self, d: dict) -> None:
+        super()._remove_keys_not_serialized(d)
+        if d.pop(RING_MARK, None) is not None:
+            d.pop("sliding_window", None)
 
     def set_train_length(self, length: int) -> None:
         """Record that the model is (now) trained at `length` tokens.

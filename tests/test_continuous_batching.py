@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -273,6 +274,24 @@ def test_a_manager_stopped_without_waiting_keeps_the_window_until_its_thread_end
     assert not hasattr(model.config, "sliding_window") and model.config._attn_implementation == "sdpa"
     result = manager.get_result("long", timeout=1)  # flushed: the request ran to its end on the sliding cache
     assert result is not None and result.error is None and len(result.generated_tokens) == 30
+
+
+def test_a_save_while_a_manager_runs_writes_the_models_config_not_the_runs_window(tmp_path) -> None:
+    model = perturb(tiny_model(alibi_max_bias=2.0, alibi_window_cutoff=4.0), seed=1)
+    config = GenerationConfig(max_new_tokens=4, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    manager = model.init_continuous_batching(generation_config=config, continuous_batching_config=cb_config())
+    try:
+        assert model.config.sliding_window == 17  # lent to transformers' paged cache for the run
+        model.save_pretrained(tmp_path / "during")
+        assert "sliding_window" not in model.config.to_dict() and "sliding_window" not in model.config.to_diff_dict()
+    finally:
+        manager.stop()
+    saved = json.loads((tmp_path / "during" / "config.json").read_text())
+    assert "sliding_window" not in saved and not any(key.startswith("_continuous") for key in saved)
+    model.save_pretrained(tmp_path / "after")
+    assert saved == json.loads((tmp_path / "after" / "config.json").read_text())
+    model.config.sliding_window = 99  # a user's own attribute is theirs to save
+    assert model.config.to_dict()["sliding_window"] == 99
 
 
 def test_sliding_reads_by_index_are_transformers_masked_scatter_row_for_row() -> None:
