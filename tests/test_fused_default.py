@@ -9,6 +9,7 @@ attn_implementation the user names is the one that runs; the bias-free generic k
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -92,19 +93,21 @@ def test_with_torch_compile_switched_off_the_default_falls_back_to_sdpa_and_says
 
     if switch == "TORCHDYNAMO_DISABLE":
         monkeypatch.setenv(switch, "1")
-    else:
-        monkeypatch.setattr(torch._dynamo.config, "disable", True)
-    alibi_masks.logger.warning_once.cache_clear()
-    model = AlibiForCausalLM(tiny_config()).eval()
-    with CaptureLogger(alibi_masks.logger) as captured:
-        assert not isinstance(mask_for(model, 64), FlexAlibiMask)
-        ids = random_ids(2, 96)
+    # torch's own patch, not monkeypatch: on torch 2.14+ monkeypatch's undo deletes the config entry, and every later
+    # compile in the process then fails ("torch._dynamo.config.disable does not exist").
+    switched_off = torch._dynamo.config.patch(disable=True) if switch == "TORCH_COMPILE_DISABLE" else nullcontext()
+    with switched_off:
+        alibi_masks.logger.warning_once.cache_clear()
+        model = AlibiForCausalLM(tiny_config()).eval()
+        with CaptureLogger(alibi_masks.logger) as captured:
+            assert not isinstance(mask_for(model, 64), FlexAlibiMask)
+            ids = random_ids(2, 96)
+            with torch.no_grad():
+                fused = model(ids).logits
+        assert (
+            captured.out.count("falls back to sdpa") == 1
+            and "TORCHDYNAMO_DISABLE or TORCH_COMPILE_DISABLE" in captured.out
+        )
+        model.set_attn_implementation("eager")
         with torch.no_grad():
-            fused = model(ids).logits
-    assert (
-        captured.out.count("falls back to sdpa") == 1
-        and "TORCHDYNAMO_DISABLE or TORCH_COMPILE_DISABLE" in captured.out
-    )
-    model.set_attn_implementation("eager")
-    with torch.no_grad():
-        torch.testing.assert_close(fused, model(ids).logits, atol=1e-5, rtol=0)
+            torch.testing.assert_close(fused, model(ids).logits, atol=1e-5, rtol=0)

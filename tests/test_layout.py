@@ -176,5 +176,27 @@ def test_the_version_is_written_once():
     assert version("alibi-lm") == alibi_lm.__version__
 
 
+# What PyPI's Linux wheels of each torch release pin (`pip install --dry-run --report` against PyPI, 2026-12-07):
+# torch 2.13.0 needs triton==3.7.1, 2.14.1 triton~=3.8.0, 2.15.0 triton~=3.9.0. A user's `pip install torch==X -e
+# ".[dev]"` resolves only if our requirements admit both; this machine's local CPU wheel pins no Triton and hid it.
+TORCH_PINS = {"2.13.0": "3.7.1", "2.14.1": "3.8.0", "2.15.0": "3.9.0"}
+
+
+@pytest.mark.parametrize(("torch_version", "triton_version"), TORCH_PINS.items())
+def test_every_extra_admits_each_torch_release_with_the_triton_it_pins(torch_version, triton_version):
+    from packaging.requirements import Requirement
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    sections = [setup["options"]["install_requires"], *setup["options.extras_require"].values()]
+    lines = [line.split("#")[0].strip() for section in sections for line in section.splitlines()]
+    requirements = [Requirement(line) for line in lines if line]
+    requirements = [requirement for requirement in requirements if requirement.name in ("torch", "triton")]
+    assert {requirement.name for requirement in requirements} == {"torch", "triton"}
+    for requirement in requirements:
+        wanted = torch_version if requirement.name == "torch" else triton_version
+        assert requirement.specifier.contains(wanted), f"{requirement} refuses {requirement.name} {wanted}"
+
+
 def test_every_position_encoding_name_has_its_class():
     assert set(alibi_encodings.POSITION_ENCODING_CLASSES) == set(configuration_alibi.POSITION_ENCODINGS)
