@@ -198,5 +198,25 @@ def test_every_extra_admits_each_torch_release_with_the_triton_it_pins(torch_ver
         assert requirement.specifier.contains(wanted), f"{requirement} refuses {requirement.name} {wanted}"
 
 
+def test_the_python_floor_is_one_our_requirements_install_on():
+    # transformers 5.21 and later need Python 3.11 (`Requires-Python: >=3.11.0` in 5.24's wheel), so on 3.10 pip found
+    # no transformers >= 5.24 and said only that; the floor we state must be one every requirement accepts.
+    from importlib.metadata import metadata
+
+    from packaging.specifiers import SpecifierSet
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    ours = SpecifierSet(setup["options"]["python_requires"])
+    floor = min(spec.version for spec in ours if spec.operator == ">=")
+    for package in ("transformers", "torch", "accelerate", "datasets"):
+        needed = SpecifierSet(metadata(package).get("Requires-Python") or "")
+        assert needed.contains(floor), (
+            f"python_requires {ours} admits Python {floor}, which {package} refuses ({needed})"
+        )
+    ruff = (ROOT / ".ci" / "ruff.toml").read_text()
+    assert f'target-version = "py{floor.replace(".", "")}"' in ruff
+
+
 def test_every_position_encoding_name_has_its_class():
     assert set(alibi_encodings.POSITION_ENCODING_CLASSES) == set(configuration_alibi.POSITION_ENCODINGS)
