@@ -253,13 +253,12 @@ def manager_on_sdpa(model, start: Callable, generation_config, continuous_batchi
     forgets = getattr(config, "sliding_window", None) is None and ring_pays(kept, windowed, workload_hints, max_length)
     if forgets:
         config.sliding_window = kept + 1
-        setattr(config, RING_MARK, kept + 1)
+        setattr(config, RING_MARK, True)
 
     def restore() -> None:
-        if forgets and hasattr(config, "sliding_window"):
-            del config.sliding_window
-        if forgets and hasattr(config, RING_MARK):
-            delattr(config, RING_MARK)
+        for name in ("sliding_window", RING_MARK) if forgets else ():
+            if hasattr(config, name):
+                delattr(config, name)
         if original != "sdpa":
             model.set_attn_implementation(original)
 

@@ -189,7 +189,7 @@ class AlibiConfig(PreTrainedConfig):
 
     def _remove_keys_not_serialized(self, d: dict) -> None:
         super()._remove_keys_not_serialized(d)
-        if d.pop(RING_MARK, None) is not None:
+        if d.pop(RING_MARK, False):
             d.pop("sliding_window", None)
 
     def set_train_length(self, length: int) -> None:

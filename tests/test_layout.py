@@ -17,6 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "alibi_lm"
 
 
+def setup_cfg() -> configparser.ConfigParser:
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    return setup
+
+
 def package_files() -> list[Path]:
     """The package's files; pathlib's rglob does not enter the link to modeling/, so that folder is added."""
     return sorted({*PACKAGE.rglob("*.py"), *(PACKAGE / "modeling").glob("*.py")})
@@ -126,8 +132,7 @@ def test_no_private_name_of_our_own_crosses_modules():
 
 def test_an_import_path_is_a_disk_path():
     # No package_dir mapping beyond src/: alibi_lm.X is src/alibi_lm/X, the modeling folder included (a link).
-    setup = configparser.ConfigParser()
-    setup.read(ROOT / "setup.cfg")
+    setup = setup_cfg()
     mapping = [line.strip() for line in setup["options"]["package_dir"].splitlines() if line.strip()]
     assert mapping == ["= src"]
     link = PACKAGE / "modeling"
@@ -166,8 +171,7 @@ def test_each_fact_lives_in_one_place(what, pattern, home):
 
 
 def test_the_version_is_written_once():
-    setup = configparser.ConfigParser()
-    setup.read(ROOT / "setup.cfg")
+    setup = setup_cfg()
     assert setup["metadata"]["version"] == "attr: alibi_lm.__version__"
     from importlib.metadata import version
 
@@ -186,8 +190,7 @@ TORCH_PINS = {"2.13.0": "3.7.1", "2.14.1": "3.8.0", "2.15.0": "3.9.0"}
 def test_every_extra_admits_each_torch_release_with_the_triton_it_pins(torch_version, triton_version):
     from packaging.requirements import Requirement
 
-    setup = configparser.ConfigParser()
-    setup.read(ROOT / "setup.cfg")
+    setup = setup_cfg()
     sections = [setup["options"]["install_requires"], *setup["options.extras_require"].values()]
     lines = [line.split("#")[0].strip() for section in sections for line in section.splitlines()]
     requirements = [Requirement(line) for line in lines if line]
@@ -205,8 +208,7 @@ def test_the_python_floor_is_one_our_requirements_install_on():
 
     from packaging.specifiers import SpecifierSet
 
-    setup = configparser.ConfigParser()
-    setup.read(ROOT / "setup.cfg")
+    setup = setup_cfg()
     ours = SpecifierSet(setup["options"]["python_requires"])
     floor = min(spec.version for spec in ours if spec.operator == ">=")
     for package in ("transformers", "torch", "accelerate", "datasets"):
