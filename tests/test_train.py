@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, TrainingArguments
 
 from alibi_lm import AlibiForCausalLM, cli
-from alibi_lm.blocks import build_lm_datasets
+from alibi_lm.blocks import build_lm_datasets, train_bpe_tokenizer
 from alibi_lm.checkpoints import FINAL_STAGED, StartPlan, prepare_output_dir
 from alibi_lm.data import DataArguments, wikipedia_texts
 from alibi_lm.integrity import verify_checksums
@@ -364,10 +365,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_see_different_data_and_end_with_identical_weights(workdir):
+@pytest.mark.parametrize("streaming", [False, True])
+def test_two_processes_see_different_data_and_end_with_identical_weights(workdir, streaming):
     driver = workdir / "driver.py"
     driver.write_text(textwrap.dedent(DRIVER))
-    recipe = tiny_recipe(workdir, "ddp", max_steps=8, save_steps=8, per_device_train_batch_size=2, packing=True)
+    name = f"ddp-{'streaming' if streaming else 'map'}"
+    stream = {}
+    if streaming:  # a stream cannot train a tokenizer; process 0 reads it and hands each rank its share of a batch
+        tokenizer = train_bpe_tokenizer(Dataset.from_dict({"text": wikipedia_texts("train")[:300]}), vocab_size=320)
+        tokenizer.save_pretrained(workdir / "tokenizer")
+        stream = {"streaming": True, "tokenizer_name": str(workdir / "tokenizer")}
+    recipe = tiny_recipe(
+        workdir, name, max_steps=8, save_steps=8, per_device_train_batch_size=2, packing=True, **stream
+    )
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(ROOT / "recipes" / "accelerate" / "multi-gpu.yaml"),
@@ -379,7 +389,7 @@ def test_two_processes_see_different_data_and_end_with_identical_weights(workdir
     done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
 
-    out = workdir / "ddp"
+    out = workdir / name
     probes = [json.loads((out / f"probe-{rank}.json").read_text()) for rank in (0, 1)]
     assert [p["world_size"] for p in probes] == [2, 2]
     assert all(p["packed"] for p in probes)  # document_ids reach the model's forward

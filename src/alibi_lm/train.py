@@ -402,10 +402,28 @@ def check_sharding_supported(training_args: TrainingArguments) -> None:
         )
 
 
+def check_streaming_supported(model_args: Any, data_args: DataArguments, training_args: TrainingArguments) -> None:
+    """A stream has no length and cannot train a tokenizer: say so before anything is read or written."""
+    if not data_args.streaming:
+        return
+    if training_args.max_steps <= 0:
+        raise ValueError(
+            "streaming needs max_steps: a stream has no length, so Trainer cannot turn num_train_epochs into steps. "
+            "Set --max_steps N (one step reads per_device_train_batch_size x gradient_accumulation_steps x processes "
+            "blocks)."
+        )
+    if not model_args.tokenizer_name and not model_args.model_name_or_path:
+        raise ValueError(
+            "streaming needs a tokenizer: set tokenizer_name (or model_name_or_path). A BPE is trained on the whole "
+            "training split, which a stream does not hold; train one without streaming or with `tokenizers`."
+        )
+
+
 def _train(
     model_args: Any, data_args: DataArguments, training_args: TrainingArguments, callbacks: Sequence[TrainerCallback]
 ) -> TrainResult:
     check_sharding_supported(training_args)
+    check_streaming_supported(model_args, data_args, training_args)
     output_dir = Path(training_args.output_dir)
     # Decide first (every process reads the same folder), change the folder only after: a run that refuses to
     # start leaves everything as it found it.
@@ -435,7 +453,7 @@ def _train(
             # The length the model was (last) trained at; a context derived from it moves with it. (For other
             # architectures max_position_embeddings sizes a position table, so it stays as it is.)
             config.set_train_length(block_size)
-        blocks = build_lm_datasets(data_args, tokenizer, block_size, raw=raw)
+        blocks = build_lm_datasets(data_args, tokenizer, block_size, raw=raw, seed=training_args.seed)
 
     # A checkpoint at max_steps is a finished run whose final save was cut short. Trainer would train one step past
     # max_steps from it (transformers 5.24 checks the step count only after a step), so it is saved as it is.

@@ -1,0 +1,271 @@
+"""Streaming: `streaming: true` trains on text read as training needs it (alibi_lm.data, alibi_lm.blocks)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from alibi_lm import blocks
+from alibi_lm.blocks import build_lm_datasets, stream_lm_blocks, tokenize_and_group, train_bpe_tokenizer
+from alibi_lm.data import DataArguments, load_raw_datasets, wikipedia_texts
+from alibi_lm.train import parse_recipe, train
+
+from .test_big_inputs import prose
+from .test_train import KillAt
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """400 Wikipedia summaries as JSON lines (with a second column), and a BPE trained on them, saved."""
+    root = tmp_path_factory.mktemp("stream")
+    texts = wikipedia_texts("train")[:400]
+    with open(root / "train.jsonl", "w") as f:
+        for number, text in enumerate(texts):
+            f.write(json.dumps({"text": text, "number": number}) + "\n")
+            if number % 50 == 0:
+                f.write(json.dumps({"text": "   ", "number": -1}) + "\n")  # blank documents are dropped
+    train_bpe_tokenizer(Dataset.from_dict({"text": texts}), vocab_size=320).save_pretrained(root / "tokenizer")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(corpus / "tokenizer")
+
+
+def stream_args(corpus: Path, **overrides) -> DataArguments:
+    return DataArguments(
+        train_file=str(corpus / "train.jsonl"), streaming=True, **{"validation_documents": 20, **overrides}
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Blocks
+
+
+def test_a_stream_is_read_lazily_and_holds_out_its_first_documents(corpus):
+    raw = load_raw_datasets(stream_args(corpus, validation_documents=7))
+    assert all(isinstance(split, IterableDataset) for split in raw.values())
+    numbers = [record["number"] for record in raw["validation"]]
+    assert numbers == [0, -1, 1, 2, 3, 4, 5]  # the file's first 7 records, the blank one included
+    assert next(iter(raw["train"]))["number"] == 6
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_a_stream_cuts_the_blocks_the_map_path_cuts(corpus, tokenizer, tmp_path, packing):
+    # Under 1,000 documents the map path groups in one batch, so it drops only the last tail, as a stream does.
+    texts = wikipedia_texts("train")[:400]
+    mapped = tokenize_and_group(
+        DatasetDict({"train": Dataset.from_dict({"text": texts})}), tokenizer, 32, packing=packing, cache_dir=tmp_path
+    )["train"]
+    streamed = stream_lm_blocks(
+        IterableDatasetDict({"train": Dataset.from_dict({"text": texts}).to_iterable_dataset()}),
+        tokenizer,
+        32,
+        packing=packing,
+    )["train"]
+    rows = list(streamed)
+    assert len(rows) == len(mapped) > 400
+    assert rows == mapped.to_list()
+
+
+def test_a_stream_carries_each_tail_into_the_next_block(corpus, tokenizer):
+    # More documents than one tokenizer call takes: the blocks are the whole token stream, cut every 32 tokens.
+    texts = wikipedia_texts("train")[:400]
+    assert len(texts) > 3 * blocks.STREAM_TOKENIZE_ROWS
+    eos = tokenizer.eos_token_id
+    stream = [token for text in texts for token in [*tokenizer(text)["input_ids"], eos]]
+    raw = load_raw_datasets(stream_args(corpus, validation_documents=1))
+    rows = list(stream_lm_blocks(raw, tokenizer, 32)["train"])
+    first = len(tokenizer(texts[0])["input_ids"]) + 1  # the held-out document
+    expected = stream[first:]
+    assert [token for row in rows for token in row["input_ids"]] == expected[: len(expected) // 32 * 32]
+    assert all(row["labels"] == row["input_ids"] for row in rows)
+
+
+def test_packed_pieces_of_a_long_document_are_one_document_in_both_paths(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setattr(blocks, "TEXT_PIECE_CHARS", 997)
+    texts = ["short one", prose(6000, seed=3), "another short one"]
+    raw = DatasetDict({"train": Dataset.from_dict({"text": texts})})
+    stream = IterableDatasetDict({"train": raw["train"].to_iterable_dataset()})
+    streamed = list(stream_lm_blocks(stream, tokenizer, 64, packing=True)["train"])
+    mapped = tokenize_and_group(raw, tokenizer, 64, packing=True, cache_dir=tmp_path)["train"].to_list()
+    assert len(streamed) > 6  # the long document spans several pieces and blocks
+    for rows in (streamed, mapped):
+        ids = [document for row in rows for document in row["document_ids"]]
+        starts = [row["document_ids"][0] for row in rows]
+        assert starts == [0] * len(rows)
+        # Inside the long document (every block but the first and last) one id: pieces are not documents.
+        assert all(set(row["document_ids"]) == {0} for row in rows[1:-1])
+        assert max(ids) <= 1
+    # The map path groups 8 pieces per batch and drops each batch's tail; up to the first tail the blocks agree.
+    assert streamed[:8] == mapped[:8]
+
+
+def test_streaming_limits_repeats_and_shuffles_the_training_blocks(corpus, tokenizer):
+    ordered = build_lm_datasets(stream_args(corpus, shuffle_buffer_size=0, max_eval_samples=3), tokenizer, 32)
+    assert len(list(ordered["validation"])) == 3
+    train = [row["input_ids"] for row in ordered["train"]]
+    shuffled = build_lm_datasets(stream_args(corpus, shuffle_buffer_size=50), tokenizer, 32, seed=1)["train"]
+    again = build_lm_datasets(stream_args(corpus, shuffle_buffer_size=50), tokenizer, 32, seed=1)["train"]
+    order = [row["input_ids"] for row in shuffled]
+    assert order != train and sorted(order) == sorted(train)  # the same blocks in another order
+    assert order == [row["input_ids"] for row in again]  # seeded
+    shuffled.set_epoch(1)  # Trainer does this at each pass
+    assert [row["input_ids"] for row in shuffled] != order
+    repeated = build_lm_datasets(
+        stream_args(corpus, shuffle_buffer_size=0, max_train_samples=40, repeat_span_fraction=1.0), tokenizer, 32
+    )["train"]
+    rows = list(repeated)
+    assert len(rows) == 40 and all(-100 in row["labels"] for row in rows)
+    assert all(row["input_ids"] != plain for row, plain in zip(rows, train))
+
+
+def test_a_local_dataset_folder_streams_through_the_hub_path(corpus, tokenizer, tmp_path):
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text((corpus / "train.jsonl").read_text())
+    raw = load_raw_datasets(DataArguments(dataset_name=str(folder), streaming=True, validation_documents=5))
+    assert isinstance(raw["train"], IterableDataset)
+    assert [r["number"] for r in raw["validation"]] == [0, -1, 1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"validation_documents": 0}, "validation_documents must be at least 1"),
+        ({"shuffle_buffer_size": -1}, "shuffle_buffer_size must be 0"),
+        ({"preprocessing_num_workers": 2}, "preprocessing_num_workers does not apply with streaming"),
+    ],
+)
+def test_bad_streaming_arguments_are_named(corpus, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        stream_args(corpus, **overrides)
+
+
+def test_a_bad_stream_is_named_before_training(corpus, tokenizer, tmp_path):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "fine"}\n{"text": unquoted}\n')
+    with pytest.raises(ValueError, match=r"Could not read the train split of train_file .*broken\.jsonl.*JSON"):
+        load_raw_datasets(DataArguments(train_file=str(broken), streaming=True))
+    numbers = tmp_path / "numbers.jsonl"
+    numbers.write_text('{"text": 5}\n')
+    with pytest.raises(ValueError, match="column 'text' holds int values, not text"):
+        load_raw_datasets(DataArguments(train_file=str(numbers), streaming=True))
+    with pytest.raises(ValueError, match=r"no column 'body'; its columns are \['number', 'text'\]"):
+        load_raw_datasets(stream_args(corpus, text_column="body"))
+    later = tmp_path / "later.jsonl"
+    later.write_text('{"text": "fine words here"}\n{"text": 5}\n' * 3)
+    raw = load_raw_datasets(DataArguments(train_file=str(later), streaming=True, validation_documents=1))
+    with pytest.raises(ValueError, match=r"A record's 'text' holds int \('5'\), not text"):
+        list(stream_lm_blocks(raw, tokenizer, 4)["train"])
+    short = tmp_path / "short.jsonl"
+    short.write_text('{"text": "a few words"}\n' * 3)
+    with pytest.raises(ValueError, match="training stream is shorter than one block of 512 tokens"):
+        build_lm_datasets(DataArguments(train_file=str(short), streaming=True, validation_documents=1), tokenizer, 512)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def stream_recipe(corpus: Path, out: Path, **values) -> Path:
+    recipe = {
+        "train_file": str(corpus / "train.jsonl"),
+        "streaming": True,
+        "validation_documents": 20,
+        "tokenizer_name": str(corpus / "tokenizer"),
+        "output_dir": str(out),
+        "vocab_size": 320,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "block_size": 32,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 8,
+        "max_eval_samples": 8,
+        "learning_rate": 3e-3,
+        "max_steps": 6,
+        "logging_steps": 1,
+        "save_steps": 3,
+        "disable_tqdm": True,
+        "dataloader_pin_memory": False,
+        "report_to": "none",
+        "seed": 0,
+        **values,
+    }
+    path = out.with_suffix(".yaml")
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def losses(result) -> list[float]:
+    return [entry["loss"] for entry in result.log_history if "loss" in entry]
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"max_steps": -1}, "streaming needs max_steps"),
+        ({"tokenizer_name": None}, "streaming needs a tokenizer"),
+    ],
+)
+def test_a_stream_that_cannot_train_refuses_before_touching_the_folder(corpus, tmp_path, values, message):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=message):
+        train(*parse_recipe(stream_recipe(corpus, out, **values)))
+    assert not out.exists()
+
+
+def test_streaming_trains_evaluates_packs_and_resumes_to_the_same_weights(corpus, tmp_path):
+    whole = train(*parse_recipe(stream_recipe(corpus, tmp_path / "whole", eval_strategy="steps", eval_steps=3)))
+    assert whole.global_step == 6 and len(losses(whole)) == 6
+    assert [e["step"] for e in whole.log_history if "eval_loss" in e][:2] == [3, 6]
+    assert all(torch.isfinite(torch.tensor(losses(whole))))
+    reloaded = AutoModelForCausalLM.from_pretrained(whole.output_dir)
+    assert reloaded.config.train_length == 32
+
+    # Killed in step 4, resumed from checkpoint-3: the stream is read again and its first 3 batches skipped.
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train(*parse_recipe(stream_recipe(corpus, cut)), callbacks=[KillAt(4)])
+    resumed = train(*parse_recipe(stream_recipe(corpus, cut), ["--resume_from_checkpoint", str(cut / "checkpoint-3")]))
+    assert losses(resumed)[-3:] == pytest.approx(losses(whole)[3:], abs=1e-5)
+    final = AutoModelForCausalLM.from_pretrained(resumed.output_dir).state_dict()
+    for name, tensor in reloaded.state_dict().items():
+        torch.testing.assert_close(final[name], tensor, atol=1e-6, rtol=0, msg=name)
+
+    # document_ids reach the model: the same blocks in the same order, packed, give other losses.
+    packed = train(*parse_recipe(stream_recipe(corpus, tmp_path / "packed", packing=True, save_strategy="no")))
+    assert losses(packed) != pytest.approx(losses(whole), abs=1e-4)
+
+
+def test_a_dataloader_worker_reads_the_stream(corpus, tmp_path):
+    # A stream is one shard: one worker tokenizes it beside training and hands over every block once.
+    seen: list[list[int]] = []
+
+    class Record(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            model.register_forward_pre_hook(
+                lambda module, args, kwargs: seen.extend(kwargs["input_ids"].tolist()) if module.training else None,
+                with_kwargs=True,
+            )
+
+    recipe = stream_recipe(corpus, tmp_path / "worker", dataloader_num_workers=1, max_steps=3, save_strategy="no")
+    result = train(*parse_recipe(recipe), callbacks=[Record()])
+    assert result.global_step == 3 and all(math.isfinite(loss) for loss in losses(result))
+    assert len(seen) == 12 and len({tuple(row) for row in seen}) == 12
