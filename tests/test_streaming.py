@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -137,6 +140,35 @@ def test_a_local_dataset_folder_streams_through_the_hub_path(corpus, tokenizer, 
     raw = load_raw_datasets(DataArguments(dataset_name=str(folder), streaming=True, validation_documents=5))
     assert isinstance(raw["train"], IterableDataset)
     assert [r["number"] for r in raw["validation"]] == [0, -1, 1, 2, 3]
+
+
+@pytest.fixture()
+def served(corpus):
+    """The corpus folder on a local HTTP server (the stand-in for a remote file: https://, hf://, s3://)."""
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(corpus))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_data_file_url_is_read_by_datasets(served, tmp_path, streaming):
+    args = DataArguments(
+        train_file=f"{served}/train.jsonl?version=1",  # the suffix is the URL path's, not the query's
+        streaming=streaming,
+        validation_documents=3,
+        validation_split_percentage=1,
+        cache_dir=str(tmp_path),
+    )
+    raw = load_raw_datasets(args)
+    assert [record["number"] for record in raw["validation"]][:3] == [0, -1, 1]
+    assert sum(1 for _ in raw["train"]) + sum(1 for _ in raw["validation"]) == 408
+    with pytest.raises(FileNotFoundError, match=r"127\.0\.0\.1:\d+/missing\.jsonl"):
+        raw = load_raw_datasets(DataArguments(train_file=f"{served}/missing.jsonl", streaming=streaming))
+        next(iter(raw["train"]))
 
 
 # ---------------------------------------------------------------------------------------------------------------

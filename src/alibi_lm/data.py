@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import datasets
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
@@ -45,7 +46,10 @@ class DataArguments:
         default=None,
         metadata={"help": f"The Hub dataset config; for '{OFFLINE_WIKIPEDIA}', a topic such as 'Mathematics'."},
     )
-    train_file: str | None = field(default=None, metadata={"help": "Local .txt/.json/.jsonl/.parquet/.csv file."})
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "A .txt/.json/.jsonl/.parquet/.csv file: a local path or a URL (https://, hf://, fsspec)."},
+    )
     validation_file: str | None = field(default=None, metadata={"help": "Local validation file, same formats."})
     test_file: str | None = field(default=None, metadata={"help": "Local test file, same formats."})
     text_column: str = field(default="text", metadata={"help": "The column holding the text."})
@@ -235,8 +239,13 @@ def wikipedia_texts(split: str = "test", topic: str | None = None) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def is_remote(path: str) -> bool:
+    """Whether `path` is a URL (https://, hf://, s3://, ...) that datasets reads through fsspec, not a local file."""
+    return "://" in path
+
+
 def _builder_for(path: str) -> str:
-    suffix = Path(path).suffix.lower()
+    suffix = Path(urlparse(path).path if is_remote(path) else path).suffix.lower()
     if suffix not in _BUILDERS:
         raise ValueError(f"Unsupported data file type {suffix!r} for {path}; use one of {sorted(_BUILDERS)}.")
     return _BUILDERS[suffix]
@@ -304,7 +313,8 @@ def load_raw_datasets(data_args: DataArguments) -> DatasetDict | IterableDataset
         files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
         data_files = {split: path for split, path in files.items() if path is not None}
         for split, path in data_files.items():
-            check_data_file(path, split)
+            if not is_remote(path):  # a URL is datasets' to fetch; it names one that is not there
+                check_data_file(path, split)
         builders = {_builder_for(path) for path in data_files.values()}
         if len(builders) > 1:
             raise ValueError(f"All data files must have the same format, got {sorted(builders)}.")
