@@ -171,6 +171,42 @@ def test_a_data_file_url_is_read_by_datasets(served, tmp_path, streaming):
         next(iter(raw["train"]))
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_glob_reads_a_corpus_in_many_files_in_sorted_order(corpus, tokenizer, tmp_path, streaming):
+    lines = (corpus / "train.jsonl").read_text().splitlines(keepends=True)
+    shards = tmp_path / "shards"
+    (shards / "more").mkdir(parents=True)
+    for number, start in enumerate(range(0, len(lines), 100)):  # written out of order: the glob sorts them
+        folder = shards / "more" if number % 2 else shards
+        (folder / f"part-{4 - number}.jsonl").write_text("".join(lines[start : start + 100]))
+    pattern = str(shards / "**" / "part-*.jsonl")
+    args = DataArguments(
+        train_file=pattern, streaming=streaming, validation_documents=3, validation_split_percentage=1
+    )
+    raw = load_raw_datasets(args)
+    if streaming:
+        assert raw["train"].num_shards == 5  # one shard per file
+    # Sorted paths: more/part-1 (lines 300-399), more/part-3 (100-199), part-0 (400-), part-2, part-4 (0-99).
+    first = json.loads(lines[300])["number"]
+    assert next(iter(raw["validation"]))["number"] == first
+    assert sum(1 for _ in raw["train"]) + sum(1 for _ in raw["validation"]) == len(lines)
+    if streaming:
+        # datasets' `skip` on a stream of many shards skips per shard once the shards are split among DataLoader
+        # workers (datasets 5.2: held-out documents trained on, others lost). The blocks are cut from the whole
+        # stream in one worker, so training sees exactly the documents after the held-out ones, in order.
+        order = [json.loads(line) for start in (300, 100, 400, 200, 0) for line in lines[start : start + 100]]
+        texts = [record["text"] for record in order[3:] if record["text"].strip()]
+        stream = [token for text in texts for token in [*tokenizer(text)["input_ids"], tokenizer.eos_token_id]]
+        loader = torch.utils.data.DataLoader(stream_lm_blocks(raw, tokenizer, 32)["train"], None, num_workers=2)
+        blocks = [token for row in loader for token in row["input_ids"]]
+        assert [int(token) for token in blocks] == stream[: len(stream) // 32 * 32]
+    with pytest.raises(FileNotFoundError, match=r"train data file pattern '.*nothing-\*\.jsonl' matches no file"):
+        load_raw_datasets(DataArguments(train_file=str(shards / "nothing-*.jsonl"), streaming=streaming))
+    (shards / "part-9.jsonl").write_text("")
+    with pytest.raises(ValueError, match=r"train data file .*part-9\.jsonl is empty"):
+        load_raw_datasets(DataArguments(train_file=pattern.replace("**/", ""), streaming=streaming))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Bad input
 

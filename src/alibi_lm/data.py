@@ -15,6 +15,7 @@ ALiBi is trained on blocks of a fixed length L and evaluated past it; this modul
 from __future__ import annotations
 
 import codecs
+import glob
 import hashlib
 import importlib.util
 import json
@@ -244,6 +245,22 @@ def is_remote(path: str) -> bool:
     return "://" in path
 
 
+def matching_files(path: str, split: str = "train") -> list[str]:
+    """`path`, or the local files a glob pattern in it (`*`, `?`, `[...]`, `**`) matches, sorted: one per shard.
+
+    A corpus in many files streams as many shards; the sorted order makes the document order, and so the held-out
+    documents, the same on every machine.
+    """
+    if is_remote(path) or not any(char in path for char in "*?["):
+        return [path]
+    matches = sorted(
+        match for match in glob.glob(os.path.expanduser(path), recursive=True) if not Path(match).is_dir()
+    )
+    if not matches:
+        raise FileNotFoundError(f"The {split} data file pattern {path!r} matches no file.")
+    return matches
+
+
 def _builder_for(path: str) -> str:
     suffix = Path(urlparse(path).path if is_remote(path) else path).suffix.lower()
     if suffix not in _BUILDERS:
@@ -311,18 +328,20 @@ def load_raw_datasets(data_args: DataArguments) -> DatasetDict | IterableDataset
         source = f"dataset {data_args.dataset_name!r}"
     elif data_args.train_file is not None:
         files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
-        data_files = {split: path for split, path in files.items() if path is not None}
-        for split, path in data_files.items():
-            if not is_remote(path):  # a URL is datasets' to fetch; it names one that is not there
-                check_data_file(path, split)
-        builders = {_builder_for(path) for path in data_files.values()}
+        given = {split: path for split, path in files.items() if path is not None}
+        data_files = {split: matching_files(path, split) for split, path in given.items()}
+        for split, paths in data_files.items():
+            for path in paths:
+                if not is_remote(path):  # a URL is datasets' to fetch; it names one that is not there
+                    check_data_file(path, split)
+        builders = {_builder_for(path) for paths in data_files.values() for path in paths}
         if len(builders) > 1:
             raise ValueError(f"All data files must have the same format, got {sorted(builders)}.")
         builder = builders.pop()
         load_kwargs: dict[str, Any] = {"path": builder, "data_files": data_files}
         if builder == "text":
             load_kwargs["sample_by"] = data_args.text_sample_by
-        source = ", ".join(f"{split}_file {path}" for split, path in data_files.items())
+        source = ", ".join(f"{split}_file {path}" for split, path in given.items())
         with _naming_read_errors(f"Could not read {source} as {builder}"):
             raw = datasets.load_dataset(**load_kwargs, cache_dir=data_args.cache_dir, streaming=data_args.streaming)
     else:
@@ -404,8 +423,10 @@ __all__ = [
     "OFFLINE_WIKIPEDIA",
     "DataArguments",
     "check_data_file",
+    "is_remote",
     "load_offline_wikipedia",
     "load_raw_datasets",
+    "matching_files",
     "wikipedia_text_path",
     "wikipedia_texts",
 ]
