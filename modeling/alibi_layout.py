@@ -220,3 +220,42 @@ def sliding_layer(layer: DynamicLayer, kept: int) -> DynamicSlidingWindowLayer:
     sliding.keys, sliding.values = layer.keys[:, :, -kept:], layer.values[:, :, -kept:]
     sliding.cumulative_length = layer.get_seq_length()
     return sliding
+
+
+class StaticCacheForgets:
+    """`generate(cache_implementation="static")` sized to what some head still reads: a mixin before GenerationMixin.
+
+    Where no head reads a key older than `keys_to_keep` (windowed ALiBi; dense ALiBi on the CPU past e^-40) and the
+    generation may run longer, transformers' static cache is built of its sliding layers, `keys_to_keep + 1` tokens
+    each, instead of `max_length` tokens: the config carries `sliding_window` only while the cache is built. Not where
+    generate compiles the forward (on accelerators, or with `compile_config._compile_all_devices`): those layers give
+    the forward their offset as a Python int, a new graph at every step, so the cache stays whole there.
+    """
+
+    _generate_compiles = False
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        compile_config = generation_config.compile_config
+        accelerator = self.device.type in ("cuda", "xpu", "neuron", "tpu", "mps")  # as `_valid_auto_compile_criteria`
+        self._generate_compiles = not generation_config.disable_compile and (
+            accelerator or bool(compile_config is not None and compile_config._compile_all_devices)
+        )
+        try:
+            return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        finally:
+            self._generate_compiles = False
+
+    def _prepare_static_cache(self, cache_implementation, batch_size, max_cache_len, prefill_chunk_size, model_kwargs):
+        config, kept = self.config, self.base_model.keys_to_keep()
+        length = max(max_cache_len, getattr(self, "_previous_max_cache_length", -1))
+        lend = kept is not None and 0 < kept < length - 1 and getattr(config, "sliding_window", None) is None
+        lend = lend and not self._generate_compiles
+        if lend:
+            config.sliding_window = kept + 1
+        try:
+            return super()._prepare_static_cache(
+                cache_implementation, batch_size, max_cache_len, prefill_chunk_size, model_kwargs
+            )
+        finally:
+            if lend:
+                del config.sliding_window

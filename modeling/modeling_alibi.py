@@ -52,7 +52,14 @@ from .alibi_attention import ALIBI_KERNELS, ALL_ATTENTION_FUNCTIONS, UNSUPPORTED
 from .alibi_blocked import ALIBI_UNDERFLOW_CUTOFF, PatternCache, alibi_window_values, blocked_by_default
 from .alibi_encodings import POSITION_ENCODING_CLASSES, AlibiPositionalBias
 from .alibi_inputs import validate_inputs
-from .alibi_layout import AttentionLayout, build_layout, custom_mask_layout, forget_old_keys, packed_document_ids
+from .alibi_layout import (
+    AttentionLayout,
+    StaticCacheForgets,
+    build_layout,
+    custom_mask_layout,
+    forget_old_keys,
+    packed_document_ids,
+)
 from .alibi_masks import ALIBI_FUSED, AlibiMask, Fused, create_alibi_mask, get_alibi_slopes
 from .alibi_paged import continuous_batch_mask, is_paged_cache, manager_on_sdpa, read_sliding_cache_by_index
 
@@ -443,7 +450,7 @@ class AlibiModel(AlibiPreTrainedModel):
         return BaseModelOutputWithPast(last_hidden_state=hidden_states)
 
 
-class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
+class AlibiForCausalLM(AlibiPreTrainedModel, StaticCacheForgets, GenerationMixin):
     """The ALiBi decoder with a language-modelling head."""
 
     _auto_class = "AutoModelForCausalLM"

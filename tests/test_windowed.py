@@ -474,3 +474,45 @@ def test_a_prepared_4d_mask_after_a_sliding_cache_branches_as_after_a_full_one(o
     with torch.no_grad():  # each branch alone, after the prefix
         alone = model(torch.cat([ids.expand(3, -1), ends.T], dim=1)).logits[:, -1]
     torch.testing.assert_close(results[1][0], alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize(
+    "overrides, prompt, kept", [({"alibi_window_cutoff": 4.0}, 30, 16), ({}, 150, 160)], ids=["windowed", "dense"]
+)
+def test_generate_builds_a_static_cache_of_the_keys_some_head_reads(overrides, prompt, kept, compiled):
+    # cache_implementation="static" sized to max_length would hold every token; here it is transformers' static cache
+    # of sliding layers, kept + 1 tokens each, and the greedy tokens are the dynamic cache's. Where generate compiles
+    # the forward the cache stays whole (sliding layers would cost a graph per step). Steep slopes (alibi_max_bias=2):
+    # windows of 5-16 tokens, or dense keys silenced past 160 on the CPU.
+    from transformers import CompileConfig
+
+    model = perturb(tiny_model(alibi_max_bias=2.0, attn_implementation=None, **overrides), seed=1).eval()
+    ids = random_ids(2, prompt, seed=3)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    options = dict(attention_mask=mask, max_new_tokens=40, do_sample=False, pad_token_id=0)
+    static_options = dict(cache_implementation="static", return_dict_in_generate=True)
+    if compiled:
+        compile_config = CompileConfig(fullgraph=True, dynamic=False)
+        compile_config._compile_all_devices = True  # transformers compiles only on accelerators unless told
+        static_options["compile_config"] = compile_config
+    with torch.no_grad():
+        dynamic = model.generate(ids, **options)
+        torch.compiler.reset()
+        static = model.generate(ids, **options, **static_options)
+    layers = static.past_key_values.layers
+    assert torch.equal(static.sequences, dynamic)
+    assert hasattr(model, "_compiled_call") == compiled  # fullgraph, dynamic=False: one graph or an error
+    if compiled:
+        assert {type(layer).__name__ for layer in layers} == {"StaticLayer"}
+        return
+    assert {type(layer).__name__ for layer in layers} == {"StaticSlidingWindowLayer"}
+    assert {layer.max_cache_len for layer in layers} == {kept + 1}
+    assert getattr(model.config, "sliding_window", None) is None  # lent while the cache was built, then gone
+    # A generation that fits in what a head reads keeps transformers' full static cache (a fresh model: generate
+    # sizes a static cache for the longest call so far).
+    fresh = perturb(tiny_model(alibi_max_bias=2.0, attn_implementation=None, **overrides), seed=1).eval()
+    with torch.no_grad():
+        short = fresh.generate(ids[:, : kept // 2], max_new_tokens=4, pad_token_id=0, **static_options)
+    assert {type(layer).__name__ for layer in short.past_key_values.layers} == {"StaticLayer"}
