@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import bz2
 import functools
+import gzip
 import json
+import lzma
 import math
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -205,6 +208,31 @@ def test_a_glob_reads_a_corpus_in_many_files_in_sorted_order(corpus, tokenizer, 
     (shards / "part-9.jsonl").write_text("")
     with pytest.raises(ValueError, match=r"train data file .*part-9\.jsonl is empty"):
         load_raw_datasets(DataArguments(train_file=pattern.replace("**/", ""), streaming=streaming))
+
+
+@pytest.mark.parametrize("opener, suffix", [(gzip.open, ".gz"), (bz2.open, ".bz2"), (lzma.open, ".xz")])
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_compressed_corpus_is_read_as_the_plain_one(corpus, tmp_path, streaming, opener, suffix):
+    plain = (corpus / "train.jsonl").read_bytes()
+    packed = tmp_path / f"train.jsonl{suffix}"
+    with opener(packed, "wb") as f:
+        f.write(plain)
+    args = dict(streaming=streaming, validation_documents=3, validation_split_percentage=1)
+    raw = load_raw_datasets(DataArguments(train_file=str(packed), **args))
+    expected = load_raw_datasets(DataArguments(train_file=str(corpus / "train.jsonl"), **args))
+    for split in ("train", "validation"):
+        assert [r["number"] for r in raw[split]] == [r["number"] for r in expected[split]]
+    text = tmp_path / f"words.txt{suffix}"
+    with opener(text, "wb") as f:
+        f.write(b"caf\xe9 au lait\n" * 10)
+    with pytest.raises(ValueError, match=r"words\.txt\.\w+ is not UTF-8 text: byte 0xe9 at offset 3 \(decompressed\)"):
+        load_raw_datasets(DataArguments(train_file=str(text), streaming=streaming))
+    broken = tmp_path / f"broken.jsonl{suffix}"
+    broken.write_bytes(b"not compressed at all")
+    with pytest.raises(ValueError, match=rf"broken\.jsonl\{suffix} is not valid \{suffix} data"):
+        load_raw_datasets(DataArguments(train_file=str(broken), streaming=streaming))
+    with pytest.raises(ValueError, match=r"Unsupported data file type '\.parquet\.gz'"):
+        load_raw_datasets(DataArguments(train_file=str(tmp_path / "table.parquet.gz")))
 
 
 # ---------------------------------------------------------------------------------------------------------------

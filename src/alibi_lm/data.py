@@ -14,11 +14,14 @@ ALiBi is trained on blocks of a fixed length L and evaluated past it; this modul
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import glob
+import gzip
 import hashlib
 import importlib.util
 import json
+import lzma
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +36,9 @@ from datasets.exceptions import DatasetGenerationError
 
 OFFLINE_WIKIPEDIA = "offline-wikipedia"
 _BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+# Compressed text that datasets reads as it is (`corpus.jsonl.gz`); the first three open with the standard library,
+# so their text is checked as a plain file's is.
+_COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, ".zst": None}
 
 
 @dataclass
@@ -261,10 +267,22 @@ def matching_files(path: str, split: str = "train") -> list[str]:
     return matches
 
 
+def _suffixes(path: str | os.PathLike) -> tuple[str, str | None]:
+    """The format's suffix and the compression's, if any: (".jsonl", ".gz") for `corpus.jsonl.gz`."""
+    name = Path(urlparse(str(path)).path if is_remote(str(path)) else path)
+    suffix = name.suffix.lower()
+    if suffix in _COMPRESSIONS:
+        return name.with_suffix("").suffix.lower(), suffix
+    return suffix, None
+
+
 def _builder_for(path: str) -> str:
-    suffix = Path(urlparse(path).path if is_remote(path) else path).suffix.lower()
-    if suffix not in _BUILDERS:
-        raise ValueError(f"Unsupported data file type {suffix!r} for {path}; use one of {sorted(_BUILDERS)}.")
+    suffix, compression = _suffixes(path)
+    if suffix not in _BUILDERS or (compression and _BUILDERS[suffix] == "parquet"):
+        kinds = f"{sorted(_BUILDERS)}, text formats optionally compressed ({', '.join(_COMPRESSIONS)})"
+        raise ValueError(
+            f"Unsupported data file type {suffix + (compression or '')!r} for {path}; use one of {kinds}."
+        )
     return _BUILDERS[suffix]
 
 
@@ -282,25 +300,32 @@ def check_data_file(path: str | os.PathLike, split: str = "train") -> None:
         raise FileNotFoundError(f"The {split} data file {str(path)!r} does not exist.")
     if file.stat().st_size == 0:
         raise ValueError(f"The {split} data file {path} is empty.")
-    if _BUILDERS.get(file.suffix.lower()) == "parquet":
+    suffix, compression = _suffixes(file)
+    if _BUILDERS.get(suffix) == "parquet" or (compression and _COMPRESSIONS[compression] is None):
         return
+    opener = _COMPRESSIONS[compression] if compression else open
     decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    with open(file, "rb") as f:
-        while chunk := f.read(1 << 20):
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as err:
-                raise ValueError(
-                    f"The {split} data file {path} is not UTF-8 text: byte {chunk[err.start]:#04x} at offset "
-                    f"{offset + err.start} cannot be decoded. Convert it, e.g. `iconv -f latin1 -t utf-8`."
-                ) from None
-            offset += len(chunk)
+    offset, blank = 0, True
+    try:
+        with opener(file, "rb") as f:
+            while chunk := f.read(1 << 20):
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as err:
+                    raise ValueError(
+                        f"The {split} data file {path} is not UTF-8 text: byte {chunk[err.start]:#04x} at offset "
+                        f"{offset + err.start}{' (decompressed)' if compression else ''} cannot be decoded. Convert "
+                        "it, e.g. `iconv -f latin1 -t utf-8`."
+                    ) from None
+                offset += len(chunk)
+                blank = blank and not chunk.strip()
+    except (OSError, EOFError, lzma.LZMAError) as err:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"The {split} data file {path} is not valid {compression} data: {err}") from None
     try:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         raise ValueError(f"The {split} data file {path} is not UTF-8 text: it ends inside a character.") from None
-    if file.stat().st_size < 1 << 16 and not file.read_bytes().strip():
+    if blank:
         raise ValueError(f"The {split} data file {path} holds only whitespace.")
 
 
@@ -330,13 +355,13 @@ def load_raw_datasets(data_args: DataArguments) -> DatasetDict | IterableDataset
         files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
         given = {split: path for split, path in files.items() if path is not None}
         data_files = {split: matching_files(path, split) for split, path in given.items()}
+        builders = {_builder_for(path) for paths in data_files.values() for path in paths}
+        if len(builders) > 1:
+            raise ValueError(f"All data files must have the same format, got {sorted(builders)}.")
         for split, paths in data_files.items():
             for path in paths:
                 if not is_remote(path):  # a URL is datasets' to fetch; it names one that is not there
                     check_data_file(path, split)
-        builders = {_builder_for(path) for paths in data_files.values() for path in paths}
-        if len(builders) > 1:
-            raise ValueError(f"All data files must have the same format, got {sorted(builders)}.")
         builder = builders.pop()
         load_kwargs: dict[str, Any] = {"path": builder, "data_files": data_files}
         if builder == "text":
