@@ -66,6 +66,13 @@ def test_a_stream_is_read_lazily_and_holds_out_its_first_documents(corpus):
     assert next(iter(raw["train"]))["number"] == 6
 
 
+def test_the_offline_wikipedia_streams_its_own_splits():
+    whole = load_raw_datasets(DataArguments(dataset_name="offline-wikipedia"))
+    raw = load_raw_datasets(DataArguments(dataset_name="offline-wikipedia", streaming=True))
+    assert set(raw) == {"train", "validation", "test"} and all(isinstance(d, IterableDataset) for d in raw.values())
+    assert [r["title"] for r in raw["validation"]] == whole["validation"]["title"]
+
+
 @pytest.mark.parametrize("packing", [False, True])
 def test_a_stream_cuts_the_blocks_the_map_path_cuts(corpus, tokenizer, tmp_path, packing):
     # Under 1,000 documents the map path groups in one batch, so it drops only the last tail, as a stream does.
