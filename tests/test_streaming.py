@@ -238,6 +238,7 @@ def test_a_compressed_corpus_is_read_as_the_plain_one(corpus, tmp_path, streamin
     broken.write_bytes(b"not compressed at all")
     with pytest.raises(ValueError, match=rf"broken\.jsonl\{suffix} is not valid \{suffix} data"):
         load_raw_datasets(DataArguments(train_file=str(broken), streaming=streaming))
+    (tmp_path / "table.parquet.gz").write_bytes(b"anything")
     with pytest.raises(ValueError, match=r"Unsupported data file type '\.parquet\.gz'"):
         load_raw_datasets(DataArguments(train_file=str(tmp_path / "table.parquet.gz")))
 

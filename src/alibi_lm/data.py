@@ -55,10 +55,15 @@ class DataArguments:
     )
     train_file: str | None = field(
         default=None,
-        metadata={"help": "A .txt/.json/.jsonl/.parquet/.csv file: a local path or a URL (https://, hf://, fsspec)."},
+        metadata={
+            "help": "A .txt/.json/.jsonl/.parquet/.csv file (text ones also .gz/.bz2/.xz/.zst): a path, a glob "
+            "pattern or a URL (https://, hf://, fsspec)."
+        },
     )
-    validation_file: str | None = field(default=None, metadata={"help": "Local validation file, same formats."})
-    test_file: str | None = field(default=None, metadata={"help": "Local test file, same formats."})
+    validation_file: str | None = field(
+        default=None, metadata={"help": "The validation file, in the forms train_file takes."}
+    )
+    test_file: str | None = field(default=None, metadata={"help": "The test file, in the forms train_file takes."})
     text_column: str = field(default="text", metadata={"help": "The column holding the text."})
     text_sample_by: str = field(
         default="line", metadata={"help": "How .txt files split into documents: 'line', 'paragraph' or 'document'."}
@@ -150,7 +155,7 @@ class DataArguments:
             if self.preprocessing_num_workers is not None:
                 raise ValueError(
                     "DataArguments.preprocessing_num_workers does not apply with streaming: a stream is tokenized as "
-                    "training reads it, in the process that reads it. Leave it unset ."
+                    "training reads it, in the process that reads it. Leave it unset."
                 )
 
     def resolved_cache_dir(self) -> Path:
@@ -320,6 +325,8 @@ def check_data_file(path: str | os.PathLike, split: str = "train") -> None:
                 offset += len(chunk)
                 blank = blank and not chunk.strip()
     except (OSError, EOFError, lzma.LZMAError) as err:  # gzip.BadGzipFile is an OSError
+        if not compression:
+            raise
         raise ValueError(f"The {split} data file {path} is not valid {compression} data: {err}") from None
     try:
         decoder.decode(b"", final=True)
@@ -355,13 +362,15 @@ def load_raw_datasets(data_args: DataArguments) -> DatasetDict | IterableDataset
         files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
         given = {split: path for split, path in files.items() if path is not None}
         data_files = {split: matching_files(path, split) for split, path in given.items()}
+        local = [(split, path) for split, paths in data_files.items() for path in paths if not is_remote(path)]
+        for split, path in local:
+            if not Path(path).is_file():
+                check_data_file(path, split)  # a folder or a missing file is named before its suffix is read
         builders = {_builder_for(path) for paths in data_files.values() for path in paths}
         if len(builders) > 1:
             raise ValueError(f"All data files must have the same format, got {sorted(builders)}.")
-        for split, paths in data_files.items():
-            for path in paths:
-                if not is_remote(path):  # a URL is datasets' to fetch; it names one that is not there
-                    check_data_file(path, split)
+        for split, path in local:  # a URL is datasets' to fetch; it names one that is not there
+            check_data_file(path, split)
         builder = builders.pop()
         load_kwargs: dict[str, Any] = {"path": builder, "data_files": data_files}
         if builder == "text":
