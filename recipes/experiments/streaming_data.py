@@ -7,8 +7,11 @@ an 8,192-token BPE on its first 20 MB. Each path then runs in a fresh process, s
 - map (`streaming: false`, the default): `build_lm_datasets` loads the file into datasets' Arrow cache, tokenizes and
   groups every block into cache files; training starts once all of that is done;
 - stream (`streaming: true`): `build_lm_datasets` returns the blocks lazily; the script reads every training block,
-  as training would, through the shuffle buffer (the default, 1,000 blocks).
-Both cut blocks of 512 tokens. "first block" is the time from the start until the first training block is in hand.
+  as training would, through the shuffle buffer (the default, 1,000 blocks);
+- stream-worker: the same, read in one DataLoader worker process, as with `dataloader_num_workers: 1`
+  (tokenizers turns its thread pool off in a forked process once the parent has used it).
+All cut blocks of 512 tokens and read the training blocks as Trainer does, in batches of 8 through
+`default_data_collator`. "first block" is the time from the start until the first batch is in hand.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ def folder_bytes(folder: Path) -> int:
 
 
 def child(mode: str, folder: Path) -> dict:
-    from transformers import AutoTokenizer
+    from torch.utils.data import DataLoader
+    from transformers import AutoTokenizer, default_data_collator
 
     from alibi_lm.blocks import build_lm_datasets
     from alibi_lm.data import DataArguments
@@ -43,15 +47,20 @@ def child(mode: str, folder: Path) -> dict:
     data_args = DataArguments(
         train_file=str(folder / "corpus.jsonl"),
         cache_dir=str(cache),
-        streaming=mode == "stream",
+        streaming=mode != "map",
         validation_documents=500,
         validation_split_percentage=1,
     )
     blocks = build_lm_datasets(data_args, tokenizer, 512)
-    train = iter(blocks["train"])
-    next(train)
+    # As Trainer reads it: batches of 8 through `default_data_collator`, in this process or in one worker process
+    # (`dataloader_num_workers: 1`).
+    loader = DataLoader(
+        blocks["train"], batch_size=8, collate_fn=default_data_collator, num_workers=int(mode == "stream-worker")
+    )
+    batches = iter(loader)
+    count = len(next(batches)["input_ids"])
     first = time.perf_counter() - start
-    count = 1 + sum(1 for _ in train)
+    count += sum(len(batch["input_ids"]) for batch in batches)
     total = time.perf_counter() - start
     return {
         "mode": mode,
@@ -98,7 +107,7 @@ def main() -> None:
         write_corpus(folder, args.megabytes)
         size = (folder / "corpus.jsonl").stat().st_size / 2**20
         rows = []
-        for mode in ("map", "stream"):
+        for mode in ("map", "stream", "stream-worker"):
             env = {**os.environ, "HF_DATASETS_CACHE": str(folder / "hf-cache")}
             done = subprocess.run(
                 [sys.executable, __file__, CHILD, mode, str(folder)], env=env, capture_output=True, text=True
