@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import wraps
 
 import torch
 from torch.nn import functional as F
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+from transformers.generation import GenerationMixin
 from transformers.masking_utils import find_packed_sequence_indices
 
 
@@ -222,10 +224,12 @@ def sliding_layer(layer: DynamicLayer, kept: int) -> DynamicSlidingWindowLayer:
     return sliding
 
 
-class StaticCacheForgets:
-    """`generate(cache_implementation="static")` sized to what some head still reads: a mixin before GenerationMixin.
+class GenerationForgets:
+    """`generate`'s caches kept to what some head still reads: a mixin before GenerationMixin.
 
-    Where no head reads a key older than `keys_to_keep` (windowed ALiBi; dense ALiBi on the CPU past e^-40) and the
+    At each step, outside the forward (a compiled forward cannot change the cache's layers), a `DynamicCache` is cut
+    to those keys (`prepare_inputs_for_generation`, `AlibiModel.forget_what_no_head_sees`). For
+    `cache_implementation="static"`, where no head reads a key older than `keys_to_keep` (windowed ALiBi; dense ALiBi on the CPU past e^-40) and the
     generation may run longer, transformers' static cache is built of its sliding layers, `keys_to_keep + 1` tokens
     each, instead of `max_length` tokens: the config carries `sliding_window` only while the cache is built. Not where
     generate compiles the forward (on accelerators, or with `compile_config._compile_all_devices`): those layers give
@@ -233,6 +237,12 @@ class StaticCacheForgets:
     """
 
     _generate_compiles = False
+
+    @wraps(GenerationMixin.prepare_inputs_for_generation, assigned=())  # generate reads its signature
+    def prepare_inputs_for_generation(self, *args, **kwargs) -> dict:
+        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        self.model.forget_what_no_head_sees(inputs.get("cache", inputs.get("past_key_values")))
+        return inputs
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         compile_config = generation_config.compile_config

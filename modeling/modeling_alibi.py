@@ -21,7 +21,7 @@ from .configuration_alibi import AlibiConfig
 
 # isort: on
 
-from functools import partial, wraps
+from functools import partial
 
 import torch
 from torch import nn
@@ -54,7 +54,7 @@ from .alibi_encodings import POSITION_ENCODING_CLASSES, AlibiPositionalBias
 from .alibi_inputs import validate_inputs
 from .alibi_layout import (
     AttentionLayout,
-    StaticCacheForgets,
+    GenerationForgets,
     build_layout,
     custom_mask_layout,
     forget_old_keys,
@@ -450,7 +450,7 @@ class AlibiModel(AlibiPreTrainedModel):
         return BaseModelOutputWithPast(last_hidden_state=hidden_states)
 
 
-class AlibiForCausalLM(AlibiPreTrainedModel, StaticCacheForgets, GenerationMixin):
+class AlibiForCausalLM(AlibiPreTrainedModel, GenerationForgets, GenerationMixin):
     """The ALiBi decoder with a language-modelling head."""
 
     _auto_class = "AutoModelForCausalLM"
@@ -475,14 +475,6 @@ class AlibiForCausalLM(AlibiPreTrainedModel, StaticCacheForgets, GenerationMixin
         runs (`alibi_paged.manager_on_sdpa`) and the ALiBi bias per request (`alibi_paged.continuous_batch_mask`)."""
         start = super().init_continuous_batching
         return manager_on_sdpa(self, start, generation_config, continuous_batching_config, workload_hints)
-
-    @wraps(GenerationMixin.prepare_inputs_for_generation, assigned=())  # generate reads its signature
-    def prepare_inputs_for_generation(self, *args, **kwargs) -> dict:
-        """transformers' inputs for each step of `generate`, its cache kept to the keys some head reads here, outside
-        the forward: a compiled forward cannot change the cache's layers (`AlibiModel.forget_what_no_head_sees`)."""
-        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
-        self.model.forget_what_no_head_sees(inputs.get("cache", inputs.get("past_key_values")))
-        return inputs
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple

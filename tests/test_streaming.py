@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 from transformers import AutoModelForCausalLM, TrainerCallback
 
@@ -24,7 +23,7 @@ from alibi_lm.data import DataArguments, load_raw_datasets, wikipedia_texts
 from alibi_lm.train import parse_recipe, train
 
 from .test_big_inputs import prose
-from .test_train import KillAt
+from .test_train import KillAt, tiny_recipe
 
 
 @pytest.fixture(scope="module")
@@ -287,34 +286,16 @@ def test_a_bad_stream_is_named_before_training(corpus, tokenizer, tmp_path):
 
 
 def stream_recipe(corpus: Path, out: Path, **values) -> Path:
-    recipe = {
+    """`tiny_recipe` streaming the corpus's JSON lines (its first 20 documents held out) with its saved tokenizer."""
+    stream = {
         "train_file": str(corpus / "train.jsonl"),
+        "validation_file": None,
         "streaming": True,
         "validation_documents": 20,
         "tokenizer_name": str(corpus / "tokenizer"),
-        "output_dir": str(out),
-        "vocab_size": 320,
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 64,
-        "block_size": 32,
-        "per_device_train_batch_size": 4,
-        "per_device_eval_batch_size": 8,
-        "max_eval_samples": 8,
-        "learning_rate": 3e-3,
-        "max_steps": 6,
-        "logging_steps": 1,
-        "save_steps": 3,
-        "disable_tqdm": True,
-        "dataloader_pin_memory": False,
         "report_to": "none",
-        "seed": 0,
-        **values,
     }
-    path = out.with_suffix(".yaml")
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return tiny_recipe(out.parent, out.name, **{**stream, **values})
 
 
 def losses(result) -> list[float]:

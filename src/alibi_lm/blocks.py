@@ -261,6 +261,13 @@ def split_long_documents(dataset: Dataset, text_column: str, key: str, cache: Pa
     )
 
 
+def _check_block_inputs(block_size: int, tokenizer: PreTrainedTokenizerBase) -> None:
+    if block_size < 2:
+        raise ValueError(f"block_size must be at least 2 (one input and one target token), got {block_size}.")
+    if tokenizer.eos_token_id is None:
+        raise ValueError("The tokenizer has no eos token; documents need one as separator. Set `eos_token`.")
+
+
 def tokenize_and_group(
     raw: DatasetDict,
     tokenizer: PreTrainedTokenizerBase,
@@ -276,10 +283,7 @@ def tokenize_and_group(
     Each `map` writes an Arrow cache file under `cache_dir`, named by the fingerprint of its input and settings,
     so a second run with the same data, tokenizer and block size loads the blocks instead of recomputing them.
     """
-    if block_size < 2:
-        raise ValueError(f"block_size must be at least 2 (one input and one target token), got {block_size}.")
-    if tokenizer.eos_token_id is None:
-        raise ValueError("The tokenizer has no eos token; documents need one as separator. Set `eos_token`.")
+    _check_block_inputs(block_size, tokenizer)
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
@@ -401,10 +405,7 @@ def stream_lm_blocks(
     Where the map path drops a tail per batch of documents, a stream carries it into the next block, so only the
     stream's last partial block is left out.
     """
-    if block_size < 2:
-        raise ValueError(f"block_size must be at least 2 (one input and one target token), got {block_size}.")
-    if tokenizer.eos_token_id is None:
-        raise ValueError("The tokenizer has no eos token; documents need one as separator. Set `eos_token`.")
+    _check_block_inputs(block_size, tokenizer)
     columns = ["input_ids", "labels", *(["document_ids"] if packing else [])]
     features = Features({column: List(Value("int64")) for column in columns})
     return IterableDatasetDict(

@@ -158,6 +158,22 @@ class DataArguments:
                     "training reads it, in the process that reads it. Leave it unset."
                 )
 
+    def check_trainable(self, max_steps: int, tokenizer_given: bool) -> None:
+        """A stream has no length and cannot train a tokenizer: say so before anything is read or written."""
+        if not self.streaming:
+            return
+        if max_steps <= 0:
+            raise ValueError(
+                "streaming needs max_steps: a stream has no length, so Trainer cannot turn num_train_epochs into "
+                "steps. Set --max_steps N (one step reads per_device_train_batch_size x gradient_accumulation_steps "
+                "x processes blocks)."
+            )
+        if not tokenizer_given:
+            raise ValueError(
+                "streaming needs a tokenizer: set tokenizer_name (or model_name_or_path). A BPE is trained on the "
+                "whole training split, which a stream does not hold; train one without streaming or with `tokenizers`."
+            )
+
     def resolved_cache_dir(self) -> Path:
         """The folder for cached tokenizers and token blocks."""
         return Path(self.cache_dir) if self.cache_dir else Path(datasets.config.HF_DATASETS_CACHE) / "alibi_lm"

@@ -402,28 +402,12 @@ def check_sharding_supported(training_args: TrainingArguments) -> None:
         )
 
 
-def check_streaming_supported(model_args: Any, data_args: DataArguments, training_args: TrainingArguments) -> None:
-    """A stream has no length and cannot train a tokenizer: say so before anything is read or written."""
-    if not data_args.streaming:
-        return
-    if training_args.max_steps <= 0:
-        raise ValueError(
-            "streaming needs max_steps: a stream has no length, so Trainer cannot turn num_train_epochs into steps. "
-            "Set --max_steps N (one step reads per_device_train_batch_size x gradient_accumulation_steps x processes "
-            "blocks)."
-        )
-    if not model_args.tokenizer_name and not model_args.model_name_or_path:
-        raise ValueError(
-            "streaming needs a tokenizer: set tokenizer_name (or model_name_or_path). A BPE is trained on the whole "
-            "training split, which a stream does not hold; train one without streaming or with `tokenizers`."
-        )
-
-
 def _train(
     model_args: Any, data_args: DataArguments, training_args: TrainingArguments, callbacks: Sequence[TrainerCallback]
 ) -> TrainResult:
     check_sharding_supported(training_args)
-    check_streaming_supported(model_args, data_args, training_args)
+    given = bool(model_args.tokenizer_name or model_args.model_name_or_path)
+    data_args.check_trainable(training_args.max_steps, tokenizer_given=given)
     output_dir = Path(training_args.output_dir)
     # Decide first (every process reads the same folder), change the folder only after: a run that refuses to
     # start leaves everything as it found it.
