@@ -6,9 +6,11 @@ import csv
 import io
 import json
 import math
+import re
 import string
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from PIL import Image
@@ -367,3 +369,148 @@ def test_missing_model_path_is_a_clear_error(tmp_path, capsys):
         load_model_and_tokenizer(str(missing))
     message = cli_error(["eval", str(missing), "--data", str(tmp_path / "x.txt"), "--lengths", "8"], capsys)
     assert f"model folder(s) not found: {missing}" in message
+
+
+# --- --data in the forms training takes ---------------------------------------------------------------------
+
+OTHER = TEXT.upper().replace("ALIBI", "the linear bias")
+
+
+def _jsonl(path: Path, texts: list[str], column: str = "text", opener=open) -> None:
+    with opener(path, "wt") as f:
+        f.writelines(json.dumps({column: text, "n": n}) + "\n" for n, text in enumerate(texts))
+
+
+def _write_form(form: str, root: Path, url: str) -> tuple[list[str], list[str]]:
+    """Write TEXT and OTHER (with an empty document between) in `form`; return the --data arguments and the texts
+    they must score."""
+    import gzip
+
+    texts = [TEXT, "", OTHER]
+    if form == "txt":
+        (root / "a.txt").write_text(TEXT)
+        return [str(root / "a.txt")], [TEXT]
+    if form == "json":
+        (root / "a.json").write_text(json.dumps([{"text": text} for text in texts]))
+        return [str(root / "a.json")], [TEXT, OTHER]
+    if form == "jsonl.gz":
+        _jsonl(root / "a.jsonl.gz", texts, opener=gzip.open)
+        return [str(root / "a.jsonl.gz")], [TEXT, OTHER]
+    if form == "glob":  # two files, written out of order: the pattern reads them sorted
+        _jsonl(root / "part-2.jsonl", [OTHER])
+        _jsonl(root / "part-1.jsonl", [TEXT])
+        return [str(root / "part-*.jsonl")], [TEXT, OTHER]
+    if form == "csv, a column":
+        with open(root / "a.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerows([["title", "body"], ["one", TEXT], ["two", OTHER]])
+        return [str(root / "a.csv"), "--text-column", "body"], [TEXT, OTHER]
+    if form == "URL":
+        _jsonl(root / "served.jsonl", texts)
+        return [f"{url}/served.jsonl"], [TEXT, OTHER]
+    # A dataset folder goes through `load_dataset(name, config)` as a Hub name does; its split is chosen.
+    (root / "corpus").mkdir()
+    _jsonl(root / "corpus" / "train.jsonl", ["not scored"])
+    _jsonl(root / "corpus" / "validation.jsonl", [OTHER, TEXT])
+    return [str(root / "corpus"), "--split", "validation"], [OTHER, TEXT]
+
+
+@pytest.fixture(scope="module")
+def served_folder(tmp_path_factory):
+    """A folder on a local HTTP server, the stand-in for a remote file (https://, hf://, s3://)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    folder = tmp_path_factory.mktemp("served")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=folder))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("form", ["txt", "json", "jsonl.gz", "glob", "csv, a column", "URL", "dataset folder"])
+def test_eval_reads_data_in_every_form_training_takes(model, model_dir, tmp_path, served_folder, form):
+    folder, url = served_folder
+    root = folder if form == "URL" else tmp_path
+    data, texts = _write_form(form, root, url)
+    argv = ["eval", str(model_dir), "--data", *data, "--lengths", "8", "32", "--device", "cpu", "--no-progress"]
+    assert cli_main([*argv, "--json", str(tmp_path / "r.json")]) == 0
+    expected = perplexity_at_lengths(model, texts=texts, tokenizer=char_tokenizer(), lengths=[8, 32], progress=False)
+    scored = json.loads((tmp_path / "r.json").read_text())[0]["lengths"]
+    assert [r["n_tokens"] for r in scored] == [expected[8].n_tokens, expected[32].n_tokens]
+    assert [r["ppl"] for r in scored] == pytest.approx([expected[8].ppl, expected[32].ppl], rel=1e-6)
+
+
+def test_eval_scores_a_chosen_split_and_topic_of_the_offline_wikipedia(model, model_dir, tmp_path):
+    from alibi_lm.data import load_offline_wikipedia
+
+    argv = ["eval", str(model_dir), "--split", "validation", "--data-config", "Mathematics", "--lengths", "8"]
+    assert (
+        cli_main(
+            [*argv, "--max-tokens", "300", "--device", "cpu", "--no-progress", "--json", str(tmp_path / "r.json")]
+        )
+        == 0
+    )
+    texts = load_offline_wikipedia(split="validation", topic="Mathematics")["text"]
+    expected = perplexity_at_lengths(
+        model, texts=texts, tokenizer=char_tokenizer(), lengths=[8], max_tokens=300, progress=False
+    )
+    assert json.loads((tmp_path / "r.json").read_text())[0]["lengths"][0]["ppl"] == pytest.approx(
+        expected[8].ppl, rel=1e-6
+    )
+    assert expected[8].ppl != pytest.approx(
+        perplexity_at_lengths(
+            model,
+            texts=load_offline_wikipedia(split="test")["text"],
+            tokenizer=char_tokenizer(),
+            lengths=[8],
+            max_tokens=300,
+            progress=False,
+        )[8].ppl
+    )  # another split is other text
+
+
+def _bad_data(root: Path) -> None:
+    (root / "corpus").mkdir()
+    _jsonl(root / "corpus" / "train.jsonl", [TEXT])
+    _jsonl(root / "columns.jsonl", [TEXT], column="body")
+    (root / "numbers.jsonl").write_text('{"text": "fine"}\n{"text": 7}\n')
+    _jsonl(root / "blank.jsonl", ["", "  \n"])
+    (root / "a.txt").write_text(TEXT)
+    (root / "latin1.txt").write_bytes(b"caf\xe9 au lait\n")
+    (root / "table.xlsx").write_bytes(b"PK")
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (["corpus"], r"corpus has no 'test' split; its splits are \['train'\]"),
+        (["columns.jsonl"], r"The test split has no column 'text'; its columns are \['body', 'n'\]"),
+        (["numbers.jsonl"], r"column 'text' holds int values, not text; .* Record 1 is the first"),
+        (["blank.jsonl"], r"The test split of .*blank\.jsonl holds only empty documents"),
+        (
+            ["a.txt", "--data-config", "wikitext-103-raw-v1"],
+            r"config \('wikitext-103-raw-v1'\) applies to a dataset, not",
+        ),
+        (["missing.txt"], r"The test data file '.*missing\.txt' does not exist"),
+        (["nothing-*.jsonl"], r"The test data file pattern '.*nothing-\*\.jsonl' matches no file"),
+        (["latin1.txt"], r"latin1\.txt is not UTF-8 text: byte 0xe9 at offset 3"),
+        (["table.xlsx"], r"Unsupported data file type '\.xlsx'"),
+        (
+            ["no-such-user/no-such-dataset"],
+            r"'no-such-user/no-such-dataset' is not a data file .* cannot load it as a dataset",
+        ),
+        (["wikipedia", "--text-column", "body"], r"The offline Wikipedia's text is in its column 'text', not 'body'"),
+    ],
+)
+def test_bad_eval_data_is_named_before_a_model_loads(model_dir, tmp_path, monkeypatch, capsys, data, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a Hub name is looked up once and refused, never downloaded
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    _bad_data(tmp_path)
+    loaded = []
+    monkeypatch.setattr("alibi_lm.evaluation.load_model_and_tokenizer", lambda *a, **k: loaded.append(a))
+    assert re.search(message, cli_error(["eval", str(model_dir), "--data", *data, "--lengths", "8"], capsys))
+    assert not loaded

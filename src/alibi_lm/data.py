@@ -32,7 +32,7 @@ from urllib.parse import urlparse
 
 import datasets
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
-from datasets.exceptions import DatasetGenerationError
+from datasets.exceptions import DatasetGenerationError, DatasetNotFoundError
 
 OFFLINE_WIKIPEDIA = "offline-wikipedia"
 _BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -377,20 +377,8 @@ def load_raw_datasets(data_args: DataArguments) -> DatasetDict | IterableDataset
     elif data_args.train_file is not None:
         files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
         given = {split: path for split, path in files.items() if path is not None}
-        data_files = {split: matching_files(path, split) for split, path in given.items()}
-        local = [(split, path) for split, paths in data_files.items() for path in paths if not is_remote(path)]
-        for split, path in local:
-            if not Path(path).is_file():
-                check_data_file(path, split)  # a folder or a missing file is named before its suffix is read
-        builders = {_builder_for(path) for paths in data_files.values() for path in paths}
-        if len(builders) > 1:
-            raise ValueError(f"All data files must have the same format, got {sorted(builders)}.")
-        for split, path in local:  # a URL is datasets' to fetch; it names one that is not there
-            check_data_file(path, split)
-        builder = builders.pop()
-        load_kwargs: dict[str, Any] = {"path": builder, "data_files": data_files}
-        if builder == "text":
-            load_kwargs["sample_by"] = data_args.text_sample_by
+        load_kwargs = _data_files_arguments(given, data_args.text_sample_by)
+        builder = load_kwargs["path"]
         source = ", ".join(f"{split}_file {path}" for split, path in given.items())
         with _naming_read_errors(f"Could not read {source} as {builder}"):
             raw = datasets.load_dataset(**load_kwargs, cache_dir=data_args.cache_dir, streaming=data_args.streaming)
@@ -422,6 +410,76 @@ def load_raw_datasets(data_args: DataArguments) -> DatasetDict | IterableDataset
         raw["validation"] = train.select(range(held_out))
         raw["train"] = train.select(range(held_out, len(train)))
     return raw
+
+
+def _data_files_arguments(files: dict[str, str], sample_by: str) -> dict[str, Any]:
+    """`load_dataset`'s arguments for data files given per split (paths, glob patterns or URLs), every local file
+    checked first (`check_data_file`), so a bad one is named before datasets reads it."""
+    data_files = {split: matching_files(path, split) for split, path in files.items()}
+    local = [(split, path) for split, paths in data_files.items() for path in paths if not is_remote(path)]
+    for split, path in local:
+        if not Path(path).is_file():
+            check_data_file(path, split)  # a folder or a missing file is named before its suffix is read
+    builders = {_builder_for(path) for paths in data_files.values() for path in paths}
+    if len(builders) > 1:
+        raise ValueError(f"All data files must have the same format, got {sorted(builders)}.")
+    for split, path in local:  # a URL is datasets' to fetch; it names one that is not there
+        check_data_file(path, split)
+    builder = builders.pop()
+    arguments: dict[str, Any] = {"path": builder, "data_files": data_files}
+    if builder == "text":
+        arguments["sample_by"] = sample_by
+    return arguments
+
+
+def names_data_files(source: str) -> bool:
+    """Whether `source` names data files (a path with a data suffix, an existing file, a glob pattern or a URL)
+    rather than a dataset (a Hub name such as "Salesforce/wikitext", or a local dataset folder)."""
+    if is_remote(source) or any(char in source for char in "*?["):
+        return True
+    if Path(source).is_dir():
+        return False
+    suffix, compression = _suffixes(source)
+    return Path(source).exists() or suffix in _BUILDERS or compression is not None
+
+
+def load_texts(source: str, config: str | None = None, split: str = "test", text_column: str = "text") -> list[str]:
+    """The non-empty texts of one split, to score: from data files in the forms `train_file` takes (a path, a glob
+    pattern or a URL; text formats optionally compressed) or from a dataset (a Hub name with its `config`, or a
+    local dataset folder).
+
+    The split is read as a stream, so nothing is downloaded or cached beyond it. A .txt file is one text. Empty
+    documents are dropped, as training drops them. Bad input is named: a missing split, column or file, a value
+    that is not text.
+    """
+    if names_data_files(source):
+        if config is not None:
+            raise ValueError(f"A dataset config ({config!r}) applies to a dataset, not to the data files {source}.")
+        arguments = _data_files_arguments({split: source}, sample_by="document")
+        what = f"Could not read {source} as {arguments['path']}"
+    else:
+        arguments, what = {"path": source, "name": config}, f"Could not load dataset {source!r}"
+    with _naming_read_errors(what):
+        try:
+            splits = datasets.load_dataset(**arguments, streaming=True)
+        except (FileNotFoundError, ConnectionError, DatasetNotFoundError) as err:
+            raise FileNotFoundError(
+                f"{source!r} is not a data file ({', '.join(sorted(_BUILDERS))}), a glob pattern or a URL, and "
+                f"datasets cannot load it as a dataset: {err}"
+            ) from err
+        if split not in splits:
+            raise ValueError(f"{source} has no {split!r} split; its splits are {sorted(splits)}.")
+        _check_first_record(splits[split], split, text_column)
+        texts = []
+        for number, record in enumerate(splits[split]):
+            text = record.get(text_column)
+            if not isinstance(text, str):
+                raise ValueError(f"{_not_text(split, text_column, type(text).__name__)} Record {number} is the first.")
+            if text.strip():
+                texts.append(text)
+    if not texts:
+        raise ValueError(f"The {split} split of {source} holds only empty documents.")
+    return texts
 
 
 @contextmanager
@@ -476,7 +534,9 @@ __all__ = [
     "is_remote",
     "load_offline_wikipedia",
     "load_raw_datasets",
+    "load_texts",
     "matching_files",
+    "names_data_files",
     "wikipedia_text_path",
     "wikipedia_texts",
 ]

@@ -19,8 +19,9 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from .machine import default_device
 from .scoring import (
     MODES,
+    add_data_arguments,
     as_ids,
-    evaluation_texts,
+    data_texts,
     format_table,
     load_model_and_tokenizer,
     perplexity_at_lengths,
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         missing = [m for m in args.models if not Path(m).is_dir()]
         if missing:
             raise FileNotFoundError(f"model folder(s) not found: {', '.join(missing)}")
-        texts = evaluation_texts(args.data)
+        texts = data_texts(args)
         device = args.device or default_device()
         return (run_probe if args.probe else run_by_position)(args, texts, device)
     # Fail on bad settings before loading anything; without --lengths, a stand-in length of `stride` checks the rest.
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     missing = [m for m in args.models if not Path(m).is_dir()]
     if missing:
         raise FileNotFoundError(f"model folder(s) not found: {', '.join(missing)}")
-    texts = evaluation_texts(args.data)
+    texts = data_texts(args)
     device = args.device or default_device()
     results = []
     for path in args.models:
@@ -165,11 +166,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.splitlines()[0],
     )
     parser.add_argument("models", nargs="+", metavar="MODEL", help="model folder(s) written by save_pretrained")
-    parser.add_argument(
-        "--data",
-        default="wikipedia",
-        help="a .txt, .json or .jsonl file, or 'wikipedia' for the offline Wikipedia test split (default)",
-    )
+    add_data_arguments(parser)
     parser.add_argument(
         "--lengths", type=int, nargs="+", help="evaluation lengths (default: 1, 2, 4, 8, 16 x the training length)"
     )

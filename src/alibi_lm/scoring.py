@@ -15,11 +15,12 @@ Perplexity is token-weighted (total NLL over all scored tokens / their number), 
 `perplexity_at_lengths` is the one implementation; the `alibi-lm eval` CLI, `ExtrapolationCallback`
 (Trainer) and the `evaluate` module in `alibi_lm/metrics/perplexity_at_lengths.py` all call it (through
 `alibi_lm.evaluation`, which holds the formats, the callback and the CLI). `evaluation_texts` is the one rule for
-what text a command scores: the offline Wikipedia test split, or a file.
+what text a command scores: the offline Wikipedia test split, data files or a dataset.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -418,43 +419,42 @@ def to_csv(results: Sequence[PerplexityResult], path: str | os.PathLike | None =
     return _write(buffer.getvalue(), path)
 
 
-def texts_from_file(path: str) -> list[str]:
-    """Texts from a .txt file (one text) or a JSON / JSON-lines file of strings or {"text"|"extract": ...}."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"--data file not found: {path} (give a .txt/.json/.jsonl file or 'wikipedia')")
-    raw = file.read_text(encoding="utf-8")
-    if file.suffix not in (".json", ".jsonl"):
-        return [raw]
-    if file.suffix == ".jsonl":
-        items: Any = [json.loads(line) for line in raw.splitlines() if line.strip()]
-    else:
-        items = json.loads(raw)
-    if isinstance(items, dict):
-        items = list(items.values())
-    texts = []
-    for item in items:
-        if isinstance(item, dict):
-            item = item.get("text", item.get("extract"))
-        if not isinstance(item, str):  # a malformed data file: a value problem, not a caller's type error
-            raise ValueError(  # noqa: TRY004
-                f"{path}: every entry must be a string or an object with a 'text' or 'extract' string"
-            )
-        texts.append(item)
-    return texts
-
-
 HELDOUT = "wikipedia"  # `--data wikipedia`: the offline Wikipedia test split
 
 
-def evaluation_texts(data: str = HELDOUT) -> list[str]:
-    """What a command scores: the offline Wikipedia test split (articles training never sees, neither as train nor
-    validation) for `HELDOUT`, else the texts of the file `data` (`texts_from_file`)."""
-    if data != HELDOUT:
-        return texts_from_file(data)
-    from .data import load_offline_wikipedia
+def evaluation_texts(
+    data: str = HELDOUT, config: str | None = None, split: str = "test", text_column: str = "text"
+) -> list[str]:
+    """What a command scores: for `HELDOUT`, a split of the offline Wikipedia (by default "test": articles training
+    never sees, neither as train nor validation; `config` is a topic); else the texts of one split of data files or
+    a dataset (`alibi_lm.data.load_texts`: a path, glob pattern or URL, or a Hub name with its `config`)."""
+    from .data import load_offline_wikipedia, load_texts
 
-    return load_offline_wikipedia(split="test")["text"]
+    if data != HELDOUT:
+        return load_texts(data, config, split, text_column)
+    if text_column != "text":
+        raise ValueError(f"The offline Wikipedia's text is in its column 'text', not {text_column!r}.")
+    return load_offline_wikipedia(split=split, topic=config)["text"]
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--data`, `--data-config`, `--split` and `--text-column`: what `evaluation_texts` reads."""
+    parser.add_argument(
+        "--data",
+        default=HELDOUT,
+        help=f"'{HELDOUT}' (the offline Wikipedia; default), a data file (.txt, .json, .jsonl, .csv, .parquet; text "
+        "ones also .gz/.bz2/.xz), a glob pattern, a URL, or a Hub dataset name such as Salesforce/wikitext",
+    )
+    parser.add_argument(
+        "--data-config", help="the dataset's config, e.g. wikitext-103-raw-v1 (for wikipedia: a topic)"
+    )
+    parser.add_argument("--split", default="test", help="the split to score (default: test)")
+    parser.add_argument("--text-column", default="text", help="the column holding the text (default: text)")
+
+
+def data_texts(args: argparse.Namespace) -> list[str]:
+    """`evaluation_texts` for the arguments `add_data_arguments` added."""
+    return evaluation_texts(args.data, args.data_config, args.split, args.text_column)
 
 
 def load_model_and_tokenizer(path: str, device: str | None = None, dtype: str = "float32") -> tuple[Any, Any]:

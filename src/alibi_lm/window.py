@@ -1,6 +1,6 @@
 """Windowed ALiBi: what a bias cutoff drops, measured against dense ALiBi on held-out text.
 
-    alibi-lm window MODEL [--cutoffs 12 20 40] [--multiples 1 16 64] [--data wikipedia] [--json FILE] [--markdown FILE]
+    alibi-lm window MODEL [--cutoffs 12 20 40] [--multiples 1 16 64] [--data wikipedia|FILE|DATASET] [--json FILE] [--markdown FILE]
 
 With `alibi_window_cutoff = T` head h ignores keys more than `floor(T / m_h)` tokens back, whose bias is below
 `-T`; the kernels then skip them (see `AlibiConfig`). Whether T is safe depends on the model's scores, so this
@@ -41,7 +41,7 @@ import torch
 from .modeling.alibi_blocked import blocked_windows_everywhere, windowed_work_ratio
 from .modeling.alibi_masks import alibi_windows, get_alibi_slopes
 from .progress import progress_bar
-from .scoring import evaluation_texts, load_model_and_tokenizer, tokenize_texts
+from .scoring import add_data_arguments, data_texts, load_model_and_tokenizer, tokenize_texts
 
 DEFAULT_CUTOFFS = (12.0, 20.0, 40.0)
 # What a recommended cutoff may change: a thousandth of any query's attention, a thousandth of the perplexity.
@@ -282,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"model folder not found: {args.model}")
     model, tokenizer = load_model_and_tokenizer(args.model, args.device)
-    texts = evaluation_texts(args.data)
+    texts = data_texts(args)
     report = measure_cutoffs(
         model,
         tokenize_texts(texts, tokenizer),
@@ -312,7 +312,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--multiples", type=int, nargs="+", default=list(DEFAULT_MULTIPLES), help="x training length for logits"
     )
-    parser.add_argument("--data", default="wikipedia", help="a .txt/.json/.jsonl file, or 'wikipedia' (default)")
+    add_data_arguments(parser)
     parser.add_argument("--max-eval-tokens", type=int, default=16_384, help="held-out tokens per length")
     parser.add_argument(
         "--max-dropped-mass", type=float, default=MAX_DROPPED_MASS, help="tolerance of the recommendation"
