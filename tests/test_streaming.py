@@ -8,10 +8,12 @@ import gzip
 import json
 import lzma
 import math
+import re
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
@@ -279,6 +281,65 @@ def test_a_bad_stream_is_named_before_training(corpus, tokenizer, tmp_path):
     short.write_text('{"text": "a few words"}\n' * 3)
     with pytest.raises(ValueError, match="training stream is shorter than one block of 512 tokens"):
         build_lm_datasets(DataArguments(train_file=str(short), streaming=True, validation_documents=1), tokenizer, 512)
+
+
+@pytest.fixture()
+def small_reads(monkeypatch):
+    """datasets reads JSON and text in 10 MiB chunks, so the files a test can write fail at the first record. Chunks
+    of 4 KiB bring a bad record past the first chunk, where a corpus of GBs meets it: mid-stream, during training."""
+    load_dataset = datasets.load_dataset
+
+    def in_small_chunks(path, *args, **kwargs):
+        return load_dataset(path, *args, **({"chunksize": 4096} if path in ("json", "text") else {}), **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", in_small_chunks)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_bad_record_far_into_a_corpus_is_named_by_its_file_and_line(
+    corpus, tokenizer, tmp_path, small_reads, streaming
+):
+    lines = (corpus / "train.jsonl").read_text().splitlines(keepends=True)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "a.jsonl").write_text("".join(lines[:100]))
+    (shards / "b.jsonl").write_text("".join([*lines[100:300], '{"text": unquoted words}\n', *lines[300:]]))
+    args = DataArguments(train_file=str(shards / "*.jsonl"), streaming=streaming, validation_documents=3)
+    where = r"The first bad record is .*b\.jsonl, line 201: Expecting value \(column 10\)"
+    if not streaming:  # the map path reads it all before training: the load names it
+        with pytest.raises(ValueError, match=rf"Could not read train_file .*\*\.jsonl as json: .*{where}"):
+            load_raw_datasets(args)
+        return
+    blocks = build_lm_datasets(args, tokenizer, 32)  # the first chunks are sound: the stream starts
+    with pytest.raises(
+        ValueError, match=rf"Reading the train text failed after [\d,]+ documents: ArrowInvalid: .*{where}"
+    ):
+        for _ in blocks["train"]:
+            pass
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_a_stream_checks_its_head_before_training_and_the_rest_as_it_reads(
+    tokenizer, tmp_path, small_reads, monkeypatch, suffix
+):
+    monkeypatch.setattr("alibi_lm.data.STREAM_CHECK_BYTES", 4096)
+    text = b"".join(b"line %d of plain words\n" % number for number in range(4000))
+    offset = text.index(b"line 3000")
+    latin1 = text[:offset] + b"caf\xe9 " + text[offset:]
+    path = tmp_path / f"words.txt{suffix}"
+    with (gzip.open if suffix else open)(path, "wb") as f:
+        f.write(latin1)
+    blocks = build_lm_datasets(
+        DataArguments(train_file=str(path), streaming=True, validation_documents=3), tokenizer, 32
+    )
+    where = rf"words\.txt{re.escape(suffix)} is not UTF-8 text: byte 0xe9 at offset {offset + 3}"
+    with pytest.raises(
+        ValueError, match=rf"Reading the train text failed after [\d,]+ documents: UnicodeDecodeError: .*{where}"
+    ):
+        for _ in blocks["train"]:
+            pass
+    with pytest.raises(ValueError, match=where):  # without streaming, the whole file is checked before it loads
+        load_raw_datasets(DataArguments(train_file=str(path)))
 
 
 # ---------------------------------------------------------------------------------------------------------------

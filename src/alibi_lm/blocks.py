@@ -26,6 +26,7 @@ from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from .data import DataArguments, load_raw_datasets
+from .data_files import named_read_error, read_errors
 from .integrity import give_plain_mode
 
 EOS_TOKEN = "<|endoftext|>"
@@ -359,6 +360,8 @@ def _stream_group(
     text_column: str,
     block_size: int,
     packing: bool,
+    split: str = "train",
+    files: Sequence[str] = (),
 ) -> Iterator[dict[str, list[int]]]:
     """Blocks of exactly `block_size` tokens from a stream of documents; what is left of one starts the next block.
 
@@ -370,7 +373,15 @@ def _stream_group(
         pending: list[int] = []
         owners: list[int] = []  # with packing, the document number of each pending token
         document = 0
-        for batch in source.iter(batch_size=STREAM_TOKENIZE_ROWS):
+        batches = source.iter(batch_size=STREAM_TOKENIZE_ROWS)
+        while True:
+            try:
+                batch = next(batches, None)
+            except read_errors() as err:  # a bad record past what was checked up front: name it
+                what = f"Reading the {split} text failed after {document:,} documents"
+                raise named_read_error(what, err, files) from err
+            if batch is None:
+                break
             texts = [text for text, keep in zip(batch[text_column], _nonempty(batch, text_column)) if keep]
             pieces = _piece_rows({text_column: texts}, text_column)
             for start in range(0, len(pieces[text_column]), STREAM_TOKENIZE_ROWS):
@@ -398,12 +409,14 @@ def stream_lm_blocks(
     block_size: int,
     text_column: str = "text",
     packing: bool = False,
+    files: dict[str, list[str]] | None = None,
 ) -> IterableDatasetDict:
     """`tokenize_and_group` for a stream: blocks are cut as training reads the text, and nothing is cached.
 
     The same documents (empty ones dropped, long ones read in pieces, eos after each) and the same block columns.
     Where the map path drops a tail per batch of documents, a stream carries it into the next block, so only the
-    stream's last partial block is left out.
+    stream's last partial block is left out. A read that fails names the first bad record of the split's local
+    `files`.
     """
     _check_block_inputs(block_size, tokenizer)
     columns = ["input_ids", "labels", *(["document_ids"] if packing else [])]
@@ -418,6 +431,8 @@ def stream_lm_blocks(
                     "text_column": text_column,
                     "block_size": block_size,
                     "packing": packing,
+                    "split": split,
+                    "files": tuple((files or {}).get(split, ())),  # a tuple: lists in gen_kwargs are shards
                 },
                 features=features,
             )
@@ -496,7 +511,8 @@ def _stream_lm_datasets(
     streams = IterableDatasetDict(
         {split: d if isinstance(d, IterableDataset) else d.to_iterable_dataset() for split, d in splits.items()}
     )
-    blocks = stream_lm_blocks(streams, tokenizer, block_size, data_args.text_column, data_args.packing)
+    files = {split: data_args.local_files(split) for split in streams}
+    blocks = stream_lm_blocks(streams, tokenizer, block_size, data_args.text_column, data_args.packing, files)
     if next(iter(blocks["train"]), None) is None:
         raise ValueError(
             f"The training stream is shorter than one block of {block_size} tokens; lower `block_size` or add text."

