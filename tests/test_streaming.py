@@ -106,6 +106,29 @@ def test_a_stream_carries_each_tail_into_the_next_block(corpus, tokenizer):
     assert all(row["labels"] == row["input_ids"] for row in rows)
 
 
+@pytest.mark.parametrize("shards", [2, 3])
+def test_worker_shards_each_tokenize_every_nth_document_after_the_held_out_ones(corpus, tokenizer, shards):
+    records = [json.loads(line) for line in (corpus / "train.jsonl").read_text().splitlines()]
+    raw = load_raw_datasets(stream_args(corpus, validation_documents=5))
+    streamed = stream_lm_blocks(raw, tokenizer, 32, packing=True, shards=shards)
+    assert streamed["train"].num_shards == streamed["validation"].num_shards == shards
+    eos = tokenizer.eos_token_id
+    for part in range(shards):
+        mine = [r["text"] for r in records[5:][part::shards] if r["text"].strip()]
+        stream = [token for text in mine for token in [*tokenizer(text)["input_ids"], eos]]
+        rows = list(streamed["train"].shard(num_shards=shards, index=part))
+        assert [token for row in rows for token in row["input_ids"]] == stream[: len(stream) // 32 * 32]
+        ends = [n for n, token in enumerate(stream[:32]) if token == eos]  # packing numbers the part's documents
+        assert rows[0]["document_ids"] == [sum(n < place for n in ends) for place in range(32)]
+    # Through as many DataLoader workers, each tokenizes its own part, and their blocks alternate.
+    loader = torch.utils.data.DataLoader(streamed["train"], None, num_workers=shards)
+    rows = [[int(token) for token in row["input_ids"]] for row in loader]
+    parts = [[row["input_ids"] for row in streamed["train"].shard(num_shards=shards, index=p)] for p in range(shards)]
+    assert rows[:shards] == [part[0] for part in parts] and sorted(rows) == sorted(sum(parts, []))
+    with pytest.raises(ValueError, match="shards must be a positive integer, got 0"):
+        stream_lm_blocks(raw, tokenizer, 32, shards=0)
+
+
 def test_packed_pieces_of_a_long_document_are_one_document_in_both_paths(tokenizer, tmp_path, monkeypatch):
     monkeypatch.setattr(blocks, "TEXT_PIECE_CHARS", 997)
     texts = ["short one", prose(6000, seed=3), "another short one"]
@@ -312,7 +335,7 @@ def test_a_bad_record_far_into_a_corpus_is_named_by_its_file_and_line(
         return
     blocks = build_lm_datasets(args, tokenizer, 32)  # the first chunks are sound: the stream starts
     with pytest.raises(
-        ValueError, match=rf"Reading the train text failed after [\d,]+ documents: ArrowInvalid: .*{where}"
+        ValueError, match=rf"Reading the train text failed after [\d,]+ records: ArrowInvalid: .*{where}"
     ):
         for _ in blocks["train"]:
             pass
@@ -334,7 +357,7 @@ def test_a_stream_checks_its_head_before_training_and_the_rest_as_it_reads(
     )
     where = rf"words\.txt{re.escape(suffix)} is not UTF-8 text: byte 0xe9 at offset {offset + 3}"
     with pytest.raises(
-        ValueError, match=rf"Reading the train text failed after [\d,]+ documents: UnicodeDecodeError: .*{where}"
+        ValueError, match=rf"Reading the train text failed after [\d,]+ records: UnicodeDecodeError: .*{where}"
     ):
         for _ in blocks["train"]:
             pass
@@ -400,8 +423,9 @@ def test_streaming_trains_evaluates_packs_and_resumes_to_the_same_weights(corpus
     assert losses(packed) != pytest.approx(losses(whole), abs=1e-4)
 
 
-def test_a_dataloader_worker_reads_the_stream(corpus, tmp_path):
-    # A stream is one shard: one worker tokenizes it beside training and hands over every block once.
+@pytest.mark.parametrize("workers", [1, 2])
+def test_dataloader_workers_read_the_stream(corpus, tmp_path, workers):
+    # A stream has a shard per worker: the workers tokenize it beside training and hand over every block once.
     seen: list[list[int]] = []
 
     class Record(TrainerCallback):
@@ -411,7 +435,26 @@ def test_a_dataloader_worker_reads_the_stream(corpus, tmp_path):
                 with_kwargs=True,
             )
 
-    recipe = stream_recipe(corpus, tmp_path / "worker", dataloader_num_workers=1, max_steps=3, save_strategy="no")
+    recipe = stream_recipe(
+        corpus, tmp_path / "worker", dataloader_num_workers=workers, max_steps=3, save_strategy="no"
+    )
     result = train(*parse_recipe(recipe), callbacks=[Record()])
     assert result.global_step == 3 and all(math.isfinite(loss) for loss in losses(result))
     assert len(seen) == 12 and len({tuple(row) for row in seen}) == 12
+
+
+def test_two_workers_resume_to_the_losses_of_a_run_never_stopped(corpus, tmp_path):
+    # Two shards, one per worker, interleave their blocks in a fixed order: the resumed run skips the same batches.
+    whole = train(*parse_recipe(stream_recipe(corpus, tmp_path / "whole", dataloader_num_workers=2)))
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train(*parse_recipe(stream_recipe(corpus, cut, dataloader_num_workers=2)), callbacks=[KillAt(4)])
+    resumed = train(
+        *parse_recipe(
+            stream_recipe(corpus, cut, dataloader_num_workers=2),
+            ["--resume_from_checkpoint", str(cut / "checkpoint-3")],
+        )
+    )
+    assert losses(resumed)[-3:] == pytest.approx(losses(whole)[3:], abs=1e-5)
+    one = train(*parse_recipe(stream_recipe(corpus, tmp_path / "one", save_strategy="no")))
+    assert losses(one) != pytest.approx(losses(whole), abs=1e-4)  # two shards read the documents in another order

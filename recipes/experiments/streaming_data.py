@@ -8,10 +8,12 @@ an 8,192-token BPE on its first 20 MB. Each path then runs in a fresh process, s
   groups every block into cache files; training starts once all of that is done;
 - stream (`streaming: true`): `build_lm_datasets` returns the blocks lazily; the script reads every training block,
   as training would, through the shuffle buffer (the default, 1,000 blocks);
-- stream-worker: the same, read in one DataLoader worker process, as with `dataloader_num_workers: 1`
-  (tokenizers turns its thread pool off in a forked process once the parent has used it).
+- stream, N workers: the same, read in N DataLoader worker processes, as with `dataloader_num_workers: N`: the
+  stream has a shard per worker, each tokenizing every N-th document (tokenizers turns its thread pool off in a
+  forked process once the parent has used it, so each worker tokenizes on one thread).
 All cut blocks of 512 tokens and read the training blocks as Trainer does, in batches of 8 through
-`default_data_collator`. "first block" is the time from the start until the first batch is in hand.
+`default_data_collator`. "first block" is the time from the start until the first batch is in hand. Peak memory is
+the training process's resident peak, and with workers, the largest worker's.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
+MODES = {"map": 0, "stream": 0, "stream, 1 worker": 1, "stream, 2 workers": 2}  # path: DataLoader workers
+
+
 def child(mode: str, folder: Path) -> dict:
     from torch.utils.data import DataLoader
     from transformers import AutoTokenizer, default_data_collator
@@ -51,12 +56,11 @@ def child(mode: str, folder: Path) -> dict:
         validation_documents=500,
         validation_split_percentage=1,
     )
-    blocks = build_lm_datasets(data_args, tokenizer, 512)
-    # As Trainer reads it: batches of 8 through `default_data_collator`, in this process or in one worker process
-    # (`dataloader_num_workers: 1`).
-    loader = DataLoader(
-        blocks["train"], batch_size=8, collate_fn=default_data_collator, num_workers=int(mode == "stream-worker")
-    )
+    workers = MODES[mode]
+    blocks = build_lm_datasets(data_args, tokenizer, 512, shards=max(1, workers))  # as `alibi-lm train` does
+    # As Trainer reads it: batches of 8 through `default_data_collator`, in this process or in worker processes
+    # (`dataloader_num_workers`).
+    loader = DataLoader(blocks["train"], batch_size=8, collate_fn=default_data_collator, num_workers=workers)
     batches = iter(loader)
     count = len(next(batches)["input_ids"])
     first = time.perf_counter() - start
@@ -69,6 +73,7 @@ def child(mode: str, folder: Path) -> dict:
         "blocks": count,
         "tokens_per_s": count * 512 / total,
         "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+        "worker_peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024 if workers else None,
         "cache_mib": folder_bytes(cache) / 2**20 if cache.exists() else 0.0,
     }
 
@@ -107,7 +112,7 @@ def main() -> None:
         write_corpus(folder, args.megabytes)
         size = (folder / "corpus.jsonl").stat().st_size / 2**20
         rows = []
-        for mode in ("map", "stream", "stream-worker"):
+        for mode in MODES:
             env = {**os.environ, "HF_DATASETS_CACHE": str(folder / "hf-cache")}
             done = subprocess.run(
                 [sys.executable, __file__, CHILD, mode, str(folder)], env=env, capture_output=True, text=True
@@ -125,13 +130,14 @@ def main() -> None:
         f"(`python recipes/experiments/streaming_data.py --megabytes {args.megabytes}`).",
         f"Machine: {describe()}; datasets {datasets.__version__}, tokenizers {tokenizers.__version__}.",
         "",
-        "| path | first block | all blocks | training blocks | tokens/s | peak memory | disk written |",
-        "|---|---|---|---|---|---|---|",
+        "| path | first block | all blocks | training blocks | tokens/s | peak memory | largest worker | disk written |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        worker = f"{row['worker_peak_mib']:,} MiB" if row["worker_peak_mib"] else "–"
         lines.append(
             f"| {row['mode']} | {row['first_block_s']:.1f} s | {row['total_s']:.0f} s | {row['blocks']:,} | "
-            f"{row['tokens_per_s']:,.0f} | {row['peak_mib']:,} MiB | {row['cache_mib']:,.0f} MiB |"
+            f"{row['tokens_per_s']:,.0f} | {row['peak_mib']:,} MiB | {worker} | {row['cache_mib']:,.0f} MiB |"
         )
     table = "\n".join(lines)
     print(table)

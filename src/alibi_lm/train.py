@@ -437,7 +437,9 @@ def _train(
             # The length the model was (last) trained at; a context derived from it moves with it. (For other
             # architectures max_position_embeddings sizes a position table, so it stays as it is.)
             config.set_train_length(block_size)
-        blocks = build_lm_datasets(data_args, tokenizer, block_size, raw=raw, seed=training_args.seed)
+        # A stream has a shard per DataLoader worker, so that each worker tokenizes its share of the documents.
+        shards = max(1, training_args.dataloader_num_workers)
+        blocks = build_lm_datasets(data_args, tokenizer, block_size, raw=raw, seed=training_args.seed, shards=shards)
 
     # A checkpoint at max_steps is a finished run whose final save was cut short. Trainer would train one step past
     # max_steps from it (transformers 5.24 checks the step count only after a step), so it is saved as it is.
