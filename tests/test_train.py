@@ -365,16 +365,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("streaming", [False, True])
-def test_two_processes_see_different_data_and_end_with_identical_weights(workdir, streaming):
+@pytest.mark.parametrize("streaming, workers", [(False, 0), (True, 0), (True, 2)])
+def test_two_processes_see_different_data_and_end_with_identical_weights(workdir, streaming, workers):
     driver = workdir / "driver.py"
     driver.write_text(textwrap.dedent(DRIVER))
-    name = f"ddp-{'streaming' if streaming else 'map'}"
+    name = f"ddp-{'streaming' if streaming else 'map'}-{workers}"
     stream = {}
-    if streaming:  # a stream cannot train a tokenizer; process 0 reads it and hands each rank its share of a batch
+    if streaming:  # a stream cannot train a tokenizer; process 0 reads it (in its workers: a shard each) for both
         tokenizer = train_bpe_tokenizer(Dataset.from_dict({"text": wikipedia_texts("train")[:300]}), vocab_size=320)
         tokenizer.save_pretrained(workdir / "tokenizer")
-        stream = {"streaming": True, "tokenizer_name": str(workdir / "tokenizer")}
+        stream = {"streaming": True, "tokenizer_name": str(workdir / "tokenizer"), "dataloader_num_workers": workers}
     recipe = tiny_recipe(
         workdir, name, max_steps=8, save_steps=8, per_device_train_batch_size=2, packing=True, **stream
     )
