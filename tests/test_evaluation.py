@@ -408,11 +408,17 @@ def _write_form(form: str, root: Path, url: str) -> tuple[list[str], list[str]]:
     if form == "URL":
         _jsonl(root / "served.jsonl", texts)
         return [f"{url}/served.jsonl"], [TEXT, OTHER]
-    # A dataset folder goes through `load_dataset(name, config)` as a Hub name does; its split is chosen.
-    (root / "corpus").mkdir()
-    _jsonl(root / "corpus" / "train.jsonl", ["not scored"])
-    _jsonl(root / "corpus" / "validation.jsonl", [OTHER, TEXT])
-    return [str(root / "corpus"), "--split", "validation"], [OTHER, TEXT]
+    # A dataset folder laid out as a Hub dataset repository (configs in its card, Parquet shards) goes through
+    # `load_dataset(name, config)` as a Hub name does; its config and split are chosen.
+    for config, split, rows in [("raw", "train", ["not scored"]), ("raw", "validation", [OTHER, "", TEXT])]:
+        (root / "corpus" / config).mkdir(parents=True, exist_ok=True)
+        datasets.Dataset.from_dict({"text": rows}).to_parquet(root / "corpus" / config / f"{split}-0.parquet")
+    (root / "corpus" / "README.md").write_text(
+        "---\nconfigs:\n- config_name: raw\n  data_files:\n"
+        + "".join(f"  - split: {split}\n    path: raw/{split}-*\n" for split in ("train", "validation"))
+        + "---\n"
+    )
+    return [str(root / "corpus"), "--data-config", "raw", "--split", "validation"], [OTHER, TEXT]
 
 
 @pytest.fixture(scope="module")
@@ -487,6 +493,7 @@ def _bad_data(root: Path) -> None:
     "data, message",
     [
         (["corpus"], r"corpus has no 'test' split; its splits are \['train'\]"),
+        (["corpus", "--data-config", "raw"], r"BuilderConfig 'raw' not found"),
         (["columns.jsonl"], r"The test split has no column 'text'; its columns are \['body', 'n'\]"),
         (["numbers.jsonl"], r"column 'text' holds int values, not text; .* Record 1 is the first"),
         (["blank.jsonl"], r"The test split of .*blank\.jsonl holds only empty documents"),
