@@ -449,10 +449,12 @@ def test_eval_reads_data_in_every_form_training_takes(model, model_dir, tmp_path
     assert [r["ppl"] for r in scored] == pytest.approx([expected[8].ppl, expected[32].ppl], rel=1e-6)
 
 
-def test_eval_scores_a_chosen_split_and_topic_of_the_offline_wikipedia(model, model_dir, tmp_path):
+@pytest.mark.parametrize("name", ["wikipedia", "offline-wikipedia"])
+def test_eval_scores_a_chosen_split_and_topic_of_the_offline_wikipedia(model, model_dir, tmp_path, name):
     from alibi_lm.data import load_offline_wikipedia
 
-    argv = ["eval", str(model_dir), "--split", "validation", "--data-config", "Mathematics", "--lengths", "8"]
+    argv = ["eval", str(model_dir), "--data", name, "--split", "validation", "--data-config", "Mathematics"]
+    argv += ["--lengths", "8"]
     assert (
         cli_main(
             [*argv, "--max-tokens", "300", "--device", "cpu", "--no-progress", "--json", str(tmp_path / "r.json")]

@@ -428,9 +428,9 @@ def evaluation_texts(
     """What a command scores: for `HELDOUT`, a split of the offline Wikipedia (by default "test": articles training
     never sees, neither as train nor validation; `config` is a topic); else the texts of one split of data files or
     a dataset (`alibi_lm.data.load_texts`: a path, glob pattern or URL, or a Hub name with its `config`)."""
-    from .data import load_offline_wikipedia, load_texts
+    from .data import OFFLINE_WIKIPEDIA, load_offline_wikipedia, load_texts
 
-    if data != HELDOUT:
+    if data not in (HELDOUT, OFFLINE_WIKIPEDIA):  # a recipe's name for it is taken too
         return load_texts(data, config, split, text_column)
     if text_column != "text":
         raise ValueError(f"The offline Wikipedia's text is in its column 'text', not {text_column!r}.")
