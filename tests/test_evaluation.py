@@ -21,6 +21,7 @@ from alibi_lm.evaluation import ExtrapolationCallback, perplexity_metric_path
 from alibi_lm.plotting import plot_perplexity
 from alibi_lm.scoring import (
     PerplexityResult,
+    TextPrefix,
     load_model_and_tokenizer,
     perplexity_at_lengths,
     to_csv,
@@ -523,3 +524,41 @@ def test_bad_eval_data_is_named_before_a_model_loads(model_dir, tmp_path, monkey
     monkeypatch.setattr("alibi_lm.evaluation.load_model_and_tokenizer", lambda *a, **k: loaded.append(a))
     assert re.search(message, cli_error(["eval", str(model_dir), "--data", *data, "--lengths", "8"], capsys))
     assert not loaded
+
+
+def test_max_tokens_reads_the_texts_it_scores_and_no_further(model, model_dir, tmp_path, capsys):
+    # A bad record after the texts that hold --max-tokens tokens is never read: a split of a Hub corpus (terabytes,
+    # read as a stream) scores its first N tokens without reading the rest.
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps({"text": text}) + "\n" for text in [TEXT, OTHER, TEXT]) + '{"text": 5}\n')
+    argv = ["eval", str(model_dir), str(model_dir), "--data", str(data), "--lengths", "8", "--device", "cpu"]
+    assert cli_main([*argv, "--max-tokens", "900", "--no-progress", "--json", str(tmp_path / "r.json")]) == 0
+    expected = perplexity_at_lengths(
+        model, texts=[TEXT, OTHER, TEXT], tokenizer=char_tokenizer(), lengths=[8], max_tokens=900, progress=False
+    )
+    rows = [result["lengths"][0] for result in json.loads((tmp_path / "r.json").read_text())]
+    assert [row["n_tokens"] for row in rows] == [expected[8].n_tokens] * 2  # both models, the same texts
+    assert [row["ppl"] for row in rows] == pytest.approx([expected[8].ppl] * 2, rel=1e-6)
+    message = cli_error([*argv, "--no-progress"], capsys)  # every text scored: the bad record is reached
+    assert "column 'text' holds int values, not text" in message and "Record 3 is the first" in message
+    assert "--max-tokens must be at least 2, got 1" in cli_error([*argv, "--max-tokens", "1"], capsys)
+
+
+def test_a_text_prefix_is_the_shortest_that_holds_the_tokens():
+    tokenizer = char_tokenizer()
+    texts = ["abc", "de", "fghij"]  # 4, 3 and 6 tokens with each one's eos
+    read: list[str] = []
+
+    def source():
+        for text in texts:
+            read.append(text)
+            yield text
+
+    prefix = TextPrefix(source())
+    assert prefix.up_to(tokenizer, 4) == ["abc"] and read == ["abc"]
+    assert prefix.up_to(tokenizer, 5) == ["abc", "de"] and read == ["abc", "de"]
+    assert prefix.up_to(tokenizer, 7) == ["abc", "de"]
+    assert prefix.up_to(tokenizer, 8) == texts
+    assert prefix.up_to(tokenizer, 100) == texts  # the texts run out: all of them
+    assert prefix.up_to(tokenizer, 2) == ["abc"]
+    assert len(tokenize_texts(texts[:2], tokenizer)) == 7

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -334,14 +335,16 @@ def load_raw_datasets(data_args: DataArguments) -> DatasetDict | IterableDataset
     return raw
 
 
-def load_texts(source: str, config: str | None = None, split: str = "test", text_column: str = "text") -> list[str]:
-    """The non-empty texts of one split, to score: from data files in the forms `train_file` takes (a path, a glob
-    pattern or a URL; text formats optionally compressed) or from a dataset (a Hub name with its `config`, or a
-    local dataset folder).
+def open_texts(
+    source: str, config: str | None = None, split: str = "test", text_column: str = "text"
+) -> Iterator[str]:
+    """The non-empty texts of one split, to score, as they are read: from data files in the forms `train_file`
+    takes (a path, a glob pattern or a URL; text formats optionally compressed) or from a dataset (a Hub name with
+    its `config`, or a local dataset folder).
 
-    The split is read as a stream, so nothing is downloaded or cached beyond it. A .txt file is one text. Empty
-    documents are dropped, as training drops them. Bad input is named: a missing split, column or file, a value
-    that is not text.
+    The split is read as a stream, so nothing is downloaded or cached beyond what is read. A .txt file is one text.
+    Empty documents are dropped, as training drops them. Bad input is named: the source, its split, its column and
+    the first record now; a later record that is not text, or a split of empty documents, as the reading reaches it.
     """
     if names_data_files(source):
         if config is not None:
@@ -361,16 +364,28 @@ def load_texts(source: str, config: str | None = None, split: str = "test", text
         if split not in splits:
             raise ValueError(f"{source} has no {split!r} split; its splits are {sorted(splits)}.")
         _check_first_record(splits[split], split, text_column)
-        texts = []
-        for number, record in enumerate(splits[split]):
+    return _texts_of(splits[split], source, split, text_column, what, files)
+
+
+def _texts_of(
+    stream: IterableDataset, source: str, split: str, text_column: str, what: str, files: list[str]
+) -> Iterator[str]:
+    given = False
+    with naming_read_errors(what, files):
+        for number, record in enumerate(stream):
             text = record.get(text_column)
             if not isinstance(text, str):
                 raise ValueError(f"{_not_text(split, text_column, type(text).__name__)} Record {number} is the first.")
             if text.strip():
-                texts.append(text)
-    if not texts:
+                given = True
+                yield text
+    if not given:
         raise ValueError(f"The {split} split of {source} holds only empty documents.")
-    return texts
+
+
+def load_texts(source: str, config: str | None = None, split: str = "test", text_column: str = "text") -> list[str]:
+    """All of `open_texts`."""
+    return list(open_texts(source, config, split, text_column))
 
 
 def _check_text_column(dataset: Dataset, split: str, text_column: str) -> None:
@@ -412,6 +427,7 @@ __all__ = [
     "load_offline_wikipedia",
     "load_raw_datasets",
     "load_texts",
+    "open_texts",
     "matching_files",
     "names_data_files",
     "wikipedia_text_path",

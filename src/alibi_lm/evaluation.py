@@ -21,6 +21,7 @@ from .scoring import (
     MODES,
     add_data_arguments,
     as_ids,
+    data_text_prefix,
     data_texts,
     format_table,
     load_model_and_tokenizer,
@@ -117,11 +118,15 @@ def run(args: argparse.Namespace) -> int:
         return (run_probe if args.probe else run_by_position)(args, texts, device)
     # Fail on bad settings before loading anything; without --lengths, a stand-in length of `stride` checks the rest.
     validate_lengths(args.lengths or [max(2, args.stride or 2)], args.mode, args.stride)
+    if args.max_tokens is not None and args.max_tokens < 2:
+        raise ValueError(f"--max-tokens must be at least 2, got {args.max_tokens}")
     lengths = args.lengths
     missing = [m for m in args.models if not Path(m).is_dir()]
     if missing:
         raise FileNotFoundError(f"model folder(s) not found: {', '.join(missing)}")
-    texts = data_texts(args)
+    texts = data_text_prefix(args)  # the source, split and column checked now
+    if args.max_tokens is None:
+        texts.read_all()  # every text is scored: a bad record is named before a model loads
     device = args.device or default_device()
     results = []
     for path in args.models:
@@ -135,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         results.append(
             perplexity_at_lengths(
                 model,
-                texts=texts,
+                texts=texts.up_to(tokenizer, args.max_tokens),  # read as far as --max-tokens needs
                 tokenizer=tokenizer,
                 lengths=lengths,
                 mode=args.mode,

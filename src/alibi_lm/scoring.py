@@ -27,7 +27,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -422,19 +422,55 @@ def to_csv(results: Sequence[PerplexityResult], path: str | os.PathLike | None =
 HELDOUT = "wikipedia"  # `--data wikipedia`: the offline Wikipedia test split
 
 
+def open_evaluation_texts(
+    data: str = HELDOUT, config: str | None = None, split: str = "test", text_column: str = "text"
+) -> Iterator[str]:
+    """What a command scores, as it is read: for `HELDOUT`, a split of the offline Wikipedia (by default "test":
+    articles training never sees, neither as train nor validation; `config` is a topic); else the texts of one split
+    of data files or a dataset (`alibi_lm.data.open_texts`: a path, glob pattern or URL, or a Hub name with its
+    `config`). The source, split and column are checked before this returns."""
+    from .data import OFFLINE_WIKIPEDIA, load_offline_wikipedia, open_texts
+
+    if data not in (HELDOUT, OFFLINE_WIKIPEDIA):  # a recipe's name for it is taken too
+        return open_texts(data, config, split, text_column)
+    if text_column != "text":
+        raise ValueError(f"The offline Wikipedia's text is in its column 'text', not {text_column!r}.")
+    return iter(load_offline_wikipedia(split=split, topic=config)["text"])
+
+
 def evaluation_texts(
     data: str = HELDOUT, config: str | None = None, split: str = "test", text_column: str = "text"
 ) -> list[str]:
-    """What a command scores: for `HELDOUT`, a split of the offline Wikipedia (by default "test": articles training
-    never sees, neither as train nor validation; `config` is a topic); else the texts of one split of data files or
-    a dataset (`alibi_lm.data.load_texts`: a path, glob pattern or URL, or a Hub name with its `config`)."""
-    from .data import OFFLINE_WIKIPEDIA, load_offline_wikipedia, load_texts
+    """All of `open_evaluation_texts`."""
+    return list(open_evaluation_texts(data, config, split, text_column))
 
-    if data not in (HELDOUT, OFFLINE_WIKIPEDIA):  # a recipe's name for it is taken too
-        return load_texts(data, config, split, text_column)
-    if text_column != "text":
-        raise ValueError(f"The offline Wikipedia's text is in its column 'text', not {text_column!r}.")
-    return load_offline_wikipedia(split=split, topic=config)["text"]
+
+class TextPrefix:
+    """Texts read only as far as scoring needs them: `--max-tokens` N on a split of a Hub corpus reads the texts
+    that hold N tokens, not the split. Texts read once are kept, so several models share them."""
+
+    def __init__(self, texts: Iterator[str]) -> None:
+        self._source, self.texts = texts, []
+
+    def read_all(self) -> list[str]:
+        self.texts.extend(self._source)
+        return self.texts
+
+    def up_to(self, tokenizer: Any, max_tokens: int | None) -> list[str]:
+        """The shortest prefix of texts holding `max_tokens` tokens of `tokenizer` (all texts for None), joined as
+        `tokenize_texts` joins them, so scoring it gives what scoring every text would."""
+        if max_tokens is None:
+            return self.read_all()
+        count = taken = 0
+        while count < max_tokens:
+            if taken == len(self.texts):
+                text = next(self._source, None)
+                if text is None:
+                    break
+                self.texts.append(text)
+            count += len(tokenize_texts(self.texts[taken], tokenizer))
+            taken += 1
+        return self.texts[:taken]
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -455,6 +491,11 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 def data_texts(args: argparse.Namespace) -> list[str]:
     """`evaluation_texts` for the arguments `add_data_arguments` added."""
     return evaluation_texts(args.data, args.data_config, args.split, args.text_column)
+
+
+def data_text_prefix(args: argparse.Namespace) -> TextPrefix:
+    """A `TextPrefix` of `open_evaluation_texts` for the arguments `add_data_arguments` added."""
+    return TextPrefix(open_evaluation_texts(args.data, args.data_config, args.split, args.text_column))
 
 
 def load_model_and_tokenizer(path: str, device: str | None = None, dtype: str = "float32") -> tuple[Any, Any]:
