@@ -6,6 +6,7 @@ a naive reference written here defines; a cutoff wider than the sequence must gi
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -244,6 +245,14 @@ def test_window_cli_writes_its_table_and_refuses_bad_input(tmp_path, capsys):
     assert "fewer than the longest evaluation length" in cli_error(
         ["window", str(folder), "--data", str(short), "--no-progress"], capsys
     )
+    # A bad record past the tokens the measurement needs is never read (a Hub split of terabytes is not read whole).
+    words = text.read_text().split()
+    records = tmp_path / "records.jsonl"
+    lines = [json.dumps({"text": " ".join(words[start : start + 100])}) for start in range(0, len(words), 100)]
+    records.write_text("\n".join([*lines, '{"text": 5}']) + "\n")
+    lazy = ["window", str(folder), "--data", str(records), "--cutoffs", "20", "--multiples", "1", "--no-progress"]
+    assert main([*lazy, "--max-eval-tokens", "300"]) == 0
+    assert "Record 11 is the first" in cli_error([*lazy, "--max-eval-tokens", "100000"], capsys)
     rotary = saved_folder(tiny_model(position_encoding="rotary"), tmp_path / "rotary")
     assert "needs an ALiBi model" in cli_error(["window", str(rotary), "--data", str(text)], capsys)
     assert "model folder not found" in cli_error(["window", str(tmp_path / "missing")], capsys)

@@ -41,7 +41,7 @@ import torch
 from .modeling.alibi_blocked import blocked_windows_everywhere, windowed_work_ratio
 from .modeling.alibi_masks import alibi_windows, get_alibi_slopes
 from .progress import progress_bar
-from .scoring import add_data_arguments, data_texts, load_model_and_tokenizer, tokenize_texts
+from .scoring import add_data_arguments, data_text_prefix, load_model_and_tokenizer, tokenize_texts
 
 DEFAULT_CUTOFFS = (12.0, 20.0, 40.0)
 # What a recommended cutoff may change: a thousandth of any query's attention, a thousandth of the perplexity.
@@ -189,12 +189,20 @@ def _greedy(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> to
         )[0, prompt.shape[1] :]
 
 
+PPL_MULTIPLE = 16  # perplexity, dense and windowed, is compared at this multiple of the training length
+
+
+def tokens_needed(training_length: int, multiples: Sequence[int], max_eval_tokens: int) -> int:
+    """How many tokens of text `measure_cutoffs` reads: the longest length, or `max_eval_tokens` per length."""
+    return max(max_eval_tokens, training_length * max([*multiples, PPL_MULTIPLE]))
+
+
 def measure_cutoffs(
     model: torch.nn.Module,
     token_ids: torch.Tensor,
     cutoffs: Sequence[float] = DEFAULT_CUTOFFS,
     multiples: Sequence[int] = DEFAULT_MULTIPLES,
-    ppl_multiple: int = 16,
+    ppl_multiple: int = PPL_MULTIPLE,
     generate_multiple: int = 8,
     max_eval_tokens: int = 16_384,
     model_name: str = "model",
@@ -282,7 +290,9 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"model folder not found: {args.model}")
     model, tokenizer = load_model_and_tokenizer(args.model, args.device)
-    texts = data_texts(args)
+    # Read as far as the measurement needs: the default split is small, a Hub corpus's may be terabytes.
+    needed = tokens_needed(model.config.train_length, args.multiples, args.max_eval_tokens)
+    texts = data_text_prefix(args).up_to(tokenizer, needed)
     report = measure_cutoffs(
         model,
         tokenize_texts(texts, tokenizer),
