@@ -260,3 +260,38 @@ def test_random_repeated_spans_are_fresh_tokens_copied_exactly_once():
 def test_bad_repeat_span_settings_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
         DataArguments(dataset_name="x", **overrides)
+
+
+def test_first_bad_record_names_the_file_and_its_own_line(tmp_path):
+    import gzip
+
+    from alibi_lm.data_files import first_bad_record
+
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"text": "a"}\n\n{"text": "b"}\n')
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text('{"text": "a"}\n{"text": "b"}\n{"text": b}\n')
+    scalar = tmp_path / "scalar.jsonl"
+    scalar.write_text('{"text": "a"}\n"just a string"\n')
+    array = tmp_path / "array.json"
+    array.write_text('[\n  {"text": "a"},\n  {"text": "b",}\n]\n')
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes(b"fine\ncaf\xe9\n")
+    truncated = tmp_path / "cut.jsonl.gz"
+    truncated.write_bytes(gzip.compress(b'{"text": "a"}\n' * 1000)[:-12])
+    table = tmp_path / "table.csv"
+    table.write_text("text\nfine\n")
+    assert first_bad_record([str(good), str(table)]) is None
+    assert first_bad_record([str(good), str(lines)]) == (
+        f"The first bad record is {lines}, line 3: Expecting value (column 10)."
+    )
+    assert (
+        first_bad_record([str(scalar)])
+        == f"The first bad record is {scalar}, line 2: not a JSON object (one per line)."
+    )
+    assert (
+        first_bad_record([str(array)])
+        == f"The first bad record is {array}, line 3: Expecting property name enclosed in double quotes (column 16)."
+    )
+    assert "latin1.txt is not UTF-8 text: byte 0xe9 at offset 8" in first_bad_record([str(good), str(latin1)])
+    assert "cut.jsonl.gz is not valid .gz data" in first_bad_record([str(truncated)])
