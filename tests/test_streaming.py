@@ -129,6 +129,15 @@ def test_worker_shards_each_tokenize_every_nth_document_after_the_held_out_ones(
         stream_lm_blocks(raw, tokenizer, 32, shards=0)
 
 
+def test_workers_started_without_fork_read_the_same_blocks(corpus, tokenizer):
+    # Python 3.14 starts DataLoader workers by forkserver on Linux, macOS by spawn: the stream travels pickled.
+    raw = load_raw_datasets(stream_args(corpus, validation_documents=5))
+    streamed = stream_lm_blocks(raw, tokenizer, 32, shards=2)["train"]
+    loader = torch.utils.data.DataLoader(streamed, None, num_workers=2, multiprocessing_context="forkserver")
+    rows = [[int(token) for token in row["input_ids"]] for row in loader]
+    assert sorted(rows) == sorted(row["input_ids"] for row in streamed) and len(rows) > 100
+
+
 def test_packed_pieces_of_a_long_document_are_one_document_in_both_paths(tokenizer, tmp_path, monkeypatch):
     monkeypatch.setattr(blocks, "TEXT_PIECE_CHARS", 997)
     texts = ["short one", prose(6000, seed=3), "another short one"]
