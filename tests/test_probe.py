@@ -102,7 +102,7 @@ def test_eval_cli_loss_by_position_averages_to_the_perplexity_eval_reports(tmp_p
     import json
 
     from alibi_lm.cli import main
-    from tests.tiny import saved_folder
+    from tests.tiny import cli_error, saved_folder
 
     folder = saved_folder(tiny_model(), tmp_path / "model")  # trained length 16 (train_length)
     text = tmp_path / "text.txt"
@@ -128,6 +128,15 @@ def test_eval_cli_loss_by_position_averages_to_the_perplexity_eval_reports(tmp_p
     ppl = json.loads((tmp_path / "ppl.json").read_text())[0]["lengths"][0]["ppl"]
     assert math.exp(sum(curve["loss"]) / 63) == pytest.approx(ppl, rel=1e-6)
     assert (tmp_path / "pos.png").stat().st_size > 10_000
+
+    # With --max-tokens the text is read only as far as the tokens it scores: a bad record past them is not reached.
+    words = text.read_text().split()
+    records = tmp_path / "records.jsonl"
+    lines = [json.dumps({"text": " ".join(words[start : start + 100])}) for start in range(0, len(words), 100)]
+    records.write_text("\n".join([*lines, '{"text": 5}']) + "\n")
+    by_position = ["eval", str(folder), "--data", str(records), "--by-position", "--lengths", "64", "--no-progress"]
+    assert main([*by_position, "--max-tokens", "200"]) == 0
+    assert "Record 6 is the first" in cli_error(by_position, capsys)
 
 
 def test_position_buckets_cover_every_position_once():

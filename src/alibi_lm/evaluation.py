@@ -113,9 +113,13 @@ def run(args: argparse.Namespace) -> int:
         missing = [m for m in args.models if not Path(m).is_dir()]
         if missing:
             raise FileNotFoundError(f"model folder(s) not found: {', '.join(missing)}")
-        texts = data_texts(args)
         device = args.device or default_device()
-        return (run_probe if args.probe else run_by_position)(args, texts, device)
+        if args.probe:
+            return run_probe(args, data_texts(args), device)
+        prefix = data_text_prefix(args)  # read as far as --max-tokens needs (all of it, before a model loads, without)
+        if args.max_tokens is None:
+            prefix.read_all()
+        return run_by_position(args, prefix, device)
     # Fail on bad settings before loading anything; without --lengths, a stand-in length of `stride` checks the rest.
     validate_lengths(args.lengths or [max(2, args.stride or 2)], args.mode, args.stride)
     if args.max_tokens is not None and args.max_tokens < 2:

@@ -24,12 +24,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from .progress import progress_bar
+
+if TYPE_CHECKING:
+    from .scoring import TextPrefix
 
 
 @dataclass
@@ -236,7 +239,7 @@ def run_probe(args: argparse.Namespace, texts: list[str], device: str) -> int:
     return 0
 
 
-def run_by_position(args: argparse.Namespace, texts: list[str], device: str) -> int:
+def run_by_position(args: argparse.Namespace, texts: TextPrefix, device: str) -> int:
     """`alibi-lm eval --by-position`: the loss at each position of non-overlapping chunks, per model."""
     from .scoring import load_model_and_tokenizer, tokenize_texts, training_length
 
@@ -250,7 +253,8 @@ def run_by_position(args: argparse.Namespace, texts: list[str], device: str) -> 
                 raise ValueError(f"{path}: config has no train_length or max_position_embeddings; pass --lengths")
             length = 16 * train_len
         curve = loss_by_position(
-            model, tokenize_texts(texts, tokenizer), length, batch_size=args.batch_size or max(1, 8192 // length),
+            model, tokenize_texts(texts.up_to(tokenizer, args.max_tokens), tokenizer), length,
+            batch_size=args.batch_size or max(1, 8192 // length),
             max_tokens=args.max_tokens,
         )  # fmt: skip
         rows.append({"model": name, "training_length": train_len, "length": length, "loss": curve.tolist()})
