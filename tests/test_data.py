@@ -295,3 +295,21 @@ def test_first_bad_record_names_the_file_and_its_own_line(tmp_path):
     )
     assert "latin1.txt is not UTF-8 text: byte 0xe9 at offset 8" in first_bad_record([str(good), str(latin1)])
     assert "cut.jsonl.gz is not valid .gz data" in first_bad_record([str(truncated)])
+
+
+def test_a_streams_up_front_check_reads_a_budget_of_text_in_all_not_per_file(tmp_path):
+    from alibi_lm.data_files import data_files_arguments
+
+    for number in range(3):
+        (tmp_path / f"part-{number}.txt").write_bytes(b"plain words here\n" * 4)  # 68 bytes each
+    (tmp_path / "part-2.txt").write_bytes(b"plain words, then caf\xe9\n")
+    pattern = str(tmp_path / "part-*.txt")
+    arguments = data_files_arguments({"train": pattern}, "line", check_bytes=100)  # part-0 whole, part-1's head
+    assert arguments["data_files"]["train"] == [str(tmp_path / f"part-{n}.txt") for n in range(3)]
+    with pytest.raises(ValueError, match=r"part-2\.txt is not UTF-8 text: byte 0xe9 at offset 21"):
+        data_files_arguments({"train": pattern}, "line")  # no budget: every byte of every file
+    with pytest.raises(ValueError, match=r"part-2\.txt is not UTF-8 text"):
+        data_files_arguments({"train": pattern}, "line", check_bytes=200)
+    (tmp_path / "part-2.txt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"part-2\.txt is empty"):  # past the budget, a file must still hold text
+        data_files_arguments({"train": pattern}, "line", check_bytes=10)

@@ -4,8 +4,8 @@ file, and where it can, the line.
 
 - `matching_files`: a path or glob pattern, expanded and sorted (one shard per file).
 - `check_data_file`: a folder, a missing or empty file, text that is not UTF-8 (with the byte's offset), a broken
-  archive. A stream checks only its first `STREAM_CHECK_BYTES` before step 1, so a corpus of hundreds of GB starts
-  at once; the rest is checked as it is read.
+  archive. A stream checks only the first `STREAM_CHECK_BYTES` of its files in all before step 1, so a corpus of
+  hundreds of GB starts at once; the rest is checked as it is read.
 - `naming_read_errors`: datasets reports a bad file as a `DatasetGenerationError` or an Arrow error that names
   neither the file nor the line (a JSON parse error "in row N" counts rows of its 10 MB chunk). On such an error the
   local files are read once more, line by line, to name the first bad one (`first_bad_record`).
@@ -78,8 +78,9 @@ def _builder_for(path: str) -> str:
     return BUILDERS[suffix]
 
 
-def check_data_file(path: str | os.PathLike, split: str = "train", limit: int | None = None) -> None:
-    """Raise an error naming `path` if it is missing, empty, or (for text formats) not UTF-8.
+def check_data_file(path: str | os.PathLike, split: str = "train", limit: int | None = None) -> int:
+    """Raise an error naming `path` if it is missing, empty, or (for text formats) not UTF-8; return the bytes
+    decoded.
 
     datasets reports these as a `DatasetGenerationError` without the file name, or as an empty split. With `limit`,
     only the first `limit` bytes (decompressed) are decoded: a stream checks the rest as it reads it.
@@ -95,7 +96,7 @@ def check_data_file(path: str | os.PathLike, split: str = "train", limit: int | 
         raise ValueError(f"The {split} data file {path} is empty.")
     suffix, compression = _suffixes(file)
     if BUILDERS.get(suffix) == "parquet" or (compression and COMPRESSIONS[compression] is None):
-        return
+        return 0
     opener = COMPRESSIONS[compression] if compression else open
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset, blank = 0, True
@@ -117,18 +118,21 @@ def check_data_file(path: str | os.PathLike, split: str = "train", limit: int | 
             raise
         raise ValueError(f"The {split} data file {path} is not valid {compression} data: {err}") from None
     if limit is not None and offset >= limit:
-        return  # the rest is read, and checked, as the stream reaches it
+        return offset  # the rest is read, and checked, as the stream reaches it
     try:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         raise ValueError(f"The {split} data file {path} is not UTF-8 text: it ends inside a character.") from None
     if blank:
         raise ValueError(f"The {split} data file {path} holds only whitespace.")
+    return offset
 
 
 def data_files_arguments(files: dict[str, str], sample_by: str, check_bytes: int | None = None) -> dict[str, Any]:
     """`load_dataset`'s arguments for data files given per split (paths, glob patterns or URLs), every local file
-    checked first (`check_data_file`, up to `check_bytes`), so a bad one is named before datasets reads it."""
+    checked first (`check_data_file`), so a bad one is named before datasets reads it. With `check_bytes`, the text
+    decoded is at most that much in all, the first files' (a corpus of 10,000 files is not read up front); the rest
+    are only checked to exist and hold something."""
     data_files = {split: matching_files(path, split) for split, path in files.items()}
     local = [(split, path) for split, paths in data_files.items() for path in paths if not is_remote(path)]
     for split, path in local:
@@ -137,8 +141,10 @@ def data_files_arguments(files: dict[str, str], sample_by: str, check_bytes: int
     builders = {_builder_for(path) for paths in data_files.values() for path in paths}
     if len(builders) > 1:
         raise ValueError(f"All data files must have the same format, got {sorted(builders)}.")
+    budget = check_bytes
     for split, path in local:  # a URL is datasets' to fetch; it names one that is not there
-        check_data_file(path, split, check_bytes)
+        decoded = check_data_file(path, split, budget)
+        budget = None if budget is None else max(0, budget - decoded)
     builder = builders.pop()
     arguments: dict[str, Any] = {"path": builder, "data_files": data_files}
     if builder == "text":
