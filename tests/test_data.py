@@ -313,3 +313,12 @@ def test_a_streams_up_front_check_reads_a_budget_of_text_in_all_not_per_file(tmp
     (tmp_path / "part-2.txt").write_bytes(b"")
     with pytest.raises(ValueError, match=r"part-2\.txt is empty"):  # past the budget, a file must still hold text
         data_files_arguments({"train": pattern}, "line", check_bytes=10)
+
+
+def test_a_bad_record_in_the_validation_file_is_named_there(tmp_path):
+    train, validation = tmp_path / "train.jsonl", tmp_path / "valid.jsonl"
+    train.write_text('{"text": "fine words"}\n' * 5)
+    validation.write_text('{"text": "fine"}\n{"text": unquoted}\n')
+    args = DataArguments(train_file=str(train), validation_file=str(validation))
+    with pytest.raises(ValueError, match=r"The first bad record is .*valid\.jsonl, line 2: Expecting value"):
+        load_raw_datasets(args)

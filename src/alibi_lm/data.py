@@ -173,12 +173,18 @@ class DataArguments:
                 "whole training split, which a stream does not hold; train one without streaming or with `tokenizers`."
             )
 
-    def local_files(self, split: str) -> list[str]:
+    def local_files(self, split: str | None = None) -> list[str]:
         """The local data files `split` reads, in order (without a validation file, "validation" reads the training
-        files); none for a dataset. Read again to name the first bad record when datasets fails on one."""
-        given = {"train": self.train_file, "validation": self.validation_file or self.train_file}
-        path = given.get(split, self.test_file if split == "test" else None)
-        return local_files([path]) if self.dataset_name is None and path is not None else []
+        files), or every split's for None; none for a dataset. Read again to name the first bad record when datasets
+        fails on one."""
+        given = {
+            "train": self.train_file,
+            "validation": self.validation_file or self.train_file,
+            "test": self.test_file,
+        }
+        paths = list(dict.fromkeys(given.values())) if split is None else [given.get(split)]
+        paths = [path for path in paths if path is not None]
+        return local_files(paths) if self.dataset_name is None else []
 
     def resolved_cache_dir(self) -> Path:
         """The folder for cached tokenizers and token blocks."""
@@ -303,7 +309,7 @@ def load_raw_datasets(data_args: DataArguments) -> DatasetDict | IterableDataset
         )
         builder = load_kwargs["path"]
         source = ", ".join(f"{split}_file {path}" for split, path in given.items())
-        with naming_read_errors(f"Could not read {source} as {builder}", data_args.local_files("train")):
+        with naming_read_errors(f"Could not read {source} as {builder}", data_args.local_files()):
             raw = datasets.load_dataset(**load_kwargs, cache_dir=data_args.cache_dir, streaming=data_args.streaming)
     else:
         raise ValueError(
