@@ -106,10 +106,21 @@ def test_a_stream_carries_each_tail_into_the_next_block(corpus, tokenizer):
     assert all(row["labels"] == row["input_ids"] for row in rows)
 
 
-@pytest.mark.parametrize("shards", [2, 3])
-def test_worker_shards_each_tokenize_every_nth_document_after_the_held_out_ones(corpus, tokenizer, shards):
-    records = [json.loads(line) for line in (corpus / "train.jsonl").read_text().splitlines()]
-    raw = load_raw_datasets(stream_args(corpus, validation_documents=5))
+@pytest.mark.parametrize("shards, files", [(2, 1), (3, 1), (2, 5)])
+def test_worker_shards_each_tokenize_every_nth_document_after_the_held_out_ones(
+    corpus, tokenizer, tmp_path, shards, files
+):
+    lines = (corpus / "train.jsonl").read_text().splitlines(keepends=True)
+    records = [json.loads(line) for line in lines]
+    if files == 1:
+        raw = load_raw_datasets(stream_args(corpus, validation_documents=5))
+    else:  # a stream of 5 files: datasets would deal them out among the workers; each part reads them all
+        size = math.ceil(len(lines) / files)
+        for number in range(files):
+            (tmp_path / f"part-{number}.jsonl").write_text("".join(lines[number * size : (number + 1) * size]))
+        pattern = str(tmp_path / "part-*.jsonl")
+        raw = load_raw_datasets(DataArguments(train_file=pattern, streaming=True, validation_documents=5))
+        assert raw["train"].num_shards == files
     streamed = stream_lm_blocks(raw, tokenizer, 32, packing=True, shards=shards)
     assert streamed["train"].num_shards == streamed["validation"].num_shards == shards
     eos = tokenizer.eos_token_id
