@@ -229,11 +229,12 @@ class GenerationForgets:
 
     At each step, outside the forward (a compiled forward cannot change the cache's layers), a `DynamicCache` is cut
     to those keys (`prepare_inputs_for_generation`, `AlibiModel.forget_what_no_head_sees`). For
-    `cache_implementation="static"`, where no head reads a key older than `keys_to_keep` (windowed ALiBi; dense ALiBi on the CPU past e^-40) and the
-    generation may run longer, transformers' static cache is built of its sliding layers, `keys_to_keep + 1` tokens
-    each, instead of `max_length` tokens: the config carries `sliding_window` only while the cache is built. Not where
-    generate compiles the forward (on accelerators, or with `compile_config._compile_all_devices`): those layers give
-    the forward their offset as a Python int, a new graph at every step, so the cache stays whole there.
+    `cache_implementation="static"`, where no head reads a key older than `keys_to_keep` (windowed ALiBi; dense
+    ALiBi on the CPU past e^-40) and the generation may run longer, transformers' static cache is built of its
+    sliding layers, `keys_to_keep + 1` tokens each, instead of `max_length` tokens: the config carries
+    `sliding_window` only while the cache is built. Not where generate compiles the forward (on accelerators, or with
+    `compile_config._compile_all_devices`): those layers give the forward their offset as a Python int, a new graph
+    at every step, so the cache stays whole there.
     """
 
     _generate_compiles = False

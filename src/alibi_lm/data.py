@@ -173,18 +173,12 @@ class DataArguments:
                 "whole training split, which a stream does not hold; train one without streaming or with `tokenizers`."
             )
 
-    def local_files(self, split: str | None = None) -> list[str]:
+    def local_files(self, split: str) -> list[str]:
         """The local data files `split` reads, in order (without a validation file, "validation" reads the training
-        files), or every split's for None; none for a dataset. Read again to name the first bad record when datasets
-        fails on one."""
-        given = {
-            "train": self.train_file,
-            "validation": self.validation_file or self.train_file,
-            "test": self.test_file,
-        }
-        paths = list(dict.fromkeys(given.values())) if split is None else [given.get(split)]
-        paths = [path for path in paths if path is not None]
-        return local_files(paths) if self.dataset_name is None else []
+        files); none for a dataset. Read again to name the first bad record when datasets fails on one."""
+        given = {"train": self.train_file, "validation": self.validation_file or self.train_file}
+        path = given.get(split, self.test_file if split == "test" else None)
+        return local_files([path]) if self.dataset_name is None and path is not None else []
 
     def resolved_cache_dir(self) -> Path:
         """The folder for cached tokenizers and token blocks."""
@@ -300,7 +294,7 @@ def load_raw_datasets(data_args: DataArguments) -> DatasetDict | IterableDataset
             cache_dir=data_args.cache_dir,
             streaming=data_args.streaming,
         )
-        source = f"dataset {data_args.dataset_name!r}"
+        source, read = f"dataset {data_args.dataset_name!r}", {}
     elif data_args.train_file is not None:
         files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
         given = {split: path for split, path in files.items() if path is not None}
@@ -309,7 +303,14 @@ def load_raw_datasets(data_args: DataArguments) -> DatasetDict | IterableDataset
         )
         builder = load_kwargs["path"]
         source = ", ".join(f"{split}_file {path}" for split, path in given.items())
-        with naming_read_errors(f"Could not read {source} as {builder}", data_args.local_files()):
+        # The files each split reads, as the patterns were expanded: read again to name a bad record.
+        read = {
+            split: [path for path in paths if not is_remote(path)]
+            for split, paths in load_kwargs["data_files"].items()
+        }
+        with naming_read_errors(
+            f"Could not read {source} as {builder}", [path for paths in read.values() for path in paths]
+        ):
             raw = datasets.load_dataset(**load_kwargs, cache_dir=data_args.cache_dir, streaming=data_args.streaming)
     else:
         raise ValueError(
@@ -320,7 +321,7 @@ def load_raw_datasets(data_args: DataArguments) -> DatasetDict | IterableDataset
         raise ValueError(f"The dataset has no 'train' split; its splits are {sorted(raw)}.")
     for split in raw:
         if data_args.streaming:
-            with naming_read_errors(f"Could not read the {split} split of {source}", data_args.local_files(split)):
+            with naming_read_errors(f"Could not read the {split} split of {source}", read.get(split, [])):
                 _check_first_record(raw[split], split, data_args.text_column)
         else:
             _check_text_column(raw[split], split, data_args.text_column)
@@ -356,7 +357,8 @@ def open_texts(
         if config is not None:
             raise ValueError(f"A dataset config ({config!r}) applies to a dataset, not to the data files {source}.")
         arguments = data_files_arguments({split: source}, "document", STREAM_CHECK_BYTES)
-        what, files = f"Could not read {source} as {arguments['path']}", local_files([source])
+        what = f"Could not read {source} as {arguments['path']}"
+        files = [path for path in arguments["data_files"][split] if not is_remote(path)]
     else:
         arguments, what, files = {"path": source, "name": config}, f"Could not load dataset {source!r}", []
     with naming_read_errors(what, files):
@@ -387,11 +389,6 @@ def _texts_of(
                 yield text
     if not given:
         raise ValueError(f"The {split} split of {source} holds only empty documents.")
-
-
-def load_texts(source: str, config: str | None = None, split: str = "test", text_column: str = "text") -> list[str]:
-    """All of `open_texts`."""
-    return list(open_texts(source, config, split, text_column))
 
 
 def _check_text_column(dataset: Dataset, split: str, text_column: str) -> None:
@@ -432,7 +429,6 @@ __all__ = [
     "is_remote",
     "load_offline_wikipedia",
     "load_raw_datasets",
-    "load_texts",
     "open_texts",
     "matching_files",
     "names_data_files",
