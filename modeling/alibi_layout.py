@@ -16,7 +16,7 @@ from functools import wraps
 
 import torch
 from torch.nn import functional as F
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer, StaticLayer
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import find_packed_sequence_indices
 
@@ -224,17 +224,121 @@ def sliding_layer(layer: DynamicLayer, kept: int) -> DynamicSlidingWindowLayer:
     return sliding
 
 
+class StaticWindowLayer(StaticLayer):
+    """A static cache layer of `window` slots that forgets, for a compiled forward: it never counts in a Python int.
+
+    transformers' `StaticSlidingWindowLayer` counts its tokens in a Python int that the forward updates and reads
+    (its mask offset): a compiled forward gets a new graph at every step (`dynamic=False`, or fullgraph failing at the
+    limit), or takes the int as an input, and CUDA graphs (generate's default `mode="reduce-overhead"`) record again
+    for each of its values. This layer counts in tensors and holds at most `window` tokens. A single new token
+    (decoding) is written after the tokens held, once the slots shift left by one if all are taken (the oldest, which
+    no head reads, drops out), with the same tensor operations at every step: one graph, no int in it.
+
+    Its positions are relative: the next token is at `next_position()`, the tokens held sit just before it, as if
+    nothing came earlier. For ALiBi, whose scores depend only on distances, that is exact; the 2-D padding mask gives
+    the columns of the tokens held (`window_mask`). `get_seq_length()` counts every token seen, as transformers'
+    layers do. Several tokens at once (a prompt) read the count as a Python number, so they run uncompiled.
+    """
+
+    is_croppable = False
+
+    def __init__(self, max_cache_len: int, **kwargs):
+        super().__init__(max_cache_len=max_cache_len)
+        self.seen = torch.tensor(0, dtype=torch.long)  # every token, for generate; `cumulative_length`: those held
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self.seen = self.seen.to(self.device)
+        if not torch.compiler.is_compiling():
+            torch._dynamo.mark_static_address(self.seen)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length = key_states.shape[-2]
+        if length == 1:
+            full = self.cumulative_length >= self.max_cache_len
+            # slot j takes slot j + 1's token when full: a shift left by one, or by none
+            source = (torch.arange(self.max_cache_len, device=self.device) + full).clamp(max=self.max_cache_len - 1)
+            self.keys.copy_(self.keys.index_select(2, source))
+            self.values.copy_(self.values.index_select(2, source))
+            self.cumulative_length.sub_(full.to(self.cumulative_length.dtype))
+            self.keys.index_copy_(2, self.cumulative_length.view(1), key_states)
+            self.values.index_copy_(2, self.cumulative_length.view(1), value_states)
+            self.cumulative_length.add_(1)
+            self.seen.add_(1)
+            return self.keys, self.values
+        if torch.compiler.is_compiling():
+            raise NotImplementedError(
+                f"A compiled forward of {length} tokens into a StaticWindowLayer: several tokens at once read how "
+                "many it holds, which a graph cannot; run them uncompiled (generate compiles only single-token steps "
+                "with this cache)."
+            )
+        past, held = self.past_length(), int(self.cumulative_length)
+        self.seen.add_(length)
+        if past + length <= self.max_cache_len:
+            return super().update(key_states, value_states)
+        keys = torch.cat((self.keys[:, :, held - past : held], key_states), dim=-2)
+        values = torch.cat((self.values[:, :, held - past : held], value_states), dim=-2)
+        self.keys.copy_(keys[:, :, -self.max_cache_len :])
+        self.values.copy_(values[:, :, -self.max_cache_len :])
+        self.cumulative_length.fill_(self.max_cache_len)
+        return keys, values
+
+    def past_length(self) -> int:
+        """How many tokens the next forward sees before its own, as a Python number (uncompiled)."""
+        return min(int(self.cumulative_length), self.max_cache_len - 1) if self.is_initialized else 0
+
+    def next_position(self) -> torch.Tensor | int:
+        """The next token's relative position, a tensor: the tokens held, less the oldest when all slots are taken."""
+        if not self.is_initialized:
+            return 0
+        return self.cumulative_length - (self.cumulative_length >= self.max_cache_len).to(self.cumulative_length.dtype)
+
+    def get_seq_length(self) -> torch.Tensor | int:
+        return self.seen if self.is_initialized else 0
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        if query_length == 1 or torch.compiler.is_compiling():
+            return self.max_cache_len, 0
+        return max(self.max_cache_len, self.past_length() + query_length), 0
+
+    def window_mask(self, attention_mask: torch.Tensor, query_length: int) -> torch.Tensor:
+        """The columns of a 2-D padding mask over every token (generate's) that this forward's keys hold, padded to
+        its key length: the last `past + query_length`. Read from the mask's length, not the count (no sync). Given
+        the window's mask, it gives a copy of it."""
+        past = min(attention_mask.shape[1] - query_length, self.max_cache_len - 1)
+        columns = attention_mask[:, attention_mask.shape[1] - query_length - past :]
+        # a new tensor, not a view of the growing mask: a compiled forward guards on its strides
+        mask = attention_mask.new_zeros((attention_mask.shape[0], self.get_mask_sizes(query_length)[0]))
+        mask[:, : columns.shape[1]] = columns
+        return mask
+
+    def reset(self) -> None:
+        super().reset()
+        self.seen.zero_()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("A StaticWindowLayer has forgotten its oldest tokens: it cannot be cropped.")
+
+
+def window_layer(cache: Cache | None) -> StaticWindowLayer | None:
+    """The cache's `StaticWindowLayer` (every layer is one, or none), whose positions are relative; or None."""
+    layer = cache.layers[0] if cache is not None and cache.layers else None
+    return layer if isinstance(layer, StaticWindowLayer) else None
+
+
 class GenerationForgets:
     """`generate`'s caches kept to what some head still reads: a mixin before GenerationMixin.
 
     At each step, outside the forward (a compiled forward cannot change the cache's layers), a `DynamicCache` is cut
     to those keys (`prepare_inputs_for_generation`, `AlibiModel.forget_what_no_head_sees`). For
     `cache_implementation="static"`, where no head reads a key older than `keys_to_keep` (windowed ALiBi; dense
-    ALiBi on the CPU past e^-40) and the generation may run longer, transformers' static cache is built of its
-    sliding layers, `keys_to_keep + 1` tokens each, instead of `max_length` tokens: the config carries
-    `sliding_window` only while the cache is built. Not where generate compiles the forward (on accelerators, or with
-    `compile_config._compile_all_devices`): those layers give the forward their offset as a Python int, a new graph
-    at every step, so the cache stays whole there.
+    ALiBi on the CPU past e^-40) and the generation may run longer, the static cache holds `keys_to_keep + 1` tokens
+    per layer instead of `max_length`. Uncompiled, in transformers' sliding layers (the config carries
+    `sliding_window` only while the cache is built). Where generate compiles the forward (on accelerators, or with
+    `compile_config._compile_all_devices`), in `StaticWindowLayer`s: transformers' give the forward their count as a
+    Python int, a new graph or a new CUDA graph at every step. A compiled prompt in chunks keeps the whole cache.
     """
 
     _generate_compiles = False
@@ -259,14 +363,20 @@ class GenerationForgets:
     def _prepare_static_cache(self, cache_implementation, batch_size, max_cache_len, prefill_chunk_size, model_kwargs):
         config, kept = self.config, self.base_model.keys_to_keep()
         length = max(max_cache_len, getattr(self, "_previous_max_cache_length", -1))
-        lend = kept is not None and 0 < kept < length - 1 and getattr(config, "sliding_window", None) is None
-        lend = lend and not self._generate_compiles
+        forgets = kept is not None and 0 < kept < length - 1 and getattr(config, "sliding_window", None) is None
+        # Compiled: this file's layers, one graph for every step (a compiled prompt in chunks keeps the whole cache).
+        windows = forgets and self._generate_compiles and "offloaded" not in cache_implementation
+        windows = windows and prefill_chunk_size is None
+        lend = forgets and not self._generate_compiles
         if lend:
             config.sliding_window = kept + 1
         try:
-            return super()._prepare_static_cache(
+            cache = super()._prepare_static_cache(
                 cache_implementation, batch_size, max_cache_len, prefill_chunk_size, model_kwargs
             )
         finally:
             if lend:
                 del config.sliding_window
+        if windows:
+            cache.layers = [StaticWindowLayer(max_cache_len=kept + 1) for _ in cache.layers]
+        return cache

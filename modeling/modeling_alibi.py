@@ -59,6 +59,7 @@ from .alibi_layout import (
     custom_mask_layout,
     forget_old_keys,
     packed_document_ids,
+    window_layer,
 )
 from .alibi_masks import ALIBI_FUSED, AlibiMask, Fused, create_alibi_mask, get_alibi_slopes
 from .alibi_paged import continuous_batch_mask, is_paged_cache, manager_on_sdpa, read_sliding_cache_by_index
@@ -380,7 +381,10 @@ class AlibiModel(AlibiPreTrainedModel):
         if not compiling:  # the checks read values, which would break a compiled graph
             validate_inputs(self.config.vocab_size, inputs, attention_mask, document_ids, cache)
         batch_size, query_length = inputs.shape[:2]
-        past_length = cache.get_seq_length() if cache is not None else 0
+        window = window_layer(cache)  # relative positions: all ALiBi needs
+        if window is not None and attention_mask is not None and attention_mask.dim() == 2:
+            attention_mask = window.window_mask(attention_mask, query_length)
+        past_length = window.next_position() if window is not None else cache.get_seq_length() if cache else 0
         # A sliding cache (`forget_what_no_head_sees`) holds only the last keys: `key_offset` dropped.
         key_length, key_offset = cache.get_mask_sizes(query_length, 0) if cache is not None else (query_length, 0)
         if inputs_embeds is None:
@@ -534,6 +538,8 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationForgets, GenerationMixin)
         if attention_mask is None:
             shape = (batch_size, int(cache.get_seq_length()) + query_length)
             attention_mask = torch.ones(shape, dtype=torch.long, device=inputs_embeds.device)
+        if window_layer(cache) is not None:
+            return window_layer(cache).window_mask(attention_mask, query_length)
         return F.pad(attention_mask, (0, cache.get_mask_sizes(query_length, 0)[0] - attention_mask.shape[1]), value=0)
 
 

@@ -492,8 +492,9 @@ def test_a_prepared_4d_mask_after_a_sliding_cache_branches_as_after_a_full_one(o
 def test_generate_builds_a_static_cache_of_the_keys_some_head_reads(overrides, prompt, kept, compiled):
     # cache_implementation="static" sized to max_length would hold every token; here it is transformers' static cache
     # of sliding layers, kept + 1 tokens each, and the greedy tokens are the dynamic cache's. Where generate compiles
-    # the forward the cache stays whole (sliding layers would cost a graph per step). Steep slopes (alibi_max_bias=2):
-    # windows of 5-16 tokens, or dense keys silenced past 160 on the CPU.
+    # the forward, our StaticWindowLayer of as many tokens (transformers' sliding layers would cost a graph per step:
+    # fullgraph with dynamic=False fails at the limit). Steep slopes (alibi_max_bias=2): windows of 5-16 tokens, or
+    # dense keys silenced past 160 on the CPU.
     from transformers import CompileConfig
 
     model = perturb(tiny_model(alibi_max_bias=2.0, attn_implementation=None, **overrides), seed=1).eval()
@@ -513,11 +514,12 @@ def test_generate_builds_a_static_cache_of_the_keys_some_head_reads(overrides, p
     layers = static.past_key_values.layers
     assert torch.equal(static.sequences, dynamic)
     assert hasattr(model, "_compiled_call") == compiled  # fullgraph, dynamic=False: one graph or an error
-    if compiled:
-        assert {type(layer).__name__ for layer in layers} == {"StaticLayer"}
-        return
-    assert {type(layer).__name__ for layer in layers} == {"StaticSlidingWindowLayer"}
+    kind = "StaticWindowLayer" if compiled else "StaticSlidingWindowLayer"
+    assert {type(layer).__name__ for layer in layers} == {kind}
     assert {layer.max_cache_len for layer in layers} == {kept + 1}
+    assert int(static.past_key_values.get_seq_length()) == dynamic.shape[1] - 1  # every token counted
+    if compiled:
+        return
     assert getattr(model.config, "sliding_window", None) is None  # lent while the cache was built, then gone
     # A generation that fits in what a head reads keeps transformers' full static cache (a fresh model: generate
     # sizes a static cache for the longest call so far).

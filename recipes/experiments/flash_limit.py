@@ -6,7 +6,8 @@
 1. Exactness in fp32 on the device: `alibi_triton` logits and gradients against eager with left padding, packed
    documents and windows; greedy tokens against eager; the model under `torch.compile`, forward and backward; a
    windowed model's continuous batching on a paged cache smaller than its requests (the ring of kept keys) against
-   `generate`.
+   `generate`; a windowed model's compiled `generate(cache_implementation="static")` (`StaticWindowLayer`) against a
+   whole `StaticCache`.
 2. The issue's two tables side by side (gpu-350m: hidden 1024, 24 layers, 16 heads, bf16): training tokens/s at
    8 x 2,048 and 1 x 8,192, prefill seconds at 16k and 64k; every row over the limit (no bias on sdpa's flash
    kernel). Interleaved repeats (`alibi_lm.measure.run_interleaved`), medians.
@@ -122,6 +123,53 @@ def continuous_batching(device: torch.device) -> dict:
         equal.append(output.error is None and output.generated_tokens == alone[0, ids.shape[1] :].tolist())
     out = {"windowed_generate_batch_tokens_equal": all(equal), "requests": len(equal)}
     print("continuous batching", out, flush=True)
+    return out
+
+
+def static_window(device: torch.device, new_tokens: int = 400) -> dict:
+    """A windowed model's `generate(cache_implementation="static")`, which generate compiles on an accelerator (CUDA
+    graphs, `mode="reduce-overhead"`): the cache it builds (`StaticWindowLayer`, 17 slots) against a whole
+    `StaticCache` passed in, greedy tokens against the dynamic cache, decoding tokens/s of each (a CUDA graph recorded
+    per step would show here), the graphs dynamo built and the cache's MiB."""
+    from torch._dynamo.utils import counters
+    from transformers import CompileConfig, StaticCache
+
+    model = small_model(device, alibi_window_cutoff=4.0, alibi_max_bias=2.0)  # windows of 5 to 16 tokens
+    model.set_attn_implementation(ALIBI_FUSED)
+    ids = torch.randint(1, 256, (2, 40), generator=torch.Generator().manual_seed(2)).to(device)
+    options = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    compile_config = CompileConfig() if device.type == "cuda" else CompileConfig(backend="eager")
+    compile_config._compile_all_devices = device.type != "cuda"
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    whole = ids.shape[1] + new_tokens
+    caches = {
+        "built by generate": lambda: {"cache_implementation": "static"},
+        "whole StaticCache": lambda: {"cache": StaticCache(config=model.config, max_cache_len=whole)},
+    }
+    out = {}
+    with torch.no_grad():
+        dynamic = model.generate(ids, **options)
+        for name, cache_kwargs in caches.items():
+            torch._dynamo.reset()
+            counters.clear()
+            warm_up = {**options, "max_new_tokens": 8, "min_new_tokens": 8}  # compiles the decoding step
+            model.generate(ids, compile_config=compile_config, **warm_up, **cache_kwargs())
+            sync()
+            start = time.perf_counter()
+            result = model.generate(
+                ids, compile_config=compile_config, return_dict_in_generate=True, **options, **cache_kwargs()
+            )
+            sync()
+            seconds = time.perf_counter() - start
+            layers = result.past_key_values.layers
+            out[name] = {
+                "layer": type(layers[0]).__name__,
+                "tokens_per_s": new_tokens / seconds,
+                "greedy_tokens_equal": bool(torch.equal(result.sequences, dynamic)),
+                "graphs": counters["stats"]["unique_graphs"],
+                "cache_mib": sum(t.numel() * t.element_size() for la in layers for t in (la.keys, la.values)) / 2**20,
+            }
+    print("static window", out, flush=True)
     return out
 
 
@@ -310,7 +358,13 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     dtype = torch.float32 if args.small else torch.bfloat16
     sections = {
-        "exactness": lambda: {"exactness": {**exactness(device), "continuous batching": continuous_batching(device)}},
+        "exactness": lambda: {
+            "exactness": {
+                **exactness(device),
+                "continuous batching": continuous_batching(device),
+                "compiled static window cache": static_window(device),
+            }
+        },
         "alone": lambda: {
             "attention_alone_ms": {" x ".join(map(str, s)): attention_alone(device, s, dtype) for s in alone_shapes}
         },
