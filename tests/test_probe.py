@@ -97,6 +97,25 @@ def test_eval_cli_runs_the_probe_on_a_saved_model(tmp_path, capsys):
     assert "give one of them" in cli_error([*argv, "--by-position"], capsys)
     assert "--mode and --stride do not apply" in cli_error([*argv, "--mode", "sliding", "--stride", "2"], capsys)
 
+    # --max-tokens N: the probe on the first N tokens, read only as far as them (a bad record past them is not reached)
+    from alibi_lm.scoring import load_model_and_tokenizer, tokenize_texts
+
+    words = text.read_text().split()
+    texts = [" ".join(words[start : start + 100]) for start in range(0, len(words), 100)]
+    records = tmp_path / "records.jsonl"
+    records.write_text("\n".join([*(json.dumps({"text": t}) for t in texts), '{"text": 5}']) + "\n")
+    probe = ["eval", str(folder), "--data", str(records), "--probe", "--probe-span", "8", "--probe-samples", "2"]
+    probe += ["--probe-gaps", "0", "16", "--no-progress"]
+    assert main([*probe, "--max-tokens", "300", "--json", str(tmp_path / "q.json")]) == 0
+    model, tokenizer = load_model_and_tokenizer(str(folder), "cpu")
+    expected = copy_probe(model, tokenize_texts(texts, tokenizer)[:300], [0, 16], span=8, samples=2, progress=False)
+    got = json.loads((tmp_path / "q.json").read_text())["probe"][0]
+    assert got["repeat_loss"] == pytest.approx(expected.repeat_loss, rel=1e-6)
+    assert got["first_loss"] == pytest.approx(expected.first_loss, rel=1e-6)
+    assert expected.repeat_loss != pytest.approx(saved["probe"][0]["repeat_loss"], rel=1e-3)  # not the whole text's
+    assert "is the first" in cli_error(probe, capsys)  # read whole without --max-tokens
+    assert "--max-tokens must be at least 2" in cli_error([*probe, "--max-tokens", "1"], capsys)
+
 
 def test_eval_cli_loss_by_position_averages_to_the_perplexity_eval_reports(tmp_path, capsys):
     import json

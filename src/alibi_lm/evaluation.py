@@ -22,7 +22,6 @@ from .scoring import (
     add_data_arguments,
     as_ids,
     data_text_prefix,
-    data_texts,
     format_table,
     load_model_and_tokenizer,
     perplexity_at_lengths,
@@ -114,12 +113,12 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             raise FileNotFoundError(f"model folder(s) not found: {', '.join(missing)}")
         device = args.device or default_device()
-        if args.probe:
-            return run_probe(args, data_texts(args), device)
+        if args.max_tokens is not None and args.max_tokens < 2:
+            raise ValueError(f"--max-tokens must be at least 2, got {args.max_tokens}")
         prefix = data_text_prefix(args)  # read as far as --max-tokens needs (all of it, before a model loads, without)
         if args.max_tokens is None:
             prefix.read_all()
-        return run_by_position(args, prefix, device)
+        return (run_probe if args.probe else run_by_position)(args, prefix, device)
     # Fail on bad settings before loading anything; without --lengths, a stand-in length of `stride` checks the rest.
     validate_lengths(args.lengths or [max(2, args.stride or 2)], args.mode, args.stride)
     if args.max_tokens is not None and args.max_tokens < 2:

@@ -199,8 +199,9 @@ def _probe_model_names(paths: Sequence[str]) -> list[str]:
     return names if len(set(names)) == len(names) else list(paths)
 
 
-def run_probe(args: argparse.Namespace, texts: list[str], device: str) -> int:
-    """`alibi-lm eval --probe`: the copy probe for each model; table, per-head ALiBi reach, JSON, plot."""
+def run_probe(args: argparse.Namespace, texts: TextPrefix, device: str) -> int:
+    """`alibi-lm eval --probe`: the copy probe for each model, on the first `--max-tokens` tokens of the texts (all
+    of them without); table, per-head ALiBi reach, JSON, plot."""
     from .scoring import load_model_and_tokenizer, tokenize_texts, training_length
 
     results, reach = [], {}
@@ -208,9 +209,10 @@ def run_probe(args: argparse.Namespace, texts: list[str], device: str) -> int:
         model, tokenizer = load_model_and_tokenizer(path, device, args.dtype)
         train_len = training_length(model.config) or 64
         gaps = args.probe_gaps or [0, train_len // 2, train_len, 4 * train_len, 16 * train_len]
+        token_ids = tokenize_texts(texts.up_to(tokenizer, args.max_tokens), tokenizer)[: args.max_tokens]
         result = copy_probe(
-            model, tokenize_texts(texts, tokenizer), gaps, span=args.probe_span, samples=args.probe_samples,
-            model_name=name, progress=not args.no_progress,
+            model, token_ids, gaps, span=args.probe_span, samples=args.probe_samples, model_name=name,
+            progress=not args.no_progress,
         )  # fmt: skip
         print(result.to_table())
         if getattr(model.config, "position_encoding", None) == "alibi":

@@ -488,11 +488,6 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-column", default="text", help="the column holding the text (default: text)")
 
 
-def data_texts(args: argparse.Namespace) -> list[str]:
-    """`evaluation_texts` for the arguments `add_data_arguments` added."""
-    return evaluation_texts(args.data, args.data_config, args.split, args.text_column)
-
-
 def data_text_prefix(args: argparse.Namespace) -> TextPrefix:
     """A `TextPrefix` of `open_evaluation_texts` for the arguments `add_data_arguments` added."""
     return TextPrefix(open_evaluation_texts(args.data, args.data_config, args.split, args.text_column))
