@@ -94,20 +94,21 @@ def test_a_second_turn_continues_a_compiled_generation():
     assert int(cache.get_seq_length()) == whole.sequences.shape[1] - 1
 
 
-def test_generate_decodes_one_row_in_one_graph():
-    # One row: generate's mask over every token is [1, total], and a slice of it would carry a stride that grows
-    # at every step, which the compiled forward guards on (a graph per step, then an int input): the window's mask
-    # is a new tensor.
+def test_generations_of_many_lengths_decode_in_one_graph():
+    # Every generation past the window has the same cache shape, whatever its prompt and length: one graph for all
+    # (fullgraph, dynamic=False), where a whole static cache has the shape of the longest generation so far. One row:
+    # generate's mask over every token is [1, total], and a slice of it would carry a stride that grows at every
+    # step, which the compiled forward guards on: the window's mask is a new tensor.
     model = windowed_model()
-    ids = random_ids(1, 20, seed=7)  # past the 17 slots from the first step on
     backend = RecordingBackend()
-    compile_config = CompileConfig(backend=backend, dynamic=None)
+    compile_config = CompileConfig(backend=backend, fullgraph=True, dynamic=False)
     compile_config._compile_all_devices = True
-    options = dict(do_sample=False, pad_token_id=0, max_new_tokens=30)
     with torch.no_grad():
-        static = model.generate(ids, cache_implementation="static", compile_config=compile_config, **options)
-        dynamic = model.generate(ids, **options)
-    assert torch.equal(static, dynamic)
+        for prompt, new in ((20, 30), (25, 60), (7, 45)):
+            ids = random_ids(1, prompt, seed=prompt)
+            options = dict(do_sample=False, pad_token_id=0, max_new_tokens=new)
+            static = model.generate(ids, cache_implementation="static", compile_config=compile_config, **options)
+            assert torch.equal(static, model.generate(ids, **options))
     assert backend.int_inputs == [[]]
 
 
