@@ -2,7 +2,8 @@
 """Where each query and key slot sits in a forward (`AttentionLayout`): its positions, padding, packed documents and
 cached tokens, read once per forward from the inputs (`build_layout`, `custom_mask_layout` for a prepared 4-D mask,
 `packed_document_ids` for padding-free packing), and the one visibility rule every mask form follows; and the cache
-that forgets the keys no head reads (`forget_old_keys`), whose dropped tokens a layout counts (`key_offset`).
+that forgets the keys no head reads (`forget_old_keys`), whose dropped tokens a layout counts (`key_offset`), or, for
+compiled static decoding, whose positions are relative (`StaticWindowLayer`).
 
 `alibi_masks.create_alibi_mask` turns a layout into each backend's mask. Hub remote code like the rest of the model;
 imports only torch and transformers.
