@@ -17,7 +17,14 @@ from functools import wraps
 
 import torch
 from torch.nn import functional as F
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer, StaticLayer
+from transformers.cache_utils import (
+    Cache,
+    DynamicCache,
+    DynamicLayer,
+    DynamicSlidingWindowLayer,
+    StaticCache,
+    StaticLayer,
+)
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import find_packed_sequence_indices
 
@@ -259,10 +266,15 @@ class StaticWindowLayer(StaticLayer):
         length = key_states.shape[-2]
         if length == 1:
             full = self.cumulative_length >= self.max_cache_len
-            # slot j takes slot j + 1's token when full: a shift left by one, or by none
-            source = (torch.arange(self.max_cache_len, device=self.device) + full).clamp(max=self.max_cache_len - 1)
-            self.keys.copy_(self.keys.index_select(2, source))
-            self.values.copy_(self.values.index_select(2, source))
+            if torch.compiler.is_compiling():
+                # slot j takes slot j + 1's token when full: a shift left by one, or by none, with no branch
+                source = torch.arange(self.max_cache_len, device=self.device) + full
+                source = source.clamp(max=self.max_cache_len - 1)
+                self.keys.copy_(self.keys.index_select(2, source))
+                self.values.copy_(self.values.index_select(2, source))
+            elif bool(full):  # uncompiled, a branch and a roll: with the gather, a step took 1.4x as long (CPU)
+                self.keys.copy_(self.keys.roll(-1, dims=2))
+                self.values.copy_(self.values.roll(-1, dims=2))
             self.cumulative_length.sub_(full.to(self.cumulative_length.dtype))
             self.keys.index_copy_(2, self.cumulative_length.view(1), key_states)
             self.values.index_copy_(2, self.cumulative_length.view(1), value_states)
@@ -351,10 +363,11 @@ class GenerationForgets:
         return inputs
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        compile_config = generation_config.compile_config
-        accelerator = self.device.type in ("cuda", "xpu", "neuron", "tpu", "mps")  # as `_valid_auto_compile_criteria`
-        self._generate_compiles = not generation_config.disable_compile and (
-            accelerator or bool(compile_config is not None and compile_config._compile_all_devices)
+        # transformers' own rule (device, compile_config, quantizer, offloading), asked of a static cache before it is
+        # built: uncompiled, transformers' sliding layers decode faster (1.1x on the CPU)
+        stand_in = StaticCache(config=self.config, max_cache_len=1)
+        self._generate_compiles = self._valid_auto_compile_criteria(
+            {**model_kwargs, "cache": stand_in}, generation_config
         )
         try:
             return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)

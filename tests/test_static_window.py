@@ -112,6 +112,26 @@ def test_generations_of_many_lengths_decode_in_one_graph():
     assert backend.int_inputs == [[]]
 
 
+def test_where_generate_does_not_compile_it_keeps_transformers_sliding_layers():
+    # Asked as generate asks (`_valid_auto_compile_criteria`): a quantizer that cannot compile, as bitsandbytes on a
+    # GPU, turns compiling off, and uncompiled transformers' sliding layers are the faster cache.
+    from types import SimpleNamespace
+
+    model = windowed_model()
+    compile_config = CompileConfig(backend="eager")
+    compile_config._compile_all_devices = True
+    options = dict(do_sample=False, pad_token_id=0, max_new_tokens=30, return_dict_in_generate=True)
+    ids = random_ids(1, 20, seed=8)
+    kinds = []
+    with torch.no_grad():
+        for quantizer in (None, SimpleNamespace(is_compileable=False)):
+            model.hf_quantizer = quantizer
+            out = model.generate(ids, cache_implementation="static", compile_config=compile_config, **options)
+            kinds.append(type(out.past_key_values.layers[0]).__name__)
+            assert torch.equal(out.sequences, model.generate(ids, **options).sequences)
+    assert kinds == ["StaticWindowLayer", "StaticSlidingWindowLayer"]
+
+
 def test_several_tokens_into_the_window_cannot_be_compiled_or_cropped():
     model = windowed_model()
     cache = window_cache(model, model.model.keys_to_keep())
