@@ -26,6 +26,7 @@ from transformers.cache_utils import (
     StaticLayer,
 )
 from transformers.generation import GenerationMixin
+from transformers.generation.configuration_utils import ALL_STATIC_CACHE_IMPLEMENTATIONS
 from transformers.masking_utils import find_packed_sequence_indices
 
 
@@ -363,11 +364,13 @@ class GenerationForgets:
         return inputs
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        # transformers' own rule (device, compile_config, quantizer, offloading), asked of a static cache before it is
-        # built: uncompiled, transformers' sliding layers decode faster (1.1x on the CPU)
-        stand_in = StaticCache(config=self.config, max_cache_len=1)
-        self._generate_compiles = self._valid_auto_compile_criteria(
-            {**model_kwargs, "cache": stand_in}, generation_config
+        # Asked only where a static cache is built (transformers' rule switches tokenizers' parallelism off where it
+        # compiles), by transformers' own rule (device, compile_config, quantizer, offloading), of a stand-in static
+        # cache: uncompiled, transformers' sliding layers decode faster (1.1x on the CPU).
+        self._generate_compiles = generation_config.cache_implementation in ALL_STATIC_CACHE_IMPLEMENTATIONS and (
+            self._valid_auto_compile_criteria(
+                {**model_kwargs, "cache": StaticCache(config=self.config, max_cache_len=1)}, generation_config
+            )
         )
         try:
             return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)

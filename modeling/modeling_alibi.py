@@ -384,7 +384,9 @@ class AlibiModel(AlibiPreTrainedModel):
         window = window_layer(cache)  # relative positions: all ALiBi needs
         if window is not None and attention_mask is not None and attention_mask.dim() == 2:
             attention_mask = window.window_mask(attention_mask, query_length)
-        past_length = window.next_position() if window is not None else cache.get_seq_length() if cache else 0
+        past_length = (
+            window.next_position() if window is not None else cache.get_seq_length() if cache is not None else 0
+        )
         # A sliding cache (`forget_what_no_head_sees`) holds only the last keys: `key_offset` dropped.
         key_length, key_offset = cache.get_mask_sizes(query_length, 0) if cache is not None else (query_length, 0)
         if inputs_embeds is None:

@@ -8,6 +8,8 @@ its window in one graph that takes no int, with the logits of a full cache.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from transformers import CompileConfig, DynamicCache, StaticCache
@@ -130,6 +132,17 @@ def test_where_generate_does_not_compile_it_keeps_transformers_sliding_layers():
             kinds.append(type(out.past_key_values.layers[0]).__name__)
             assert torch.equal(out.sequences, model.generate(ids, **options).sequences)
     assert kinds == ["StaticWindowLayer", "StaticSlidingWindowLayer"]
+
+
+def test_a_dynamic_generation_leaves_tokenizers_parallelism_alone(monkeypatch):
+    # transformers' compile rule switches tokenizers' parallelism off where it compiles; asked of a stand-in static
+    # cache, it must be asked only where generate builds a static cache.
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    compile_config = CompileConfig(backend="eager")
+    compile_config._compile_all_devices = True
+    with torch.no_grad():
+        windowed_model().generate(random_ids(1, 5), compile_config=compile_config, max_new_tokens=3, pad_token_id=0)
+    assert "TOKENIZERS_PARALLELISM" not in os.environ
 
 
 def test_several_tokens_into_the_window_cannot_be_compiled_or_cropped():
