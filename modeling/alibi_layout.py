@@ -342,6 +342,19 @@ def window_layer(cache: Cache | None) -> StaticWindowLayer | None:
     return layer if isinstance(layer, StaticWindowLayer) else None
 
 
+def cached_positions(
+    cache: Cache | None, attention_mask: torch.Tensor | dict | None, query_length: int
+) -> tuple[torch.Tensor | dict | None, torch.Tensor | int]:
+    """A forward's 2-D padding mask and the next token's position for `cache`: the tokens it has seen, or for a
+    `StaticWindowLayer`, whose positions are relative (all ALiBi needs), the mask's columns of the tokens it holds."""
+    window = window_layer(cache)
+    if window is None:
+        return attention_mask, cache.get_seq_length() if cache is not None else 0
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+        attention_mask = window.window_mask(attention_mask, query_length)
+    return attention_mask, window.next_position()
+
+
 class GenerationForgets:
     """`generate`'s caches kept to what some head still reads: a mixin before GenerationMixin.
 

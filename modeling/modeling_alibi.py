@@ -56,6 +56,7 @@ from .alibi_layout import (
     AttentionLayout,
     GenerationForgets,
     build_layout,
+    cached_positions,
     custom_mask_layout,
     forget_old_keys,
     packed_document_ids,
@@ -381,12 +382,7 @@ class AlibiModel(AlibiPreTrainedModel):
         if not compiling:  # the checks read values, which would break a compiled graph
             validate_inputs(self.config.vocab_size, inputs, attention_mask, document_ids, cache)
         batch_size, query_length = inputs.shape[:2]
-        window = window_layer(cache)  # relative positions: all ALiBi needs
-        if window is not None and attention_mask is not None and attention_mask.dim() == 2:
-            attention_mask = window.window_mask(attention_mask, query_length)
-        past_length = (
-            window.next_position() if window is not None else cache.get_seq_length() if cache is not None else 0
-        )
+        attention_mask, past_length = cached_positions(cache, attention_mask, query_length)
         # A sliding cache (`forget_what_no_head_sees`) holds only the last keys: `key_offset` dropped.
         key_length, key_offset = cache.get_mask_sizes(query_length, 0) if cache is not None else (query_length, 0)
         if inputs_embeds is None:

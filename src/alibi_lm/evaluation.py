@@ -100,37 +100,31 @@ class ExtrapolationCallback(TrainerCallback):
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.probe or args.by_position:
-        from .probe import run_by_position, run_probe
-
+    analysis = args.probe or args.by_position
+    if analysis:
         if args.probe and args.by_position:
             raise ValueError("--probe and --by-position are separate runs: give one of them")
         if args.mode != "nonoverlapping" or args.stride is not None:
             raise ValueError("--probe and --by-position score their own sequences: --mode and --stride do not apply")
         if args.by_position and args.lengths is not None and max(args.lengths) < 2:
             raise ValueError(f"--by-position needs a length of at least 2 tokens, got {max(args.lengths)}")
-        missing = [m for m in args.models if not Path(m).is_dir()]
-        if missing:
-            raise FileNotFoundError(f"model folder(s) not found: {', '.join(missing)}")
-        device = args.device or default_device()
-        if args.max_tokens is not None and args.max_tokens < 2:
-            raise ValueError(f"--max-tokens must be at least 2, got {args.max_tokens}")
-        prefix = data_text_prefix(args)  # read as far as --max-tokens needs (all of it, before a model loads, without)
-        if args.max_tokens is None:
-            prefix.read_all()
-        return (run_probe if args.probe else run_by_position)(args, prefix, device)
-    # Fail on bad settings before loading anything; without --lengths, a stand-in length of `stride` checks the rest.
-    validate_lengths(args.lengths or [max(2, args.stride or 2)], args.mode, args.stride)
+    else:
+        # Fail on bad settings before loading anything; without --lengths, a stand-in length of `stride` checks the rest.
+        validate_lengths(args.lengths or [max(2, args.stride or 2)], args.mode, args.stride)
     if args.max_tokens is not None and args.max_tokens < 2:
         raise ValueError(f"--max-tokens must be at least 2, got {args.max_tokens}")
-    lengths = args.lengths
     missing = [m for m in args.models if not Path(m).is_dir()]
     if missing:
         raise FileNotFoundError(f"model folder(s) not found: {', '.join(missing)}")
     texts = data_text_prefix(args)  # the source, split and column checked now
     if args.max_tokens is None:
-        texts.read_all()  # every text is scored: a bad record is named before a model loads
+        texts.read_all()  # every text is used: a bad record is named before a model loads
     device = args.device or default_device()
+    if analysis:
+        from .probe import run_by_position, run_probe
+
+        return (run_probe if args.probe else run_by_position)(args, texts, device)
+    lengths = args.lengths
     results = []
     for path in args.models:
         model, tokenizer = load_model_and_tokenizer(path, device, args.dtype)
