@@ -81,6 +81,8 @@ _OP = "alibi_lm::" + re.sub(r"\W", "_", __name__)
 # The op's patterns, which no model can hand it: shared by every model in the process (keyed by slope, window, dtype
 # and device, as a model's own), bounded as a model's own.
 OP_PATTERNS = PatternCache()
+# The ops' schemas are written out: torch before 2.7 infers none from `list[float]` or a string annotation.
+_PLAN = "float[] slopes, SymInt[] windows, bool[] silenced, float scaling"
 
 
 def plan_from_numbers(
@@ -92,7 +94,11 @@ def plan_from_numbers(
     return WindowedAlibi(slopes, windows, OP_PATTERNS.for_forward(), silenced, documents=documents)
 
 
-@torch.library.custom_op(f"{_OP}_blocked", mutates_args=())
+@torch.library.custom_op(
+    f"{_OP}_blocked",
+    mutates_args=(),
+    schema=f"(Tensor query, Tensor key, Tensor value, Tensor? starts, {_PLAN}) -> Tensor",
+)
 def dynamic_blocked_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -121,7 +127,11 @@ def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *plan) -> tor
     return query.new_empty(batch, length, heads, value.shape[-1])
 
 
-@torch.library.custom_op(f"{_OP}_blocked_backward", mutates_args=())
+@torch.library.custom_op(
+    f"{_OP}_blocked_backward",
+    mutates_args=(),
+    schema=f"(Tensor grad, Tensor query, Tensor key, Tensor value, Tensor? starts, {_PLAN}) -> (Tensor, Tensor, Tensor)",
+)
 def dynamic_blocked_attention_backward(
     grad: torch.Tensor,
     query: torch.Tensor,
@@ -160,7 +170,12 @@ def _gradients(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
 dynamic_blocked_attention.register_autograd(_gradients, setup_context=_save_inputs)
 
 
-@torch.library.custom_op(f"{_OP}_continued", mutates_args=())
+@torch.library.custom_op(
+    f"{_OP}_continued",
+    mutates_args=(),
+    schema="(Tensor query, Tensor key, Tensor value, Tensor cached, Tensor? key_valid, "
+    f"{_PLAN}, SymInt[] model_windows) -> Tensor",
+)
 def continued_blocked_attention(
     query: torch.Tensor,
     key: torch.Tensor,

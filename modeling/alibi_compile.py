@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import re
 import types
 from collections.abc import Callable
 
@@ -30,10 +31,35 @@ def compile_disabled() -> bool:
     return os.environ.get("TORCHDYNAMO_DISABLE", "") == "1" or bool(torch._dynamo.config.disable)
 
 
+def torch_release(version: str = torch.__version__) -> tuple[int, ...]:
+    """`torch.__version__`'s major and minor release: (2, 13) for "2.13.0+cpu"."""
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+
+
+TORCH_RELEASE = torch_release()
+# Before this release inductor cannot compile flex_attention on the CPU where its mask_mod or score_mod reads a
+# tensor, as ours do for padded or packed batches and after a cache: it fails with "All the buffers in the score and
+# mask subgraph should be in kernel_group.args.input_buffers" (seen on torch 2.6.0, 2.7.1 and 2.8.0).
+FLEX_CPU_TORCH = (2, 9)
+OLD_TORCH_FLEX = (
+    "flex_attention on the CPU needs torch>={need}, but torch {found} is installed: its inductor fails to compile a "
+    "mask or score_mod that reads a tensor, as ALiBi's do for padded and packed batches. Use the default attention "
+    "(alibi_fused, which runs no flex_attention on the CPU) or attn_implementation='sdpa', or upgrade: "
+    "pip install -U 'torch>={need}'"
+)
+
+
+def flex_too_old(device: torch.device) -> str | None:
+    """`OLD_TORCH_FLEX` filled in where this torch cannot compile flex_attention on `device`, else None."""
+    if device.type != "cpu" or TORCH_RELEASE >= FLEX_CPU_TORCH:
+        return None
+    return OLD_TORCH_FLEX.format(need=".".join(map(str, FLEX_CPU_TORCH)), found=torch.__version__)
+
+
 def flex_compiles(device: torch.device) -> bool:
-    """Whether torch.compile can build flex_attention on `device`: inductor's CPU backend, or Triton on a GPU, and
-    compiling not switched off."""
-    return (device.type == "cpu" or _has_triton()) and not compile_disabled()
+    """Whether torch.compile can build flex_attention on `device`: inductor's CPU backend (from torch
+    `FLEX_CPU_TORCH`), or Triton on a GPU, and compiling not switched off."""
+    return (device.type == "cpu" or _has_triton()) and not compile_disabled() and flex_too_old(device) is None
 
 
 FUSED_UNCOMPILED = (

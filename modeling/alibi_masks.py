@@ -40,7 +40,14 @@ from .alibi_blocked import (
     packed_plan,
     quadratic_mask_reason,
 )
-from .alibi_compile import FUSED_UNCOMPILED, block_mask_call, compile_disabled, compiled, flex_compiles
+from .alibi_compile import (
+    FUSED_UNCOMPILED,
+    block_mask_call,
+    compile_disabled,
+    compiled,
+    flex_compiles,
+    flex_too_old,
+)
 from .alibi_layout import AttentionLayout
 from .alibi_triton import TritonAlibiMask, build_triton_mask
 
@@ -281,6 +288,8 @@ def runs_flex(implementation: str, layout: AttentionLayout, bias: ScoreBias | No
     if layout.query_length == 1 or layout.custom_visible is not None:
         return False
     if implementation == "flex_attention":
+        if (too_old := flex_too_old(layout.device)) is not None:
+            raise RuntimeError(too_old)
         return True
     if not (implementation == ALIBI_FUSED and layout.device.type in fused.devices):
         return False
@@ -288,6 +297,8 @@ def runs_flex(implementation: str, layout: AttentionLayout, bias: ScoreBias | No
         return False
     if not flex_compiles(layout.device):
         why = "TORCHDYNAMO_DISABLE or TORCH_COMPILE_DISABLE is set" if compile_disabled() else "Triton is missing"
+        if flex_too_old(layout.device) is not None:
+            why = f"torch {torch.__version__} cannot compile it on the CPU"
         logger.warning_once(FUSED_UNCOMPILED.format(device=layout.device.type, why=why))
         return False
     return True

@@ -174,9 +174,18 @@ def _strides(*tensors: torch.Tensor) -> list[int]:
 _OP = "alibi_lm::" + re.sub(r"\W", "_", __name__)
 Tensor = torch.Tensor
 OptionalTensor = torch.Tensor | None  # `Tensor?` in the ops' schemas
+# The ops' schemas are written out, as alibi_attention's are: torch before 2.7 infers none from some annotations.
+_LAYOUT = (
+    "Tensor log2_slopes, Tensor? windows, Tensor? positions, Tensor? valid, Tensor? documents, "
+    "Tensor? document_start, Tensor? document_end, SymInt past_length, float scale"
+)
 
 
-@torch.library.custom_op(f"{_OP}_forward", mutates_args=())
+@torch.library.custom_op(
+    f"{_OP}_forward",
+    mutates_args=(),
+    schema=f"(Tensor query, Tensor key, Tensor value, {_LAYOUT}) -> (Tensor, Tensor)",
+)
 def flash_forward(
     query: Tensor, key: Tensor, value: Tensor, log2_slopes: Tensor, windows: OptionalTensor,
     positions: OptionalTensor, valid: OptionalTensor, documents: OptionalTensor, document_start: OptionalTensor,
@@ -206,7 +215,12 @@ def _(query: Tensor, key: Tensor, value: Tensor, *layout_and_sizes) -> tuple[Ten
     return torch.empty_like(query), query.new_empty(query.shape[:3], dtype=torch.float32)
 
 
-@torch.library.custom_op(f"{_OP}_backward", mutates_args=())
+@torch.library.custom_op(
+    f"{_OP}_backward",
+    mutates_args=(),
+    schema="(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor out, Tensor lse, "
+    f"{_LAYOUT}) -> (Tensor, Tensor, Tensor)",
+)
 def flash_backward(
     grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, out: Tensor, lse: Tensor, log2_slopes: Tensor,
     windows: OptionalTensor, positions: OptionalTensor, valid: OptionalTensor, documents: OptionalTensor,
