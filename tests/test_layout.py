@@ -221,5 +221,26 @@ def test_the_python_floor_is_one_our_requirements_install_on():
     assert f'target-version = "py{floor.replace(".", "")}"' in ruff
 
 
+def test_the_torch_floor_is_one_transformers_runs_on_and_the_slow_check_installs(monkeypatch):
+    """setup.cfg said torch>=2.5, where transformers 5 runs without torch (`is_torch_available` wants 2.6): the floor
+    must be a release transformers takes, and the one `test_torch_versions` runs the remote code on."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+    from transformers.utils import import_utils
+
+    from tests.test_torch_versions import OLDEST_TORCH
+
+    lines = setup_cfg()["options"]["install_requires"].splitlines()
+    torch_requirement = next(
+        requirement
+        for requirement in (Requirement(line) for line in lines if line.strip() and not line.startswith("#"))
+        if requirement.name == "torch"
+    )
+    floor = min(spec.version for spec in torch_requirement.specifier if spec.operator == ">=")
+    monkeypatch.setattr(import_utils, "_is_package_available", lambda name, return_version=False: (True, floor))
+    assert import_utils.is_torch_available.__wrapped__(), f"transformers runs without torch {floor}"
+    assert Version(floor) == Version(OLDEST_TORCH)
+
+
 def test_every_position_encoding_name_has_its_class():
     assert set(alibi_encodings.POSITION_ENCODING_CLASSES) == set(configuration_alibi.POSITION_ENCODINGS)
