@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -249,8 +249,15 @@ def alibi_window_values(slopes: list[float], cutoff: float) -> list[int]:
     return [math.floor(cutoff / slope) for slope in slopes]
 
 
-# torch.export's flag (torch >= 2.6; on older torch a windowed model's length-guarded choice stays, which export refuses).
-is_exporting: Callable[[], bool] = getattr(torch.compiler, "is_exporting", lambda: False)
+def is_exporting() -> bool:
+    """Whether torch.export traces this call: torch's flag itself. torch 2.9 and 2.10 answer True to
+    `torch.compiler.is_exporting()` inside every torch.compile (pytorch#176347), which sent a compiled continuation
+    after a static cache to the `[B, H, Q, K]` mask. On torch 2.6, which has neither, False (a windowed model's
+    length-guarded choice stays there, which export refuses)."""
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    if flag is None:
+        return getattr(torch.compiler, "is_exporting", lambda: False)()
+    return bool(flag)
 
 
 def blocked_plan(

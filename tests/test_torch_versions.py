@@ -1,9 +1,11 @@
 """The torch releases the model runs on: every one transformers 5 takes (2.6 and newer), not only the one CI pins.
 
 A Hub user runs the remote code on whatever torch they have. Until 2026-12-08 the model did not import on torch 2.6
-(its ops' schemas were inferred from `list[float]` annotations, which 2.6 cannot read), and flex_attention on the
-CPU failed inside inductor before 2.9. Here: the ops need no inference, the flex refusal names the release, and
-(slow) a venv with torch 2.6.0 from the package registry runs the saved model's remote code as this torch does.
+(its ops' schemas were inferred from `list[float]` annotations, which 2.6 cannot read), flex_attention on the CPU
+failed inside inductor before 2.9, and on 2.9 and 2.10 a compiled chunked prefill took an L x L mask per chunk
+(those releases say "exporting" inside torch.compile). Here: the ops need no inference, the flex refusal names the
+release, export is told from compile by its flag, and (slow) venvs with torch 2.6.0 and 2.10.0 from the package
+registry run the saved model's remote code as this torch does.
 """
 
 from __future__ import annotations
@@ -89,12 +91,33 @@ def test_the_default_on_a_fused_device_falls_back_to_sdpa_on_such_a_torch(monkey
         torch.testing.assert_close(fused, model(ids).logits, atol=1e-5, rtol=0)
 
 
-FLOOR_SCRIPT = """
-import json, sys, torch
+def test_export_is_told_apart_from_compile_by_exports_own_flag():
+    """torch 2.9 and 2.10 answer True to `torch.compiler.is_exporting()` inside torch.compile (pytorch#176347): a
+    compiled chunked prefill took the `[B, H, Q, K]` mask for every chunk there. The model reads export's flag. (This
+    torch answers right either way; the slow check below runs the same on 2.10.)"""
+    from alibi_lm.modeling.alibi_blocked import is_exporting
+
+    class Branch(torch.nn.Module):
+        def forward(self, x):
+            return x + 1 if is_exporting() else x - 1
+
+    x = torch.zeros(1)
+    assert Branch()(x).item() == -1
+    assert torch.compile(Branch(), fullgraph=True)(x).item() == -1
+    assert torch.export.export(Branch(), (x,)).module()(x).item() == 1
+
+
+# Run by another torch, on the saved folder's remote code (transformers alone loads it): its logits, greedy tokens
+# past the training length, a gradient, what flex_attention on the CPU does, and, where torch.compile takes
+# transformers' forward whole (2.9 and newer), a compiled chunked prefill into a static cache: its tokens and how
+# many chunks took a [B, H, Q, K] mask.
+OTHER_TORCH_SCRIPT = """
+import importlib, json, sys, torch
 from transformers import AutoModelForCausalLM
 assert torch.__version__.startswith(sys.argv[2]), torch.__version__
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
 assert type(model).__module__.startswith("transformers_modules"), type(model).__module__  # the remote code
+masks = importlib.import_module(type(model).__module__.rsplit(".", 1)[0] + ".alibi_masks")
 ids = torch.tensor(json.loads(sys.argv[3]))
 mask = torch.ones_like(ids)
 mask[0, :7] = 0
@@ -104,50 +127,70 @@ tokens = model.generate(ids, attention_mask=mask, max_new_tokens=40, do_sample=F
 model.train()
 model(ids, attention_mask=mask, labels=ids).loss.backward()
 gradient = model.model.layers[0].self_attn.q_proj.weight.grad
-model.eval().set_attn_implementation("flex_attention")
+model.eval()
+model.set_attn_implementation("flex_attention")
 try:
-    model(ids, attention_mask=mask)
-    refused = ""
+    with torch.no_grad():
+        flex = model(ids, attention_mask=mask).logits[mask.bool()].tolist()
 except RuntimeError as error:
-    refused = str(error)
+    flex = str(error)
+model.set_attn_implementation("sdpa")
+chunked, dense = None, []
+if tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 9):
+    original = masks.build_dense_mask
+    masks.build_dense_mask = lambda layout, *a, **k: (
+        (layout.query_length > 1 and dense.append(layout.query_length)) or original(layout, *a, **k)
+    )
+    model.forward = torch.compile(model.forward, fullgraph=True)
+    with torch.no_grad():
+        chunked = model.generate(
+            ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0, prefill_chunk_size=8,
+            cache_implementation="static",
+        ).tolist()
 print(json.dumps({"logits": logits[mask.bool()].tolist(), "tokens": tokens.tolist(), "gradient": gradient.tolist(),
-                  "refused": refused}))
+                  "flex": flex, "chunked": chunked, "dense": dense}))
 """
 
 
 @pytest.mark.slow
-def test_the_oldest_torch_transformers_takes_runs_the_remote_code_as_this_one(tmp_path):
-    """torch 2.6.0 (a CUDA build, about 3 GB from the package registry) in a venv over this interpreter's packages:
-    the saved model's remote code, loaded by transformers alone, gives this torch's logits, greedy tokens past the
-    training length and gradients, and refuses flex_attention on the CPU with the message that names 2.9."""
-    model = tiny_model(seed=3)
-    folder = saved_folder(model, tmp_path / "model")
+@pytest.mark.parametrize("version", [OLDEST_TORCH, "2.10.0"])
+def test_another_torch_runs_the_remote_code_as_this_one(tmp_path, version):
+    """torch 2.6.0 (transformers 5's floor) and 2.10.0, CUDA builds of about 3 GB from the package registry, each in
+    a venv over this interpreter's packages: the saved model's remote code gives this torch's logits, greedy tokens
+    and gradients. On 2.6 flex_attention on the CPU is refused with the message that names 2.9; on 2.10 it runs, and
+    a compiled chunked prefill takes no [B, H, Q, K] mask (it took one per chunk while the model asked
+    `torch.compiler.is_exporting()`)."""
+    folder = saved_folder(tiny_model(seed=3, max_position_embeddings=256), tmp_path / "model")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
     done = subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", f"torch=={OLDEST_TORCH}"],
+        [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", f"torch=={version}"],
         capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     if done.returncode != 0:
-        pytest.skip(f"could not install torch {OLDEST_TORCH} from the package registry: {done.stderr[-500:]}")
+        pytest.skip(f"could not install torch {version} from the package registry: {done.stderr[-500:]}")
     ids = random_ids(2, 30, seed=4)
     done = subprocess.run(
-        [python, "-c", FLOOR_SCRIPT, str(folder), OLDEST_TORCH, json.dumps(ids.tolist())], capture_output=True,
+        [python, "-c", OTHER_TORCH_SCRIPT, str(folder), version, json.dumps(ids.tolist())], capture_output=True,
         text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    old = json.loads(done.stdout.strip().splitlines()[-1])
+    other = json.loads(done.stdout.strip().splitlines()[-1])
     here = AlibiForCausalLM.from_pretrained(folder).eval()
     mask = torch.ones_like(ids)
     mask[0, :7] = 0
     with torch.no_grad():
         logits = here(ids, attention_mask=mask).logits[mask.bool()]
-    torch.testing.assert_close(torch.tensor(old["logits"]), logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor(other["logits"]), logits, atol=1e-5, rtol=0)
     tokens = here.generate(ids, attention_mask=mask, max_new_tokens=40, do_sample=False, pad_token_id=0)
-    assert old["tokens"] == tokens.tolist() and tokens.shape[1] == 70 > here.config.train_length
+    assert other["tokens"] == tokens.tolist() and tokens.shape[1] == 70 > here.config.train_length
     here.train()
     here(ids, attention_mask=mask, labels=ids).loss.backward()
     gradient = here.model.layers[0].self_attn.q_proj.weight.grad
-    torch.testing.assert_close(torch.tensor(old["gradient"]), gradient, atol=1e-6, rtol=1e-4)
-    assert old["refused"].startswith(f"flex_attention on the CPU needs torch>=2.9, but torch {OLDEST_TORCH}")
+    torch.testing.assert_close(torch.tensor(other["gradient"]), gradient, atol=1e-6, rtol=1e-4)
+    if version == OLDEST_TORCH:
+        assert other["flex"].startswith(f"flex_attention on the CPU needs torch>=2.9, but torch {version}")
+        return
+    torch.testing.assert_close(torch.tensor(other["flex"]), logits, atol=1e-5, rtol=0)
+    assert other["chunked"] == tokens[:, :35].tolist() and other["dense"] == []
