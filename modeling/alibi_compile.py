@@ -4,7 +4,8 @@
 flex_attention and `create_block_mask` are fast only compiled: uncompiled they materialize every score, L x L. This
 file holds the rule for when torch.compile can build them (`flex_compiles`), a compiled copy per call signature
 (`compiled`, so no caller spends another's recompile budget), and the errors and warning where they would run
-uncompiled. It travels with checkpoints as Hub remote code beside `alibi_masks.py` and imports only torch.
+uncompiled. It travels with checkpoints as Hub remote code beside `alibi_masks.py` and imports only torch (and
+`configuration_alibi`'s version parser).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-import re
 import types
 from collections.abc import Callable
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask
+
+from .configuration_alibi import release
 
 
 @functools.cache
@@ -31,12 +33,7 @@ def compile_disabled() -> bool:
     return os.environ.get("TORCHDYNAMO_DISABLE", "") == "1" or bool(torch._dynamo.config.disable)
 
 
-def torch_release(version: str = torch.__version__) -> tuple[int, ...]:
-    """`torch.__version__`'s major and minor release: (2, 13) for "2.13.0+cpu"."""
-    return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
-
-
-TORCH_RELEASE = torch_release()
+TORCH_RELEASE = release(torch.__version__)
 # Before this release inductor cannot compile flex_attention on the CPU where its mask_mod or score_mod reads a
 # tensor, as ours do for padded or packed batches and after a cache: it fails with "All the buffers in the score and
 # mask subgraph should be in kernel_group.args.input_buffers" (seen on torch 2.6.0, 2.7.1 and 2.8.0).

@@ -21,11 +21,14 @@ MIN_TRANSFORMERS_VERSION = "5.24.0"
 RING_MARK = "_continuous_batching_ring"
 
 
+def release(version: str) -> tuple[int, ...]:
+    """A version's major and minor release: (2, 13) for "2.13.0+cpu", (2, 10) for "2.10.0a0+git1234abc"."""
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+
+
 def check_transformers_version(found: str = transformers.__version__) -> None:
     """Raise an `ImportError` naming `MIN_TRANSFORMERS_VERSION` when `found` is older."""
-    need = tuple(int(part) for part in MIN_TRANSFORMERS_VERSION.split(".")[:2])
-    have = tuple(int(part) for part in re.findall(r"\d+", found)[:2])
-    if have < need:
+    if release(found) < release(MIN_TRANSFORMERS_VERSION):
         raise ImportError(
             f"This ALiBi model's code needs transformers>={MIN_TRANSFORMERS_VERSION}, but transformers {found} is "
             f"installed. Upgrade it with: pip install -U 'transformers>={MIN_TRANSFORMERS_VERSION}'"

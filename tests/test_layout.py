@@ -187,15 +187,19 @@ def test_the_version_is_written_once():
 TORCH_PINS = {"2.13.0": "3.7.1", "2.14.1": "3.8.0", "2.15.0": "3.9.0"}
 
 
-@pytest.mark.parametrize(("torch_version", "triton_version"), TORCH_PINS.items())
-def test_every_extra_admits_each_torch_release_with_the_triton_it_pins(torch_version, triton_version):
+def setup_requirements(*sections: str):
+    """The `packaging` requirements of setup.cfg's `sections` (multi-line values), comments left out."""
     from packaging.requirements import Requirement
 
+    lines = [line.split("#")[0].strip() for section in sections for line in section.splitlines()]
+    return [Requirement(line) for line in lines if line]
+
+
+@pytest.mark.parametrize(("torch_version", "triton_version"), TORCH_PINS.items())
+def test_every_extra_admits_each_torch_release_with_the_triton_it_pins(torch_version, triton_version):
     setup = setup_cfg()
     sections = [setup["options"]["install_requires"], *setup["options.extras_require"].values()]
-    lines = [line.split("#")[0].strip() for section in sections for line in section.splitlines()]
-    requirements = [Requirement(line) for line in lines if line]
-    requirements = [requirement for requirement in requirements if requirement.name in ("torch", "triton")]
+    requirements = [r for r in setup_requirements(*sections) if r.name in ("torch", "triton")]
     assert {requirement.name for requirement in requirements} == {"torch", "triton"}
     for requirement in requirements:
         wanted = torch_version if requirement.name == "torch" else triton_version
@@ -224,18 +228,13 @@ def test_the_python_floor_is_one_our_requirements_install_on():
 def test_the_torch_floor_is_one_transformers_runs_on_and_the_slow_check_installs(monkeypatch):
     """setup.cfg said torch>=2.5, where transformers 5 runs without torch (`is_torch_available` wants 2.6): the floor
     must be a release transformers takes, and the one `test_torch_versions` runs the remote code on."""
-    from packaging.requirements import Requirement
     from packaging.version import Version
     from transformers.utils import import_utils
 
     from tests.test_torch_versions import OLDEST_TORCH
 
-    lines = setup_cfg()["options"]["install_requires"].splitlines()
-    torch_requirement = next(
-        requirement
-        for requirement in (Requirement(line) for line in lines if line.strip() and not line.startswith("#"))
-        if requirement.name == "torch"
-    )
+    installed = setup_requirements(setup_cfg()["options"]["install_requires"])
+    torch_requirement = next(requirement for requirement in installed if requirement.name == "torch")
     floor = min(spec.version for spec in torch_requirement.specifier if spec.operator == ">=")
     monkeypatch.setattr(import_utils, "_is_package_available", lambda name, return_version=False: (True, floor))
     assert import_utils.is_torch_available.__wrapped__(), f"transformers runs without torch {floor}"

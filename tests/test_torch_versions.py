@@ -21,7 +21,7 @@ from transformers.testing_utils import CaptureLogger
 
 from alibi_lm import AlibiForCausalLM
 from alibi_lm.modeling import alibi_compile, alibi_masks
-from alibi_lm.modeling.alibi_compile import torch_release
+from alibi_lm.modeling.configuration_alibi import release
 from alibi_lm.modeling.modeling_alibi import AlibiModel
 from tests.tiny import random_ids, saved_folder, tiny_model
 
@@ -29,9 +29,9 @@ OLDEST_TORCH = "2.6.0"  # transformers 5's floor (`is_torch_available`), and set
 
 
 def test_the_release_is_read_from_every_form_of_torch_version():
-    assert torch_release("2.13.0+cpu") == (2, 13)
-    assert torch_release("2.10.0a0+git1234abc") == (2, 10)
-    assert torch_release("2.6.0") == (2, 6) < alibi_compile.FLEX_CPU_TORCH
+    assert release("2.13.0+cpu") == (2, 13)
+    assert release("2.10.0a0+git1234abc") == (2, 10)
+    assert release("2.6.0") == (2, 6) < alibi_compile.FLEX_CPU_TORCH
 
 
 def test_the_ops_register_without_torchs_schema_inference(tmp_path):
@@ -57,11 +57,11 @@ def test_the_ops_register_without_torchs_schema_inference(tmp_path):
     assert done.stdout.split() == ["past_length"]
 
 
-@pytest.mark.parametrize("release, runs", [((2, 8), False), ((2, 9), True)])
-def test_flex_on_the_cpu_before_2_9_is_refused_by_name(monkeypatch, release, runs):
+@pytest.mark.parametrize("found, runs", [((2, 8), False), ((2, 9), True)])
+def test_flex_on_the_cpu_before_2_9_is_refused_by_name(monkeypatch, found, runs):
     if runs and alibi_compile.TORCH_RELEASE < alibi_compile.FLEX_CPU_TORCH:
         pytest.skip(f"torch {torch.__version__} cannot run flex_attention on the CPU")
-    monkeypatch.setattr(alibi_compile, "TORCH_RELEASE", release)
+    monkeypatch.setattr(alibi_compile, "TORCH_RELEASE", found)
     model = tiny_model(attn_implementation="flex_attention")
     ids, mask = random_ids(2, 20), torch.ones(2, 20, dtype=torch.long)
     mask[0, :5] = 0

@@ -31,7 +31,7 @@ def test_the_kernel_matches_the_reference_in_triton_s_interpreter():
     """Forward, backward, tile skipping and the model on `alibi_triton` (tests/interpreted/), all passing."""
     import numpy
 
-    from alibi_lm.modeling.alibi_compile import torch_release as release
+    from alibi_lm.modeling.configuration_alibi import release
 
     if release(triton.__version__) < (3, 7) and release(numpy.__version__) >= (2, 4):
         pytest.skip(
